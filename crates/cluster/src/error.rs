@@ -1,0 +1,104 @@
+//! Errors of a queue node and their gRPC statuses.
+
+use openraft::error::{ClientWriteError, RaftError};
+use skein_queue::NodeId;
+use tonic::{Code, Status};
+
+/// Everything a queue node's services can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader is known right now (election in progress, or no quorum).
+    #[error("no leader: the cluster is electing or has lost its quorum")]
+    NoLeader,
+    /// Leadership moved while the request was in flight; it was not applied.
+    #[error("not the leader any more; retry")]
+    LeaderChanged,
+    /// The commit did not complete in time; it may or may not be applied.
+    #[error("commit did not complete within {ms} ms")]
+    CommitTimeout {
+        /// The limit that passed.
+        ms: u64,
+    },
+    /// The request is malformed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The thing asked for does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The thing to create exists already.
+    #[error("{what} already exists")]
+    AlreadyExists {
+        /// What.
+        what: String,
+    },
+    /// Raft refused or failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The store failed.
+    #[error("storage: {0}")]
+    Storage(#[from] skein_queue::QueueError),
+    /// Forwarding to the leader failed.
+    #[error("forwarding to leader {addr}: {message}")]
+    Forward {
+        /// Leader address.
+        addr: String,
+        /// What happened.
+        message: String,
+    },
+    /// The node is shutting down.
+    #[error("node is shutting down")]
+    ShuttingDown,
+}
+
+impl ClusterError {
+    /// The gRPC code for each error: the one place this mapping lives.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::NoLeader | Self::LeaderChanged | Self::Forward { .. } | Self::ShuttingDown => {
+                Code::Unavailable
+            }
+            Self::CommitTimeout { .. } => Code::DeadlineExceeded,
+            Self::Invalid { .. } => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::Raft(_) | Self::Storage(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>> for ClusterError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Self::LeaderChanged,
+            other => Self::Raft(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(ClusterError::NoLeader.code(), Code::Unavailable);
+        assert_eq!(ClusterError::CommitTimeout { ms: 1 }.code(), Code::DeadlineExceeded);
+        let s: Status = ClusterError::Invalid { field: "rcpt_to", reason: "empty".into() }.into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "invalid rcpt_to: empty");
+    }
+}

@@ -1,0 +1,23 @@
+//! A queue node: openraft over gRPC, with the Ingest and Admin services on the same port.
+//!
+//! - [`node`]: starting a node ([`start`]): store, Raft, gRPC server, cluster bootstrap.
+//! - [`network`]: Raft's transport, both the client side ([`network::Network`]) and the
+//!   `skein.raft.v1.Raft` service; payloads are openraft's own types in postcard.
+//! - [`ingest`]: `skein.ingest.v1.Ingest`, with group commit: messages arriving together are
+//!   proposed as one log entry, so many messages share one fsync per node.
+//! - [`admin`]: `skein.admin.v1.Admin`.
+//! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
+//!
+//! Any node accepts every call; writes and linearizable reads go to the leader (forwarded by
+//! the node that received them).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod error;
+pub mod ingest;
+pub mod network;
+pub mod node;
+
+pub use error::ClusterError;
+pub use node::{start, NodeHandle};

@@ -1,0 +1,283 @@
+//! Starting and running a queue node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHasher, SaltString};
+use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use skein_config::{NodeConfig, TenantSeed};
+use skein_core::SharedClock;
+use skein_proto::admin::admin_server::AdminServer;
+use skein_proto::ingest::ingest_server::IngestServer;
+use skein_proto::raft::raft_server::RaftServer;
+use skein_queue::{NodeId, QueueReader, Request, Response, TenantRecord, TypeConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::admin::AdminService;
+use crate::error::ClusterError;
+use crate::ingest::{Batcher, IngestService, MAX_MESSAGE_BYTES};
+use crate::network::{Channels, Network, RaftService, MAX_RAFT_MESSAGE};
+
+/// gRPC metadata key set on calls a node forwards to the leader, so they are never forwarded
+/// twice (a stale leader hint must not bounce a request around the cluster).
+pub const FORWARDED: &str = "x-skein-forwarded";
+
+/// Where a write or linearizable read must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node is the leader.
+    Local,
+    /// Forward to the leader at this address.
+    Forward(String),
+}
+
+/// Everything the services of one node share.
+#[derive(Debug)]
+pub struct NodeCtx {
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's advertised address.
+    pub addr: String,
+    /// The Raft instance.
+    pub raft: Raft<TypeConfig>,
+    /// Reads over the applied state.
+    pub reader: QueueReader,
+    /// Group commit (used while leader).
+    pub batcher: Batcher,
+    /// How long a commit may take.
+    pub commit_timeout: Duration,
+    /// The clock.
+    pub clock: SharedClock,
+    channels: Channels,
+}
+
+impl NodeCtx {
+    /// Where a leader-only request goes now. A request that was already forwarded once is
+    /// refused with `LeaderChanged` rather than forwarded again.
+    pub fn route(&self, already_forwarded: bool) -> Result<Route, ClusterError> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.id && m.state == ServerState::Leader => Ok(Route::Local),
+            Some(_) if already_forwarded => Err(ClusterError::LeaderChanged),
+            Some(l) => match m.membership_config.membership().get_node(&l) {
+                Some(n) => Ok(Route::Forward(n.addr.clone())),
+                None => Err(ClusterError::NoLeader),
+            },
+            None => Err(ClusterError::NoLeader),
+        }
+    }
+
+    /// A gRPC channel to another node.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
+        self.channels.get(addr).map_err(|e| ClusterError::Forward {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Creates a tenant through Raft (leader only).
+    pub async fn create_tenant_local(
+        &self,
+        name: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<TenantRecord, ClusterError> {
+        let password = password.to_string();
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))??;
+        let rec = TenantRecord {
+            name: name.to_string(),
+            username: username.to_string(),
+            password_hash: hash,
+            enabled: true,
+            created_at_ms: self.clock.now_ms(),
+        };
+        let r = self.raft.client_write(Request::CreateTenant(rec.clone())).await?;
+        match r.data {
+            Response::TenantCreated => Ok(rec),
+            Response::TenantExists => Err(ClusterError::AlreadyExists {
+                what: format!("tenant {name:?} or username {username:?}"),
+            }),
+            other => Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
+        }
+    }
+}
+
+/// Hashes a password with argon2id and a random salt (PHC string).
+pub fn hash_password(password: &str) -> Result<String, ClusterError> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ClusterError::Invalid { field: "password", reason: e.to_string() })
+}
+
+/// A running node.
+pub struct NodeHandle {
+    /// Shared state (for in-process callers such as `skein dev`).
+    pub ctx: Arc<NodeCtx>,
+    /// The address the gRPC server listens on.
+    pub local_addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl NodeHandle {
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = self.ctx.raft.shutdown().await;
+        let _ = (&mut self.server).await;
+    }
+
+    /// Waits until the gRPC server ends (it ends on error or shutdown).
+    pub async fn serve_forever(&mut self) -> Result<(), String> {
+        match (&mut self.server).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, ClusterError> {
+    let r = &cfg.raft;
+    let c = openraft::Config {
+        cluster_name: "skein".into(),
+        heartbeat_interval: r.heartbeat_interval.0.as_millis() as u64,
+        election_timeout_min: r.election_timeout_min.0.as_millis() as u64,
+        election_timeout_max: r.election_timeout_max.0.as_millis() as u64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: r.keep_entries_after_snapshot,
+        // Entries are whole batches of messages: keep AppendEntries well under the RPC limit.
+        max_payload_entries: 16,
+        install_snapshot_timeout: 10_000,
+        ..Default::default()
+    };
+    c.validate().map_err(|e| ClusterError::Raft(format!("raft config: {e}")))
+}
+
+/// Starts a node serving on `listener`: opens the store under `cfg.data_dir`, starts Raft and
+/// the gRPC services, and initializes the cluster if this node is the lowest-id founder of an
+/// uninitialized one.
+pub async fn start(
+    cfg: &NodeConfig,
+    clock: SharedClock,
+    listener: TcpListener,
+) -> Result<NodeHandle, ClusterError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ClusterError::Invalid {
+        field: "node.data_dir",
+        reason: format!("{}: {e}", cfg.data_dir.display()),
+    })?;
+    let (log, sm, reader) = skein_queue::open(&cfg.data_dir)?;
+    let channels = Channels::default();
+    let raft = Raft::new(
+        cfg.id,
+        Arc::new(raft_config(cfg)?),
+        Network::new(channels.clone()),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| ClusterError::Raft(e.to_string()))?;
+
+    let batcher = Batcher::spawn(
+        raft.clone(),
+        clock.clone(),
+        cfg.max_batch_messages,
+        cfg.max_batch_bytes.0 as usize,
+    );
+    let ctx = Arc::new(NodeCtx {
+        id: cfg.id,
+        addr: cfg.advertise_addr().to_string(),
+        raft: raft.clone(),
+        reader,
+        batcher,
+        commit_timeout: cfg.commit_timeout.0,
+        clock,
+        channels,
+    });
+
+    let local_addr = listener.local_addr().map_err(|e| ClusterError::Raft(e.to_string()))?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftServer::new(RaftService::new(raft.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+        )
+        .add_service(
+            IngestServer::new(IngestService::new(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
+        )
+        .add_service(
+            AdminServer::new(AdminService::new(ctx.clone()))
+                .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    let server = tokio::spawn(server);
+
+    if !cfg.join {
+        let founders = cfg.founders();
+        let lowest = founders.iter().map(|m| m.id).min();
+        let initialized =
+            raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if lowest == Some(cfg.id) && !initialized {
+            let members: BTreeMap<NodeId, BasicNode> = founders
+                .iter()
+                .map(|m| (m.id, BasicNode { addr: m.addr.clone() }))
+                .collect();
+            tracing::info!(?members, "initializing cluster");
+            if let Err(e) = raft.initialize(members).await {
+                // Another path initialized it first: not an error.
+                tracing::warn!(%e, "initialize");
+            }
+        }
+    }
+    if !cfg.tenants.is_empty() {
+        tokio::spawn(seed_tenants(ctx.clone(), cfg.tenants.clone()));
+    }
+    Ok(NodeHandle { ctx, local_addr, stop: Some(stop), server })
+}
+
+/// Creates the configured tenants once a leader exists (from whichever node has them).
+async fn seed_tenants(ctx: Arc<NodeCtx>, seeds: Vec<TenantSeed>) {
+    for seed in seeds {
+        let username = seed.username.clone().unwrap_or_else(|| seed.name.clone());
+        loop {
+            let res = match ctx.route(false) {
+                Ok(Route::Local) => {
+                    ctx.create_tenant_local(&seed.name, &username, &seed.password).await.map(|_| ())
+                }
+                Ok(Route::Forward(addr)) => {
+                    crate::admin::forward_create_tenant(&ctx, &addr, &seed.name, &username, &seed.password)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(()) => {
+                    tracing::info!(tenant = %seed.name, "created tenant from configuration");
+                    break;
+                }
+                Err(ClusterError::AlreadyExists { .. }) => break,
+                Err(e) => {
+                    tracing::debug!(%e, "tenant seed waits for a leader");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+}

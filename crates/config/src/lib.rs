@@ -1,0 +1,173 @@
+//! Configuration files of every Skein role.
+//!
+//! One TOML file may hold a `[node]` section (a queue node), an `[edge]` section (an SMTP edge)
+//! or both (`skein dev`). Every field has a documented default; unknown fields are errors, and
+//! [`Config::validate`] names the field that is wrong. Environment overrides are applied by the
+//! binary before validation, never read here.
+//!
+//! Layout: [`node`] and [`edge`] hold the sections; this file holds the top level, loading and
+//! the error type.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod edge;
+pub mod node;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use edge::{EdgeConfig, EdgeLimits, ListenerConfig, TlsMode};
+pub use node::{Member, NodeConfig, RaftTuning, TenantSeed};
+
+/// A configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or does not match the schema (unknown field, wrong type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, naming line and field.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `edge.limits.max_recipients`.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A section the role needs is missing.
+    #[error("missing [{section}] section")]
+    MissingSection {
+        /// The section name.
+        section: &'static str,
+    },
+}
+
+pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), reason: reason.into() }
+}
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The queue node role.
+    pub node: Option<NodeConfig>,
+    /// The SMTP edge role.
+    pub edge: Option<EdgeConfig>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a file (does not validate).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Checks every section present.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node.is_none() && self.edge.is_none() {
+            return Err(invalid("(file)", "neither a [node] nor an [edge] section"));
+        }
+        if let Some(n) = &self.node {
+            n.validate()?;
+        }
+        if let Some(e) = &self.edge {
+            e.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The configuration `skein dev` uses when given no file: one node on 127.0.0.1:7070 with
+    /// data in `./skein-data`, an edge with STARTTLS on 127.0.0.1:2525 and implicit TLS on
+    /// 127.0.0.1:4650, loopback clients allowed to relay.
+    pub fn dev_default() -> Self {
+        Self { node: Some(NodeConfig::default()), edge: Some(EdgeConfig::dev_default()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_default_is_valid() {
+        Config::dev_default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::parse("[edge]\nhostnme = \"x\"\n", "t.toml").unwrap_err();
+        assert!(err.to_string().contains("hostnme"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            ("[node]\nid = 0\n", "node.id"),
+            ("[node]\nid = 1\nlisten = \"nonsense\"\n", "node.listen"),
+            ("[node]\nid = 2\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\" }]\n", "node.initial_members"),
+            ("[edge]\nqueue = []\n", "edge.queue"),
+            ("[edge]\n[edge.limits]\nmax_recipients = 0\n", "edge.limits.max_recipients"),
+            ("[edge]\n[edge.tls]\ncert = \"/x.pem\"\n", "edge.tls"),
+            ("[edge]\nlisteners = []\n", "edge.listeners"),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(text, "t.toml").and_then(|c| c.validate()).unwrap_err();
+            match &err {
+                ConfigError::Invalid { field: f, .. } => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected Invalid({field}), got {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn human_units_parse() {
+        let c = Config::parse(
+            "[edge]\n[edge.limits]\nmax_message_size = \"10MB\"\ncommand_timeout = \"2m\"\n",
+            "t",
+        )
+        .unwrap();
+        let l = &c.edge.unwrap().limits;
+        assert_eq!(l.max_message_size.0, 10_000_000);
+        assert_eq!(l.command_timeout.0.as_secs(), 120);
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = Config::load(&path).unwrap();
+                c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "expected example configs for node, edge and dev, found {n}");
+    }
+}

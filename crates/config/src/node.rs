@@ -1,0 +1,216 @@
+//! The `[node]` section: a queue node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skein_core::{ByteSize, HumanDuration};
+
+use crate::{invalid, ConfigError};
+
+/// A queue node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's Raft id, unique in the cluster, > 0. Default 1.
+    pub id: u64,
+    /// Where RocksDB keeps the log and the state. Default `./skein-data`.
+    pub data_dir: PathBuf,
+    /// gRPC listen address (Raft, Ingest and Admin). Default `127.0.0.1:7070`.
+    pub listen: String,
+    /// Address other nodes and edges use to reach this node. Default: `listen`.
+    pub advertise: Option<String>,
+    /// The cluster's founding voters. The node with the lowest id initializes the cluster once;
+    /// empty (the default) means a single-node cluster of this node alone.
+    pub initial_members: Vec<Member>,
+    /// Start without initializing anything and wait to be added to an existing cluster through
+    /// the Admin API (AddLearner, then PromoteVoter). Default false.
+    pub join: bool,
+    /// Raft timing and snapshots.
+    pub raft: RaftTuning,
+    /// Most messages in one group commit. Default 512.
+    pub max_batch_messages: usize,
+    /// Most bytes in one group commit, 1MB..=16MB. Default 4MB.
+    pub max_batch_bytes: ByteSize,
+    /// How long an Enqueue may wait for its commit before failing. Default 10s.
+    pub commit_timeout: HumanDuration,
+    /// Tenants created at startup when they do not exist yet (for development and bootstrap).
+    pub tenants: Vec<TenantSeed>,
+}
+
+/// A voting member of the initial cluster.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    /// Raft id.
+    pub id: u64,
+    /// gRPC address.
+    pub addr: String,
+}
+
+/// A tenant to create at startup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSeed {
+    /// Tenant name.
+    pub name: String,
+    /// SMTP AUTH username; defaults to the name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// SMTP AUTH password (stored only as an argon2id hash).
+    pub password: String,
+}
+
+/// Raft timing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftTuning {
+    /// Leader heartbeat. Default 100ms.
+    pub heartbeat_interval: HumanDuration,
+    /// Lower bound of the randomized election timeout. Default 600ms.
+    pub election_timeout_min: HumanDuration,
+    /// Upper bound of the randomized election timeout. Default 1200ms.
+    pub election_timeout_max: HumanDuration,
+    /// Build a snapshot after this many log entries since the last one. Default 5000.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind a snapshot for slow followers. Default 1000.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: HumanDuration(Duration::from_millis(100)),
+            election_timeout_min: HumanDuration(Duration::from_millis(600)),
+            election_timeout_max: HumanDuration(Duration::from_millis(1200)),
+            snapshot_after_entries: 5000,
+            keep_entries_after_snapshot: 1000,
+        }
+    }
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            data_dir: PathBuf::from("./skein-data"),
+            listen: "127.0.0.1:7070".into(),
+            advertise: None,
+            initial_members: Vec::new(),
+            join: false,
+            raft: RaftTuning::default(),
+            max_batch_messages: 512,
+            max_batch_bytes: ByteSize(4_000_000),
+            commit_timeout: HumanDuration(Duration::from_secs(10)),
+            tenants: Vec::new(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The address to publish for this node.
+    pub fn advertise_addr(&self) -> &str {
+        self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// The founding voters, defaulting to this node alone.
+    pub fn founders(&self) -> Vec<Member> {
+        if self.initial_members.is_empty() {
+            vec![Member { id: self.id, addr: self.advertise_addr().to_string() }]
+        } else {
+            self.initial_members.clone()
+        }
+    }
+
+    /// Checks values; errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.id == 0 {
+            return Err(invalid("node.id", "must be greater than 0"));
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid("node.listen", format!("{:?} is not an ip:port", self.listen)));
+        }
+        if let Some(a) = &self.advertise {
+            if !is_host_port(a) {
+                return Err(invalid("node.advertise", format!("{a:?} is not a host:port")));
+            }
+        }
+        if !self.initial_members.is_empty() {
+            let mut ids: Vec<u64> = self.initial_members.iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != self.initial_members.len() || ids.contains(&0) {
+                return Err(invalid("node.initial_members", "ids must be unique and > 0"));
+            }
+            if !ids.contains(&self.id) {
+                return Err(invalid(
+                    "node.initial_members",
+                    format!("must include this node (id {})", self.id),
+                ));
+            }
+            if let Some(m) = self.initial_members.iter().find(|m| !is_host_port(&m.addr)) {
+                return Err(invalid(
+                    "node.initial_members",
+                    format!("{:?} is not a host:port", m.addr),
+                ));
+            }
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval.0.is_zero() {
+            return Err(invalid("node.raft.heartbeat_interval", "must be > 0"));
+        }
+        if r.election_timeout_min.0 <= r.heartbeat_interval.0 {
+            return Err(invalid(
+                "node.raft.election_timeout_min",
+                "must be longer than heartbeat_interval",
+            ));
+        }
+        if r.election_timeout_max.0 <= r.election_timeout_min.0 {
+            return Err(invalid(
+                "node.raft.election_timeout_max",
+                "must be longer than election_timeout_min",
+            ));
+        }
+        if r.snapshot_after_entries == 0 {
+            return Err(invalid("node.raft.snapshot_after_entries", "must be > 0"));
+        }
+        if self.max_batch_messages == 0 || self.max_batch_messages > 65_535 {
+            return Err(invalid("node.max_batch_messages", "must be 1..=65535"));
+        }
+        if !(1_000_000..=16_000_000).contains(&self.max_batch_bytes.0) {
+            return Err(invalid("node.max_batch_bytes", "must be between 1MB and 16MB"));
+        }
+        if self.commit_timeout.0.is_zero() {
+            return Err(invalid("node.commit_timeout", "must be > 0"));
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if let Err(reason) = check_tenant_name(&t.name) {
+                return Err(invalid(format!("node.tenants[{i}].name"), reason));
+            }
+            if t.password.len() < 8 {
+                return Err(invalid(format!("node.tenants[{i}].password"), "at least 8 characters"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` looks like `host:port`.
+pub(crate) fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+/// Tenant names: 1-64 of `[A-Za-z0-9._-]`.
+pub fn check_tenant_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters".into());
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(format!("{name:?} may only contain letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Connection limits and message rates.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use skein_core::SharedClock;
+
+/// Counts open connections, in total and per client IP.
+#[derive(Debug)]
+pub struct ConnectionLimiter {
+    max_total: usize,
+    max_per_ip: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Holds one connection slot until dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    limiter: Arc<ConnectionLimiter>,
+    ip: IpAddr,
+}
+
+impl ConnectionLimiter {
+    /// At most `max_total` connections, `max_per_ip` from one address.
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self { max_total, max_per_ip, open: Mutex::new((0, HashMap::new())) })
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let per_ip = g.1.get(&ip).copied().unwrap_or(0);
+        if g.0 >= self.max_total || per_ip >= self.max_per_ip {
+            return None;
+        }
+        g.0 += 1;
+        *g.1.entry(ip).or_insert(0) += 1;
+        Some(ConnectionSlot { limiter: self.clone(), ip })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut g = self.limiter.open.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Events per key per clock minute (fixed windows); `0` disables the limit.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    clock: SharedClock,
+    windows: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+impl RateLimiter {
+    /// At most `per_minute` events per key per minute of `clock`.
+    pub fn new(per_minute: u32, clock: SharedClock) -> Self {
+        Self { per_minute, clock, windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// Records an event for `key`; `false` when it is over the limit (and not counted).
+    pub fn allow(&self, key: &str) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let minute = self.clock.now_ms().div_euclid(60_000);
+        let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() > 100_000 {
+            w.retain(|_, (m, _)| *m == minute);
+        }
+        let e = w.entry(key.to_string()).or_insert((minute, 0));
+        if e.0 != minute {
+            *e = (minute, 0);
+        }
+        if e.1 >= self.per_minute {
+            return false;
+        }
+        e.1 += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_core::ManualClock;
+    use std::time::Duration;
+
+    #[test]
+    fn connection_slots() {
+        let l = ConnectionLimiter::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = l.acquire(a).unwrap();
+        let _s2 = l.acquire(a).unwrap();
+        assert!(l.acquire(a).is_none(), "per-IP limit");
+        let _s3 = l.acquire(b).unwrap();
+        assert!(l.acquire(b).is_none(), "total limit");
+        drop(s1);
+        assert!(l.acquire(a).is_some());
+        assert_eq!(l.open(), 3);
+    }
+
+    #[test]
+    fn rate_windows_follow_the_clock() {
+        let clock = Arc::new(ManualClock::new(0));
+        let r = RateLimiter::new(2, clock.clone());
+        assert!(r.allow("t"));
+        assert!(r.allow("t"));
+        assert!(!r.allow("t"));
+        assert!(r.allow("other"));
+        clock.advance(Duration::from_secs(60));
+        assert!(r.allow("t"));
+        assert!(RateLimiter::new(0, clock).allow("x"));
+    }
+}

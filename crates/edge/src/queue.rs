@@ -1,0 +1,92 @@
+//! The edge's client of the queue cluster.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_proto::ingest::ingest_client::IngestClient;
+use skein_proto::ingest::{CredentialsRequest, EnqueueRequest, EnqueueResponse, TenantCredential};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Talks to whichever queue node answers; nodes forward to the leader.
+#[derive(Debug, Clone)]
+pub struct QueueClient {
+    nodes: Arc<Vec<(String, Channel)>>,
+    current: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+impl QueueClient {
+    /// A client of the nodes at `addrs` (`host:port`); calls give up after `timeout`.
+    pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, tonic::transport::Error> {
+        let mut nodes = Vec::new();
+        for a in addrs {
+            let ch = Endpoint::from_shared(format!("http://{a}"))?
+                .connect_timeout(Duration::from_millis(500))
+                .tcp_nodelay(true)
+                .connect_lazy();
+            nodes.push((a.clone(), ch));
+        }
+        Ok(Self { nodes: Arc::new(nodes), current: Arc::new(AtomicUsize::new(0)), timeout })
+    }
+
+    fn node(&self, attempt: usize) -> (usize, &(String, Channel)) {
+        let i = (self.current.load(Ordering::Relaxed) + attempt) % self.nodes.len();
+        (i, &self.nodes[i])
+    }
+
+    /// Submits a message; returns once it is committed, or the last error once the deadline
+    /// passes. Retries only where the message cannot have been stored (no leader, node down).
+    pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueResponse, Status> {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0usize;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let (i, (addr, ch)) = self.node(attempt);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Status::deadline_exceeded("queue did not commit in time"));
+            }
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(remaining);
+            let mut client = IngestClient::new(ch.clone()).max_encoding_message_size(80 << 20);
+            match client.enqueue(r).await {
+                Ok(resp) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(resp.into_inner());
+                }
+                Err(s) if retryable(&s) => {
+                    tracing::debug!(node = %addr, status = %s, "enqueue retry");
+                    attempt += 1;
+                    if attempt % self.nodes.len() == 0 {
+                        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                    }
+                }
+                Err(s) => return Err(s),
+            }
+        }
+    }
+
+    /// Every tenant's login, from any node that answers.
+    pub async fn credentials(&self) -> Result<Vec<TenantCredential>, Status> {
+        let mut last = Status::unavailable("no queue node configured");
+        for attempt in 0..self.nodes.len() {
+            let (_, (_, ch)) = self.node(attempt);
+            let mut r = tonic::Request::new(CredentialsRequest {});
+            r.set_timeout(Duration::from_secs(2));
+            match IngestClient::new(ch.clone()).credentials(r).await {
+                Ok(c) => return Ok(c.into_inner().tenants),
+                Err(s) => last = s,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Whether a failed Enqueue may be retried on another node: the message was not stored.
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+}

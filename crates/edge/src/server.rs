@@ -1,0 +1,286 @@
+//! Listeners and the per-connection driver.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls::ServerConfig;
+use skein_config::{EdgeConfig, TlsMode};
+use skein_core::SharedClock;
+use skein_proto::ingest::EnqueueRequest;
+use skein_smtp::reply::canned;
+use skein_smtp::{ConnectionInfo, Event, Reply, Session, SessionConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::Credentials;
+use crate::limits::{ConnectionLimiter, RateLimiter};
+use crate::queue::QueueClient;
+
+/// Why the edge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Certificate or key problem.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A queue address is unusable.
+    #[error("queue address: {0}")]
+    Queue(#[from] tonic::transport::Error),
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running edge's shared state.
+#[derive(Debug)]
+pub struct Edge {
+    cfg: EdgeConfig,
+    session: SessionConfig,
+    tls: Arc<ServerConfig>,
+    queue: QueueClient,
+    credentials: Credentials,
+    connections: Arc<ConnectionLimiter>,
+    ip_rate: RateLimiter,
+    tenant_rate: RateLimiter,
+    clock: SharedClock,
+}
+
+impl Edge {
+    /// An edge for `cfg` using `tls` for STARTTLS and implicit-TLS listeners.
+    pub fn new(cfg: EdgeConfig, tls: Arc<ServerConfig>, clock: SharedClock) -> Result<Arc<Self>, EdgeError> {
+        let l = &cfg.limits;
+        let session = SessionConfig {
+            hostname: cfg.hostname.clone(),
+            max_message_size: l.max_message_size.0,
+            max_recipients: l.max_recipients,
+            max_command_line: l.max_command_line,
+            max_data_line: l.max_data_line,
+            max_bad_commands: l.max_bad_commands,
+            max_auth_failures: l.max_auth_failures,
+        };
+        let queue = QueueClient::new(&cfg.queue, cfg.commit_timeout.0)?;
+        Ok(Arc::new(Self {
+            session,
+            tls,
+            credentials: Credentials::new(queue.clone()),
+            queue,
+            connections: ConnectionLimiter::new(l.max_connections, l.max_connections_per_ip),
+            ip_rate: RateLimiter::new(l.messages_per_minute_per_ip, clock.clone()),
+            tenant_rate: RateLimiter::new(l.messages_per_minute_per_tenant, clock.clone()),
+            clock,
+            cfg,
+        }))
+    }
+
+    /// Serves one listener until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mode: TlsMode) {
+        loop {
+            let (sock, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%e, "accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let edge = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = edge.connection(sock, peer, mode).await {
+                    tracing::debug!(%peer, %e, "connection ended");
+                }
+            });
+        }
+    }
+
+    /// Keeps the credential cache fresh until the task is dropped.
+    pub async fn refresh_credentials(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.credentials.refresh().await {
+                tracing::debug!(%e, "credentials refresh");
+            }
+            tokio::time::sleep(self.cfg.credentials_refresh.0).await;
+        }
+    }
+
+    fn in_nets(nets: &[IpNet], ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            v4 => v4,
+        };
+        nets.iter().any(|n| n.contains(&ip))
+    }
+
+    async fn connection(&self, sock: TcpStream, peer: SocketAddr, mode: TlsMode) -> std::io::Result<()> {
+        let _ = sock.set_nodelay(true);
+        let Some(_slot) = self.connections.acquire(peer.ip()) else {
+            let mut sock = sock;
+            let r = canned::too_many_connections(&self.cfg.hostname);
+            let _ = tokio::time::timeout(Duration::from_secs(5), sock.write_all(&r.to_bytes())).await;
+            return Ok(());
+        };
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let (mut conn, tls) = match mode {
+            TlsMode::Starttls => (Conn::Plain(sock), None),
+            TlsMode::Implicit => {
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock))
+                    .await
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake"))??;
+                let info = crate::tls::describe(tls.get_ref().1);
+                (Conn::Tls(Box::new(tls)), Some(info))
+            }
+        };
+        let info = ConnectionInfo {
+            client_ip: peer.ip(),
+            tls,
+            starttls_available: mode == TlsMode::Starttls,
+            auth_available: true,
+            auth_without_tls: Self::in_nets(&self.cfg.plaintext_auth_networks, peer.ip()),
+            relay_by_ip: Self::in_nets(&self.cfg.relay_networks, peer.ip()),
+        };
+        let mut session = Session::new(self.session.clone(), info);
+        let mut out = session.greeting().to_bytes();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while let Some(ev) = session.poll() {
+                match ev {
+                    Event::Reply(r) => r.write_to(&mut out),
+                    Event::Close => {
+                        conn.write_all(&out).await?;
+                        conn.flush().await?;
+                        let _ = conn.shutdown().await;
+                        return Ok(());
+                    }
+                    Event::StartTls => {
+                        conn.write_all(&out).await?;
+                        conn.flush().await?;
+                        out.clear();
+                        let Conn::Plain(tcp) = conn else {
+                            return Err(std::io::Error::other("STARTTLS on a TLS connection"));
+                        };
+                        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                            .await
+                            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake"))??;
+                        session.tls_done(crate::tls::describe(tls.get_ref().1));
+                        conn = Conn::Tls(Box::new(tls));
+                    }
+                    Event::Authenticate { username, password, .. } => {
+                        let res = self.credentials.verify(&username, &password).await;
+                        session.auth_done(res);
+                    }
+                    Event::Mail { .. } => {
+                        let ip = peer.ip().to_string();
+                        let res = if !self.ip_rate.allow(&ip) {
+                            Err(Reply::new(421, "4.7.0", format!("{} Too many messages from {ip}, try again later", self.cfg.hostname)))
+                        } else if let Some(t) = session.tenant().filter(|t| !self.tenant_rate.allow(t)) {
+                            Err(Reply::new(451, "4.7.1", format!("Message rate limit of tenant {t} exceeded, try again later")))
+                        } else {
+                            Ok(())
+                        };
+                        session.mail_done(res);
+                    }
+                    Event::Message { envelope, data } => {
+                        // Let the client see its pipelined replies while the commit runs.
+                        if !out.is_empty() {
+                            conn.write_all(&out).await?;
+                            conn.flush().await?;
+                            out.clear();
+                        }
+                        let reply = self.store(envelope, data, peer.ip()).await;
+                        session.message_done(reply);
+                    }
+                }
+            }
+            if !out.is_empty() {
+                conn.write_all(&out).await?;
+                conn.flush().await?;
+                out.clear();
+            }
+            let limit = if session.in_data() { self.cfg.limits.data_timeout.0 } else { self.cfg.limits.command_timeout.0 };
+            match tokio::time::timeout(limit, conn.read(&mut buf)).await {
+                Err(_) => {
+                    let r = canned::timeout(&self.cfg.hostname);
+                    let _ = conn.write_all(&r.to_bytes()).await;
+                    let _ = conn.shutdown().await;
+                    return Ok(());
+                }
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => session.feed(&buf[..n]),
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Enqueues one message; the reply for the final dot.
+    async fn store(&self, env: skein_smtp::Envelope, data: Vec<u8>, ip: IpAddr) -> Reply {
+        let id = format!("{:016X}", fastrand::u64(..));
+        let date = skein_core::date::rfc5322(self.clock.now_ms());
+        let header = skein_smtp::received::received_header(&env, ip, &self.cfg.hostname, &id, &date);
+        let mut message = Vec::with_capacity(header.len() + data.len());
+        message.extend_from_slice(header.as_bytes());
+        message.extend_from_slice(&data);
+        let req = EnqueueRequest {
+            tenant: env.tenant.clone().unwrap_or_default(),
+            mail_from: env.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            rcpt_to: env.rcpt_to.iter().map(|a| a.to_string()).collect(),
+            data: message,
+            client_ip: ip.to_string(),
+            helo: env.helo.clone(),
+            smtputf8: env.smtputf8,
+            body_8bit: env.body_8bit,
+            edge: self.cfg.hostname.clone(),
+        };
+        match self.queue.enqueue(req).await {
+            Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                tracing::warn!(status = %s, "queue refused message");
+                Reply::new(554, "5.6.0", format!("Message refused: {}", s.message()))
+            }
+            Err(s) => {
+                tracing::warn!(status = %s, "enqueue failed");
+                canned::queue_unavailable()
+            }
+        }
+    }
+}
+
+/// A client connection, before or after TLS.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Compiles the protos under `proto/` with protox (pure Rust): no system `protoc` needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "skein/ingest/v1/ingest.proto",
+        "skein/admin/v1/admin.proto",
+        "skein/raft/v1/raft.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    let fds = protox::compile(files, [&root])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

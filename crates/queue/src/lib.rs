@@ -1,0 +1,35 @@
+//! The replicated queue: what a queue node stores and how.
+//!
+//! - [`types`]: the openraft type configuration and the commands ([`Request`]) replicated
+//!   through the log, with their [`Response`]s.
+//! - [`store`]: one RocksDB database holding both the Raft log ([`LogStore`]) and the state
+//!   machine ([`StateMachine`]) in column families; log appends are synced before they are
+//!   acknowledged, so a committed entry is on disk on a quorum.
+//! - [`records`]: the stored records (message envelope, tenant) and their keys.
+//! - [`QueueReader`]: read-only queries over a node's applied state, for the Admin API.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod records;
+pub mod store;
+pub mod types;
+
+pub use records::{MessageRecord, TenantRecord};
+pub use store::{open, LogStore, QueueReader, StateMachine};
+pub use types::{NewMessage, NodeId, Request, Response, TypeConfig};
+
+/// Errors of the queue's own queries and of opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// RocksDB failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// A stored record does not decode: corruption or an incompatible version.
+    #[error("corrupt record in {cf}: {source}")]
+    Corrupt {
+        /// Column family.
+        cf: &'static str,
+        /// Decoder error.
+        source: postcard::Error,
+    },
+}

@@ -1,0 +1,535 @@
+//! One RocksDB database for the Raft log and the state machine.
+//!
+//! Column families:
+//! - `log`: entries keyed by big-endian index; `raft`: vote and last purged log id.
+//! - `sm`: last applied log id, membership, message count, current snapshot.
+//! - `messages` (envelopes) and `bodies`, keyed by queue id; `tenants`, keyed by name.
+//!
+//! Durability: log appends and votes are written with `sync = true` before openraft is told
+//! they are done, so a committed entry is on disk on a quorum. The state machine's writes are
+//! not synced on their own: the log they came from is, and every later synced write (the next
+//! append, a purge) flushes the shared write-ahead log up to and including them, so the log is
+//! never purged past state that is not on disk.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::records::{MessageRecord, TenantRecord};
+use crate::types::{message_id, NodeId, Request, Response, TypeConfig};
+use crate::QueueError;
+
+const CF_LOG: &str = "log";
+const CF_RAFT: &str = "raft";
+const CF_SM: &str = "sm";
+const CF_MESSAGES: &str = "messages";
+const CF_BODIES: &str = "bodies";
+const CF_TENANTS: &str = "tenants";
+/// State that a snapshot carries, in this order.
+const STATE_CFS: [&str; 3] = [CF_MESSAGES, CF_BODIES, CF_TENANTS];
+
+const K_VOTE: &[u8] = b"vote";
+const K_PURGED: &[u8] = b"last_purged";
+const K_APPLIED: &[u8] = b"last_applied";
+const K_MEMBERSHIP: &[u8] = b"membership";
+const K_COUNT: &[u8] = b"message_count";
+const K_SNAPSHOT: &[u8] = b"snapshot";
+
+type SErr = StorageError<NodeId>;
+
+/// Opens (or creates) the database under `dir` and returns the log store, the state machine
+/// and a reader over the applied state.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_MESSAGES, CF_BODIES, CF_TENANTS]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+    let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+    let snapshot = match db.get_cf(cf(&db, CF_SM), K_SNAPSHOT)? {
+        Some(v) => Some(
+            postcard::from_bytes::<StoredSnapshot>(&v)
+                .map_err(|source| QueueError::Corrupt { cf: CF_SM, source })?,
+        ),
+        None => None,
+    };
+    Ok((
+        LogStore { db: db.clone() },
+        StateMachine { db: db.clone(), snapshot },
+        QueueReader { db },
+    ))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    // The column families are all created by `open`; a missing one is a programming error.
+    db.cf_handle(name).expect("column family created at open")
+}
+
+fn synced() -> WriteOptions {
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    w
+}
+
+fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+    // postcard serializes our plain data types infallibly into a Vec.
+    postcard::to_allocvec(v).expect("postcard encodes plain data")
+}
+
+fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(b)
+}
+
+fn io_read(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::read(&e).into()
+}
+
+fn io_write(e: impl std::error::Error + 'static) -> SErr {
+    StorageIOError::write(&e).into()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SErr> + Send + 'static,
+) -> Result<T, SErr> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(io_write(e)),
+    }
+}
+
+/// The Raft log, in the `log` and `raft` column families.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+impl LogStore {
+    fn last_purged(&self) -> Result<Option<LogId<NodeId>>, SErr> {
+        match self.db.get_cf(cf(&self.db, CF_RAFT), K_PURGED).map_err(io_read)? {
+            Some(v) => dec(&v).map_err(io_read),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let db = self.db.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let it = db.iterator_cf(
+                cf(&db, CF_LOG),
+                IteratorMode::From(&start.to_be_bytes(), Direction::Forward),
+            );
+            for kv in it {
+                let (k, v) = kv.map_err(io_read)?;
+                let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                    io_read(std::io::Error::other("log key is not 8 bytes"))
+                })?);
+                if !range.contains(&idx) {
+                    break;
+                }
+                out.push(dec(&v).map_err(io_read)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let last_purged = self.last_purged()?;
+        let last = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End)
+            .next()
+            .transpose()
+            .map_err(io_read)?
+            .map(|(_, v)| dec::<Entry<TypeConfig>>(&v).map(|e| e.log_id))
+            .transpose()
+            .map_err(io_read)?;
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
+        let v = enc(vote);
+        let db = self.db.clone();
+        blocking(move || db.put_cf_opt(cf(&db, CF_RAFT), K_VOTE, v, &synced()).map_err(io_write))
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
+        match self.db.get_cf(cf(&self.db, CF_RAFT), K_VOTE).map_err(io_read)? {
+            Some(v) => dec(&v).map(Some).map_err(io_read),
+            None => Ok(None),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        for e in entries {
+            batch.put_cf(log, e.log_id.index.to_be_bytes(), enc(&e));
+        }
+        let db = self.db.clone();
+        let res = blocking(move || db.write_opt(batch, &synced()).map_err(io_write)).await;
+        match &res {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        res
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut b = WriteBatch::default();
+            b.delete_range_cf(cf(&db, CF_LOG), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+            b.delete_cf(cf(&db, CF_LOG), u64::MAX.to_be_bytes());
+            db.write_opt(b, &synced()).map_err(io_write)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
+        let db = self.db.clone();
+        blocking(move || {
+            let mut b = WriteBatch::default();
+            b.put_cf(cf(&db, CF_RAFT), K_PURGED, enc(&Some(log_id)));
+            b.delete_range_cf(
+                cf(&db, CF_LOG),
+                0u64.to_be_bytes(),
+                (log_id.index + 1).to_be_bytes(),
+            );
+            db.write_opt(b, &synced()).map_err(io_write)
+        })
+        .await
+    }
+}
+
+/// A snapshot as kept in the `sm` column family.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    #[serde(with = "serde_bytes")]
+    data: Vec<u8>,
+}
+
+/// The content of a snapshot: every key and value of the state column families.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotContent {
+    /// One list of (key, value) per entry of [`STATE_CFS`].
+    cfs: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+    message_count: u64,
+}
+
+/// The replicated state machine.
+#[derive(Debug)]
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshot: Option<StoredSnapshot>,
+}
+
+impl StateMachine {
+    fn applied(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+        let sm = cf(&self.db, CF_SM);
+        let applied = match self.db.get_cf(sm, K_APPLIED).map_err(io_read)? {
+            Some(v) => dec(&v).map_err(io_read)?,
+            None => None,
+        };
+        let membership = match self.db.get_cf(sm, K_MEMBERSHIP).map_err(io_read)? {
+            Some(v) => dec(&v).map_err(io_read)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn count(&self) -> Result<u64, SErr> {
+        Ok(match self.db.get_cf(cf(&self.db, CF_SM), K_COUNT).map_err(io_read)? {
+            Some(v) => dec(&v).map_err(io_read)?,
+            None => 0,
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let db = self.db.clone();
+        // A RocksDB snapshot gives a consistent view while applies continue.
+        let (applied, membership) = self.applied()?;
+        let stored = blocking(move || {
+            let snap = db.snapshot();
+            let mut cfs = Vec::new();
+            for name in STATE_CFS {
+                let mut kvs = Vec::new();
+                for kv in snap.iterator_cf(cf(&db, name), IteratorMode::Start) {
+                    let (k, v) = kv.map_err(io_read)?;
+                    kvs.push((k.to_vec(), v.to_vec()));
+                }
+                cfs.push(kvs);
+            }
+            let message_count = match snap.get_cf(cf(&db, CF_SM), K_COUNT).map_err(io_read)? {
+                Some(v) => dec(&v).map_err(io_read)?,
+                None => 0,
+            };
+            let data = enc(&SnapshotContent { cfs, message_count });
+            let snapshot_id = match applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+                None => format!("empty-{}", data.len()),
+            };
+            let stored = StoredSnapshot {
+                meta: SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id },
+                data,
+            };
+            db.put_cf_opt(cf(&db, CF_SM), K_SNAPSHOT, enc(&stored), &synced())
+                .map_err(io_write)?;
+            Ok(stored)
+        })
+        .await?;
+        self.snapshot = Some(stored.clone());
+        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+        self.applied()
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let db = self.db.clone();
+        let mut count = self.count()?;
+        let mut batch = WriteBatch::default();
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        // Tenants created earlier in this same batch are not visible to reads of the DB yet.
+        let mut new_tenants: Vec<TenantRecord> = Vec::new();
+        for entry in entries {
+            last = Some(entry.log_id);
+            let resp = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
+                    Response::None
+                }
+                EntryPayload::Normal(Request::Enqueue { received_at_ms, messages }) => {
+                    let mut ids = Vec::with_capacity(messages.len());
+                    for (pos, m) in messages.into_iter().enumerate() {
+                        let id = message_id(entry.log_id.index, pos);
+                        let rec = MessageRecord {
+                            id: id.clone(),
+                            tenant: m.tenant,
+                            mail_from: m.mail_from,
+                            rcpt_to: m.rcpt_to,
+                            size: m.data.len() as u64,
+                            received_at_ms,
+                            client_ip: m.client_ip,
+                            helo: m.helo,
+                            edge: m.edge,
+                            log_index: entry.log_id.index,
+                            smtputf8: m.smtputf8,
+                            body_8bit: m.body_8bit,
+                        };
+                        batch.put_cf(cf(&db, CF_MESSAGES), id.as_bytes(), enc(&rec));
+                        batch.put_cf(cf(&db, CF_BODIES), id.as_bytes(), &m.data);
+                        count += 1;
+                        ids.push(id);
+                    }
+                    Response::Enqueued { ids }
+                }
+                EntryPayload::Normal(Request::CreateTenant(t)) => {
+                    let taken = new_tenants
+                        .iter()
+                        .any(|n| n.name == t.name || n.username == t.username)
+                        || tenant_taken(&db, &t).map_err(io_read)?;
+                    if taken {
+                        Response::TenantExists
+                    } else {
+                        batch.put_cf(cf(&db, CF_TENANTS), t.name.as_bytes(), enc(&t));
+                        new_tenants.push(t);
+                        Response::TenantCreated
+                    }
+                }
+            };
+            out.push(resp);
+        }
+        let sm = cf(&db, CF_SM);
+        if let Some(l) = last {
+            batch.put_cf(sm, K_APPLIED, enc(&Some(l)));
+        }
+        if let Some(m) = membership {
+            batch.put_cf(sm, K_MEMBERSHIP, enc(&m));
+        }
+        batch.put_cf(sm, K_COUNT, enc(&count));
+        blocking(move || db.write(batch).map_err(io_write)).await?;
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        StateMachine { db: self.db.clone(), snapshot: self.snapshot.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let content: SnapshotContent = dec(&data).map_err(|e| {
+            SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
+        })?;
+        let db = self.db.clone();
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored2 = stored.clone();
+        blocking(move || {
+            let mut b = WriteBatch::default();
+            for (name, kvs) in STATE_CFS.iter().zip(content.cfs) {
+                let h = cf(&db, name);
+                // Keys are ids and names: all below 0xFF bytes.
+                b.delete_range_cf(h, [0u8].as_slice(), [0xFFu8; 32].as_slice());
+                for (k, v) in kvs {
+                    b.put_cf(h, k, v);
+                }
+            }
+            let sm = cf(&db, CF_SM);
+            b.put_cf(sm, K_APPLIED, enc(&stored2.meta.last_log_id));
+            b.put_cf(sm, K_MEMBERSHIP, enc(&stored2.meta.last_membership));
+            b.put_cf(sm, K_COUNT, enc(&content.message_count));
+            b.put_cf(sm, K_SNAPSHOT, enc(&stored2));
+            db.write_opt(b, &synced()).map_err(io_write)
+        })
+        .await?;
+        self.snapshot = Some(stored);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        Ok(self.snapshot.clone().map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+fn tenant_taken(db: &DB, t: &TenantRecord) -> Result<bool, std::io::Error> {
+    let h = cf(db, CF_TENANTS);
+    if db.get_cf(h, t.name.as_bytes()).map_err(std::io::Error::other)?.is_some() {
+        return Ok(true);
+    }
+    for kv in db.iterator_cf(h, IteratorMode::Start) {
+        let (_, v) = kv.map_err(std::io::Error::other)?;
+        let rec: TenantRecord = dec(&v).map_err(std::io::Error::other)?;
+        if rec.username == t.username {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Read-only queries over this node's applied state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct QueueReader {
+    db: Arc<DB>,
+}
+
+impl QueueReader {
+    /// Messages with ids after `after` (exclusive), at most `limit`.
+    pub fn list_messages(&self, after: &str, limit: usize) -> Result<Vec<MessageRecord>, QueueError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_MESSAGES),
+            IteratorMode::From(after.as_bytes(), Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv?;
+            if k.as_ref() == after.as_bytes() {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_MESSAGES, source })?);
+        }
+        Ok(out)
+    }
+
+    /// One message's envelope, and its body if `with_body`.
+    pub fn get_message(
+        &self,
+        id: &str,
+        with_body: bool,
+    ) -> Result<Option<(MessageRecord, Option<Vec<u8>>)>, QueueError> {
+        let Some(v) = self.db.get_cf(cf(&self.db, CF_MESSAGES), id.as_bytes())? else {
+            return Ok(None);
+        };
+        let rec = dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_MESSAGES, source })?;
+        let body = if with_body {
+            self.db.get_cf(cf(&self.db, CF_BODIES), id.as_bytes())?
+        } else {
+            None
+        };
+        Ok(Some((rec, body)))
+    }
+
+    /// Every tenant, by name.
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, QueueError> {
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(cf(&self.db, CF_TENANTS), IteratorMode::Start) {
+            let (_, v) = kv?;
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_TENANTS, source })?);
+        }
+        Ok(out)
+    }
+
+    /// Messages in the applied state.
+    pub fn message_count(&self) -> Result<u64, QueueError> {
+        Ok(match self.db.get_cf(cf(&self.db, CF_SM), K_COUNT)? {
+            Some(v) => dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_SM, source })?,
+            None => 0,
+        })
+    }
+}

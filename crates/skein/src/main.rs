@@ -1,0 +1,185 @@
+//! `skein`: one binary, one role per subcommand. Wiring only; the logic lives in the crates.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use skein_config::{Config, EdgeConfig, NodeConfig, TenantSeed, TlsMode};
+use skein_core::{SharedClock, SystemClock};
+
+#[derive(Parser)]
+#[command(name = "skein", version, about = "Skein: a clustered outbound SMTP relay")]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, global = true, env = "SKEIN_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a queue node (Raft + RocksDB, Ingest and Admin gRPC).
+    Node {
+        /// Configuration file with a [node] section.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run an SMTP edge.
+    Edge {
+        /// Configuration file with an [edge] section.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Everything in one process on a single-node cluster: the embedded default.
+    Dev {
+        /// Optional configuration file ([node] and/or [edge]); defaults fill the rest.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the file).
+        #[arg(long, env = "SKEIN_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Create a tenant at start: NAME:PASSWORD (repeatable).
+        #[arg(long = "tenant", value_name = "NAME:PASSWORD")]
+        tenants: Vec<String>,
+    },
+    /// Validate a configuration file without starting anything.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    // One crypto provider for the whole process (see stack notes: two would panic).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.cmd {
+            Cmd::CheckConfig { file } => {
+                let c = Config::load(&file)?;
+                c.validate()?;
+                let roles: Vec<&str> = [c.node.as_ref().map(|_| "node"), c.edge.as_ref().map(|_| "edge")]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                println!("{}: ok ({})", file.display(), roles.join(", "));
+                Ok(())
+            }
+            Cmd::Node { config } => {
+                let c = Config::load(&config)?;
+                c.validate()?;
+                let Some(node) = c.node else { bail!("{}: missing [node] section", config.display()) };
+                run_node(node).await
+            }
+            Cmd::Edge { config } => {
+                let c = Config::load(&config)?;
+                c.validate()?;
+                let Some(edge) = c.edge else { bail!("{}: missing [edge] section", config.display()) };
+                run_edge(edge, None).await
+            }
+            Cmd::Dev { config, data_dir, tenants } => run_dev(config, data_dir, tenants).await,
+        }
+    })
+}
+
+fn clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+async fn start_node(node: &NodeConfig) -> anyhow::Result<skein_cluster::NodeHandle> {
+    let listener = tokio::net::TcpListener::bind(&node.listen)
+        .await
+        .with_context(|| format!("binding node.listen {}", node.listen))?;
+    Ok(skein_cluster::start(node, clock(), listener).await?)
+}
+
+async fn run_node(node: NodeConfig) -> anyhow::Result<()> {
+    let mut h = start_node(&node).await?;
+    println!("skein node {} listening on {} (data in {})", node.id, h.local_addr, node.data_dir.display());
+    tokio::select! {
+        r = h.serve_forever() => r.map_err(anyhow::Error::msg),
+        _ = tokio::signal::ctrl_c() => { h.shutdown().await; Ok(()) }
+    }
+}
+
+/// Starts the edge's listeners; `cert_out` is where a generated certificate is written.
+async fn start_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let tls = match &edge.tls {
+        Some(f) => skein_edge::tls::from_pem_files(&f.cert, &f.key)?,
+        None => {
+            let (cfg, pem) = skein_edge::tls::self_signed(&edge.hostname)?;
+            match &cert_out {
+                Some(p) => {
+                    std::fs::write(p, pem).with_context(|| format!("writing {}", p.display()))?;
+                    println!("  TLS certificate: self-signed, written to {}", p.display());
+                }
+                None => println!("  TLS certificate: self-signed (configure [edge.tls] for a real one)"),
+            }
+            cfg
+        }
+    };
+    let e = skein_edge::Edge::new(edge.clone(), tls, clock())?;
+    let mut tasks = vec![tokio::spawn(e.clone().refresh_credentials())];
+    for l in &edge.listeners {
+        let listener = tokio::net::TcpListener::bind(&l.address)
+            .await
+            .with_context(|| format!("binding SMTP listener {}", l.address))?;
+        let kind = match l.tls {
+            TlsMode::Starttls => "SMTP (STARTTLS)",
+            TlsMode::Implicit => "SMTP (implicit TLS)",
+        };
+        println!("  {kind:<22} {}", listener.local_addr()?);
+        tasks.push(tokio::spawn(e.clone().serve(listener, l.tls)));
+    }
+    Ok(tasks)
+}
+
+async fn run_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Result<()> {
+    println!("skein edge {} submitting to {}", edge.hostname, edge.queue.join(", "));
+    let _tasks = start_edge(edge, cert_out).await?;
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn run_dev(config: Option<PathBuf>, data_dir: Option<PathBuf>, tenants: Vec<String>) -> anyhow::Result<()> {
+    let mut c = match &config {
+        Some(p) => Config::load(p)?,
+        None => Config::dev_default(),
+    };
+    let mut node = c.node.take().unwrap_or_default();
+    let mut edge = c.edge.take().unwrap_or_else(EdgeConfig::dev_default);
+    if let Some(d) = data_dir {
+        node.data_dir = d;
+    }
+    for t in tenants {
+        let Some((name, password)) = t.split_once(':') else {
+            bail!("--tenant {t:?}: expected NAME:PASSWORD");
+        };
+        node.tenants.push(TenantSeed { name: name.into(), username: None, password: password.into() });
+    }
+    edge.queue = vec![node.advertise_addr().to_string()];
+    Config { node: Some(node.clone()), edge: Some(edge.clone()) }.validate()?;
+
+    let mut h = start_node(&node).await?;
+    println!("skein dev: single-node cluster, data in {}", node.data_dir.display());
+    println!("  {:<22} {}", "gRPC (Ingest, Admin)", h.local_addr);
+    let relay: Vec<String> = edge.relay_networks.iter().map(|n| n.to_string()).collect();
+    let cert = node.data_dir.join("edge-cert.pem");
+    let _tasks = start_edge(edge, Some(cert)).await?;
+    println!("  relay without AUTH from: {}", if relay.is_empty() { "nobody".into() } else { relay.join(", ") });
+    for t in &node.tenants {
+        println!("  tenant {:?} may AUTH as {:?}", t.name, t.username.as_deref().unwrap_or(&t.name));
+    }
+    println!("ready");
+    tokio::select! {
+        r = h.serve_forever() => r.map_err(anyhow::Error::msg),
+        _ = tokio::signal::ctrl_c() => { h.shutdown().await; Ok(()) }
+    }
+}

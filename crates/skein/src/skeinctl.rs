@@ -1,0 +1,150 @@
+//! `skeinctl`: the admin CLI, a thin client of the Admin gRPC API.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use skein_proto::admin::admin_client::AdminClient;
+use skein_proto::admin::*;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "skeinctl", version, about = "Administer a Skein cluster")]
+struct Cli {
+    /// Any queue node's gRPC address.
+    #[arg(long, short, env = "SKEIN_SERVER", default_value = "127.0.0.1:7070", global = true)]
+    server: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Cluster members, leader and log positions.
+    Status,
+    /// Add a node as a learner (it starts replicating).
+    AddLearner { id: u64, addr: String },
+    /// Make a learner a voter.
+    Promote { id: u64 },
+    /// Remove a node.
+    Remove { id: u64 },
+    /// List queued messages.
+    Messages {
+        #[arg(long, default_value = "")]
+        after: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Read this node's own state (not forwarded to the leader).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Show one message (with --data, its content).
+    Message {
+        id: String,
+        #[arg(long)]
+        data: bool,
+    },
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+}
+
+#[derive(Subcommand)]
+enum TenantCmd {
+    /// Create a tenant with an SMTP login.
+    Create {
+        name: String,
+        #[arg(long, env = "SKEIN_TENANT_PASSWORD")]
+        password: String,
+        #[arg(long, default_value = "")]
+        username: String,
+    },
+    /// List tenants.
+    List,
+}
+
+fn member_json(m: &Member) -> serde_json::Value {
+    serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})
+}
+
+fn message_json(m: &Message) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id, "tenant": m.tenant, "mail_from": m.mail_from, "rcpt_to": m.rcpt_to,
+        "size": m.size, "received_at_ms": m.received_at_ms, "client_ip": m.client_ip,
+        "helo": m.helo, "edge": m.edge, "log_index": m.log_index,
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let ch = Channel::from_shared(format!("http://{}", cli.server))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", cli.server))?;
+    let mut c = AdminClient::new(ch).max_decoding_message_size(80 << 20);
+    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    match cli.cmd {
+        Cmd::Status => {
+            let s = c.cluster_status(ClusterStatusRequest {}).await.map_err(status)?.into_inner();
+            if cli.json {
+                println!("{}", serde_json::json!({
+                    "node_id": s.node_id, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
+                    "term": s.term, "state": s.state, "last_log_index": s.last_log_index,
+                    "last_applied_index": s.last_applied_index, "message_count": s.message_count,
+                    "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                }));
+            } else {
+                println!("node {} ({}), term {}, leader {} {}", s.node_id, s.state, s.term, s.leader_id, s.leader_addr);
+                println!("log {} applied {} messages {}", s.last_log_index, s.last_applied_index, s.message_count);
+                for m in s.members {
+                    println!("  {:>4} {:<24} {}", m.id, m.addr, if m.voter { "voter" } else { "learner" });
+                }
+            }
+        }
+        Cmd::AddLearner { id, addr } => {
+            let r = c.add_learner(AddLearnerRequest { id, addr }).await.map_err(status)?.into_inner();
+            println!("added learner {id} at log index {}", r.log_index);
+        }
+        Cmd::Promote { id } => {
+            let r = c.promote_voter(NodeRef { id }).await.map_err(status)?.into_inner();
+            println!("node {id} is a voter (log index {})", r.log_index);
+        }
+        Cmd::Remove { id } => {
+            let r = c.remove_node(NodeRef { id }).await.map_err(status)?.into_inner();
+            println!("node {id} removed (log index {})", r.log_index);
+        }
+        Cmd::Messages { after, limit, local } => {
+            let r = c.list_messages(ListMessagesRequest { after, limit, local }).await.map_err(status)?.into_inner();
+            for m in &r.messages {
+                if cli.json {
+                    println!("{}", message_json(m));
+                } else {
+                    println!("{} {:>8} <{}> -> {}", m.id, m.size, m.mail_from, m.rcpt_to.join(", "));
+                }
+            }
+            if !r.next_after.is_empty() && !cli.json {
+                println!("(more: --after {})", r.next_after);
+            }
+        }
+        Cmd::Message { id, data } => {
+            let m = c.get_message(GetMessageRequest { id, include_data: data, local: false }).await.map_err(status)?.into_inner();
+            println!("{}", serde_json::to_string_pretty(&message_json(&m))?);
+            if data {
+                println!("{}", String::from_utf8_lossy(&m.data));
+            }
+        }
+        Cmd::Tenant(TenantCmd::Create { name, password, username }) => {
+            let t = c.create_tenant(CreateTenantRequest { name, username, password }).await.map_err(status)?.into_inner();
+            println!("created tenant {} (login {})", t.name, t.username);
+        }
+        Cmd::Tenant(TenantCmd::List) => {
+            let r = c.list_tenants(ListTenantsRequest {}).await.map_err(status)?.into_inner();
+            for t in r.tenants {
+                println!("{} {} {}", t.name, t.username, if t.enabled { "enabled" } else { "disabled" });
+            }
+        }
+    }
+    Ok(())
+}

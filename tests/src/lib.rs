@@ -1,0 +1,336 @@
+//! Harness for Skein's integration tests: starts real `skein` processes (queue nodes, edges,
+//! `skein dev`) on loopback addresses with their own RocksDB directories, talks to them over
+//! the Admin gRPC API, and submits mail with Python's smtplib (`tests/py/submit.py`).
+//!
+//! The `skein` binary must be built first (`cargo build --bins`; `scripts/test.sh` does it).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use skein_proto::admin::admin_client::AdminClient;
+use skein_proto::admin::{ClusterStatusRequest, ClusterStatusResponse, ListMessagesRequest, Message};
+use tonic::transport::Channel;
+
+/// The `skein` binary next to the test executable's `deps/` directory.
+pub fn skein_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("skein");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    bin
+}
+
+/// A free TCP port on `ip` (bound and released; fine on loopback in tests).
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A child process killed when dropped, with its stderr in a log file.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Its log.
+    pub log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `skein ARGS` logging to `log`.
+    pub fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let child = Self::start(&args, log)?;
+        Ok(Self { child, log: log.to_path_buf(), args })
+    }
+
+    fn start(args: &[String], log: &Path) -> anyhow::Result<Child> {
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let out = err.try_clone()?;
+        Command::new(skein_bin())
+            .args(args)
+            .env("SKEIN_LOG", "info,skein_cluster=debug,openraft=warn")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .context("spawning skein")
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (after [`Proc::kill`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.child = Self::start(&self.args, &self.log)?;
+        Ok(())
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An Admin client of the node at `addr`.
+pub async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
+    let ch = Channel::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await?;
+    Ok(AdminClient::new(ch).max_decoding_message_size(80 << 20))
+}
+
+/// Cluster status from the node at `addr`.
+pub async fn status(addr: &str) -> anyhow::Result<ClusterStatusResponse> {
+    Ok(admin(addr).await?.cluster_status(ClusterStatusRequest {}).await?.into_inner())
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every message id in the node's own applied state (Admin ListMessages with `local`).
+pub async fn local_ids(addr: &str) -> anyhow::Result<Vec<String>> {
+    let mut c = admin(addr).await?;
+    let mut ids = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = c
+            .list_messages(ListMessagesRequest { after: after.clone(), limit: 1000, local: true })
+            .await?
+            .into_inner();
+        ids.extend(r.messages.iter().map(|m: &Message| m.id.clone()));
+        if r.next_after.is_empty() {
+            return Ok(ids);
+        }
+        after = r.next_after;
+    }
+}
+
+/// One line of `submit.py` output.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// Message number.
+    pub i: u64,
+    /// SMTP code after the final dot, if any reply came.
+    pub code: Option<u64>,
+    /// Queue id when the code was 250.
+    pub id: Option<String>,
+    /// The reply text or the client-side error.
+    pub text: String,
+}
+
+/// Path of the Python client.
+pub fn submit_py() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py/submit.py")
+}
+
+/// Runs `submit.py ARGS` to completion and returns one record per message.
+pub fn submit(args: &[&str]) -> anyhow::Result<Vec<Submitted>> {
+    let out = Command::new("python3").arg(submit_py()).args(args).output().context("python3")?;
+    if !out.status.success() {
+        bail!("submit.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_submitted(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Starts `submit.py ARGS` in the background; its stdout is read with [`SubmitRun::lines`].
+pub struct SubmitRun {
+    child: Child,
+    reader: BufReader<std::process::ChildStdout>,
+}
+
+impl SubmitRun {
+    /// Starts the client.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new("python3")
+            .arg(submit_py())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let reader = BufReader::new(child.stdout.take().context("stdout")?);
+        Ok(Self { child, reader })
+    }
+
+    /// Blocks for the next record; `None` at the end.
+    pub fn next(&mut self) -> anyhow::Result<Option<Submitted>> {
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                let _ = self.child.wait();
+                return Ok(None);
+            }
+            if let Some(s) = parse_submitted(&line)?.pop() {
+                return Ok(Some(s));
+            }
+        }
+    }
+}
+
+fn parse_submitted(text: &str) -> anyhow::Result<Vec<Submitted>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| line.to_string())?;
+        if v.get("done").is_some() {
+            continue;
+        }
+        out.push(Submitted {
+            i: v["i"].as_u64().unwrap_or(0),
+            code: v["code"].as_u64(),
+            id: v["id"].as_str().map(str::to_string),
+            text: v["reply"].as_str().or(v["error"].as_str()).unwrap_or("").to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// A certificate for `127.0.0.1`, `localhost` and the given extra names, written as
+/// `cert.pem` and `key.pem` under `dir`.
+pub fn write_cert(dir: &Path, extra: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(extra.iter().map(|s| s.to_string()));
+    let ck = rcgen::generate_simple_self_signed(names)?;
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, ck.cert.pem())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem())?;
+    Ok((cert, key))
+}
+
+/// A queue cluster of real `skein node` processes on 127.0.0.x addresses.
+pub struct Cluster {
+    /// The node processes, index i is node id i+1.
+    pub nodes: Vec<Proc>,
+    /// gRPC addresses, same order.
+    pub addrs: Vec<String>,
+    /// Where configs, data and logs live.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` nodes on 127.0.0.{ip_base+1..}; `extra` is appended to every [node] section.
+    pub fn start(n: usize, ip_base: u8, extra: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let addrs: Vec<String> = (1..=n)
+            .map(|i| {
+                let ip = format!("127.0.0.{}", ip_base as usize + i);
+                format!("{ip}:{}", free_port(&ip))
+            })
+            .collect();
+        let members: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let id = i + 1;
+            let cfg = dir.path().join(format!("node{id}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[node]\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ninitial_members = [{}]\n{extra}\n",
+                    dir.path().join(format!("data{id}")).display(),
+                    members.join(", ")
+                ),
+            )?;
+            let log = dir.path().join(format!("node{id}.log"));
+            nodes.push(Proc::spawn(&["node", "--config", cfg.to_str().expect("utf-8 path")], &log)?);
+        }
+        Ok(Self { nodes, addrs, dir })
+    }
+
+    /// Waits until a node reports a leader that the others agree on; returns its index.
+    pub async fn leader(&self, alive: &[usize], limit: Duration) -> anyhow::Result<usize> {
+        wait_for("a leader", limit, || async {
+            let mut leader = None;
+            for &i in alive {
+                let s = status(&self.addrs[i]).await.ok()?;
+                if s.leader_id == 0 || leader.is_some_and(|l| l != s.leader_id) {
+                    return None;
+                }
+                leader = Some(s.leader_id);
+            }
+            leader.map(|l| l as usize - 1)
+        })
+        .await
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("--- node {} ---\n{}", i + 1, tail(&p.log_text(), 40)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Writes an edge config submitting to `queue` and returns (config path, SMTP port, TLS port).
+pub fn edge_config(
+    dir: &Path,
+    ip: &str,
+    queue: &[String],
+    cert: &Path,
+    key: &Path,
+    extra: &str,
+) -> anyhow::Result<(PathBuf, u16, u16)> {
+    let smtp = free_port(ip);
+    let smtps = free_port(ip);
+    let q: Vec<String> = queue.iter().map(|a| format!("\"{a}\"")).collect();
+    let cfg = dir.join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[edge]\nhostname = \"edge.skein.test\"\nqueue = [{}]\ncommit_timeout = \"8s\"\ncredentials_refresh = \"1s\"\n{extra}\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\ntls = \"starttls\"\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtps}\"\ntls = \"implicit\"\n\
+             [edge.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            q.join(", "),
+            cert.display(),
+            key.display()
+        ),
+    )?;
+    Ok((cfg, smtp, smtps))
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub async fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    wait_for(&format!("{addr} to listen"), limit, || async move {
+        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+    })
+    .await
+}

@@ -1,0 +1,105 @@
+//! `skein dev`: one process, single-node cluster, real RocksDB files, real TLS.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use skein_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Reads SMTP reply lines until a final line (`NNN `) and returns it.
+async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<String> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            anyhow::bail!("connection closed");
+        }
+        if line.as_bytes().get(3) == Some(&b' ') {
+            return Ok(line.trim_end().to_string());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.30";
+    let (grpc, smtp, smtps) = (free_port(ip), free_port(ip), free_port(ip));
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("dev.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nlisten = \"{ip}:{grpc}\"\ndata_dir = \"{}\"\n\
+             [edge]\nhostname = \"dev.skein.test\"\nrelay_networks = [\"127.0.0.0/8\"]\n\
+             plaintext_auth_networks = [\"127.0.0.0/8\"]\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtps}\"\ntls = \"implicit\"\n\
+             [edge.limits]\nmax_message_size = \"20KB\"\n",
+            data.display()
+        ),
+    )?;
+    let mut dev = Proc::spawn(
+        &["dev", "--config", cfg.to_str().unwrap(), "--tenant", "demo:demo-password"],
+        &dir.path().join("dev.log"),
+    )?;
+    wait_for("dev to be ready", Duration::from_secs(30), || {
+        let ready = dev.log_text().contains("ready");
+        async move { ready.then_some(()) }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", dev.log_text()))?;
+    let banner = dev.log_text();
+    assert!(banner.contains(&format!("SMTP (STARTTLS)        {ip}:{smtp}")), "{banner}");
+    assert!(banner.contains(&format!("SMTP (implicit TLS)    {ip}:{smtps}")), "{banner}");
+
+    let grpc_addr = format!("{ip}:{grpc}");
+    let (smtp_s, smtps_s) = (smtp.to_string(), smtps.to_string());
+    // The generated self-signed certificate is written out: clients can verify against it.
+    let cafile = data.join("edge-cert.pem");
+    let cafile = cafile.to_str().unwrap();
+    let relayed = submit(&["--host", ip, "--port", &smtps_s, "--ssl", "--cafile", cafile, "--count", "3"])?;
+    assert!(relayed.iter().all(|r| r.code == Some(250)), "{relayed:?}\n{}", dev.log_text());
+
+    // The --tenant flag created a tenant; loopback may AUTH without TLS in dev.
+    let authed = wait_for("the seeded tenant", Duration::from_secs(10), || async {
+        let r = submit(&["--host", ip, "--port", &smtp_s, "--user", "demo", "--password", "demo-password"]).ok()?;
+        (r[0].code == Some(250)).then_some(r)
+    })
+    .await?;
+
+    // SIZE is enforced at MAIL when the client declares it.
+    let big = submit(&["--host", ip, "--port", &smtp_s, "--size", "30000"])?;
+    assert_eq!(big[0].code, Some(552), "{big:?}");
+    assert!(big[0].text.contains("5.3.4"), "{big:?}");
+
+    // A smuggling attempt against the live edge: one message refused, nothing stored.
+    let before = local_ids(&grpc_addr).await?.len();
+    let sock = tokio::net::TcpStream::connect((ip, smtp)).await?;
+    let (rd, mut wr) = sock.into_split();
+    let mut rd = BufReader::new(rd);
+    assert!(reply(&mut rd).await?.starts_with("220"));
+    wr.write_all(b"EHLO raw.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n").await?;
+    for want in ["250", "250 2.1.0", "250 2.1.5", "354"] {
+        let got = reply(&mut rd).await?;
+        assert!(got.starts_with(want), "{got} (wanted {want})");
+    }
+    wr.write_all(b"hello\n.\nMAIL FROM:<spoof@victim.example>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nspoofed\r\n.\r\nQUIT\r\n").await?;
+    let got = reply(&mut rd).await?;
+    assert!(got.starts_with("554 5.6.0"), "{got}");
+    assert!(reply(&mut rd).await?.starts_with("221"));
+    assert_eq!(local_ids(&grpc_addr).await?.len(), before);
+
+    // SIGKILL and restart: the acknowledged mail is still there, from the RocksDB files.
+    let mut want: BTreeSet<String> = relayed.iter().filter_map(|r| r.id.clone()).collect();
+    want.extend(authed.iter().filter_map(|r| r.id.clone()));
+    assert_eq!(want.len(), 4);
+    dev.kill();
+    dev.restart()?;
+    let got = wait_for("dev after restart", Duration::from_secs(30), || async {
+        local_ids(&grpc_addr).await.ok()
+    })
+    .await?;
+    let got: BTreeSet<String> = got.into_iter().collect();
+    assert_eq!(got, want);
+    Ok(())
+}
