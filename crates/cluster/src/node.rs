@@ -37,7 +37,6 @@ pub enum Route {
 }
 
 /// Everything the services of one node share.
-#[derive(Debug)]
 pub struct NodeCtx {
     /// This node's id.
     pub id: NodeId,
@@ -54,6 +53,12 @@ pub struct NodeCtx {
     /// The clock.
     pub clock: SharedClock,
     channels: Channels,
+}
+
+impl std::fmt::Debug for NodeCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCtx").field("id", &self.id).field("addr", &self.addr).finish_non_exhaustive()
+    }
 }
 
 impl NodeCtx {

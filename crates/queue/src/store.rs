@@ -58,18 +58,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         .into_iter()
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-    let snapshot = match db.get_cf(cf(&db, CF_SM), K_SNAPSHOT)? {
-        Some(v) => Some(
-            postcard::from_bytes::<StoredSnapshot>(&v)
-                .map_err(|source| QueueError::Corrupt { cf: CF_SM, source })?,
-        ),
-        None => None,
-    };
-    Ok((
-        LogStore { db: db.clone() },
-        StateMachine { db: db.clone(), snapshot },
-        QueueReader { db },
-    ))
+    Ok((LogStore { db: db.clone() }, StateMachine { db: db.clone() }, QueueReader { db }))
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -134,6 +123,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        // Owned bounds: the range type itself cannot move into the blocking task.
+        let end = range.end_bound().cloned();
+        let in_range = move |i: u64| match end {
+            Bound::Included(e) => i <= e,
+            Bound::Excluded(e) => i < e,
+            Bound::Unbounded => true,
+        };
         let db = self.db.clone();
         blocking(move || {
             let mut out = Vec::new();
@@ -146,7 +142,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
                     io_read(std::io::Error::other("log key is not 8 bytes"))
                 })?);
-                if !range.contains(&idx) {
+                if !in_range(idx) {
                     break;
                 }
                 out.push(dec(&v).map_err(io_read)?);
@@ -254,11 +250,11 @@ struct SnapshotContent {
     message_count: u64,
 }
 
-/// The replicated state machine.
+/// The replicated state machine. The current snapshot lives in the `sm` column family only,
+/// so every handle (the state machine and its snapshot builders) sees the same one.
 #[derive(Debug)]
 pub struct StateMachine {
     db: Arc<DB>,
-    snapshot: Option<StoredSnapshot>,
 }
 
 impl StateMachine {
@@ -317,7 +313,6 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok(stored)
         })
         .await?;
-        self.snapshot = Some(stored.clone());
         Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
@@ -406,7 +401,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        StateMachine { db: self.db.clone(), snapshot: self.snapshot.clone() }
+        StateMachine { db: self.db.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
@@ -423,8 +418,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
         })?;
         let db = self.db.clone();
-        let stored = StoredSnapshot { meta: meta.clone(), data };
-        let stored2 = stored.clone();
+        let stored2 = StoredSnapshot { meta: meta.clone(), data };
         blocking(move || {
             let mut b = WriteBatch::default();
             for (name, kvs) in STATE_CFS.iter().zip(content.cfs) {
@@ -442,16 +436,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             b.put_cf(sm, K_SNAPSHOT, enc(&stored2));
             db.write_opt(b, &synced()).map_err(io_write)
         })
-        .await?;
-        self.snapshot = Some(stored);
-        Ok(())
+        .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        Ok(self.snapshot.clone().map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let Some(v) = self.db.get_cf(cf(&self.db, CF_SM), K_SNAPSHOT).map_err(io_read)? else {
+            return Ok(None);
+        };
+        let s: StoredSnapshot = dec(&v).map_err(io_read)?;
+        Ok(Some(Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
 

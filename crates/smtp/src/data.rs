@@ -96,7 +96,7 @@ impl DataReceiver {
                 (Pos::LineStart, b'.') => self.pos = Pos::Dot,
                 (Pos::Dot, b'\r') => self.pos = Pos::DotCr,
                 (Pos::DotCr, b'\n') => return Some(i + 1),
-                (Pos::LineStart | Pos::Dot | Pos::Mid, b'\r') => self.pos = Pos::Cr,
+                (Pos::LineStart | Pos::Mid, b'\r') => self.pos = Pos::Cr,
                 (Pos::DotCr, _) => {
                     // ".<CR>x": the CR was bare. The leading dot stays removed.
                     self.bare = true;
