@@ -24,8 +24,6 @@ def connect(a):
     if a.ssl:
         s = smtplib.SMTP_SSL(a.host, a.port, context=ctx, timeout=a.timeout,
                              source_address=src, local_hostname="client.test")
-        if a.tls_hostname:
-            pass
     else:
         s = smtplib.SMTP(a.host, a.port, timeout=a.timeout, source_address=src,
                          local_hostname="client.test")
@@ -34,8 +32,8 @@ def connect(a):
         s.starttls(context=ctx)
         s.ehlo()
     if a.user:
+        s.user, s.password = a.user, a.password
         if a.auth == "login":
-            s.user, s.password = a.user, a.password
             code, resp = s.auth("LOGIN", s.auth_login, initial_response_ok=False)
         else:
             code, resp = s.login(a.user, a.password) if a.auth == "any" else s.auth(
@@ -52,7 +50,6 @@ def main():
     p.add_argument("--ssl", action="store_true", help="implicit TLS")
     p.add_argument("--starttls", action="store_true")
     p.add_argument("--cafile")
-    p.add_argument("--tls-hostname")
     p.add_argument("--user")
     p.add_argument("--password")
     p.add_argument("--auth", default="plain", choices=["plain", "login", "any"])

@@ -23,10 +23,16 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Edge
     build(certs, key)
 }
 
-/// A self-signed certificate for `hostname` (and localhost / 127.0.0.1), generated now.
-/// Returns the configuration and the certificate in PEM (for clients that want to trust it).
-pub fn self_signed(hostname: &str) -> Result<(Arc<ServerConfig>, String), EdgeError> {
-    let names = vec![hostname.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+/// A self-signed certificate for `hostname`, localhost, 127.0.0.1 and the `extra` names or IP
+/// addresses (the listeners'), generated now. Returns the configuration and the certificate in
+/// PEM (for clients that want to trust it).
+pub fn self_signed(hostname: &str, extra: &[String]) -> Result<(Arc<ServerConfig>, String), EdgeError> {
+    let mut names = vec![hostname.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+    for n in extra {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
     let ck = rcgen::generate_simple_self_signed(names).map_err(|e| EdgeError::Tls(e.to_string()))?;
     let pem = ck.cert.pem();
     let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())

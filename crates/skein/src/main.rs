@@ -114,7 +114,16 @@ async fn start_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Resu
     let tls = match &edge.tls {
         Some(f) => skein_edge::tls::from_pem_files(&f.cert, &f.key)?,
         None => {
-            let (cfg, pem) = skein_edge::tls::self_signed(&edge.hostname)?;
+            // Name every address the edge listens on, so clients can verify the certificate.
+            let ips: Vec<String> = edge
+                .listeners
+                .iter()
+                .filter_map(|l| l.address.parse::<std::net::SocketAddr>().ok())
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_unspecified())
+                .map(|ip| ip.to_string())
+                .collect();
+            let (cfg, pem) = skein_edge::tls::self_signed(&edge.hostname, &ips)?;
             match &cert_out {
                 Some(p) => {
                     std::fs::write(p, pem).with_context(|| format!("writing {}", p.display()))?;
