@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use skein_proto::admin::admin_client::AdminClient;
-use skein_proto::admin::{ClusterStatusRequest, ClusterStatusResponse, ListMessagesRequest, Message};
+use skein_proto::admin::{
+    ClusterStatusRequest, ClusterStatusResponse, ListMessagesRequest, Message,
+};
 use tonic::transport::Channel;
 
 /// The `skein` binary next to the test executable's `deps/` directory.
@@ -20,13 +22,20 @@ pub fn skein_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("skein");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first",
+        bin.display()
+    );
     bin
 }
 
 /// A free TCP port on `ip` (bound and released; fine on loopback in tests).
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A child process killed when dropped, with its stderr in a log file.
@@ -43,11 +52,18 @@ impl Proc {
     pub fn spawn(args: &[&str], log: &Path) -> anyhow::Result<Self> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let child = Self::start(&args, log)?;
-        Ok(Self { child, log: log.to_path_buf(), args })
+        Ok(Self {
+            child,
+            log: log.to_path_buf(),
+            args,
+        })
     }
 
     fn start(args: &[String], log: &Path) -> anyhow::Result<Child> {
-        let err = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let out = err.try_clone()?;
         Command::new(skein_bin())
             .args(args)
@@ -94,7 +110,11 @@ pub async fn admin(addr: &str) -> anyhow::Result<AdminClient<Channel>> {
 
 /// Cluster status from the node at `addr`.
 pub async fn status(addr: &str) -> anyhow::Result<ClusterStatusResponse> {
-    Ok(admin(addr).await?.cluster_status(ClusterStatusRequest {}).await?.into_inner())
+    Ok(admin(addr)
+        .await?
+        .cluster_status(ClusterStatusRequest {})
+        .await?
+        .into_inner())
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `limit`.
@@ -122,7 +142,11 @@ pub async fn local_ids(addr: &str) -> anyhow::Result<Vec<String>> {
     let mut after = String::new();
     loop {
         let r = c
-            .list_messages(ListMessagesRequest { after: after.clone(), limit: 1000, local: true })
+            .list_messages(ListMessagesRequest {
+                after: after.clone(),
+                limit: 1000,
+                local: true,
+            })
             .await?
             .into_inner();
         ids.extend(r.messages.iter().map(|m: &Message| m.id.clone()));
@@ -153,14 +177,18 @@ pub fn submit_py() -> PathBuf {
 
 /// Runs `submit.py ARGS` to completion and returns one record per message.
 pub fn submit(args: &[&str]) -> anyhow::Result<Vec<Submitted>> {
-    let out = Command::new("python3").arg(submit_py()).args(args).output().context("python3")?;
+    let out = Command::new("python3")
+        .arg(submit_py())
+        .args(args)
+        .output()
+        .context("python3")?;
     if !out.status.success() {
         bail!("submit.py failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     parse_submitted(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// Starts `submit.py ARGS` in the background; its stdout is read with [`SubmitRun::lines`].
+/// Starts `submit.py ARGS` in the background; its stdout is read with [`SubmitRun::next_record`].
 pub struct SubmitRun {
     child: Child,
     reader: BufReader<std::process::ChildStdout>,
@@ -179,7 +207,7 @@ impl SubmitRun {
     }
 
     /// Blocks for the next record; `None` at the end.
-    pub fn next(&mut self) -> anyhow::Result<Option<Submitted>> {
+    pub fn next_record(&mut self) -> anyhow::Result<Option<Submitted>> {
         loop {
             let mut line = String::new();
             if self.reader.read_line(&mut line)? == 0 {
@@ -204,7 +232,11 @@ fn parse_submitted(text: &str) -> anyhow::Result<Vec<Submitted>> {
             i: v["i"].as_u64().unwrap_or(0),
             code: v["code"].as_u64(),
             id: v["id"].as_str().map(str::to_string),
-            text: v["reply"].as_str().or(v["error"].as_str()).unwrap_or("").to_string(),
+            text: v["reply"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or("")
+                .to_string(),
         });
     }
     Ok(out)
@@ -261,7 +293,10 @@ impl Cluster {
                 ),
             )?;
             let log = dir.path().join(format!("node{id}.log"));
-            nodes.push(Proc::spawn(&["node", "--config", cfg.to_str().expect("utf-8 path")], &log)?);
+            nodes.push(Proc::spawn(
+                &["node", "--config", cfg.to_str().expect("utf-8 path")],
+                &log,
+            )?);
         }
         Ok(Self { nodes, addrs, dir })
     }

@@ -39,7 +39,13 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
         ),
     )?;
     let mut dev = Proc::spawn(
-        &["dev", "--config", cfg.to_str().unwrap(), "--tenant", "demo:demo-password"],
+        &[
+            "dev",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tenant",
+            "demo:demo-password",
+        ],
         &dir.path().join("dev.log"),
     )?;
     wait_for("dev to be ready", Duration::from_secs(30), || {
@@ -49,20 +55,42 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", dev.log_text()))?;
     let banner = dev.log_text();
-    assert!(banner.contains(&format!("SMTP (STARTTLS)        {ip}:{smtp}")), "{banner}");
-    assert!(banner.contains(&format!("SMTP (implicit TLS)    {ip}:{smtps}")), "{banner}");
+    assert!(
+        banner.contains(&format!("SMTP (STARTTLS)        {ip}:{smtp}")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("SMTP (implicit TLS)    {ip}:{smtps}")),
+        "{banner}"
+    );
 
     let grpc_addr = format!("{ip}:{grpc}");
     let (smtp_s, smtps_s) = (smtp.to_string(), smtps.to_string());
     // The generated self-signed certificate is written out: clients can verify against it.
     let cafile = data.join("edge-cert.pem");
     let cafile = cafile.to_str().unwrap();
-    let relayed = submit(&["--host", ip, "--port", &smtps_s, "--ssl", "--cafile", cafile, "--count", "3"])?;
-    assert!(relayed.iter().all(|r| r.code == Some(250)), "{relayed:?}\n{}", dev.log_text());
+    let relayed = submit(&[
+        "--host", ip, "--port", &smtps_s, "--ssl", "--cafile", cafile, "--count", "3",
+    ])?;
+    assert!(
+        relayed.iter().all(|r| r.code == Some(250)),
+        "{relayed:?}\n{}",
+        dev.log_text()
+    );
 
     // The --tenant flag created a tenant; loopback may AUTH without TLS in dev.
     let authed = wait_for("the seeded tenant", Duration::from_secs(10), || async {
-        let r = submit(&["--host", ip, "--port", &smtp_s, "--user", "demo", "--password", "demo-password"]).ok()?;
+        let r = submit(&[
+            "--host",
+            ip,
+            "--port",
+            &smtp_s,
+            "--user",
+            "demo",
+            "--password",
+            "demo-password",
+        ])
+        .ok()?;
         (r[0].code == Some(250)).then_some(r)
     })
     .await?;
@@ -78,7 +106,10 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     let (rd, mut wr) = sock.into_split();
     let mut rd = BufReader::new(rd);
     assert!(reply(&mut rd).await?.starts_with("220"));
-    wr.write_all(b"EHLO raw.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n").await?;
+    wr.write_all(
+        b"EHLO raw.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
+    )
+    .await?;
     for want in ["250", "250 2.1.0", "250 2.1.5", "354"] {
         let got = reply(&mut rd).await?;
         assert!(got.starts_with(want), "{got} (wanted {want})");

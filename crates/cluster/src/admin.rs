@@ -34,7 +34,11 @@ impl AdminService {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         membership
             .nodes()
-            .map(|(id, n)| Member { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .map(|(id, n)| Member {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
             .collect()
     }
 
@@ -59,15 +63,27 @@ impl AdminService {
         Ok(())
     }
 
-    async fn change(&self, change: ChangeMembers<u64, BasicNode>) -> Result<MembershipResponse, Status> {
-        let r = self.ctx.raft.change_membership(change, false).await.map_err(ClusterError::from)?;
-        Ok(MembershipResponse { members: self.members(), log_index: r.log_id.index })
+    async fn change(
+        &self,
+        change: ChangeMembers<u64, BasicNode>,
+    ) -> Result<MembershipResponse, Status> {
+        let r = self
+            .ctx
+            .raft
+            .change_membership(change, false)
+            .await
+            .map_err(ClusterError::from)?;
+        Ok(MembershipResponse {
+            members: self.members(),
+            log_index: r.log_id.index,
+        })
     }
 }
 
 fn fwd<T>(inner: T) -> Request<T> {
     let mut r = Request::new(inner);
-    r.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
+    r.metadata_mut()
+        .insert(FORWARDED, "1".parse().expect("ascii"));
     r
 }
 
@@ -103,10 +119,13 @@ pub(crate) async fn forward_create_tenant(
     };
     match c.create_tenant(fwd(req)).await {
         Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            Err(ClusterError::AlreadyExists { what: name.to_string() })
-        }
-        Err(s) => Err(ClusterError::Forward { addr: addr.into(), message: s.message().into() }),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Err(ClusterError::AlreadyExists {
+            what: name.to_string(),
+        }),
+        Err(s) => Err(ClusterError::Forward {
+            addr: addr.into(),
+            message: s.message().into(),
+        }),
     }
 }
 
@@ -156,7 +175,11 @@ impl Admin for AdminService {
             last_log_index: last_log,
             last_applied_index: applied,
             members,
-            message_count: self.ctx.reader.message_count().map_err(ClusterError::from)?,
+            message_count: self
+                .ctx
+                .reader
+                .message_count()
+                .map_err(ClusterError::from)?,
             snapshot_index,
             purged_index,
         }))
@@ -168,10 +191,22 @@ impl Admin for AdminService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let r = req.get_ref();
         if r.id == 0 {
-            return Err(ClusterError::Invalid { field: "id", reason: "must be > 0".into() }.into());
+            return Err(ClusterError::Invalid {
+                field: "id",
+                reason: "must be > 0".into(),
+            }
+            .into());
         }
-        if !r.addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-            return Err(ClusterError::Invalid { field: "addr", reason: format!("{:?} is not host:port", r.addr) }.into());
+        if !r
+            .addr
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return Err(ClusterError::Invalid {
+                field: "addr",
+                reason: format!("{:?} is not host:port", r.addr),
+            }
+            .into());
         }
         forward_or!(self, req, add_learner, {
             let r = req.into_inner();
@@ -182,7 +217,10 @@ impl Admin for AdminService {
                 .add_learner(r.id, BasicNode { addr: r.addr }, true)
                 .await
                 .map_err(ClusterError::from)?;
-            Ok(Response::new(MembershipResponse { members: self.members(), log_index: w.log_id.index }))
+            Ok(Response::new(MembershipResponse {
+                members: self.members(),
+                log_index: w.log_id.index,
+            }))
         })
     }
 
@@ -192,10 +230,16 @@ impl Admin for AdminService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let id = req.get_ref().id;
         if !self.members().iter().any(|m| m.id == id) {
-            return Err(ClusterError::NotFound { what: format!("node {id} (add it as a learner first)") }.into());
+            return Err(ClusterError::NotFound {
+                what: format!("node {id} (add it as a learner first)"),
+            }
+            .into());
         }
         forward_or!(self, req, promote_voter, {
-            Ok(Response::new(self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?))
+            Ok(Response::new(
+                self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                    .await?,
+            ))
         })
     }
 
@@ -205,13 +249,20 @@ impl Admin for AdminService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let id = req.get_ref().id;
         let Some(member) = self.members().into_iter().find(|m| m.id == id) else {
-            return Err(ClusterError::NotFound { what: format!("node {id}") }.into());
+            return Err(ClusterError::NotFound {
+                what: format!("node {id}"),
+            }
+            .into());
         };
         forward_or!(self, req, remove_node, {
             if member.voter {
-                self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
+                self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                    .await?;
             }
-            Ok(Response::new(self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?))
+            Ok(Response::new(
+                self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                    .await?,
+            ))
         })
     }
 
@@ -223,12 +274,20 @@ impl Admin for AdminService {
             0 => 100,
             n @ 1..=1000 => n as usize,
             n => {
-                return Err(ClusterError::Invalid { field: "limit", reason: format!("{n} is over 1000") }.into())
+                return Err(ClusterError::Invalid {
+                    field: "limit",
+                    reason: format!("{n} is over 1000"),
+                }
+                .into())
             }
         };
         let local = req.get_ref().local;
         let read = |after: &str| -> Result<Response<ListMessagesResponse>, Status> {
-            let msgs = self.ctx.reader.list_messages(after, limit).map_err(ClusterError::from)?;
+            let msgs = self
+                .ctx
+                .reader
+                .list_messages(after, limit)
+                .map_err(ClusterError::from)?;
             let next_after = if msgs.len() == limit {
                 msgs.last().map(|m| m.id.clone()).unwrap_or_default()
             } else {
@@ -248,11 +307,22 @@ impl Admin for AdminService {
         })
     }
 
-    async fn get_message(&self, req: Request<GetMessageRequest>) -> Result<Response<Message>, Status> {
+    async fn get_message(
+        &self,
+        req: Request<GetMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
         let read = |r: &GetMessageRequest| -> Result<Response<Message>, Status> {
-            match self.ctx.reader.get_message(&r.id, r.include_data).map_err(ClusterError::from)? {
+            match self
+                .ctx
+                .reader
+                .get_message(&r.id, r.include_data)
+                .map_err(ClusterError::from)?
+            {
                 Some((m, d)) => Ok(Response::new(to_proto(m, d))),
-                None => Err(ClusterError::NotFound { what: format!("message {:?}", r.id) }.into()),
+                None => Err(ClusterError::NotFound {
+                    what: format!("message {:?}", r.id),
+                }
+                .into()),
             }
         };
         if req.get_ref().local {
@@ -269,18 +339,35 @@ impl Admin for AdminService {
         req: Request<CreateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
         let r = req.get_ref();
-        check_tenant_name(&r.name)
-            .map_err(|reason| ClusterError::Invalid { field: "name", reason })?;
-        let username = if r.username.is_empty() { r.name.clone() } else { r.username.clone() };
+        check_tenant_name(&r.name).map_err(|reason| ClusterError::Invalid {
+            field: "name",
+            reason,
+        })?;
+        let username = if r.username.is_empty() {
+            r.name.clone()
+        } else {
+            r.username.clone()
+        };
         if username.len() > 256 || username.chars().any(|c| c.is_control()) {
-            return Err(ClusterError::Invalid { field: "username", reason: "1-256 printable characters".into() }.into());
+            return Err(ClusterError::Invalid {
+                field: "username",
+                reason: "1-256 printable characters".into(),
+            }
+            .into());
         }
         if !(8..=1024).contains(&r.password.len()) {
-            return Err(ClusterError::Invalid { field: "password", reason: "must be 8 to 1024 bytes".into() }.into());
+            return Err(ClusterError::Invalid {
+                field: "password",
+                reason: "must be 8 to 1024 bytes".into(),
+            }
+            .into());
         }
         forward_or!(self, req, create_tenant, {
             let r = req.into_inner();
-            let t = self.ctx.create_tenant_local(&r.name, &username, &r.password).await?;
+            let t = self
+                .ctx
+                .create_tenant_local(&r.name, &username, &r.password)
+                .await?;
             Ok(Response::new(Tenant {
                 name: t.name,
                 username: t.username,
@@ -313,4 +400,3 @@ impl Admin for AdminService {
         })
     }
 }
-

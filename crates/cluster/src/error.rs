@@ -96,8 +96,15 @@ mod tests {
     #[test]
     fn codes() {
         assert_eq!(ClusterError::NoLeader.code(), Code::Unavailable);
-        assert_eq!(ClusterError::CommitTimeout { ms: 1 }.code(), Code::DeadlineExceeded);
-        let s: Status = ClusterError::Invalid { field: "rcpt_to", reason: "empty".into() }.into();
+        assert_eq!(
+            ClusterError::CommitTimeout { ms: 1 }.code(),
+            Code::DeadlineExceeded
+        );
+        let s: Status = ClusterError::Invalid {
+            field: "rcpt_to",
+            reason: "empty".into(),
+        }
+        .into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "invalid rcpt_to: empty");
     }

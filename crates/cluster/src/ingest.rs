@@ -52,11 +52,16 @@ impl Batcher {
         timeout: Duration,
     ) -> Result<(String, u64), ClusterError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send((msg, done)).await.map_err(|_| ClusterError::ShuttingDown)?;
+        self.tx
+            .send((msg, done))
+            .await
+            .map_err(|_| ClusterError::ShuttingDown)?;
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(ClusterError::ShuttingDown),
-            Err(_) => Err(ClusterError::CommitTimeout { ms: timeout.as_millis() as u64 }),
+            Err(_) => Err(ClusterError::CommitTimeout {
+                ms: timeout.as_millis() as u64,
+            }),
         }
     }
 }
@@ -72,7 +77,9 @@ async fn run(
     loop {
         // Wait for a free slot first: while all slots are busy, arrivals pile up in the
         // channel and form the next, larger batch.
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Some(first) = rx.recv().await else { return };
         let mut bytes = first.0.data.len();
         let mut batch = vec![first];
@@ -91,7 +98,12 @@ async fn run(
             let _permit = permit;
             let (messages, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let n = messages.len();
-            let result = raft.client_write(Request::Enqueue { received_at_ms: now, messages }).await;
+            let result = raft
+                .client_write(Request::Enqueue {
+                    received_at_ms: now,
+                    messages,
+                })
+                .await;
             match result {
                 Ok(r) => match r.data {
                     Response::Enqueued { ids } if ids.len() == n => {
@@ -126,18 +138,32 @@ async fn run(
 
 /// Checks an Enqueue request against the limits; the error names the field.
 pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
-    let bad = |field, reason: &str| Err(ClusterError::Invalid { field, reason: reason.into() });
+    let bad = |field, reason: &str| {
+        Err(ClusterError::Invalid {
+            field,
+            reason: reason.into(),
+        })
+    };
     if r.rcpt_to.is_empty() {
         return bad("rcpt_to", "at least one recipient is required");
     }
     if r.rcpt_to.len() > MAX_RECIPIENTS {
         return bad("rcpt_to", "more than 10000 recipients");
     }
-    if r.rcpt_to.iter().any(|a| a.is_empty() || a.len() > 512 || !a.contains('@')) {
-        return bad("rcpt_to", "each recipient must be local@domain, at most 512 bytes");
+    if r.rcpt_to
+        .iter()
+        .any(|a| a.is_empty() || a.len() > 512 || !a.contains('@'))
+    {
+        return bad(
+            "rcpt_to",
+            "each recipient must be local@domain, at most 512 bytes",
+        );
     }
     if r.mail_from.len() > 512 || (!r.mail_from.is_empty() && !r.mail_from.contains('@')) {
-        return bad("mail_from", "must be empty or local@domain, at most 512 bytes");
+        return bad(
+            "mail_from",
+            "must be empty or local@domain, at most 512 bytes",
+        );
     }
     if r.data.is_empty() {
         return bad("data", "the message is empty");
@@ -152,7 +178,10 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
         ("edge", &r.edge, 255),
     ] {
         if v.len() > max {
-            return Err(ClusterError::Invalid { field, reason: format!("longer than {max} bytes") });
+            return Err(ClusterError::Invalid {
+                field,
+                reason: format!("longer than {max} bytes"),
+            });
         }
     }
     Ok(())
@@ -193,8 +222,11 @@ impl Ingest for IngestService {
                     smtputf8: r.smtputf8,
                     body_8bit: r.body_8bit,
                 };
-                let (id, log_index) =
-                    self.ctx.batcher.enqueue(msg, self.ctx.commit_timeout).await?;
+                let (id, log_index) = self
+                    .ctx
+                    .batcher
+                    .enqueue(msg, self.ctx.commit_timeout)
+                    .await?;
                 Ok(tonic::Response::new(EnqueueResponse { id, log_index }))
             }
             Route::Forward(addr) => {
@@ -202,7 +234,8 @@ impl Ingest for IngestService {
                 let mut c = IngestClient::new(ch)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024);
                 let mut fwd = tonic::Request::new(r);
-                fwd.metadata_mut().insert(FORWARDED, "1".parse().expect("ascii"));
+                fwd.metadata_mut()
+                    .insert(FORWARDED, "1".parse().expect("ascii"));
                 fwd.set_timeout(self.ctx.commit_timeout);
                 c.enqueue(fwd).await.map_err(|s| forward_status(&addr, s))
             }
@@ -234,7 +267,11 @@ impl Ingest for IngestService {
 pub(crate) fn forward_status(addr: &str, s: Status) -> Status {
     match s.code() {
         tonic::Code::Unknown | tonic::Code::Unavailable if s.message().contains("transport") => {
-            ClusterError::Forward { addr: addr.to_string(), message: s.message().to_string() }.into()
+            ClusterError::Forward {
+                addr: addr.to_string(),
+                message: s.message().to_string(),
+            }
+            .into()
         }
         _ => s,
     }

@@ -5,7 +5,7 @@
 //!   `skein.raft.v1.Raft` service; payloads are openraft's own types in postcard.
 //! - [`ingest`]: `skein.ingest.v1.Ingest`, with group commit: messages arriving together are
 //!   proposed as one log entry, so many messages share one fsync per node.
-//! - [`admin`]: `skein.admin.v1.Admin`.
+//! - [`admin`]: the `skein.admin.v1.Admin` service.
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
 //!
 //! Any node accepts every call; writes and linearizable reads go to the leader (forwarded by

@@ -63,7 +63,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
-        Connection { target, addr: node.addr.clone(), channels: self.channels.clone() }
+        Connection {
+            target,
+            addr: node.addr.clone(),
+            channels: self.channels.clone(),
+        }
     }
 }
 
@@ -91,7 +95,8 @@ impl Connection {
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
-        let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         let reply = match which {

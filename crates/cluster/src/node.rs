@@ -57,7 +57,10 @@ pub struct NodeCtx {
 
 impl std::fmt::Debug for NodeCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCtx").field("id", &self.id).field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("NodeCtx")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +107,10 @@ impl NodeCtx {
             enabled: true,
             created_at_ms: self.clock.now_ms(),
         };
-        let r = self.raft.client_write(Request::CreateTenant(rec.clone())).await?;
+        let r = self
+            .raft
+            .client_write(Request::CreateTenant(rec.clone()))
+            .await?;
         match r.data {
             Response::TenantCreated => Ok(rec),
             Response::TenantExists => Err(ClusterError::AlreadyExists {
@@ -121,7 +127,10 @@ pub fn hash_password(password: &str) -> Result<String, ClusterError> {
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| ClusterError::Invalid { field: "password", reason: e.to_string() })
+        .map_err(|e| ClusterError::Invalid {
+            field: "password",
+            reason: e.to_string(),
+        })
 }
 
 /// A running node.
@@ -167,7 +176,8 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, ClusterError> {
         install_snapshot_timeout: 10_000,
         ..Default::default()
     };
-    c.validate().map_err(|e| ClusterError::Raft(format!("raft config: {e}")))
+    c.validate()
+        .map_err(|e| ClusterError::Raft(format!("raft config: {e}")))
 }
 
 /// Starts a node serving on `listener`: opens the store under `cfg.data_dir`, starts Raft and
@@ -211,7 +221,9 @@ pub async fn start(
         channels,
     });
 
-    let local_addr = listener.local_addr().map_err(|e| ClusterError::Raft(e.to_string()))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
     let (stop, stopped) = oneshot::channel::<()>();
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
@@ -237,12 +249,21 @@ pub async fn start(
     if !cfg.join {
         let founders = cfg.founders();
         let lowest = founders.iter().map(|m| m.id).min();
-        let initialized =
-            raft.is_initialized().await.map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
         if lowest == Some(cfg.id) && !initialized {
             let members: BTreeMap<NodeId, BasicNode> = founders
                 .iter()
-                .map(|m| (m.id, BasicNode { addr: m.addr.clone() }))
+                .map(|m| {
+                    (
+                        m.id,
+                        BasicNode {
+                            addr: m.addr.clone(),
+                        },
+                    )
+                })
                 .collect();
             tracing::info!(?members, "initializing cluster");
             if let Err(e) = raft.initialize(members).await {
@@ -254,7 +275,12 @@ pub async fn start(
     if !cfg.tenants.is_empty() {
         tokio::spawn(seed_tenants(ctx.clone(), cfg.tenants.clone()));
     }
-    Ok(NodeHandle { ctx, local_addr, stop: Some(stop), server })
+    Ok(NodeHandle {
+        ctx,
+        local_addr,
+        stop: Some(stop),
+        server,
+    })
 }
 
 /// Creates the configured tenants once a leader exists (from whichever node has them).
@@ -263,12 +289,19 @@ async fn seed_tenants(ctx: Arc<NodeCtx>, seeds: Vec<TenantSeed>) {
         let username = seed.username.clone().unwrap_or_else(|| seed.name.clone());
         loop {
             let res = match ctx.route(false) {
-                Ok(Route::Local) => {
-                    ctx.create_tenant_local(&seed.name, &username, &seed.password).await.map(|_| ())
-                }
+                Ok(Route::Local) => ctx
+                    .create_tenant_local(&seed.name, &username, &seed.password)
+                    .await
+                    .map(|_| ()),
                 Ok(Route::Forward(addr)) => {
-                    crate::admin::forward_create_tenant(&ctx, &addr, &seed.name, &username, &seed.password)
-                        .await
+                    crate::admin::forward_create_tenant(
+                        &ctx,
+                        &addr,
+                        &seed.name,
+                        &username,
+                        &seed.password,
+                    )
+                    .await
                 }
                 Err(e) => Err(e),
             };

@@ -127,7 +127,10 @@ impl Default for EdgeConfig {
         Self {
             hostname: "localhost".into(),
             queue: vec!["127.0.0.1:7070".into()],
-            listeners: vec![ListenerConfig { address: "127.0.0.1:2525".into(), tls: TlsMode::Starttls }],
+            listeners: vec![ListenerConfig {
+                address: "127.0.0.1:2525".into(),
+                tls: TlsMode::Starttls,
+            }],
             tls: None,
             relay_networks: Vec::new(),
             plaintext_auth_networks: Vec::new(),
@@ -146,8 +149,14 @@ impl EdgeConfig {
         let loopback6: IpNet = "::1/128".parse().expect("literal CIDR");
         Self {
             listeners: vec![
-                ListenerConfig { address: "127.0.0.1:2525".into(), tls: TlsMode::Starttls },
-                ListenerConfig { address: "127.0.0.1:4650".into(), tls: TlsMode::Implicit },
+                ListenerConfig {
+                    address: "127.0.0.1:2525".into(),
+                    tls: TlsMode::Starttls,
+                },
+                ListenerConfig {
+                    address: "127.0.0.1:4650".into(),
+                    tls: TlsMode::Implicit,
+                },
             ],
             relay_networks: vec![loopback, loopback6],
             plaintext_auth_networks: vec![loopback, loopback6],
@@ -161,7 +170,10 @@ impl EdgeConfig {
             return Err(invalid("edge.hostname", "must be a host name"));
         }
         if self.queue.is_empty() {
-            return Err(invalid("edge.queue", "needs at least one queue node address"));
+            return Err(invalid(
+                "edge.queue",
+                "needs at least one queue node address",
+            ));
         }
         if let Some(a) = self.queue.iter().find(|a| !is_host_port(a)) {
             return Err(invalid("edge.queue", format!("{a:?} is not a host:port")));
@@ -206,7 +218,10 @@ impl EdgeConfig {
             return Err(invalid(format!("edge.limits.{name}"), why));
         }
         if l.max_bad_commands == 0 || l.max_auth_failures == 0 {
-            return Err(invalid("edge.limits.max_bad_commands", "limits must be > 0"));
+            return Err(invalid(
+                "edge.limits.max_bad_commands",
+                "limits must be > 0",
+            ));
         }
         Ok(())
     }

@@ -56,7 +56,10 @@ pub enum ConfigError {
 }
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// A whole configuration file.
@@ -105,7 +108,10 @@ impl Config {
     /// data in `./skein-data`, an edge with STARTTLS on 127.0.0.1:2525 and implicit TLS on
     /// 127.0.0.1:4650, loopback clients allowed to relay.
     pub fn dev_default() -> Self {
-        Self { node: Some(NodeConfig::default()), edge: Some(EdgeConfig::dev_default()) }
+        Self {
+            node: Some(NodeConfig::default()),
+            edge: Some(EdgeConfig::dev_default()),
+        }
     }
 }
 
@@ -129,14 +135,22 @@ mod tests {
         let cases = [
             ("[node]\nid = 0\n", "node.id"),
             ("[node]\nid = 1\nlisten = \"nonsense\"\n", "node.listen"),
-            ("[node]\nid = 2\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\" }]\n", "node.initial_members"),
+            (
+                "[node]\nid = 2\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\" }]\n",
+                "node.initial_members",
+            ),
             ("[edge]\nqueue = []\n", "edge.queue"),
-            ("[edge]\n[edge.limits]\nmax_recipients = 0\n", "edge.limits.max_recipients"),
+            (
+                "[edge]\n[edge.limits]\nmax_recipients = 0\n",
+                "edge.limits.max_recipients",
+            ),
             ("[edge]\n[edge.tls]\ncert = \"/x.pem\"\n", "edge.tls"),
             ("[edge]\nlisteners = []\n", "edge.listeners"),
         ];
         for (text, field) in cases {
-            let err = Config::parse(text, "t.toml").and_then(|c| c.validate()).unwrap_err();
+            let err = Config::parse(text, "t.toml")
+                .and_then(|c| c.validate())
+                .unwrap_err();
             match &err {
                 ConfigError::Invalid { field: f, .. } => assert_eq!(f, field, "{text}"),
                 other => panic!("{text}: expected Invalid({field}), got {other}"),
@@ -164,10 +178,14 @@ mod tests {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
                 let c = Config::load(&path).unwrap();
-                c.validate().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                c.validate()
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 n += 1;
             }
         }
-        assert!(n >= 3, "expected example configs for node, edge and dev, found {n}");
+        assert!(
+            n >= 3,
+            "expected example configs for node, edge and dev, found {n}"
+        );
     }
 }

@@ -117,7 +117,10 @@ impl NodeConfig {
     /// The founding voters, defaulting to this node alone.
     pub fn founders(&self) -> Vec<Member> {
         if self.initial_members.is_empty() {
-            vec![Member { id: self.id, addr: self.advertise_addr().to_string() }]
+            vec![Member {
+                id: self.id,
+                addr: self.advertise_addr().to_string(),
+            }]
         } else {
             self.initial_members.clone()
         }
@@ -129,11 +132,17 @@ impl NodeConfig {
             return Err(invalid("node.id", "must be greater than 0"));
         }
         if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid("node.listen", format!("{:?} is not an ip:port", self.listen)));
+            return Err(invalid(
+                "node.listen",
+                format!("{:?} is not an ip:port", self.listen),
+            ));
         }
         if let Some(a) = &self.advertise {
             if !is_host_port(a) {
-                return Err(invalid("node.advertise", format!("{a:?} is not a host:port")));
+                return Err(invalid(
+                    "node.advertise",
+                    format!("{a:?} is not a host:port"),
+                ));
             }
         }
         if !self.initial_members.is_empty() {
@@ -141,7 +150,10 @@ impl NodeConfig {
             ids.sort_unstable();
             ids.dedup();
             if ids.len() != self.initial_members.len() || ids.contains(&0) {
-                return Err(invalid("node.initial_members", "ids must be unique and > 0"));
+                return Err(invalid(
+                    "node.initial_members",
+                    "ids must be unique and > 0",
+                ));
             }
             if !ids.contains(&self.id) {
                 return Err(invalid(
@@ -179,7 +191,10 @@ impl NodeConfig {
             return Err(invalid("node.max_batch_messages", "must be 1..=65535"));
         }
         if !(1_000_000..=16_000_000).contains(&self.max_batch_bytes.0) {
-            return Err(invalid("node.max_batch_bytes", "must be between 1MB and 16MB"));
+            return Err(invalid(
+                "node.max_batch_bytes",
+                "must be between 1MB and 16MB",
+            ));
         }
         if self.commit_timeout.0.is_zero() {
             return Err(invalid("node.commit_timeout", "must be > 0"));
@@ -189,7 +204,10 @@ impl NodeConfig {
                 return Err(invalid(format!("node.tenants[{i}].name"), reason));
             }
             if t.password.len() < 8 {
-                return Err(invalid(format!("node.tenants[{i}].password"), "at least 8 characters"));
+                return Err(invalid(
+                    format!("node.tenants[{i}].password"),
+                    "at least 8 characters",
+                ));
             }
         }
         Ok(())
@@ -209,8 +227,13 @@ pub fn check_tenant_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-        return Err(format!("{name:?} may only contain letters, digits, '.', '_' and '-'"));
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "{name:?} may only contain letters, digits, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }

@@ -39,7 +39,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock standing at `ms` milliseconds after the epoch.
     pub fn new(ms: i64) -> Self {
-        Self { ms: AtomicI64::new(ms) }
+        Self {
+            ms: AtomicI64::new(ms),
+        }
     }
 
     /// Moves the clock forward by `by`.

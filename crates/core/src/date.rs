@@ -43,7 +43,10 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         // 2026-11-23T20:10:05Z
-        assert_eq!(rfc5322(1_795_464_605_000), "Mon, 23 Nov 2026 20:10:05 +0000");
+        assert_eq!(
+            rfc5322(1_795_464_605_000),
+            "Mon, 23 Nov 2026 20:10:05 +0000"
+        );
         // Leap day.
         assert_eq!(rfc5322(951_782_400_000), "Tue, 29 Feb 2000 00:00:00 +0000");
     }

@@ -39,11 +39,15 @@ fn split(input: &str) -> Result<(u64, &str), UnitError> {
     let s = input.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
-        return Err(UnitError::NotANumber { input: input.into() });
+        return Err(UnitError::NotANumber {
+            input: input.into(),
+        });
     }
     let n = s[..digits]
         .parse::<u64>()
-        .map_err(|_| UnitError::Overflow { input: input.into() })?;
+        .map_err(|_| UnitError::Overflow {
+            input: input.into(),
+        })?;
     Ok((n, s[digits..].trim()))
 }
 
@@ -69,9 +73,9 @@ impl FromStr for HumanDuration {
                 })
             }
         };
-        let ms = n
-            .checked_mul(mul_ms)
-            .ok_or_else(|| UnitError::Overflow { input: input.into() })?;
+        let ms = n.checked_mul(mul_ms).ok_or_else(|| UnitError::Overflow {
+            input: input.into(),
+        })?;
         Ok(Self(Duration::from_millis(ms)))
     }
 }
@@ -120,7 +124,9 @@ impl FromStr for ByteSize {
         };
         n.checked_mul(mul)
             .map(Self)
-            .ok_or_else(|| UnitError::Overflow { input: input.into() })
+            .ok_or_else(|| UnitError::Overflow {
+                input: input.into(),
+            })
     }
 }
 
@@ -175,7 +181,10 @@ macro_rules! serde_via_str {
     };
 }
 
-serde_via_str!(HumanDuration, "a duration such as \"30s\", \"10m\" or \"5d\"");
+serde_via_str!(
+    HumanDuration,
+    "a duration such as \"30s\", \"10m\" or \"5d\""
+);
 serde_via_str!(ByteSize, "a size such as \"25MB\" or \"512KiB\"");
 
 #[cfg(test)]
@@ -193,10 +202,20 @@ mod tests {
             ("5d", 432_000_000),
         ];
         for (s, ms) in cases {
-            assert_eq!(s.parse::<HumanDuration>().unwrap().0, Duration::from_millis(ms), "{s}");
+            assert_eq!(
+                s.parse::<HumanDuration>().unwrap().0,
+                Duration::from_millis(ms),
+                "{s}"
+            );
         }
-        assert!(matches!("10y".parse::<HumanDuration>(), Err(UnitError::UnknownUnit { .. })));
-        assert!(matches!("m".parse::<HumanDuration>(), Err(UnitError::NotANumber { .. })));
+        assert!(matches!(
+            "10y".parse::<HumanDuration>(),
+            Err(UnitError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            "m".parse::<HumanDuration>(),
+            Err(UnitError::NotANumber { .. })
+        ));
         assert_eq!(HumanDuration(Duration::from_secs(600)).to_string(), "10m");
     }
 

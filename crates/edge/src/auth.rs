@@ -27,7 +27,11 @@ pub struct Credentials {
 impl Credentials {
     /// An empty cache filled from `queue`.
     pub fn new(queue: QueueClient) -> Self {
-        Self { queue, by_user: RwLock::new(None), last_refresh: RwLock::new(None) }
+        Self {
+            queue,
+            by_user: RwLock::new(None),
+            last_refresh: RwLock::new(None),
+        }
     }
 
     /// Reloads every tenant's login from the cluster.
@@ -35,7 +39,16 @@ impl Credentials {
         let tenants = self.queue.credentials().await?;
         let map = tenants
             .into_iter()
-            .map(|t| (t.username, Login { tenant: t.name, hash: t.password_hash, enabled: t.enabled }))
+            .map(|t| {
+                (
+                    t.username,
+                    Login {
+                        tenant: t.name,
+                        hash: t.password_hash,
+                        enabled: t.enabled,
+                    },
+                )
+            })
             .collect();
         *self.by_user.write().unwrap_or_else(|p| p.into_inner()) = Some(map);
         *self.last_refresh.write().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
@@ -67,7 +80,7 @@ impl Credentials {
             None => return Err(AuthFailure::Temporary),
             Some(None) => {
                 // Spend the same work as a real check, so timing does not reveal usernames.
-                let _ = tokio::task::spawn_blocking(|| dummy_verify()).await;
+                let _ = tokio::task::spawn_blocking(dummy_verify).await;
                 return Err(AuthFailure::Invalid);
             }
             Some(Some(l)) => l,
@@ -76,7 +89,11 @@ impl Credentials {
         let hash = login.hash.clone();
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
-                .map(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+                .map(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
                 .unwrap_or(false)
         })
         .await

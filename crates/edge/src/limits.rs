@@ -24,7 +24,11 @@ pub struct ConnectionSlot {
 impl ConnectionLimiter {
     /// At most `max_total` connections, `max_per_ip` from one address.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self { max_total, max_per_ip, open: Mutex::new((0, HashMap::new())) })
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            open: Mutex::new((0, HashMap::new())),
+        })
     }
 
     /// A slot for a connection from `ip`, or `None` when a limit is reached.
@@ -36,7 +40,10 @@ impl ConnectionLimiter {
         }
         g.0 += 1;
         *g.1.entry(ip).or_insert(0) += 1;
-        Some(ConnectionSlot { limiter: self.clone(), ip })
+        Some(ConnectionSlot {
+            limiter: self.clone(),
+            ip,
+        })
     }
 
     /// Connections open now.
@@ -69,7 +76,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// At most `per_minute` events per key per minute of `clock`.
     pub fn new(per_minute: u32, clock: SharedClock) -> Self {
-        Self { per_minute, clock, windows: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            clock,
+            windows: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records an event for `key`; `false` when it is over the limit (and not counted).

@@ -29,7 +29,11 @@ impl QueueClient {
                 .connect_lazy();
             nodes.push((a.clone(), ch));
         }
-        Ok(Self { nodes: Arc::new(nodes), current: Arc::new(AtomicUsize::new(0)), timeout })
+        Ok(Self {
+            nodes: Arc::new(nodes),
+            current: Arc::new(AtomicUsize::new(0)),
+            timeout,
+        })
     }
 
     fn node(&self, attempt: usize) -> (usize, &(String, Channel)) {
@@ -61,7 +65,10 @@ impl QueueClient {
                     tracing::debug!(node = %addr, status = %s, "enqueue retry");
                     attempt += 1;
                     if attempt % self.nodes.len() == 0 {
-                        tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now()))).await;
+                        tokio::time::sleep(
+                            backoff.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
                         backoff = (backoff * 2).min(Duration::from_millis(500));
                     }
                 }
@@ -88,5 +95,8 @@ impl QueueClient {
 
 /// Whether a failed Enqueue may be retried on another node: the message was not stored.
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
 }

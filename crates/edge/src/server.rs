@@ -52,7 +52,11 @@ pub struct Edge {
 
 impl Edge {
     /// An edge for `cfg` using `tls` for STARTTLS and implicit-TLS listeners.
-    pub fn new(cfg: EdgeConfig, tls: Arc<ServerConfig>, clock: SharedClock) -> Result<Arc<Self>, EdgeError> {
+    pub fn new(
+        cfg: EdgeConfig,
+        tls: Arc<ServerConfig>,
+        clock: SharedClock,
+    ) -> Result<Arc<Self>, EdgeError> {
         let l = &cfg.limits;
         let session = SessionConfig {
             hostname: cfg.hostname.clone(),
@@ -110,18 +114,27 @@ impl Edge {
 
     fn in_nets(nets: &[IpNet], ip: IpAddr) -> bool {
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         nets.iter().any(|n| n.contains(&ip))
     }
 
-    async fn connection(&self, sock: TcpStream, peer: SocketAddr, mode: TlsMode) -> std::io::Result<()> {
+    async fn connection(
+        &self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        mode: TlsMode,
+    ) -> std::io::Result<()> {
         let _ = sock.set_nodelay(true);
         let Some(_slot) = self.connections.acquire(peer.ip()) else {
             let mut sock = sock;
             let r = canned::too_many_connections(&self.cfg.hostname);
-            let _ = tokio::time::timeout(Duration::from_secs(5), sock.write_all(&r.to_bytes())).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), sock.write_all(&r.to_bytes())).await;
             return Ok(());
         };
         let acceptor = TlsAcceptor::from(self.tls.clone());
@@ -130,7 +143,9 @@ impl Edge {
             TlsMode::Implicit => {
                 let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock))
                     .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake"))??;
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake")
+                    })??;
                 let info = crate::tls::describe(tls.get_ref().1);
                 (Conn::Tls(Box::new(tls)), Some(info))
             }
@@ -165,20 +180,39 @@ impl Edge {
                         };
                         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
                             .await
-                            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake"))??;
+                            .map_err(|_| {
+                                std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake")
+                            })??;
                         session.tls_done(crate::tls::describe(tls.get_ref().1));
                         conn = Conn::Tls(Box::new(tls));
                     }
-                    Event::Authenticate { username, password, .. } => {
+                    Event::Authenticate {
+                        username, password, ..
+                    } => {
                         let res = self.credentials.verify(&username, &password).await;
                         session.auth_done(res);
                     }
                     Event::Mail { .. } => {
                         let ip = peer.ip().to_string();
                         let res = if !self.ip_rate.allow(&ip) {
-                            Err(Reply::new(421, "4.7.0", format!("{} Too many messages from {ip}, try again later", self.cfg.hostname)))
-                        } else if let Some(t) = session.tenant().filter(|t| !self.tenant_rate.allow(t)) {
-                            Err(Reply::new(451, "4.7.1", format!("Message rate limit of tenant {t} exceeded, try again later")))
+                            Err(Reply::new(
+                                421,
+                                "4.7.0",
+                                format!(
+                                    "{} Too many messages from {ip}, try again later",
+                                    self.cfg.hostname
+                                ),
+                            ))
+                        } else if let Some(t) =
+                            session.tenant().filter(|t| !self.tenant_rate.allow(t))
+                        {
+                            Err(Reply::new(
+                                451,
+                                "4.7.1",
+                                format!(
+                                    "Message rate limit of tenant {t} exceeded, try again later"
+                                ),
+                            ))
                         } else {
                             Ok(())
                         };
@@ -201,7 +235,11 @@ impl Edge {
                 conn.flush().await?;
                 out.clear();
             }
-            let limit = if session.in_data() { self.cfg.limits.data_timeout.0 } else { self.cfg.limits.command_timeout.0 };
+            let limit = if session.in_data() {
+                self.cfg.limits.data_timeout.0
+            } else {
+                self.cfg.limits.command_timeout.0
+            };
             match tokio::time::timeout(limit, conn.read(&mut buf)).await {
                 Err(_) => {
                     let r = canned::timeout(&self.cfg.hostname);
@@ -220,13 +258,18 @@ impl Edge {
     async fn store(&self, env: skein_smtp::Envelope, data: Vec<u8>, ip: IpAddr) -> Reply {
         let id = format!("{:016X}", fastrand::u64(..));
         let date = skein_core::date::rfc5322(self.clock.now_ms());
-        let header = skein_smtp::received::received_header(&env, ip, &self.cfg.hostname, &id, &date);
+        let header =
+            skein_smtp::received::received_header(&env, ip, &self.cfg.hostname, &id, &date);
         let mut message = Vec::with_capacity(header.len() + data.len());
         message.extend_from_slice(header.as_bytes());
         message.extend_from_slice(&data);
         let req = EnqueueRequest {
             tenant: env.tenant.clone().unwrap_or_default(),
-            mail_from: env.mail_from.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            mail_from: env
+                .mail_from
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             rcpt_to: env.rcpt_to.iter().map(|a| a.to_string()).collect(),
             data: message,
             client_ip: ip.to_string(),
@@ -256,7 +299,11 @@ enum Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -265,7 +312,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),

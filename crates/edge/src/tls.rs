@@ -11,13 +11,17 @@ use crate::server::EdgeError;
 
 /// A server configuration from PEM files (certificate chain and private key).
 pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, EdgeError> {
-    let tls_err = |what: &Path, e: &dyn std::fmt::Display| EdgeError::Tls(format!("{}: {e}", what.display()));
+    let tls_err =
+        |what: &Path, e: &dyn std::fmt::Display| EdgeError::Tls(format!("{}: {e}", what.display()));
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| tls_err(cert, &e))?
         .collect::<Result<_, _>>()
         .map_err(|e| tls_err(cert, &e))?;
     if certs.is_empty() {
-        return Err(EdgeError::Tls(format!("{}: no certificate found", cert.display())));
+        return Err(EdgeError::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, &e))?;
     build(certs, key)
@@ -26,14 +30,22 @@ pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Edge
 /// A self-signed certificate for `hostname`, localhost, 127.0.0.1 and the `extra` names or IP
 /// addresses (the listeners'), generated now. Returns the configuration and the certificate in
 /// PEM (for clients that want to trust it).
-pub fn self_signed(hostname: &str, extra: &[String]) -> Result<(Arc<ServerConfig>, String), EdgeError> {
-    let mut names = vec![hostname.to_string(), "localhost".to_string(), "127.0.0.1".to_string()];
+pub fn self_signed(
+    hostname: &str,
+    extra: &[String],
+) -> Result<(Arc<ServerConfig>, String), EdgeError> {
+    let mut names = vec![
+        hostname.to_string(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
     for n in extra {
         if !names.contains(n) {
             names.push(n.clone());
         }
     }
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| EdgeError::Tls(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(names).map_err(|e| EdgeError::Tls(e.to_string()))?;
     let pem = ck.cert.pem();
     let key = PrivateKeyDer::try_from(ck.signing_key.serialize_der())
         .map_err(|e| EdgeError::Tls(e.to_string()))?;

@@ -22,7 +22,9 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::records::{MessageRecord, TenantRecord};
@@ -47,6 +49,12 @@ const K_SNAPSHOT: &[u8] = b"snapshot";
 
 type SErr = StorageError<NodeId>;
 
+/// What the state machine has applied: last log id and membership.
+type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>);
+
+/// A message's envelope with its body, when asked for.
+pub type MessageWithBody = (MessageRecord, Option<Vec<u8>>);
+
 /// Opens (or creates) the database under `dir` and returns the log store, the state machine
 /// and a reader over the applied state.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueError> {
@@ -58,7 +66,11 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         .into_iter()
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-    Ok((LogStore { db: db.clone() }, StateMachine { db: db.clone() }, QueueReader { db }))
+    Ok((
+        LogStore { db: db.clone() },
+        StateMachine { db: db.clone() },
+        QueueReader { db },
+    ))
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -106,7 +118,11 @@ pub struct LogStore {
 
 impl LogStore {
     fn last_purged(&self) -> Result<Option<LogId<NodeId>>, SErr> {
-        match self.db.get_cf(cf(&self.db, CF_RAFT), K_PURGED).map_err(io_read)? {
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_RAFT), K_PURGED)
+            .map_err(io_read)?
+        {
             Some(v) => dec(&v).map_err(io_read),
             None => Ok(None),
         }
@@ -139,9 +155,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
             );
             for kv in it {
                 let (k, v) = kv.map_err(io_read)?;
-                let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                    io_read(std::io::Error::other("log key is not 8 bytes"))
-                })?);
+                let idx = u64::from_be_bytes(
+                    k.as_ref()
+                        .try_into()
+                        .map_err(|_| io_read(std::io::Error::other("log key is not 8 bytes")))?,
+                );
                 if !in_range(idx) {
                     break;
                 }
@@ -167,7 +185,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|(_, v)| dec::<Entry<TypeConfig>>(&v).map(|e| e.log_id))
             .transpose()
             .map_err(io_read)?;
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -177,12 +198,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SErr> {
         let v = enc(vote);
         let db = self.db.clone();
-        blocking(move || db.put_cf_opt(cf(&db, CF_RAFT), K_VOTE, v, &synced()).map_err(io_write))
-            .await
+        blocking(move || {
+            db.put_cf_opt(cf(&db, CF_RAFT), K_VOTE, v, &synced())
+                .map_err(io_write)
+        })
+        .await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SErr> {
-        match self.db.get_cf(cf(&self.db, CF_RAFT), K_VOTE).map_err(io_read)? {
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_RAFT), K_VOTE)
+            .map_err(io_read)?
+        {
             Some(v) => dec(&v).map(Some).map_err(io_read),
             None => Ok(None),
         }
@@ -211,7 +239,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         blocking(move || {
             let mut b = WriteBatch::default();
-            b.delete_range_cf(cf(&db, CF_LOG), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+            b.delete_range_cf(
+                cf(&db, CF_LOG),
+                log_id.index.to_be_bytes(),
+                u64::MAX.to_be_bytes(),
+            );
             b.delete_cf(cf(&db, CF_LOG), u64::MAX.to_be_bytes());
             db.write_opt(b, &synced()).map_err(io_write)
         })
@@ -258,7 +290,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    fn applied(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+    fn applied(&self) -> Result<AppliedState, SErr> {
         let sm = cf(&self.db, CF_SM);
         let applied = match self.db.get_cf(sm, K_APPLIED).map_err(io_read)? {
             Some(v) => dec(&v).map_err(io_read)?,
@@ -272,10 +304,16 @@ impl StateMachine {
     }
 
     fn count(&self) -> Result<u64, SErr> {
-        Ok(match self.db.get_cf(cf(&self.db, CF_SM), K_COUNT).map_err(io_read)? {
-            Some(v) => dec(&v).map_err(io_read)?,
-            None => 0,
-        })
+        Ok(
+            match self
+                .db
+                .get_cf(cf(&self.db, CF_SM), K_COUNT)
+                .map_err(io_read)?
+            {
+                Some(v) => dec(&v).map_err(io_read)?,
+                None => 0,
+            },
+        )
     }
 }
 
@@ -305,7 +343,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 None => format!("empty-{}", data.len()),
             };
             let stored = StoredSnapshot {
-                meta: SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id },
+                meta: SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
                 data,
             };
             db.put_cf_opt(cf(&db, CF_SM), K_SNAPSHOT, enc(&stored), &synced())
@@ -313,16 +355,17 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok(stored)
         })
         .await?;
-        Ok(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) })
+        Ok(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(
-        &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), SErr> {
+    async fn applied_state(&mut self) -> Result<AppliedState, SErr> {
         self.applied()
     }
 
@@ -347,7 +390,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     Response::None
                 }
-                EntryPayload::Normal(Request::Enqueue { received_at_ms, messages }) => {
+                EntryPayload::Normal(Request::Enqueue {
+                    received_at_ms,
+                    messages,
+                }) => {
                     let mut ids = Vec::with_capacity(messages.len());
                     for (pos, m) in messages.into_iter().enumerate() {
                         let id = message_id(entry.log_id.index, pos);
@@ -401,7 +447,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        StateMachine { db: self.db.clone() }
+        StateMachine {
+            db: self.db.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
@@ -414,11 +462,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
         let data = snapshot.into_inner();
-        let content: SnapshotContent = dec(&data).map_err(|e| {
-            SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e))
-        })?;
+        let content: SnapshotContent = dec(&data)
+            .map_err(|e| SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
         let db = self.db.clone();
-        let stored2 = StoredSnapshot { meta: meta.clone(), data };
+        let stored2 = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
         blocking(move || {
             let mut b = WriteBatch::default();
             for (name, kvs) in STATE_CFS.iter().zip(content.cfs) {
@@ -440,17 +490,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let Some(v) = self.db.get_cf(cf(&self.db, CF_SM), K_SNAPSHOT).map_err(io_read)? else {
+        let Some(v) = self
+            .db
+            .get_cf(cf(&self.db, CF_SM), K_SNAPSHOT)
+            .map_err(io_read)?
+        else {
             return Ok(None);
         };
         let s: StoredSnapshot = dec(&v).map_err(io_read)?;
-        Ok(Some(Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(Some(Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
     }
 }
 
 fn tenant_taken(db: &DB, t: &TenantRecord) -> Result<bool, std::io::Error> {
     let h = cf(db, CF_TENANTS);
-    if db.get_cf(h, t.name.as_bytes()).map_err(std::io::Error::other)?.is_some() {
+    if db
+        .get_cf(h, t.name.as_bytes())
+        .map_err(std::io::Error::other)?
+        .is_some()
+    {
         return Ok(true);
     }
     for kv in db.iterator_cf(h, IteratorMode::Start) {
@@ -471,7 +532,11 @@ pub struct QueueReader {
 
 impl QueueReader {
     /// Messages with ids after `after` (exclusive), at most `limit`.
-    pub fn list_messages(&self, after: &str, limit: usize) -> Result<Vec<MessageRecord>, QueueError> {
+    pub fn list_messages(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, QueueError> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             cf(&self.db, CF_MESSAGES),
@@ -485,7 +550,10 @@ impl QueueReader {
             if out.len() >= limit {
                 break;
             }
-            out.push(dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_MESSAGES, source })?);
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_MESSAGES,
+                source,
+            })?);
         }
         Ok(out)
     }
@@ -495,11 +563,14 @@ impl QueueReader {
         &self,
         id: &str,
         with_body: bool,
-    ) -> Result<Option<(MessageRecord, Option<Vec<u8>>)>, QueueError> {
+    ) -> Result<Option<MessageWithBody>, QueueError> {
         let Some(v) = self.db.get_cf(cf(&self.db, CF_MESSAGES), id.as_bytes())? else {
             return Ok(None);
         };
-        let rec = dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_MESSAGES, source })?;
+        let rec = dec(&v).map_err(|source| QueueError::Corrupt {
+            cf: CF_MESSAGES,
+            source,
+        })?;
         let body = if with_body {
             self.db.get_cf(cf(&self.db, CF_BODIES), id.as_bytes())?
         } else {
@@ -511,9 +582,15 @@ impl QueueReader {
     /// Every tenant, by name.
     pub fn tenants(&self) -> Result<Vec<TenantRecord>, QueueError> {
         let mut out = Vec::new();
-        for kv in self.db.iterator_cf(cf(&self.db, CF_TENANTS), IteratorMode::Start) {
+        for kv in self
+            .db
+            .iterator_cf(cf(&self.db, CF_TENANTS), IteratorMode::Start)
+        {
             let (_, v) = kv?;
-            out.push(dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_TENANTS, source })?);
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_TENANTS,
+                source,
+            })?);
         }
         Ok(out)
     }

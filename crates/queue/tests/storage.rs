@@ -37,7 +37,10 @@ fn msg(n: u32) -> NewMessage {
 }
 
 fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(req) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(req),
+    }
 }
 
 #[tokio::test]
@@ -47,16 +50,32 @@ async fn applied_messages_survive_reopen_and_travel_in_snapshots() {
         let (_log, mut sm, reader) = skein_queue::open(dir.path()).unwrap();
         let out = sm
             .apply([
-                entry(1, Request::Enqueue { received_at_ms: 5, messages: vec![msg(1), msg(2)] }),
-                entry(2, Request::Enqueue { received_at_ms: 6, messages: vec![msg(3)] }),
+                entry(
+                    1,
+                    Request::Enqueue {
+                        received_at_ms: 5,
+                        messages: vec![msg(1), msg(2)],
+                    },
+                ),
+                entry(
+                    2,
+                    Request::Enqueue {
+                        received_at_ms: 6,
+                        messages: vec![msg(3)],
+                    },
+                ),
             ])
             .await
             .unwrap();
         assert_eq!(
             out,
             vec![
-                Response::Enqueued { ids: vec!["0000000000010000".into(), "0000000000010001".into()] },
-                Response::Enqueued { ids: vec!["0000000000020000".into()] },
+                Response::Enqueued {
+                    ids: vec!["0000000000010000".into(), "0000000000010001".into()]
+                },
+                Response::Enqueued {
+                    ids: vec!["0000000000020000".into()]
+                },
             ]
         );
         assert_eq!(reader.message_count().unwrap(), 3);
@@ -73,10 +92,17 @@ async fn applied_messages_survive_reopen_and_travel_in_snapshots() {
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.unwrap().index, 2);
 
-    let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+    let snap = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
     let other = TempDir::new().unwrap();
     let (_l2, mut sm2, reader2) = skein_queue::open(other.path()).unwrap();
-    sm2.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
+    sm2.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
     assert_eq!(reader2.list_messages("", 10).unwrap(), all);
     assert_eq!(reader2.message_count().unwrap(), 3);
     assert_eq!(sm2.applied_state().await.unwrap().0.unwrap().index, 2);
@@ -97,11 +123,29 @@ async fn tenants_are_unique_by_name_and_username() {
         })
     };
     let out = sm
-        .apply([entry(1, t("a", "ua")), entry(2, t("a", "ub")), entry(3, t("b", "ua")), entry(4, t("b", "ub"))])
+        .apply([
+            entry(1, t("a", "ua")),
+            entry(2, t("a", "ub")),
+            entry(3, t("b", "ua")),
+            entry(4, t("b", "ub")),
+        ])
         .await
         .unwrap();
-    assert_eq!(out, vec![Response::TenantCreated, Response::TenantExists, Response::TenantExists, Response::TenantCreated]);
-    let names: Vec<String> = reader.tenants().unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(
+        out,
+        vec![
+            Response::TenantCreated,
+            Response::TenantExists,
+            Response::TenantExists,
+            Response::TenantCreated
+        ]
+    );
+    let names: Vec<String> = reader
+        .tenants()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, ["a", "b"]);
     // The log store half is exercised by the suite; make sure a vote round-trips on disk too.
     let (mut log, _, _) = (LogStore::clone(&_log), (), ());

@@ -9,7 +9,11 @@ use skein_config::{Config, EdgeConfig, NodeConfig, TenantSeed, TlsMode};
 use skein_core::{SharedClock, SystemClock};
 
 #[derive(Parser)]
-#[command(name = "skein", version, about = "Skein: a clustered outbound SMTP relay")]
+#[command(
+    name = "skein",
+    version,
+    about = "Skein: a clustered outbound SMTP relay"
+)]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, global = true, env = "SKEIN_LOG", default_value = "info")]
@@ -59,32 +63,45 @@ fn main() -> anyhow::Result<()> {
         .init();
     // One crypto provider for the whole process (see stack notes: two would panic).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.cmd {
             Cmd::CheckConfig { file } => {
                 let c = Config::load(&file)?;
                 c.validate()?;
-                let roles: Vec<&str> = [c.node.as_ref().map(|_| "node"), c.edge.as_ref().map(|_| "edge")]
-                    .into_iter()
-                    .flatten()
-                    .collect();
+                let roles: Vec<&str> = [
+                    c.node.as_ref().map(|_| "node"),
+                    c.edge.as_ref().map(|_| "edge"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 println!("{}: ok ({})", file.display(), roles.join(", "));
                 Ok(())
             }
             Cmd::Node { config } => {
                 let c = Config::load(&config)?;
                 c.validate()?;
-                let Some(node) = c.node else { bail!("{}: missing [node] section", config.display()) };
+                let Some(node) = c.node else {
+                    bail!("{}: missing [node] section", config.display())
+                };
                 run_node(node).await
             }
             Cmd::Edge { config } => {
                 let c = Config::load(&config)?;
                 c.validate()?;
-                let Some(edge) = c.edge else { bail!("{}: missing [edge] section", config.display()) };
+                let Some(edge) = c.edge else {
+                    bail!("{}: missing [edge] section", config.display())
+                };
                 run_edge(edge, None).await
             }
-            Cmd::Dev { config, data_dir, tenants } => run_dev(config, data_dir, tenants).await,
+            Cmd::Dev {
+                config,
+                data_dir,
+                tenants,
+            } => run_dev(config, data_dir, tenants).await,
         }
     })
 }
@@ -102,7 +119,12 @@ async fn start_node(node: &NodeConfig) -> anyhow::Result<skein_cluster::NodeHand
 
 async fn run_node(node: NodeConfig) -> anyhow::Result<()> {
     let mut h = start_node(&node).await?;
-    println!("skein node {} listening on {} (data in {})", node.id, h.local_addr, node.data_dir.display());
+    println!(
+        "skein node {} listening on {} (data in {})",
+        node.id,
+        h.local_addr,
+        node.data_dir.display()
+    );
     tokio::select! {
         r = h.serve_forever() => r.map_err(anyhow::Error::msg),
         _ = tokio::signal::ctrl_c() => { h.shutdown().await; Ok(()) }
@@ -110,7 +132,10 @@ async fn run_node(node: NodeConfig) -> anyhow::Result<()> {
 }
 
 /// Starts the edge's listeners; `cert_out` is where a generated certificate is written.
-async fn start_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+async fn start_edge(
+    edge: EdgeConfig,
+    cert_out: Option<PathBuf>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let tls = match &edge.tls {
         Some(f) => skein_edge::tls::from_pem_files(&f.cert, &f.key)?,
         None => {
@@ -129,7 +154,9 @@ async fn start_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Resu
                     std::fs::write(p, pem).with_context(|| format!("writing {}", p.display()))?;
                     println!("  TLS certificate: self-signed, written to {}", p.display());
                 }
-                None => println!("  TLS certificate: self-signed (configure [edge.tls] for a real one)"),
+                None => {
+                    println!("  TLS certificate: self-signed (configure [edge.tls] for a real one)")
+                }
             }
             cfg
         }
@@ -151,13 +178,21 @@ async fn start_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Resu
 }
 
 async fn run_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Result<()> {
-    println!("skein edge {} submitting to {}", edge.hostname, edge.queue.join(", "));
+    println!(
+        "skein edge {} submitting to {}",
+        edge.hostname,
+        edge.queue.join(", ")
+    );
     let _tasks = start_edge(edge, cert_out).await?;
     tokio::signal::ctrl_c().await?;
     Ok(())
 }
 
-async fn run_dev(config: Option<PathBuf>, data_dir: Option<PathBuf>, tenants: Vec<String>) -> anyhow::Result<()> {
+async fn run_dev(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    tenants: Vec<String>,
+) -> anyhow::Result<()> {
     let mut c = match &config {
         Some(p) => Config::load(p)?,
         None => Config::dev_default(),
@@ -171,20 +206,42 @@ async fn run_dev(config: Option<PathBuf>, data_dir: Option<PathBuf>, tenants: Ve
         let Some((name, password)) = t.split_once(':') else {
             bail!("--tenant {t:?}: expected NAME:PASSWORD");
         };
-        node.tenants.push(TenantSeed { name: name.into(), username: None, password: password.into() });
+        node.tenants.push(TenantSeed {
+            name: name.into(),
+            username: None,
+            password: password.into(),
+        });
     }
     edge.queue = vec![node.advertise_addr().to_string()];
-    Config { node: Some(node.clone()), edge: Some(edge.clone()) }.validate()?;
+    Config {
+        node: Some(node.clone()),
+        edge: Some(edge.clone()),
+    }
+    .validate()?;
 
     let mut h = start_node(&node).await?;
-    println!("skein dev: single-node cluster, data in {}", node.data_dir.display());
+    println!(
+        "skein dev: single-node cluster, data in {}",
+        node.data_dir.display()
+    );
     println!("  {:<22} {}", "gRPC (Ingest, Admin)", h.local_addr);
     let relay: Vec<String> = edge.relay_networks.iter().map(|n| n.to_string()).collect();
     let cert = node.data_dir.join("edge-cert.pem");
     let _tasks = start_edge(edge, Some(cert)).await?;
-    println!("  relay without AUTH from: {}", if relay.is_empty() { "nobody".into() } else { relay.join(", ") });
+    println!(
+        "  relay without AUTH from: {}",
+        if relay.is_empty() {
+            "nobody".into()
+        } else {
+            relay.join(", ")
+        }
+    );
     for t in &node.tenants {
-        println!("  tenant {:?} may AUTH as {:?}", t.name, t.username.as_deref().unwrap_or(&t.name));
+        println!(
+            "  tenant {:?} may AUTH as {:?}",
+            t.name,
+            t.username.as_deref().unwrap_or(&t.name)
+        );
     }
     println!("ready");
     tokio::select! {

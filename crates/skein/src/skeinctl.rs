@@ -10,7 +10,13 @@ use tonic::transport::Channel;
 #[command(name = "skeinctl", version, about = "Administer a Skein cluster")]
 struct Cli {
     /// Any queue node's gRPC address.
-    #[arg(long, short, env = "SKEIN_SERVER", default_value = "127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        short,
+        env = "SKEIN_SERVER",
+        default_value = "127.0.0.1:7070",
+        global = true
+    )]
     server: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -87,41 +93,89 @@ async fn main() -> anyhow::Result<()> {
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     match cli.cmd {
         Cmd::Status => {
-            let s = c.cluster_status(ClusterStatusRequest {}).await.map_err(status)?.into_inner();
+            let s = c
+                .cluster_status(ClusterStatusRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
             if cli.json {
-                println!("{}", serde_json::json!({
-                    "node_id": s.node_id, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
-                    "term": s.term, "state": s.state, "last_log_index": s.last_log_index,
-                    "last_applied_index": s.last_applied_index, "message_count": s.message_count,
-                    "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
-                }));
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "node_id": s.node_id, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
+                        "term": s.term, "state": s.state, "last_log_index": s.last_log_index,
+                        "last_applied_index": s.last_applied_index, "message_count": s.message_count,
+                        "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                    })
+                );
             } else {
-                println!("node {} ({}), term {}, leader {} {}", s.node_id, s.state, s.term, s.leader_id, s.leader_addr);
-                println!("log {} applied {} messages {}", s.last_log_index, s.last_applied_index, s.message_count);
+                println!(
+                    "node {} ({}), term {}, leader {} {}",
+                    s.node_id, s.state, s.term, s.leader_id, s.leader_addr
+                );
+                println!(
+                    "log {} applied {} messages {}",
+                    s.last_log_index, s.last_applied_index, s.message_count
+                );
                 for m in s.members {
-                    println!("  {:>4} {:<24} {}", m.id, m.addr, if m.voter { "voter" } else { "learner" });
+                    println!(
+                        "  {:>4} {:<24} {}",
+                        m.id,
+                        m.addr,
+                        if m.voter { "voter" } else { "learner" }
+                    );
                 }
             }
         }
         Cmd::AddLearner { id, addr } => {
-            let r = c.add_learner(AddLearnerRequest { id, addr }).await.map_err(status)?.into_inner();
+            let r = c
+                .add_learner(AddLearnerRequest { id, addr })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("added learner {id} at log index {}", r.log_index);
         }
         Cmd::Promote { id } => {
-            let r = c.promote_voter(NodeRef { id }).await.map_err(status)?.into_inner();
+            let r = c
+                .promote_voter(NodeRef { id })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("node {id} is a voter (log index {})", r.log_index);
         }
         Cmd::Remove { id } => {
-            let r = c.remove_node(NodeRef { id }).await.map_err(status)?.into_inner();
+            let r = c
+                .remove_node(NodeRef { id })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("node {id} removed (log index {})", r.log_index);
         }
-        Cmd::Messages { after, limit, local } => {
-            let r = c.list_messages(ListMessagesRequest { after, limit, local }).await.map_err(status)?.into_inner();
+        Cmd::Messages {
+            after,
+            limit,
+            local,
+        } => {
+            let r = c
+                .list_messages(ListMessagesRequest {
+                    after,
+                    limit,
+                    local,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             for m in &r.messages {
                 if cli.json {
                     println!("{}", message_json(m));
                 } else {
-                    println!("{} {:>8} <{}> -> {}", m.id, m.size, m.mail_from, m.rcpt_to.join(", "));
+                    println!(
+                        "{} {:>8} <{}> -> {}",
+                        m.id,
+                        m.size,
+                        m.mail_from,
+                        m.rcpt_to.join(", ")
+                    );
                 }
             }
             if !r.next_after.is_empty() && !cli.json {
@@ -129,20 +183,49 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Message { id, data } => {
-            let m = c.get_message(GetMessageRequest { id, include_data: data, local: false }).await.map_err(status)?.into_inner();
+            let m = c
+                .get_message(GetMessageRequest {
+                    id,
+                    include_data: data,
+                    local: false,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("{}", serde_json::to_string_pretty(&message_json(&m))?);
             if data {
                 println!("{}", String::from_utf8_lossy(&m.data));
             }
         }
-        Cmd::Tenant(TenantCmd::Create { name, password, username }) => {
-            let t = c.create_tenant(CreateTenantRequest { name, username, password }).await.map_err(status)?.into_inner();
+        Cmd::Tenant(TenantCmd::Create {
+            name,
+            password,
+            username,
+        }) => {
+            let t = c
+                .create_tenant(CreateTenantRequest {
+                    name,
+                    username,
+                    password,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
             println!("created tenant {} (login {})", t.name, t.username);
         }
         Cmd::Tenant(TenantCmd::List) => {
-            let r = c.list_tenants(ListTenantsRequest {}).await.map_err(status)?.into_inner();
+            let r = c
+                .list_tenants(ListTenantsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
             for t in r.tenants {
-                println!("{} {} {}", t.name, t.username, if t.enabled { "enabled" } else { "disabled" });
+                println!(
+                    "{} {} {}",
+                    t.name,
+                    t.username,
+                    if t.enabled { "enabled" } else { "disabled" }
+                );
             }
         }
     }

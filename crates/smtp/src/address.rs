@@ -66,7 +66,10 @@ pub fn parse_path(s: &str, utf8: bool) -> Result<Option<Address>, PathError> {
     let (local, domain) = split_mailbox(inner)?;
     check_local(local)?;
     check_domain(domain)?;
-    Ok(Some(Address { local: local.to_string(), domain: domain.to_string() }))
+    Ok(Some(Address {
+        local: local.to_string(),
+        domain: domain.to_string(),
+    }))
 }
 
 /// Splits at the `@` that ends the local part (which may be a quoted string).
@@ -152,7 +155,9 @@ fn check_domain(domain: &str) -> Result<(), PathError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
         if !ok {
             return Err(PathError::Syntax);
         }
@@ -164,25 +169,52 @@ fn check_domain(domain: &str) -> Result<(), PathError> {
 mod tests {
     use super::*;
 
+    /// Input, SMTPUTF8 allowed, expected result.
+    type Case = (&'static str, bool, Result<Option<&'static str>, PathError>);
+
     #[test]
     fn paths() {
         use PathError::*;
-        let cases: &[(&str, bool, Result<Option<&str>, PathError>)] = &[
+        let cases: &[Case] = &[
             ("<>", false, Ok(None)),
             ("<a@example.com>", false, Ok(Some("a@example.com"))),
-            ("<first.last+tag@sub.example.co.uk>", false, Ok(Some("first.last+tag@sub.example.co.uk"))),
-            ("<\"john doe\"@example.com>", false, Ok(Some("\"john doe\"@example.com"))),
+            (
+                "<first.last+tag@sub.example.co.uk>",
+                false,
+                Ok(Some("first.last+tag@sub.example.co.uk")),
+            ),
+            (
+                "<\"john doe\"@example.com>",
+                false,
+                Ok(Some("\"john doe\"@example.com")),
+            ),
             ("<a@[192.0.2.1]>", false, Ok(Some("a@[192.0.2.1]"))),
-            ("<a@[IPv6:2001:db8::1]>", false, Ok(Some("a@[IPv6:2001:db8::1]"))),
+            (
+                "<a@[IPv6:2001:db8::1]>",
+                false,
+                Ok(Some("a@[IPv6:2001:db8::1]")),
+            ),
             ("a@example.com", false, Err(Syntax)),
             ("<a@example.com", false, Err(Syntax)),
             ("<a>", false, Err(Syntax)),
             ("<@example.com>", false, Err(SourceRoute)),
-            ("<@relay.net,@other.net:victim@target.org>", false, Err(SourceRoute)),
+            (
+                "<@relay.net,@other.net:victim@target.org>",
+                false,
+                Err(SourceRoute),
+            ),
             ("<victim%target.org@relay.example>", false, Err(RelayTrick)),
             ("<target.org!victim@relay.example>", false, Err(RelayTrick)),
-            ("<\"victim@target.org\"@relay.example>", false, Err(RelayTrick)),
-            ("<\"victim%target.org\"@relay.example>", false, Err(RelayTrick)),
+            (
+                "<\"victim@target.org\"@relay.example>",
+                false,
+                Err(RelayTrick),
+            ),
+            (
+                "<\"victim%target.org\"@relay.example>",
+                false,
+                Err(RelayTrick),
+            ),
             ("<victim@target.org@relay.example>", false, Err(RelayTrick)),
             ("<a..b@example.com>", false, Err(Syntax)),
             ("<.a@example.com>", false, Err(Syntax)),
@@ -190,7 +222,11 @@ mod tests {
             ("<a@exa mple.com>", false, Err(Syntax)),
             ("<a@[999.1.1.1]>", false, Err(Syntax)),
             ("<δοκιμή@παράδειγμα.δοκιμή>", false, Err(NeedsUtf8)),
-            ("<δοκιμή@παράδειγμα.δοκιμή>", true, Ok(Some("δοκιμή@παράδειγμα.δοκιμή"))),
+            (
+                "<δοκιμή@παράδειγμα.δοκιμή>",
+                true,
+                Ok(Some("δοκιμή@παράδειγμα.δοκιμή")),
+            ),
         ];
         for (input, utf8, want) in cases {
             let got = parse_path(input, *utf8).map(|a| a.map(|a| a.to_string()));

@@ -179,13 +179,37 @@ mod tests {
             (b"a\r\n...\r\n.\r\n", Some(11), Ok(b"a\r\n..\r\n")),
             (b"a\r\n.\r\nMAIL FROM:<x@y>\r\n", Some(6), Ok(b"a\r\n")),
             // Smuggling attempts: none of these end the message.
-            (b"a\n.\nMAIL FROM:<x@y>\r\n", None, Err(DataError::BareLineEnding)),
-            (b"a\n.\r\nMAIL FROM:<x@y>\r\n", None, Err(DataError::BareLineEnding)),
-            (b"a\r.\rMAIL FROM:<x@y>\r\n", None, Err(DataError::BareLineEnding)),
-            (b"a\r\n.\nMAIL FROM:<x@y>\r\n", None, Err(DataError::BareLineEnding)),
+            (
+                b"a\n.\nMAIL FROM:<x@y>\r\n",
+                None,
+                Err(DataError::BareLineEnding),
+            ),
+            (
+                b"a\n.\r\nMAIL FROM:<x@y>\r\n",
+                None,
+                Err(DataError::BareLineEnding),
+            ),
+            (
+                b"a\r.\rMAIL FROM:<x@y>\r\n",
+                None,
+                Err(DataError::BareLineEnding),
+            ),
+            (
+                b"a\r\n.\nMAIL FROM:<x@y>\r\n",
+                None,
+                Err(DataError::BareLineEnding),
+            ),
             // ... and when the real terminator comes, the message is refused.
-            (b"a\n.\nb\r\n.\r\n", Some(10), Err(DataError::BareLineEnding)),
-            (b"a\r.\r\nb\r\n.\r\n", Some(11), Err(DataError::BareLineEnding)),
+            (
+                b"a\n.\nb\r\n.\r\n",
+                Some(10),
+                Err(DataError::BareLineEnding),
+            ),
+            (
+                b"a\r.\r\nb\r\n.\r\n",
+                Some(11),
+                Err(DataError::BareLineEnding),
+            ),
             (b"a\r\r\n.\r\n", Some(7), Err(DataError::BareLineEnding)),
             (b".\rx\r\n.\r\n", Some(8), Err(DataError::BareLineEnding)),
         ];
@@ -193,7 +217,12 @@ mod tests {
             let (e, b) = run(input);
             assert_eq!(e, *end, "end for {:?}", String::from_utf8_lossy(input));
             if end.is_some() {
-                assert_eq!(b, body.map(<[u8]>::to_vec), "{:?}", String::from_utf8_lossy(input));
+                assert_eq!(
+                    b,
+                    body.map(<[u8]>::to_vec),
+                    "{:?}",
+                    String::from_utf8_lossy(input)
+                );
             } else {
                 assert_eq!(b.err(), body.err());
             }
@@ -221,7 +250,10 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(r.feed(&line), None);
             assert_eq!(r.feed(b"\r\n"), None);
-            assert!(r.body.capacity() <= 256, "body must not grow past the limit");
+            assert!(
+                r.body.capacity() <= 256,
+                "body must not grow past the limit"
+            );
         }
         assert_eq!(r.feed(b".\r\n"), Some(3));
         assert!(r.size() > 100_000);

@@ -29,9 +29,14 @@ pub fn received_header(
         .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | ';'))
         .take(255)
         .collect();
-    let mut h = format!("Received: from {helo} ([{client_ip}])\r\n\tby {hostname} (Skein) with {proto} id {id}");
+    let mut h = format!(
+        "Received: from {helo} ([{client_ip}])\r\n\tby {hostname} (Skein) with {proto} id {id}"
+    );
     if let Some(tls) = &env.tls {
-        h.push_str(&format!("\r\n\t(using {} with cipher {})", tls.version, tls.cipher));
+        h.push_str(&format!(
+            "\r\n\t(using {} with cipher {})",
+            tls.version, tls.cipher
+        ));
     }
     if let Some(t) = &env.tenant {
         h.push_str(&format!("\r\n\t(authenticated as tenant {t})"));
@@ -58,9 +63,18 @@ mod tests {
             body_8bit: false,
             smtputf8: false,
             tenant: Some("acme".into()),
-            tls: Some(TlsInfo { version: "TLSv1.3".into(), cipher: "TLS13_AES_128_GCM_SHA256".into() }),
+            tls: Some(TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            }),
         };
-        let h = received_header(&env, "127.0.0.1".parse().unwrap(), "mx.skein.test", "E1", "Mon, 23 Nov 2026 20:10:05 +0000");
+        let h = received_header(
+            &env,
+            "127.0.0.1".parse().unwrap(),
+            "mx.skein.test",
+            "E1",
+            "Mon, 23 Nov 2026 20:10:05 +0000",
+        );
         assert_eq!(
             h,
             "Received: from client.exampleevil ([127.0.0.1])\r\n\tby mx.skein.test (Skein) with ESMTPSA id E1\r\n\t(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)\r\n\t(authenticated as tenant acme)\r\n\tfor <b@example.net>;\r\n\tMon, 23 Nov 2026 20:10:05 +0000\r\n"

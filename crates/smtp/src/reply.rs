@@ -16,12 +16,20 @@ pub struct Reply {
 impl Reply {
     /// A one-line reply with an enhanced status code.
     pub fn new(code: u16, enhanced: &'static str, text: impl Into<String>) -> Self {
-        Self { code, enhanced: Some(enhanced), lines: vec![text.into()] }
+        Self {
+            code,
+            enhanced: Some(enhanced),
+            lines: vec![text.into()],
+        }
     }
 
     /// A reply without enhanced code (greeting, EHLO, 334 challenges).
     pub fn plain(code: u16, lines: Vec<String>) -> Self {
-        Self { code, enhanced: None, lines }
+        Self {
+            code,
+            enhanced: None,
+            lines,
+        }
     }
 
     /// Whether the code is 2xx or 3xx.
@@ -76,7 +84,11 @@ pub mod canned {
     }
     /// 421 when a limit of connections is reached.
     pub fn too_many_connections(host: &str) -> Reply {
-        Reply::new(421, "4.7.0", format!("{host} Too many connections, try again later"))
+        Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Too many connections, try again later"),
+        )
     }
     /// 421 when the client was idle too long (RFC 5321 4.5.3.2).
     pub fn timeout(host: &str) -> Reply {
@@ -84,10 +96,18 @@ pub mod canned {
     }
     /// 421 when the server shuts down.
     pub fn shutting_down(host: &str) -> Reply {
-        Reply::new(421, "4.3.2", format!("{host} Service shutting down, try again later"))
+        Reply::new(
+            421,
+            "4.3.2",
+            format!("{host} Service shutting down, try again later"),
+        )
     }
     /// 451 when the queue could not commit the message.
     pub fn queue_unavailable() -> Reply {
-        Reply::new(451, "4.3.0", "Queue temporarily unavailable, try again later")
+        Reply::new(
+            451,
+            "4.3.0",
+            "Queue temporarily unavailable, try again later",
+        )
     }
 }

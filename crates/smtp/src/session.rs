@@ -137,7 +137,9 @@ enum Phase {
     Command,
     AuthPlain,
     AuthLoginUser,
-    AuthLoginPass { user: String },
+    AuthLoginPass {
+        user: String,
+    },
     Data(DataReceiver),
     /// A too-long command line: skip to its end.
     DiscardLine,
@@ -266,7 +268,11 @@ impl Session {
             }
             Err(AuthFailure::Invalid) => {
                 self.auth_failures += 1;
-                self.reply(Reply::new(535, "5.7.8", "Authentication credentials invalid"));
+                self.reply(Reply::new(
+                    535,
+                    "5.7.8",
+                    "Authentication credentials invalid",
+                ));
                 if self.auth_failures >= self.cfg.max_auth_failures {
                     let host = self.cfg.hostname.clone();
                     self.close_with(Reply::new(
@@ -328,7 +334,11 @@ impl Session {
         self.bad_commands += 1;
         if self.bad_commands >= self.cfg.max_bad_commands {
             let host = self.cfg.hostname.clone();
-            self.close_with(Reply::new(421, "4.7.0", format!("{host} Too many errors, closing")));
+            self.close_with(Reply::new(
+                421,
+                "4.7.0",
+                format!("{host} Too many errors, closing"),
+            ));
         }
     }
 
@@ -473,8 +483,7 @@ impl Session {
             _ => match base64::engine::general_purpose::STANDARD.decode(line) {
                 Ok(v) => v,
                 Err(_) => {
-                    return self
-                        .auth_abort(Reply::new(501, "5.5.2", "Cannot decode AUTH response"))
+                    return self.auth_abort(Reply::new(501, "5.5.2", "Cannot decode AUTH response"))
                 }
             },
         };
@@ -585,7 +594,11 @@ impl Session {
         let Some((path, params)) = split_path(rest.trim_start()) else {
             return self.reject(Reply::new(501, "5.5.4", "Syntax: MAIL FROM:<address>"));
         };
-        let mut mail = Mail { from: None, body_8bit: false, smtputf8: false };
+        let mut mail = Mail {
+            from: None,
+            body_8bit: false,
+            smtputf8: false,
+        };
         for p in params.split(' ').filter(|p| !p.is_empty()) {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k.to_ascii_uppercase().as_str() {
@@ -598,9 +611,7 @@ impl Session {
                         ))
                     }
                     Ok(_) => {}
-                    Err(_) => {
-                        return self.reject(Reply::new(501, "5.5.4", "Bad SIZE parameter"))
-                    }
+                    Err(_) => return self.reject(Reply::new(501, "5.5.4", "Bad SIZE parameter")),
                 },
                 "BODY" if self.esmtp => match v.to_ascii_uppercase().as_str() {
                     "7BIT" => mail.body_8bit = false,
@@ -623,11 +634,9 @@ impl Session {
             Ok(from) => mail.from = from,
             Err(e) => {
                 let r = match e {
-                    PathError::NeedsUtf8 => Reply::new(
-                        553,
-                        "5.6.7",
-                        "Non-ASCII sender address requires SMTPUTF8",
-                    ),
+                    PathError::NeedsUtf8 => {
+                        Reply::new(553, "5.6.7", "Non-ASCII sender address requires SMTPUTF8")
+                    }
                     PathError::SourceRoute | PathError::RelayTrick => Reply::new(
                         553,
                         "5.1.7",
@@ -657,7 +666,11 @@ impl Session {
         };
         if let Some(p) = params.split(' ').find(|p| !p.is_empty()) {
             let k = p.split_once('=').map_or(p, |(k, _)| k);
-            return self.reject(Reply::new(555, "5.5.4", format!("Unsupported RCPT parameter {k}")));
+            return self.reject(Reply::new(
+                555,
+                "5.5.4",
+                format!("Unsupported RCPT parameter {k}"),
+            ));
         }
         let addr = match parse_path(path, utf8) {
             Ok(Some(a)) => a,
@@ -682,7 +695,11 @@ impl Session {
             Err(_) => return self.reject(Reply::new(501, "5.1.3", "Bad recipient address syntax")),
         };
         if self.tenant.is_none() && !self.conn.relay_by_ip {
-            return self.reject(Reply::new(554, "5.7.1", format!("<{addr}>: Relay access denied")));
+            return self.reject(Reply::new(
+                554,
+                "5.7.1",
+                format!("<{addr}>: Relay access denied"),
+            ));
         }
         if self.rcpts.len() >= self.cfg.max_recipients {
             // 452 is a temporary refusal of this recipient only; not a client error.
@@ -702,7 +719,10 @@ impl Session {
         if self.rcpts.is_empty() {
             return self.reject(Reply::new(554, "5.5.1", "Error: no valid recipients"));
         }
-        self.reply(Reply::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()]));
+        self.reply(Reply::plain(
+            354,
+            vec!["End data with <CR><LF>.<CR><LF>".into()],
+        ));
         self.phase = Phase::Data(DataReceiver::new(
             self.cfg.max_message_size,
             self.cfg.max_data_line,
@@ -735,10 +755,18 @@ impl Session {
             return self.reject(Reply::new(503, "5.5.1", "Error: already authenticated"));
         }
         if self.mail.is_some() {
-            return self.reject(Reply::new(503, "5.5.1", "Error: AUTH not allowed during a transaction"));
+            return self.reject(Reply::new(
+                503,
+                "5.5.1",
+                "Error: AUTH not allowed during a transaction",
+            ));
         }
         if !self.conn.auth_available {
-            return self.reject(Reply::new(502, "5.5.1", "Error: authentication not enabled"));
+            return self.reject(Reply::new(
+                502,
+                "5.5.1",
+                "Error: authentication not enabled",
+            ));
         }
         if !self.auth_offered() {
             return self.reject(Reply::new(
@@ -785,7 +813,8 @@ fn memchr_lf(b: &[u8]) -> Option<usize> {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// Splits `<path> params` at the `>` that closes the path (quote-aware).

@@ -72,7 +72,12 @@ fn cfg() -> SessionConfig {
 /// session the way the edge runtime does.
 fn run(cfg: SessionConfig, conn: ConnectionInfo, rt: Runtime, chunks: &[&[u8]]) -> Outcome {
     let mut s = Session::new(cfg, conn);
-    let mut out = Outcome { replies: vec![], closed: false, messages: vec![], starttls: 0 };
+    let mut out = Outcome {
+        replies: vec![],
+        closed: false,
+        messages: vec![],
+        starttls: 0,
+    };
     for chunk in chunks {
         if s.is_closed() {
             break;
@@ -84,9 +89,14 @@ fn run(cfg: SessionConfig, conn: ConnectionInfo, rt: Runtime, chunks: &[&[u8]]) 
                 Event::Close => out.closed = true,
                 Event::StartTls => {
                     out.starttls += 1;
-                    s.tls_done(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into() });
+                    s.tls_done(TlsInfo {
+                        version: "TLSv1.3".into(),
+                        cipher: "X".into(),
+                    });
                 }
-                Event::Authenticate { username, password, .. } => {
+                Event::Authenticate {
+                    username, password, ..
+                } => {
                     if username == "acme" && password == rt.password {
                         s.auth_done(Ok("acme".into()));
                     } else if username == "down" {
@@ -107,7 +117,10 @@ fn run(cfg: SessionConfig, conn: ConnectionInfo, rt: Runtime, chunks: &[&[u8]]) 
 }
 
 fn relay_conn() -> ConnectionInfo {
-    ConnectionInfo { relay_by_ip: true, ..conn() }
+    ConnectionInfo {
+        relay_by_ip: true,
+        ..conn()
+    }
 }
 
 fn b64(s: &str) -> String {
@@ -119,7 +132,10 @@ fn reply_code_table() {
     let plain = b64("\0acme\0secret-pass");
     let bad = b64("\0acme\0wrong");
     let tls = ConnectionInfo {
-        tls: Some(TlsInfo { version: "TLSv1.3".into(), cipher: "X".into() }),
+        tls: Some(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "X".into(),
+        }),
         ..conn()
     };
     let cases: Vec<(&str, ConnectionInfo, String, Vec<&str>)> = vec![
@@ -151,7 +167,7 @@ fn reply_code_table() {
         ("RSET NOOP VRFY HELP EXPN", relay_conn(), "RSET\r\nNOOP\r\nVRFY x\r\nHELP\r\nEXPN x\r\n".into(), vec!["250 2.0.0", "250 2.0.0", "252 2.5.2", "214 2.0.0", "502 5.5.1"]),
         ("unknown command", relay_conn(), "FOO\r\n\r\n".into(), vec!["500 5.5.2", "500 5.5.2"]),
         ("DATA with argument", relay_conn(), "EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<1@y.com>\r\nDATA x\r\n".into(), vec!["250", "250 2.1.0", "250 2.1.5", "501 5.5.4"]),
-        ("data over size", relay_conn(), format!("EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<1@y.com>\r\nDATA\r\n{}\r\n.\r\nNOOP\r\n", "x".repeat(150).repeat(1) + &"\r\nyyyy".repeat(300)), vec!["250", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "250 2.0.0"]),
+        ("data over size", relay_conn(), format!("EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<1@y.com>\r\nDATA\r\n{}\r\n.\r\nNOOP\r\n", "x".repeat(150) + &"\r\nyyyy".repeat(300)), vec!["250", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "250 2.0.0"]),
         ("data line too long", relay_conn(), format!("EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<1@y.com>\r\nDATA\r\n{}\r\n.\r\n", "x".repeat(201)), vec!["250", "250 2.1.0", "250 2.1.5", "354", "554 5.6.0"]),
         ("command line too long", relay_conn(), format!("NOOP {}\r\nNOOP\r\n", "x".repeat(600)), vec!["500 5.5.2", "250 2.0.0"]),
         ("AUTH needs TLS", conn(), format!("EHLO c\r\nAUTH PLAIN {plain}\r\n"), vec!["250", "538 5.7.11"]),
@@ -180,14 +196,35 @@ fn reply_code_table() {
 fn ehlo_advertises_by_state() {
     let out = run(cfg(), conn(), Runtime::default(), &[b"EHLO c\r\n"]);
     let text = out.replies[0].to_string();
-    for ext in ["PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "STARTTLS"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+    ] {
         assert!(text.contains(ext), "{ext} missing from {text}");
     }
-    assert!(!text.contains("AUTH"), "AUTH must not be offered in plaintext: {text}");
-    let out = run(cfg(), conn(), Runtime::default(), &[b"STARTTLS\r\n", b"EHLO c\r\n"]);
+    assert!(
+        !text.contains("AUTH"),
+        "AUTH must not be offered in plaintext: {text}"
+    );
+    let out = run(
+        cfg(),
+        conn(),
+        Runtime::default(),
+        &[b"STARTTLS\r\n", b"EHLO c\r\n"],
+    );
     let text = out.replies[1].to_string();
-    assert!(text.contains("AUTH PLAIN LOGIN") && !text.contains("STARTTLS"), "{text}");
-    let dev = ConnectionInfo { auth_without_tls: true, ..conn() };
+    assert!(
+        text.contains("AUTH PLAIN LOGIN") && !text.contains("STARTTLS"),
+        "{text}"
+    );
+    let dev = ConnectionInfo {
+        auth_without_tls: true,
+        ..conn()
+    };
     let out = run(cfg(), dev, Runtime::default(), &[b"EHLO c\r\n"]);
     assert!(out.replies[0].to_string().contains("AUTH PLAIN LOGIN"));
 }
@@ -200,18 +237,30 @@ fn pipelined_plaintext_after_starttls_is_discarded() {
         cfg(),
         conn(),
         Runtime::default(),
-        &[b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.com>\r\n", b"EHLO c\r\n"],
+        &[
+            b"EHLO c\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.com>\r\n",
+            b"EHLO c\r\n",
+        ],
     );
     assert_eq!(out.starttls, 1);
     assert_eq!(out.codes(), vec!["250", "220 2.0.0", "250"]);
     // Session state was reset by TLS: MAIL needs EHLO again, and no transaction leaked in.
     let out = run(
         cfg(),
-        ConnectionInfo { relay_by_ip: true, ..conn() },
+        ConnectionInfo {
+            relay_by_ip: true,
+            ..conn()
+        },
         Runtime::default(),
-        &[b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nSTARTTLS\r\n", b"RCPT TO:<b@y.com>\r\n"],
+        &[
+            b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nSTARTTLS\r\n",
+            b"RCPT TO:<b@y.com>\r\n",
+        ],
     );
-    assert_eq!(out.codes(), vec!["250", "250 2.1.0", "220 2.0.0", "503 5.5.1"]);
+    assert_eq!(
+        out.codes(),
+        vec!["250", "250 2.1.0", "220 2.0.0", "503 5.5.1"]
+    );
 }
 
 #[test]
@@ -228,12 +277,27 @@ fn smuggling_never_yields_a_second_message() {
             cfg(),
             relay_conn(),
             Runtime::default(),
-            &[b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\nDATA\r\n", attack, b"NOOP\r\n"],
+            &[
+                b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\nDATA\r\n",
+                attack,
+                b"NOOP\r\n",
+            ],
         );
-        assert!(out.messages.is_empty(), "{:?} produced a message", String::from_utf8_lossy(attack));
+        assert!(
+            out.messages.is_empty(),
+            "{:?} produced a message",
+            String::from_utf8_lossy(attack)
+        );
         assert_eq!(
             out.codes(),
-            vec!["250", "250 2.1.0", "250 2.1.5", "354", "554 5.6.0", "250 2.0.0"],
+            vec![
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354",
+                "554 5.6.0",
+                "250 2.0.0"
+            ],
             "{:?}",
             String::from_utf8_lossy(attack)
         );
@@ -265,7 +329,10 @@ fn message_and_envelope_are_exact() {
 
 #[test]
 fn queue_failure_and_rate_limits_reach_the_client() {
-    let rt = Runtime { message: Reply::new(451, "4.3.0", "Queue unavailable"), ..Runtime::default() };
+    let rt = Runtime {
+        message: Reply::new(451, "4.3.0", "Queue unavailable"),
+        ..Runtime::default()
+    };
     let out = run(
         cfg(),
         relay_conn(),
@@ -273,14 +340,31 @@ fn queue_failure_and_rate_limits_reach_the_client() {
         &[b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@x.com>\r\n"],
     );
     // 451 after the dot, and the next transaction starts clean.
-    assert_eq!(out.codes(), vec!["250", "250 2.1.0", "250 2.1.5", "354", "451 4.3.0", "250 2.1.0"]);
+    assert_eq!(
+        out.codes(),
+        vec![
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "451 4.3.0",
+            "250 2.1.0"
+        ]
+    );
 
-    let rt = Runtime { mail: Some(Reply::new(451, "4.7.1", "Rate limit")), ..Runtime::default() };
-    let out = run(cfg(), relay_conn(), rt, &[b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\n"]);
+    // The runtime refuses MAIL (rate limits): 451 keeps the session, 421 closes it.
+    let refused_mail = |r: Reply| {
+        let rt = Runtime {
+            mail: Some(r),
+            ..Runtime::default()
+        };
+        let script: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\n";
+        run(cfg(), relay_conn(), rt, &[script])
+    };
+    let out = refused_mail(Reply::new(451, "4.7.1", "Rate limit"));
     assert_eq!(out.codes(), vec!["250", "451 4.7.1", "503 5.5.1"]);
-
-    let rt = Runtime { mail: Some(Reply::new(421, "4.7.0", "Slow down")), ..Runtime::default() };
-    let out = run(cfg(), relay_conn(), rt, &[b"EHLO c\r\nMAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\n"]);
+    assert!(!out.closed);
+    let out = refused_mail(Reply::new(421, "4.7.0", "Slow down"));
     assert_eq!(out.codes(), vec!["250", "421 4.7.0"]);
     assert!(out.closed);
 }
