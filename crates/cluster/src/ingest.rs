@@ -22,7 +22,7 @@ pub const MAX_RECIPIENTS: usize = 10_000;
 /// Largest message accepted over Ingest.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Batches proposed and not yet committed, at most.
-const MAX_IN_FLIGHT: usize = 4;
+const MAX_IN_FLIGHT: usize = 1;
 
 type Done = oneshot::Sender<Result<(String, u64), ClusterError>>;
 

@@ -79,28 +79,45 @@ impl DataReceiver {
         self.body.extend_from_slice(bytes);
     }
 
-    fn text_byte(&mut self, b: u8) {
-        self.line_len += 1;
+    /// Message text inside a line (no line ending).
+    fn text_run(&mut self, bytes: &[u8]) {
+        self.line_len += bytes.len();
         if self.line_len > self.max_line {
             self.long_line = true;
         }
-        self.emit(&[b]);
+        self.emit(bytes);
     }
 
     /// Consumes input. Returns `Some(n)` when the terminator was found, `n` being how many bytes
     /// of `input` belonged to the message (the rest is the client's next command); `None` when
     /// all of `input` was consumed and more is needed.
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.pos == Pos::Mid {
+                // Fast path: the run of ordinary bytes up to the next CR or LF is copied whole;
+                // only line endings go through the state machine byte by byte.
+                let run = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.text_run(&input[i..i + run]);
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             match (self.pos, b) {
                 (Pos::LineStart, b'.') => self.pos = Pos::Dot,
                 (Pos::Dot, b'\r') => self.pos = Pos::DotCr,
-                (Pos::DotCr, b'\n') => return Some(i + 1),
+                (Pos::DotCr, b'\n') => return Some(i),
                 (Pos::LineStart | Pos::Mid, b'\r') => self.pos = Pos::Cr,
                 (Pos::DotCr, _) => {
                     // ".<CR>x": the CR was bare. The leading dot stays removed.
                     self.bare = true;
-                    self.text_byte(b'\r');
+                    self.text_run(b"\r");
                     self.pos = Pos::Mid;
                     self.byte_mid(b);
                 }
@@ -111,11 +128,11 @@ impl DataReceiver {
                 }
                 (Pos::Cr, b'\r') => {
                     self.bare = true;
-                    self.text_byte(b'\r');
+                    self.text_run(b"\r");
                 }
                 (Pos::Cr, _) => {
                     self.bare = true;
-                    self.text_byte(b'\r');
+                    self.text_run(b"\r");
                     self.pos = Pos::Mid;
                     self.byte_mid(b);
                 }
@@ -136,7 +153,7 @@ impl DataReceiver {
         if b == b'\r' {
             self.pos = Pos::Cr;
         } else {
-            self.text_byte(b);
+            self.text_run(&[b]);
         }
     }
 
