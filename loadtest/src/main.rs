@@ -58,7 +58,11 @@ async fn expect<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, want: u16) -> any
     Ok(())
 }
 
-async fn session(args: Args, next: Arc<AtomicU64>, body: Arc<Vec<u8>>) -> anyhow::Result<(Histogram<u64>, u64)> {
+async fn session(
+    args: Args,
+    next: Arc<AtomicU64>,
+    body: Arc<Vec<u8>>,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut failed = 0;
     'conn: loop {
@@ -75,7 +79,10 @@ async fn session(args: Args, next: Arc<AtomicU64>, body: Arc<Vec<u8>>) -> anyhow
                 break 'conn;
             }
             // PIPELINING: envelope and DATA in one write, as smtp-source does.
-            wr.write_all(b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.net>\r\nDATA\r\n").await?;
+            wr.write_all(
+                b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.net>\r\nDATA\r\n",
+            )
+            .await?;
             expect(&mut rd, 250).await?;
             expect(&mut rd, 250).await?;
             expect(&mut rd, 354).await?;
@@ -98,7 +105,8 @@ async fn session(args: Args, next: Arc<AtomicU64>, body: Arc<Vec<u8>>) -> anyhow
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = "x".repeat(76) + "\r\n";
-    let mut body = b"From: <sender@example.com>\r\nTo: <rcpt@example.net>\r\nSubject: load\r\n\r\n".to_vec();
+    let mut body =
+        b"From: <sender@example.com>\r\nTo: <rcpt@example.net>\r\nSubject: load\r\n\r\n".to_vec();
     while body.len() + line.len() <= args.size {
         body.extend_from_slice(line.as_bytes());
     }

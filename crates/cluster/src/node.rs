@@ -225,9 +225,17 @@ pub async fn start(
         .local_addr()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on every
+    // accepted connection, or small gRPC replies wait out Nagle + delayed ACK (~40 ms).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(
             RaftServer::new(RaftService::new(raft.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
