@@ -34,7 +34,8 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
              plaintext_auth_networks = [\"127.0.0.0/8\"]\n\
              [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
              [[edge.listeners]]\naddress = \"{ip}:{smtps}\"\ntls = \"implicit\"\n\
-             [edge.limits]\nmax_message_size = \"20KB\"\n",
+             [edge.limits]\nmax_message_size = \"20KB\"\nmax_connections_per_ip = 3\n\
+             command_timeout = \"2s\"\n",
             data.display()
         ),
     )?;
@@ -119,6 +120,37 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     assert!(got.starts_with("554 5.6.0"), "{got}");
     assert!(reply(&mut rd).await?.starts_with("221"));
     assert_eq!(local_ids(&grpc_addr).await?.len(), before);
+
+    // Per-IP connection limit: the fourth concurrent connection is turned away with 421.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let s = tokio::net::TcpStream::connect((ip, smtp)).await?;
+        let mut r = BufReader::new(s);
+        assert!(reply(&mut r).await?.starts_with("220"));
+        held.push(r);
+    }
+    let s = tokio::net::TcpStream::connect((ip, smtp)).await?;
+    let got = reply(&mut BufReader::new(s)).await?;
+    assert!(got.starts_with("421 4.7.0"), "{got}");
+    // An idle client is dropped after command_timeout with 421 4.4.2 (RFC 5321 4.5.3.2).
+    let got = tokio::time::timeout(Duration::from_secs(10), reply(&mut held[0])).await??;
+    assert!(got.starts_with("421 4.4.2"), "{got}");
+    drop(held);
+
+    // skeinctl, the admin CLI, sees the same queue.
+    let ctl = skein_bin().with_file_name("skeinctl");
+    let out = std::process::Command::new(&ctl)
+        .args(["--server", &grpc_addr, "status"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("(Leader)") && text.contains("messages 4"),
+        "{text}"
+    );
+    let out = std::process::Command::new(&ctl)
+        .args(["--server", &grpc_addr, "tenant", "list"])
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo demo enabled"));
 
     // SIGKILL and restart: the acknowledged mail is still there, from the RocksDB files.
     let mut want: BTreeSet<String> = relayed.iter().filter_map(|r| r.id.clone()).collect();

@@ -1,0 +1,127 @@
+//! Changing the cluster at runtime through the Admin API (through a node that may be a follower),
+//! and the Ingest API's own validation.
+
+use std::time::Duration;
+
+use skein_proto::admin::{AddLearnerRequest, NodeRef};
+use skein_proto::ingest::ingest_client::IngestClient;
+use skein_proto::ingest::EnqueueRequest;
+use skein_tests::*;
+
+fn message(rcpts: &[&str]) -> EnqueueRequest {
+    EnqueueRequest {
+        mail_from: "a@example.com".into(),
+        rcpt_to: rcpts.iter().map(|s| s.to_string()).collect(),
+        data: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        client_ip: "127.0.0.1".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_joins_is_promoted_and_a_node_is_removed() -> anyhow::Result<()> {
+    let c = Cluster::start(3, 40, "")?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(30)).await?;
+    let follower = (leader + 1) % 3;
+
+    // Ingest through a follower (forwarded), and its validation names the field.
+    let mut ingest = IngestClient::connect(format!("http://{}", c.addrs[follower])).await?;
+    let id = ingest
+        .enqueue(message(&["b@example.net"]))
+        .await?
+        .into_inner()
+        .id;
+    let bad = ingest.enqueue(message(&[])).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("rcpt_to"), "{}", bad.message());
+    let bad = ingest.enqueue(message(&["no-at-sign"])).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    // A fourth node that waits to be added.
+    let addr4 = format!("127.0.0.44:{}", free_port("127.0.0.44"));
+    let cfg = c.dir.path().join("node4.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nid = 4\nlisten = \"{addr4}\"\ndata_dir = \"{}\"\njoin = true\n",
+            c.dir.path().join("data4").display()
+        ),
+    )?;
+    let _n4 = Proc::spawn(
+        &["node", "--config", cfg.to_str().unwrap()],
+        &c.dir.path().join("node4.log"),
+    )?;
+    wait_listening(addr4.parse()?, Duration::from_secs(20)).await?;
+    assert_eq!(
+        status(&addr4).await?.leader_id,
+        0,
+        "a joining node does not form its own cluster"
+    );
+
+    let mut a = admin(&c.addrs[follower]).await?;
+    let bad = a
+        .add_learner(AddLearnerRequest {
+            id: 0,
+            addr: addr4.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let bad = a.promote_voter(NodeRef { id: 99 }).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound);
+
+    let r = a
+        .add_learner(AddLearnerRequest {
+            id: 4,
+            addr: addr4.clone(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        r.members.iter().any(|m| m.id == 4 && !m.voter),
+        "{:?}",
+        r.members
+    );
+    // The learner replicated what was there before it joined.
+    wait_for(
+        "the learner to hold the message",
+        Duration::from_secs(10),
+        || async { local_ids(&addr4).await.ok()?.contains(&id).then_some(()) },
+    )
+    .await?;
+
+    let r = a.promote_voter(NodeRef { id: 4 }).await?.into_inner();
+    assert!(
+        r.members.iter().any(|m| m.id == 4 && m.voter),
+        "{:?}",
+        r.members
+    );
+
+    // Remove a voter that is not the leader; three voters remain and the cluster still commits.
+    let gone = (1..=3u64).find(|&id| id as usize - 1 != leader).unwrap();
+    let r = a.remove_node(NodeRef { id: gone }).await?.into_inner();
+    let mut ids: Vec<u64> = r.members.iter().map(|m| m.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids.len(), 3, "{:?}", r.members);
+    assert!(!ids.contains(&gone) && ids.contains(&4));
+    let alive = c
+        .addrs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i as u64 + 1 != gone)
+        .unwrap()
+        .1;
+    let mut ingest = IngestClient::connect(format!("http://{alive}")).await?;
+    let id2 = ingest
+        .enqueue(message(&["c@example.net"]))
+        .await?
+        .into_inner()
+        .id;
+    wait_for(
+        "the new voter to hold the new message",
+        Duration::from_secs(10),
+        || async { local_ids(&addr4).await.ok()?.contains(&id2).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
