@@ -188,5 +188,18 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     .await?;
     let got: BTreeSet<String> = got.into_iter().collect();
     assert_eq!(got, want);
+
+    // SIGTERM (what Kubernetes sends) stops it cleanly.
+    let pid = dev.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?
+        .success());
+    let status = wait_for("exit after SIGTERM", Duration::from_secs(15), || {
+        let s = dev.child.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await?;
+    assert!(status.success(), "{status:?}");
     Ok(())
 }

@@ -106,6 +106,29 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn clock() -> SharedClock {
     Arc::new(SystemClock)
 }
@@ -127,7 +150,7 @@ async fn run_node(node: NodeConfig) -> anyhow::Result<()> {
     );
     tokio::select! {
         r = h.serve_forever() => r.map_err(anyhow::Error::msg),
-        _ = tokio::signal::ctrl_c() => { h.shutdown().await; Ok(()) }
+        _ = shutdown_signal() => { h.shutdown().await; Ok(()) }
     }
 }
 
@@ -184,7 +207,7 @@ async fn run_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Result
         edge.queue.join(", ")
     );
     let _tasks = start_edge(edge, cert_out).await?;
-    tokio::signal::ctrl_c().await?;
+    shutdown_signal().await;
     Ok(())
 }
 
@@ -246,6 +269,6 @@ async fn run_dev(
     println!("ready");
     tokio::select! {
         r = h.serve_forever() => r.map_err(anyhow::Error::msg),
-        _ = tokio::signal::ctrl_c() => { h.shutdown().await; Ok(()) }
+        _ = shutdown_signal() => { h.shutdown().await; Ok(()) }
     }
 }
