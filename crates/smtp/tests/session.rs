@@ -388,3 +388,99 @@ fn reply_wire_format() {
     let r = Reply::new(554, "5.7.1", "no\r\nINJECTED");
     assert_eq!(r.to_bytes(), b"554 5.7.1 noINJECTED\r\n");
 }
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn random_input_never_panics_and_replies_stay_well_formed() {
+    const PIECES: &[&[u8]] = &[
+        b"EHLO c\r\n",
+        b"HELO c\r\n",
+        b"MAIL FROM:<a@x.com>\r\n",
+        b"MAIL FROM:<>\r\n",
+        b"RCPT TO:<b@y.com>\r\n",
+        b"RCPT TO:<@a,@b:c@d>\r\n",
+        b"DATA\r\n",
+        b"\r\n.\r\n",
+        b".\r\n",
+        b"..\r\n",
+        b"\n.\n",
+        b"\r",
+        b"\n",
+        b".",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"AUTH PLAIN\r\n",
+        b"AUTH LOGIN\r\n",
+        b"AGFjbWUAc2VjcmV0LXBhc3M=\r\n",
+        b"*\r\n",
+        b"STARTTLS\r\n",
+        b"BDAT 10 LAST\r\n",
+        b"MAIL FROM:<a@x.com> SIZE=99999999999999999999\r\n",
+        b"\xff\xfe\x00\x01",
+        b"QUIT\r\n",
+        b"x",
+        b" ",
+        b"\t",
+    ];
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    for round in 0..3000 {
+        let mut script = Vec::new();
+        for _ in 0..rng.below(40) {
+            if rng.below(4) == 0 {
+                let n = rng.below(600);
+                script.extend((0..n).map(|_| rng.next() as u8));
+            } else {
+                script.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+            }
+        }
+        let mut chunks = Vec::new();
+        let mut rest: &[u8] = &script;
+        while !rest.is_empty() {
+            let n = 1 + rng.below(rest.len().min(700));
+            chunks.push(&rest[..n]);
+            rest = &rest[n..];
+        }
+        let conn = match round % 3 {
+            0 => conn(),
+            1 => relay_conn(),
+            _ => ConnectionInfo {
+                tls: Some(TlsInfo {
+                    version: "TLSv1.3".into(),
+                    cipher: "X".into(),
+                }),
+                ..conn()
+            },
+        };
+        let out = run(cfg(), conn, Runtime::default(), &chunks);
+        for r in &out.replies {
+            let wire = String::from_utf8(r.to_bytes()).expect("replies are UTF-8");
+            assert!((200..600).contains(&r.code), "round {round}: {r:?}");
+            assert!(wire.ends_with("\r\n"), "round {round}: {wire:?}");
+            // Every line is "NNN-" or "NNN " and no CR or LF hides inside a line.
+            for line in wire.trim_end_matches("\r\n").split("\r\n") {
+                assert!(
+                    line.starts_with(&r.code.to_string()),
+                    "round {round}: {wire:?}"
+                );
+                assert!(!line.contains(['\r', '\n']), "round {round}: {wire:?}");
+            }
+        }
+        for (_, data) in &out.messages {
+            assert!(data.len() as u64 <= cfg().max_message_size, "round {round}");
+        }
+    }
+}
