@@ -4,11 +4,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use openraft::{BasicNode, ChangeMembers};
-use skein_config::node::check_tenant_name;
+use skein_config::node::{check_tenant_name, is_host_port};
 use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
-use skein_queue::MessageRecord;
+use skein_queue::{MessageRecord, TenantRecord};
 use tonic::{Request, Response, Status};
 
 use crate::error::ClusterError;
@@ -100,6 +100,15 @@ fn to_proto(m: MessageRecord, data: Option<Vec<u8>>) -> Message {
         edge: m.edge,
         log_index: m.log_index,
         data: data.unwrap_or_default(),
+    }
+}
+
+fn tenant_proto(t: TenantRecord) -> Tenant {
+    Tenant {
+        name: t.name,
+        username: t.username,
+        enabled: t.enabled,
+        created_at_ms: t.created_at_ms,
     }
 }
 
@@ -197,11 +206,7 @@ impl Admin for AdminService {
             }
             .into());
         }
-        if !r
-            .addr
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-        {
+        if !is_host_port(&r.addr) {
             return Err(ClusterError::Invalid {
                 field: "addr",
                 reason: format!("{:?} is not host:port", r.addr),
@@ -368,12 +373,7 @@ impl Admin for AdminService {
                 .ctx
                 .create_tenant_local(&r.name, &username, &r.password)
                 .await?;
-            Ok(Response::new(Tenant {
-                name: t.name,
-                username: t.username,
-                enabled: t.enabled,
-                created_at_ms: t.created_at_ms,
-            }))
+            Ok(Response::new(tenant_proto(t)))
         })
     }
 
@@ -389,12 +389,7 @@ impl Admin for AdminService {
                 .tenants()
                 .map_err(ClusterError::from)?
                 .into_iter()
-                .map(|t| Tenant {
-                    name: t.name,
-                    username: t.username,
-                    enabled: t.enabled,
-                    created_at_ms: t.created_at_ms,
-                })
+                .map(tenant_proto)
                 .collect();
             Ok(Response::new(ListTenantsResponse { tenants }))
         })

@@ -263,16 +263,17 @@ impl Ingest for IngestService {
     }
 }
 
-/// A status from the leader passes through; a transport failure becomes Unavailable.
+/// A status from the leader passes through (its code already says what happened); `Unknown`
+/// means the forwarding hop itself failed (connection refused or reset) and becomes
+/// Unavailable, which tells the edge to retry elsewhere.
 pub(crate) fn forward_status(addr: &str, s: Status) -> Status {
-    match s.code() {
-        tonic::Code::Unknown | tonic::Code::Unavailable if s.message().contains("transport") => {
-            ClusterError::Forward {
-                addr: addr.to_string(),
-                message: s.message().to_string(),
-            }
-            .into()
+    if s.code() == tonic::Code::Unknown {
+        ClusterError::Forward {
+            addr: addr.to_string(),
+            message: s.message().to_string(),
         }
-        _ => s,
+        .into()
+    } else {
+        s
     }
 }

@@ -214,8 +214,8 @@ impl NodeConfig {
     }
 }
 
-/// Whether `s` looks like `host:port`.
-pub(crate) fn is_host_port(s: &str) -> bool {
+/// Whether `s` looks like `host:port` (a non-empty host and a port 1-65535).
+pub fn is_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
         None => false,
