@@ -35,7 +35,7 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
              [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
              [[edge.listeners]]\naddress = \"{ip}:{smtps}\"\ntls = \"implicit\"\n\
              [edge.limits]\nmax_message_size = \"20KB\"\nmax_connections_per_ip = 3\n\
-             command_timeout = \"2s\"\nmessages_per_minute_per_ip = 8\n",
+             command_timeout = \"2s\"\ndata_timeout = \"1s\"\nmessages_per_minute_per_ip = 8\n",
             data.display()
         ),
     )?;
@@ -157,6 +157,24 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     let got = tokio::time::timeout(Duration::from_secs(10), reply(&mut held[0])).await??;
     assert!(got.starts_with("421 4.4.2"), "{got}");
     drop(held);
+    // A client that stalls inside DATA is dropped with 421 4.4.2 (not left hanging), and the
+    // half-received message is not stored.
+    let before = local_ids(&grpc_addr).await?.len();
+    let s = tokio::net::TcpStream::connect((ip, smtp)).await?;
+    let (rd, mut wr) = s.into_split();
+    let mut rd = BufReader::new(rd);
+    assert!(reply(&mut rd).await?.starts_with("220"));
+    wr.write_all(
+        b"EHLO stall.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
+    )
+    .await?;
+    for _ in 0..4 {
+        reply(&mut rd).await?;
+    }
+    wr.write_all(b"Subject: half a message\r\n").await?;
+    let got = tokio::time::timeout(Duration::from_secs(10), reply(&mut rd)).await??;
+    assert!(got.starts_with("421 4.4.2"), "{got}");
+    assert_eq!(local_ids(&grpc_addr).await?.len(), before);
 
     // skeinctl, the admin CLI, sees the same queue.
     let ctl = skein_bin().with_file_name("skeinctl");
