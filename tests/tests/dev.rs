@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use skein_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// Reads SMTP reply lines until a final line (`NNN `) and returns it.
 async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<String> {
@@ -17,6 +18,27 @@ async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<
             return Ok(line.trim_end().to_string());
         }
     }
+}
+
+/// Connects and runs EHLO, MAIL, RCPT and DATA up to the `354`, checking each reply.
+async fn open_data(
+    ip: &str,
+    port: u16,
+) -> anyhow::Result<(BufReader<OwnedReadHalf>, OwnedWriteHalf)> {
+    let (rd, mut wr) = tokio::net::TcpStream::connect((ip, port))
+        .await?
+        .into_split();
+    let mut rd = BufReader::new(rd);
+    assert!(reply(&mut rd).await?.starts_with("220"));
+    wr.write_all(
+        b"EHLO raw.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
+    )
+    .await?;
+    for want in ["250", "250 2.1.0", "250 2.1.5", "354"] {
+        let got = reply(&mut rd).await?;
+        assert!(got.starts_with(want), "{got} (wanted {want})");
+    }
+    Ok((rd, wr))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,18 +125,7 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
 
     // A smuggling attempt against the live edge: one message refused, nothing stored.
     let before = local_ids(&grpc_addr).await?.len();
-    let sock = tokio::net::TcpStream::connect((ip, smtp)).await?;
-    let (rd, mut wr) = sock.into_split();
-    let mut rd = BufReader::new(rd);
-    assert!(reply(&mut rd).await?.starts_with("220"));
-    wr.write_all(
-        b"EHLO raw.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
-    )
-    .await?;
-    for want in ["250", "250 2.1.0", "250 2.1.5", "354"] {
-        let got = reply(&mut rd).await?;
-        assert!(got.starts_with(want), "{got} (wanted {want})");
-    }
+    let (mut rd, mut wr) = open_data(ip, smtp).await?;
     wr.write_all(b"hello\n.\nMAIL FROM:<spoof@victim.example>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nspoofed\r\n.\r\nQUIT\r\n").await?;
     let got = reply(&mut rd).await?;
     assert!(got.starts_with("554 5.6.0"), "{got}");
@@ -160,17 +171,7 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     // A client that stalls inside DATA is dropped with 421 4.4.2 (not left hanging), and the
     // half-received message is not stored.
     let before = local_ids(&grpc_addr).await?.len();
-    let s = tokio::net::TcpStream::connect((ip, smtp)).await?;
-    let (rd, mut wr) = s.into_split();
-    let mut rd = BufReader::new(rd);
-    assert!(reply(&mut rd).await?.starts_with("220"));
-    wr.write_all(
-        b"EHLO stall.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n",
-    )
-    .await?;
-    for _ in 0..4 {
-        reply(&mut rd).await?;
-    }
+    let (mut rd, mut wr) = open_data(ip, smtp).await?;
     wr.write_all(b"Subject: half a message\r\n").await?;
     let got = tokio::time::timeout(Duration::from_secs(10), reply(&mut rd)).await??;
     assert!(got.starts_with("421 4.4.2"), "{got}");
