@@ -6,4 +6,6 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 "$here/scripts/setup.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/skein/target}"
-exec cargo run --manifest-path "$here/Cargo.toml" -q -p skein --bin skein -- dev "$@"
+# The first build compiles RocksDB (about 25 minutes); cargo shows its progress.
+cargo build --manifest-path "$here/Cargo.toml" --workspace --bins
+exec "$CARGO_TARGET_DIR/debug/skein" dev "$@"

@@ -3,7 +3,7 @@
 # integration tests that start real skein processes (see tests/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/skein/target}"
 # Integration tests run the real binaries: build them first.
 cargo build --workspace --bins

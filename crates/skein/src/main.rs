@@ -16,7 +16,7 @@ use skein_core::{SharedClock, SystemClock};
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, global = true, env = "SKEIN_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "SKEIN_LOG", default_value = "info,openraft=warn")]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
