@@ -16,7 +16,12 @@ use skein_core::{SharedClock, SystemClock};
 )]
 struct Cli {
     /// Log filter (tracing EnvFilter syntax).
-    #[arg(long, global = true, env = "SKEIN_LOG", default_value = "info,openraft=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKEIN_LOG",
+        default_value = "info,openraft=warn"
+    )]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
