@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
     let fds = protox::compile(files, [&root])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Message bodies as `Bytes`: the edge may retry an Enqueue on another node, and cloning a
+    // request must not copy the message each time.
+    tonic_prost_build::configure()
+        .bytes(".skein.ingest.v1.EnqueueRequest.data")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ fn message(rcpts: &[&str]) -> EnqueueRequest {
     EnqueueRequest {
         mail_from: "a@example.com".into(),
         rcpt_to: rcpts.iter().map(|s| s.to_string()).collect(),
-        data: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+        data: b"Subject: x\r\n\r\nbody\r\n".to_vec().into(),
         client_ip: "127.0.0.1".into(),
         ..Default::default()
     }

@@ -215,7 +215,8 @@ impl Ingest for IngestService {
                     tenant: r.tenant,
                     mail_from: r.mail_from,
                     rcpt_to: r.rcpt_to,
-                    data: r.data,
+                    // Zero-copy when this request holds the only reference to the buffer.
+                    data: Vec::from(r.data),
                     client_ip: r.client_ip,
                     helo: r.helo,
                     edge: r.edge,

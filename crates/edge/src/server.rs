@@ -271,7 +271,7 @@ impl Edge {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             rcpt_to: env.rcpt_to.iter().map(|a| a.to_string()).collect(),
-            data: message,
+            data: message.into(),
             client_ip: ip.to_string(),
             helo: env.helo.clone(),
             smtputf8: env.smtputf8,
