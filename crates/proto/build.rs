@@ -1,7 +1,9 @@
 //! Compiles the protos under `proto/` with protox (pure Rust): no system `protoc` needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script binary reused from a cache built in another checkout
+    // must still find this checkout's protos.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "skein/ingest/v1/ingest.proto",
         "skein/admin/v1/admin.proto",

@@ -105,6 +105,7 @@ impl NodeCtx {
             username: username.to_string(),
             password_hash: hash,
             enabled: true,
+            dsn: true,
             created_at_ms: self.clock.now_ms(),
         };
         let r = self

@@ -5,7 +5,12 @@
 //! - [`store`]: one RocksDB database holding both the Raft log ([`LogStore`]) and the state
 //!   machine ([`StateMachine`]) in column families; log appends are synced before they are
 //!   acknowledged, so a committed entry is on disk on a quorum.
-//! - [`records`]: the stored records (message envelope, tenant) and their keys.
+//! - [`records`]: the stored records (message envelope, recipient delivery state, tenant,
+//!   suppression) and their keys.
+//! - `apply`: how each command changes the state, one write batch per log entry; the `due`
+//!   column family indexes every unfinished recipient by the time it is next due (its next
+//!   attempt, or its lease's expiry), so the scheduler never scans the whole queue.
+//! - [`dsn`]: the RFC 3464 bounce messages generated when recipients fail.
 //! - [`QueueReader`]: read-only queries over a node's applied state, for the Admin API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -13,13 +18,18 @@
 // our helpers would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+mod apply;
+pub mod dsn;
 pub mod records;
 pub mod store;
 pub mod types;
 
-pub use records::{MessageRecord, TenantRecord};
+pub use records::{
+    domain_of, rcpt_key, AttemptRecord, AttemptResult, Lease, MessageRecord, RcptRecord, RcptState,
+    Reply, SuppressionRecord, TenantRecord,
+};
 pub use store::{open, LogStore, QueueReader, StateMachine};
-pub use types::{NewMessage, NodeId, Request, Response, TypeConfig};
+pub use types::{DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig};
 
 /// Errors of the queue's own queries and of opening the store.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,10 @@ pub struct MessageRecord {
     pub smtputf8: bool,
     /// BODY=8BITMIME declared.
     pub body_8bit: bool,
+    /// Recipients not yet in a final state; the body is deleted when this reaches zero.
+    pub remaining: u32,
+    /// For a delivery status notification: the id of the message it reports on.
+    pub dsn_for: Option<String>,
 }
 
 /// A tenant and its SMTP login.
@@ -42,6 +46,174 @@ pub struct TenantRecord {
     pub password_hash: String,
     /// May submit.
     pub enabled: bool,
+    /// Bounces of this tenant's mail send a DSN to the return path.
+    pub dsn: bool,
     /// Creation time.
     pub created_at_ms: i64,
+}
+
+/// The key of a message's `idx`-th recipient: its id followed by four hex digits.
+pub fn rcpt_key(message_id: &str, idx: usize) -> String {
+    format!("{message_id}{idx:04X}")
+}
+
+/// The domain of an address, lower-cased (everything after the last `@`).
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(address)
+        .to_ascii_lowercase()
+}
+
+/// A remote server's reply, or a locally made one describing a failure to get one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Three-digit code.
+    pub code: u16,
+    /// RFC 3463 enhanced status code (`5.1.1`), empty when the server gave none.
+    pub enhanced: String,
+    /// Text, lines joined with a space.
+    pub text: String,
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.enhanced.is_empty() {
+            write!(f, "{} {}", self.code, self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+        }
+    }
+}
+
+/// How one delivery attempt went for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptResult {
+    /// The remote server took responsibility (2xx after the message).
+    Delivered,
+    /// A temporary failure: try again later.
+    Transient,
+    /// A permanent failure: bounce.
+    Permanent,
+    /// The remote asked to slow down: retry soon, not counted as an attempt.
+    Throttled,
+}
+
+/// One delivery attempt of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the sender finished the attempt.
+    pub at_ms: i64,
+    /// Sender node name.
+    pub sender: String,
+    /// Source IP the connection came from.
+    pub source_ip: String,
+    /// MX host (or route) tried last, with the address used.
+    pub mx: String,
+    /// The reply that decided it.
+    pub reply: Reply,
+    /// The classification.
+    pub result: AttemptResult,
+}
+
+/// A recipient handed to a sender until `expires_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Token chosen by the scheduler; reports must carry it.
+    pub id: u64,
+    /// Sender node name.
+    pub sender: String,
+    /// Source IP the sender was told to use.
+    pub source_ip: String,
+    /// When the lease lapses and the recipient may be leased again.
+    pub expires_ms: i64,
+}
+
+/// Where a recipient is in its delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RcptState {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Handed to a sender.
+    Leased(Lease),
+    /// Failed temporarily; due again at the record's `due_ms`.
+    Deferred,
+    /// Delivered. Final.
+    Delivered,
+    /// Failed permanently. Final.
+    Bounced,
+    /// Still failing at the maximum age. Final.
+    Expired,
+    /// On the tenant's suppression list: never attempted. Final.
+    Suppressed,
+}
+
+impl RcptState {
+    /// True for the states a recipient never leaves.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Self::Delivered | Self::Bounced | Self::Expired | Self::Suppressed
+        )
+    }
+
+    /// Lower-case name, for events and the Admin API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Leased(_) => "leased",
+            Self::Deferred => "deferred",
+            Self::Delivered => "delivered",
+            Self::Bounced => "bounced",
+            Self::Expired => "expired",
+            Self::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// One recipient of one message and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RcptRecord {
+    /// [`rcpt_key`] of the recipient.
+    pub key: String,
+    /// Queue id of the message.
+    pub message_id: String,
+    /// Forward-path.
+    pub address: String,
+    /// Its domain, lower-cased.
+    pub domain: String,
+    /// Tenant of the message.
+    pub tenant: String,
+    /// State.
+    pub state: RcptState,
+    /// Counted attempts so far.
+    pub attempts: u32,
+    /// When it is due: next attempt, or lease expiry while leased. Indexed in the `due` column
+    /// family while the state is not final.
+    pub due_ms: i64,
+    /// When the message was received, for the maximum age.
+    pub received_at_ms: i64,
+    /// The last reply, if any.
+    pub last_reply: Option<Reply>,
+    /// Attempts, oldest first (the most recent [`MAX_HISTORY`] are kept).
+    pub history: Vec<AttemptRecord>,
+    /// When it reached a final state.
+    pub final_at_ms: Option<i64>,
+}
+
+/// Attempts kept per recipient.
+pub const MAX_HISTORY: usize = 64;
+
+/// An address the tenant must not send to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuppressionRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// Address, lower-cased.
+    pub address: String,
+    /// Why: the bounce reply, or an operator's note.
+    pub reason: String,
+    /// When it was added.
+    pub at_ms: i64,
 }

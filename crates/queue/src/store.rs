@@ -27,18 +27,29 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::records::{MessageRecord, TenantRecord};
+use crate::apply::Tx;
+use crate::records::{MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
 use crate::types::{message_id, NodeId, Request, Response, TypeConfig};
 use crate::QueueError;
 
 const CF_LOG: &str = "log";
 const CF_RAFT: &str = "raft";
 const CF_SM: &str = "sm";
-const CF_MESSAGES: &str = "messages";
-const CF_BODIES: &str = "bodies";
-const CF_TENANTS: &str = "tenants";
+pub(crate) const CF_MESSAGES: &str = "messages";
+pub(crate) const CF_BODIES: &str = "bodies";
+pub(crate) const CF_TENANTS: &str = "tenants";
+pub(crate) const CF_RCPTS: &str = "rcpts";
+pub(crate) const CF_DUE: &str = "due";
+pub(crate) const CF_SUPPRESS: &str = "suppress";
 /// State that a snapshot carries, in this order.
-const STATE_CFS: [&str; 3] = [CF_MESSAGES, CF_BODIES, CF_TENANTS];
+const STATE_CFS: [&str; 6] = [
+    CF_MESSAGES,
+    CF_BODIES,
+    CF_TENANTS,
+    CF_RCPTS,
+    CF_DUE,
+    CF_SUPPRESS,
+];
 
 const K_VOTE: &[u8] = b"vote";
 const K_PURGED: &[u8] = b"last_purged";
@@ -62,8 +73,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_MESSAGES, CF_BODIES, CF_TENANTS]
+    let cfs = [CF_LOG, CF_RAFT, CF_SM]
         .into_iter()
+        .chain(STATE_CFS)
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
     Ok((
@@ -73,7 +85,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
     ))
 }
 
-fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     // The column families are all created by `open`; a missing one is a programming error.
     db.cf_handle(name).expect("column family created at open")
 }
@@ -84,12 +96,12 @@ fn synced() -> WriteOptions {
     w
 }
 
-fn enc<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn enc<T: Serialize>(v: &T) -> Vec<u8> {
     // postcard serializes our plain data types infallibly into a Vec.
     postcard::to_allocvec(v).expect("postcard encodes plain data")
 }
 
-fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, postcard::Error> {
+pub(crate) fn dec<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(b)
 }
 
@@ -376,74 +388,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let mut count = self.count()?;
-        let mut batch = WriteBatch::default();
-        let mut out = Vec::new();
-        let mut last = None;
-        let mut membership = None;
-        // Tenants created earlier in this same batch are not visible to reads of the DB yet.
-        let mut new_tenants: Vec<TenantRecord> = Vec::new();
-        for entry in entries {
-            last = Some(entry.log_id);
-            let resp = match entry.payload {
-                EntryPayload::Blank => Response::None,
-                EntryPayload::Membership(m) => {
-                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
-                    Response::None
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Each entry is written on its own, so the next one reads what it changed.
+        blocking(move || {
+            let mut out = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let mut tx = Tx::new(&db);
+                let resp = apply_one(&db, &mut tx, &entry).map_err(io_write)?;
+                count += tx.added;
+                let mut batch = tx.finish();
+                let sm = cf(&db, CF_SM);
+                batch.put_cf(sm, K_APPLIED, enc(&Some(entry.log_id)));
+                if let EntryPayload::Membership(m) = &entry.payload {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    batch.put_cf(sm, K_MEMBERSHIP, enc(&stored));
                 }
-                EntryPayload::Normal(Request::Enqueue {
-                    received_at_ms,
-                    messages,
-                }) => {
-                    let mut ids = Vec::with_capacity(messages.len());
-                    for (pos, m) in messages.into_iter().enumerate() {
-                        let id = message_id(entry.log_id.index, pos);
-                        let rec = MessageRecord {
-                            id: id.clone(),
-                            tenant: m.tenant,
-                            mail_from: m.mail_from,
-                            rcpt_to: m.rcpt_to,
-                            size: m.data.len() as u64,
-                            received_at_ms,
-                            client_ip: m.client_ip,
-                            helo: m.helo,
-                            edge: m.edge,
-                            log_index: entry.log_id.index,
-                            smtputf8: m.smtputf8,
-                            body_8bit: m.body_8bit,
-                        };
-                        batch.put_cf(cf(&db, CF_MESSAGES), id.as_bytes(), enc(&rec));
-                        batch.put_cf(cf(&db, CF_BODIES), id.as_bytes(), &m.data);
-                        count += 1;
-                        ids.push(id);
-                    }
-                    Response::Enqueued { ids }
-                }
-                EntryPayload::Normal(Request::CreateTenant(t)) => {
-                    let taken = new_tenants
-                        .iter()
-                        .any(|n| n.name == t.name || n.username == t.username)
-                        || tenant_taken(&db, &t).map_err(io_read)?;
-                    if taken {
-                        Response::TenantExists
-                    } else {
-                        batch.put_cf(cf(&db, CF_TENANTS), t.name.as_bytes(), enc(&t));
-                        new_tenants.push(t);
-                        Response::TenantCreated
-                    }
-                }
-            };
-            out.push(resp);
-        }
-        let sm = cf(&db, CF_SM);
-        if let Some(l) = last {
-            batch.put_cf(sm, K_APPLIED, enc(&Some(l)));
-        }
-        if let Some(m) = membership {
-            batch.put_cf(sm, K_MEMBERSHIP, enc(&m));
-        }
-        batch.put_cf(sm, K_COUNT, enc(&count));
-        blocking(move || db.write(batch).map_err(io_write)).await?;
-        Ok(out)
+                batch.put_cf(sm, K_COUNT, enc(&count));
+                db.write(batch).map_err(io_write)?;
+                out.push(resp);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -473,8 +439,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut b = WriteBatch::default();
             for (name, kvs) in STATE_CFS.iter().zip(content.cfs) {
                 let h = cf(&db, name);
-                // Keys are ids and names: all below 0xFF bytes.
-                b.delete_range_cf(h, [0u8].as_slice(), [0xFFu8; 32].as_slice());
+                // Keys are ids, names and big-endian times: all below 64 0xFF bytes.
+                b.delete_range_cf(h, [].as_slice(), [0xFFu8; 64].as_slice());
                 for (k, v) in kvs {
                     b.put_cf(h, k, v);
                 }
@@ -503,6 +469,62 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(s.data)),
         }))
     }
+}
+
+/// Applies one entry's command into `tx`.
+fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Result<Response> {
+    let index = entry.log_id.index;
+    let req = match &entry.payload {
+        EntryPayload::Blank | EntryPayload::Membership(_) => return Ok(Response::None),
+        EntryPayload::Normal(req) => req,
+    };
+    Ok(match req {
+        Request::Enqueue {
+            received_at_ms,
+            messages,
+        } => {
+            let mut ids = Vec::with_capacity(messages.len());
+            for (pos, m) in messages.iter().enumerate() {
+                let id = message_id(index, pos);
+                let rec = MessageRecord {
+                    id: id.clone(),
+                    tenant: m.tenant.clone(),
+                    mail_from: m.mail_from.clone(),
+                    rcpt_to: m.rcpt_to.clone(),
+                    size: m.data.len() as u64,
+                    received_at_ms: *received_at_ms,
+                    client_ip: m.client_ip.clone(),
+                    helo: m.helo.clone(),
+                    edge: m.edge.clone(),
+                    log_index: index,
+                    smtputf8: m.smtputf8,
+                    body_8bit: m.body_8bit,
+                    remaining: 0,
+                    dsn_for: None,
+                };
+                tx.insert_message(rec, &m.data)?;
+                ids.push(id);
+            }
+            Response::Enqueued { ids }
+        }
+        Request::CreateTenant(t) => {
+            if tenant_taken(db, t)? {
+                Response::TenantExists
+            } else {
+                tx.put_tenant(t);
+                Response::TenantCreated
+            }
+        }
+        Request::UpdateTenant { name, enabled, dsn } => tx.update_tenant(name, *enabled, *dsn)?,
+        Request::Suppress(s) => {
+            tx.suppress(s.clone());
+            Response::Suppression(true)
+        }
+        Request::Unsuppress { tenant, address } => {
+            Response::Suppression(tx.unsuppress(tenant, address)?)
+        }
+        Request::Deliver { now_ms, mta, ops } => tx.deliver(index, *now_ms, mta, ops.clone())?,
+    })
 }
 
 fn tenant_taken(db: &DB, t: &TenantRecord) -> Result<bool, std::io::Error> {
@@ -589,6 +611,110 @@ impl QueueReader {
             let (_, v) = kv?;
             out.push(dec(&v).map_err(|source| QueueError::Corrupt {
                 cf: CF_TENANTS,
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Unfinished recipients due at or before `now_ms` (queued or deferred ones whose time has
+    /// come, and leased ones whose lease has lapsed), earliest first, at most `limit`.
+    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<RcptRecord>, QueueError> {
+        let mut out = Vec::new();
+        let rcpts = cf(&self.db, CF_RCPTS);
+        for kv in self
+            .db
+            .iterator_cf(cf(&self.db, CF_DUE), IteratorMode::Start)
+        {
+            let (k, _) = kv?;
+            if out.len() >= limit || k.len() < 8 {
+                break;
+            }
+            let at = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+            if at > now_ms.max(0) as u64 {
+                break;
+            }
+            if let Some(v) = self.db.get_cf(rcpts, &k[8..])? {
+                out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+                    cf: CF_RCPTS,
+                    source,
+                })?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest unfinished recipient is due, if any.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, QueueError> {
+        let mut it = self
+            .db
+            .iterator_cf(cf(&self.db, CF_DUE), IteratorMode::Start);
+        Ok(match it.next() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                k.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b| u64::from_be_bytes(b) as i64)
+            }
+            None => None,
+        })
+    }
+
+    /// The recipients of a message with their delivery state and attempts.
+    pub fn rcpts(&self, message_id: &str) -> Result<Vec<RcptRecord>, QueueError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_RCPTS),
+            IteratorMode::From(message_id.as_bytes(), Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv?;
+            if !k.starts_with(message_id.as_bytes()) {
+                break;
+            }
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_RCPTS,
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// One recipient by key.
+    pub fn rcpt(&self, key: &str) -> Result<Option<RcptRecord>, QueueError> {
+        match self.db.get_cf(cf(&self.db, CF_RCPTS), key.as_bytes())? {
+            Some(v) => Ok(Some(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_RCPTS,
+                source,
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A tenant's suppressions after address `after` (exclusive), at most `limit`.
+    pub fn suppressions(
+        &self,
+        tenant: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<SuppressionRecord>, QueueError> {
+        let prefix = crate::apply::suppress_key(tenant, "");
+        let start = crate::apply::suppress_key(tenant, after);
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_SUPPRESS),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) || out.len() >= limit {
+                break;
+            }
+            if !after.is_empty() && k.as_ref() == start.as_slice() {
+                continue;
+            }
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_SUPPRESS,
                 source,
             })?);
         }

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use openraft::{BasicNode, Entry, TokioRuntime};
 use serde::{Deserialize, Serialize};
 
-use crate::records::TenantRecord;
+use crate::records::{AttemptRecord, SuppressionRecord, TenantRecord};
 
 /// Raft node ids.
 pub type NodeId = u64;
@@ -59,6 +59,87 @@ pub enum Request {
     },
     /// Creates a tenant unless its name or username is taken.
     CreateTenant(TenantRecord),
+    /// Changes a tenant's switches; `None` leaves one as it is.
+    UpdateTenant {
+        /// Tenant name.
+        name: String,
+        /// May submit.
+        enabled: Option<bool>,
+        /// Sends DSNs for bounces.
+        dsn: Option<bool>,
+    },
+    /// Adds (or replaces) a suppression.
+    Suppress(SuppressionRecord),
+    /// Removes a suppression.
+    Unsuppress {
+        /// Tenant.
+        tenant: String,
+        /// Address (compared lower-cased).
+        address: String,
+    },
+    /// Scheduler decisions: leases and the outcomes senders reported. Policy (retry times,
+    /// jitter, expiry) is decided by the scheduler before proposing, so applying is deterministic.
+    Deliver {
+        /// The scheduler's clock.
+        now_ms: i64,
+        /// Name of this MTA, for the DSNs this may generate.
+        mta: String,
+        /// The operations, applied in order.
+        ops: Vec<DeliveryOp>,
+    },
+}
+
+/// One scheduler decision in a [`Request::Deliver`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryOp {
+    /// Lease recipients (of one message, one domain) to a sender. Recipients that are no longer
+    /// due or are validly leased elsewhere are skipped.
+    Lease {
+        /// Token the sender's reports must carry.
+        lease: u64,
+        /// Sender node name.
+        sender: String,
+        /// Source IP to use.
+        source_ip: String,
+        /// Lease expiry.
+        expires_ms: i64,
+        /// Recipient keys.
+        rcpts: Vec<String>,
+    },
+    /// Record an outcome for a recipient.
+    Report {
+        /// The lease it was attempted under; `None` for the scheduler's own decisions (expiry
+        /// of a recipient no sender could take).
+        lease: Option<u64>,
+        /// Recipient key.
+        rcpt: String,
+        /// The attempt, if one was made.
+        attempt: Option<AttemptRecord>,
+        /// What happens next.
+        disposition: Disposition,
+    },
+}
+
+/// What happens to a recipient after a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Disposition {
+    /// Delivered.
+    Delivered,
+    /// Try again at `at_ms`; `counted` says whether this was a real attempt (a "slow down" is
+    /// not).
+    Retry {
+        /// Next attempt.
+        at_ms: i64,
+        /// Adds one to the recipient's attempts.
+        counted: bool,
+    },
+    /// Bounce, adding the address to the tenant's suppression list if `suppress`.
+    Bounce {
+        /// Hard bounce: suppress the address.
+        suppress: bool,
+    },
+    /// Too old: give up.
+    Expire,
 }
 
 /// The result of applying a [`Request`].
@@ -75,6 +156,21 @@ pub enum Response {
     TenantCreated,
     /// A tenant with that name or username exists already.
     TenantExists,
+    /// The tenant was updated.
+    TenantUpdated,
+    /// No tenant of that name.
+    TenantNotFound,
+    /// A suppression was added, or removed (`false` when there was none).
+    Suppression(bool),
+    /// The result of a [`Request::Deliver`].
+    Delivered {
+        /// Per lease op, in order: the recipient keys actually leased.
+        leased: Vec<(u64, Vec<String>)>,
+        /// Reports applied (the rest were stale or about final recipients).
+        applied: u32,
+        /// Ids of the DSN messages generated.
+        dsns: Vec<String>,
+    },
 }
 
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex

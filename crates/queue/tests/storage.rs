@@ -119,6 +119,7 @@ async fn tenants_are_unique_by_name_and_username() {
             username: user.into(),
             password_hash: "h".into(),
             enabled: true,
+            dsn: true,
             created_at_ms: 0,
         })
     };

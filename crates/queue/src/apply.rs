@@ -1,0 +1,396 @@
+//! Applying commands to the state column families.
+//!
+//! Each log entry is applied in one [`Tx`]: reads see the database plus what the entry itself
+//! changed so far, writes collect in one `WriteBatch`. Everything here is deterministic: time
+//! comes from the command, never from a clock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rocksdb::{WriteBatch, DB};
+
+use crate::dsn;
+use crate::records::{
+    domain_of, rcpt_key, MessageRecord, RcptRecord, RcptState, SuppressionRecord, TenantRecord,
+    MAX_HISTORY,
+};
+use crate::store::CF_TENANTS;
+use crate::store::{cf, dec, enc, CF_BODIES, CF_DUE, CF_MESSAGES, CF_RCPTS, CF_SUPPRESS};
+use crate::types::{message_id, DeliveryOp, Disposition, Response};
+
+type Res<T> = Result<T, std::io::Error>;
+
+fn corrupt(e: postcard::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
+
+/// Key of a recipient in the `due` column family: due time (big-endian, so keys sort by time)
+/// then the recipient key.
+pub(crate) fn due_key(due_ms: i64, rcpt: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + rcpt.len());
+    k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(rcpt.as_bytes());
+    k
+}
+
+/// Key of a suppression: tenant, a NUL, the lower-cased address.
+pub(crate) fn suppress_key(tenant: &str, address: &str) -> Vec<u8> {
+    let mut k = tenant.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(address.to_ascii_lowercase().as_bytes());
+    k
+}
+
+/// The changes of one log entry.
+pub(crate) struct Tx<'a> {
+    db: &'a DB,
+    batch: WriteBatch,
+    msgs: HashMap<String, MessageRecord>,
+    rcpts: HashMap<String, RcptRecord>,
+    /// Messages added by this entry.
+    pub(crate) added: u64,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(db: &'a DB) -> Self {
+        Self {
+            db,
+            batch: WriteBatch::default(),
+            msgs: HashMap::new(),
+            rcpts: HashMap::new(),
+            added: 0,
+        }
+    }
+
+    /// The write batch with every change of the entry.
+    pub(crate) fn finish(mut self) -> WriteBatch {
+        let db = self.db;
+        for (id, m) in self.msgs.drain() {
+            self.batch
+                .put_cf(cf(db, CF_MESSAGES), id.as_bytes(), enc(&m));
+        }
+        for (k, r) in self.rcpts.drain() {
+            self.batch.put_cf(cf(db, CF_RCPTS), k.as_bytes(), enc(&r));
+        }
+        self.batch
+    }
+
+    fn get<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        cf_name: &str,
+        key: &[u8],
+    ) -> Res<Option<T>> {
+        match self
+            .db
+            .get_cf(cf(self.db, cf_name), key)
+            .map_err(std::io::Error::other)?
+        {
+            Some(v) => Ok(Some(dec(&v).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn message(&mut self, id: &str) -> Res<Option<MessageRecord>> {
+        if let Some(m) = self.msgs.get(id) {
+            return Ok(Some(m.clone()));
+        }
+        self.get(CF_MESSAGES, id.as_bytes())
+    }
+
+    fn rcpt(&mut self, key: &str) -> Res<Option<RcptRecord>> {
+        if let Some(r) = self.rcpts.get(key) {
+            return Ok(Some(r.clone()));
+        }
+        self.get(CF_RCPTS, key.as_bytes())
+    }
+
+    /// Stores `new`, moving its entry in the due index from where `old` had it.
+    fn put_rcpt(&mut self, old: Option<&RcptRecord>, new: RcptRecord) {
+        let due = cf(self.db, CF_DUE);
+        if let Some(o) = old.filter(|o| !o.state.is_final()) {
+            self.batch.delete_cf(due, due_key(o.due_ms, &o.key));
+        }
+        if !new.state.is_final() {
+            self.batch.put_cf(due, due_key(new.due_ms, &new.key), []);
+        }
+        self.rcpts.insert(new.key.clone(), new);
+    }
+
+    fn suppressed(&self, tenant: &str, address: &str) -> Res<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(cf(self.db, CF_SUPPRESS), suppress_key(tenant, address))
+            .map_err(std::io::Error::other)?
+            .is_some())
+    }
+
+    /// Adds a message and its recipients (due at `rec.received_at_ms`, or suppressed).
+    pub(crate) fn insert_message(&mut self, mut rec: MessageRecord, body: &[u8]) -> Res<()> {
+        let now = rec.received_at_ms;
+        let mut remaining = 0;
+        for (idx, address) in rec.rcpt_to.iter().enumerate() {
+            let suppressed = self.suppressed(&rec.tenant, address)?;
+            let r = RcptRecord {
+                key: rcpt_key(&rec.id, idx),
+                message_id: rec.id.clone(),
+                address: address.clone(),
+                domain: domain_of(address),
+                tenant: rec.tenant.clone(),
+                state: if suppressed {
+                    RcptState::Suppressed
+                } else {
+                    RcptState::Queued
+                },
+                attempts: 0,
+                due_ms: now,
+                received_at_ms: now,
+                last_reply: None,
+                history: Vec::new(),
+                final_at_ms: suppressed.then_some(now),
+            };
+            if !suppressed {
+                remaining += 1;
+            }
+            self.put_rcpt(None, r);
+        }
+        rec.remaining = remaining;
+        if remaining > 0 {
+            self.batch
+                .put_cf(cf(self.db, CF_BODIES), rec.id.as_bytes(), body);
+        }
+        self.msgs.insert(rec.id.clone(), rec);
+        self.added += 1;
+        Ok(())
+    }
+
+    /// Stores a tenant.
+    pub(crate) fn put_tenant(&mut self, t: &TenantRecord) {
+        self.batch
+            .put_cf(cf(self.db, CF_TENANTS), t.name.as_bytes(), enc(t));
+    }
+
+    /// Applies a tenant update.
+    pub(crate) fn update_tenant(
+        &mut self,
+        name: &str,
+        enabled: Option<bool>,
+        dsn: Option<bool>,
+    ) -> Res<Response> {
+        let Some(mut t) = self.get::<TenantRecord>(CF_TENANTS, name.as_bytes())? else {
+            return Ok(Response::TenantNotFound);
+        };
+        if let Some(e) = enabled {
+            t.enabled = e;
+        }
+        if let Some(d) = dsn {
+            t.dsn = d;
+        }
+        self.batch
+            .put_cf(cf(self.db, CF_TENANTS), name.as_bytes(), enc(&t));
+        Ok(Response::TenantUpdated)
+    }
+
+    /// Adds a suppression.
+    pub(crate) fn suppress(&mut self, mut s: SuppressionRecord) {
+        s.address = s.address.to_ascii_lowercase();
+        self.batch.put_cf(
+            cf(self.db, CF_SUPPRESS),
+            suppress_key(&s.tenant, &s.address),
+            enc(&s),
+        );
+    }
+
+    /// Removes a suppression; false if there was none.
+    pub(crate) fn unsuppress(&mut self, tenant: &str, address: &str) -> Res<bool> {
+        let existed = self.suppressed(tenant, address)?;
+        self.batch
+            .delete_cf(cf(self.db, CF_SUPPRESS), suppress_key(tenant, address));
+        Ok(existed)
+    }
+
+    /// Applies a [`crate::Request::Deliver`] committed at log `index`.
+    pub(crate) fn deliver(
+        &mut self,
+        index: u64,
+        now_ms: i64,
+        mta: &str,
+        ops: Vec<DeliveryOp>,
+    ) -> Res<Response> {
+        let mut leased = Vec::new();
+        let mut applied = 0;
+        // Per message, recipients that failed in this entry (sorted: replicas agree on order).
+        let mut failed: BTreeMap<String, Vec<RcptRecord>> = BTreeMap::new();
+        for op in ops {
+            match op {
+                DeliveryOp::Lease {
+                    lease,
+                    sender,
+                    source_ip,
+                    expires_ms,
+                    rcpts,
+                } => {
+                    let mut granted = Vec::new();
+                    for key in rcpts {
+                        let Some(old) = self.rcpt(&key)? else {
+                            continue;
+                        };
+                        let leasable = match &old.state {
+                            RcptState::Queued | RcptState::Deferred => old.due_ms <= now_ms,
+                            RcptState::Leased(l) => l.expires_ms <= now_ms,
+                            _ => false,
+                        };
+                        if !leasable {
+                            continue;
+                        }
+                        let mut new = old.clone();
+                        new.state = RcptState::Leased(crate::records::Lease {
+                            id: lease,
+                            sender: sender.clone(),
+                            source_ip: source_ip.clone(),
+                            expires_ms,
+                        });
+                        new.due_ms = expires_ms;
+                        self.put_rcpt(Some(&old), new);
+                        granted.push(key);
+                    }
+                    leased.push((lease, granted));
+                }
+                DeliveryOp::Report {
+                    lease,
+                    rcpt,
+                    attempt,
+                    disposition,
+                } => {
+                    let Some(old) = self.rcpt(&rcpt)? else {
+                        continue;
+                    };
+                    if old.state.is_final() {
+                        continue;
+                    }
+                    let current = match (&old.state, lease) {
+                        (RcptState::Leased(l), Some(id)) => l.id == id,
+                        // A delivery under a lapsed lease still happened: record it.
+                        (_, Some(_)) => disposition == Disposition::Delivered,
+                        // The scheduler's own decision: not while a sender holds a valid lease.
+                        (RcptState::Leased(l), None) => l.expires_ms <= now_ms,
+                        (_, None) => true,
+                    };
+                    if !current {
+                        continue;
+                    }
+                    applied += 1;
+                    let mut new = old.clone();
+                    if let Some(a) = attempt {
+                        new.last_reply = Some(a.reply.clone());
+                        new.history.push(a);
+                        if new.history.len() > MAX_HISTORY {
+                            new.history.remove(0);
+                        }
+                    }
+                    match disposition {
+                        Disposition::Delivered => {
+                            new.attempts += 1;
+                            new.state = RcptState::Delivered;
+                        }
+                        Disposition::Retry { at_ms, counted } => {
+                            new.attempts += u32::from(counted);
+                            new.state = RcptState::Deferred;
+                            new.due_ms = at_ms;
+                        }
+                        Disposition::Bounce { suppress } => {
+                            new.attempts += 1;
+                            new.state = RcptState::Bounced;
+                            if suppress {
+                                self.suppress(SuppressionRecord {
+                                    tenant: new.tenant.clone(),
+                                    address: new.address.clone(),
+                                    reason: new
+                                        .last_reply
+                                        .as_ref()
+                                        .map(|r| r.to_string())
+                                        .unwrap_or_default(),
+                                    at_ms: now_ms,
+                                });
+                            }
+                        }
+                        Disposition::Expire => new.state = RcptState::Expired,
+                    }
+                    if new.state.is_final() {
+                        new.final_at_ms = Some(now_ms);
+                        if let Some(mut m) = self.message(&new.message_id)? {
+                            m.remaining = m.remaining.saturating_sub(1);
+                            self.msgs.insert(m.id.clone(), m);
+                        }
+                        if matches!(new.state, RcptState::Bounced | RcptState::Expired) {
+                            failed
+                                .entry(new.message_id.clone())
+                                .or_default()
+                                .push(new.clone());
+                        }
+                    }
+                    self.put_rcpt(Some(&old), new);
+                }
+            }
+        }
+        let mut dsns = Vec::new();
+        for (msg_id, rcpts) in failed {
+            let Some(original) = self.message(&msg_id)? else {
+                continue;
+            };
+            if self.wants_dsn(&original)? {
+                let id = message_id(index, dsns.len());
+                let body: Option<Vec<u8>> = self
+                    .db
+                    .get_cf(cf(self.db, CF_BODIES), msg_id.as_bytes())
+                    .map_err(std::io::Error::other)?;
+                let data = dsn::build(&id, mta, now_ms, &original, body.as_deref(), &rcpts);
+                let rec = MessageRecord {
+                    id: id.clone(),
+                    tenant: original.tenant.clone(),
+                    mail_from: String::new(),
+                    rcpt_to: vec![original.mail_from.clone()],
+                    size: data.len() as u64,
+                    received_at_ms: now_ms,
+                    client_ip: String::new(),
+                    helo: String::new(),
+                    edge: mta.to_string(),
+                    log_index: index,
+                    smtputf8: false,
+                    body_8bit: false,
+                    remaining: 0,
+                    dsn_for: Some(msg_id.clone()),
+                };
+                self.insert_message(rec, &data)?;
+                dsns.push(id);
+            }
+        }
+        // Bodies of finished messages go (after any DSN quoted their headers).
+        let finished: Vec<String> = self
+            .msgs
+            .values()
+            .filter(|m| m.remaining == 0)
+            .map(|m| m.id.clone())
+            .collect();
+        for id in finished {
+            self.batch.delete_cf(cf(self.db, CF_BODIES), id.as_bytes());
+        }
+        Ok(Response::Delivered {
+            leased,
+            applied,
+            dsns,
+        })
+    }
+
+    /// A DSN goes to the return path unless it is null, the message is itself a DSN, or the
+    /// tenant turned DSNs off.
+    fn wants_dsn(&self, m: &MessageRecord) -> Res<bool> {
+        if m.mail_from.is_empty() || m.dsn_for.is_some() {
+            return Ok(false);
+        }
+        if m.tenant.is_empty() {
+            return Ok(true);
+        }
+        Ok(self
+            .get::<TenantRecord>(CF_TENANTS, m.tenant.as_bytes())?
+            .is_none_or(|t| t.dsn))
+    }
+}

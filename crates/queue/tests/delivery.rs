@@ -1,0 +1,323 @@
+//! Delivery state in the state machine: the due index, leases, reports, DSNs and suppression,
+//! applied through real RocksDB files.
+
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use skein_queue::{
+    AttemptRecord, AttemptResult, DeliveryOp, Disposition, NewMessage, QueueReader, RcptState,
+    Reply, Request, Response, StateMachine, TypeConfig,
+};
+use tempfile::TempDir;
+
+fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(req),
+    }
+}
+
+fn message(from: &str, to: &[&str]) -> NewMessage {
+    NewMessage {
+        tenant: "acme".into(),
+        mail_from: from.into(),
+        rcpt_to: to.iter().map(|s| s.to_string()).collect(),
+        data: b"Subject: report\r\nFrom: app@acme.test\r\n\r\nbody\r\n".to_vec(),
+        client_ip: "127.0.0.1".into(),
+        helo: "c".into(),
+        edge: "e".into(),
+        smtputf8: false,
+        body_8bit: false,
+    }
+}
+
+fn attempt(code: u16, enhanced: &str, result: AttemptResult) -> AttemptRecord {
+    AttemptRecord {
+        at_ms: 0,
+        sender: "s1".into(),
+        source_ip: "127.0.0.2".into(),
+        mx: "mx.example.test 127.0.0.21:25".into(),
+        reply: Reply {
+            code,
+            enhanced: enhanced.into(),
+            text: "text".into(),
+        },
+        result,
+    }
+}
+
+struct Fixture {
+    _dir: TempDir,
+    sm: StateMachine,
+    reader: QueueReader,
+    index: u64,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = TempDir::new().unwrap();
+        let (_log, sm, reader) = skein_queue::open(dir.path()).unwrap();
+        Self {
+            _dir: dir,
+            sm,
+            reader,
+            index: 0,
+        }
+    }
+
+    async fn apply(&mut self, req: Request) -> Response {
+        self.index += 1;
+        let mut out = self.sm.apply([entry(self.index, req)]).await.unwrap();
+        out.pop().unwrap()
+    }
+
+    async fn enqueue(&mut self, at: i64, m: NewMessage) -> String {
+        match self
+            .apply(Request::Enqueue {
+                received_at_ms: at,
+                messages: vec![m],
+            })
+            .await
+        {
+            Response::Enqueued { mut ids } => ids.pop().unwrap(),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    async fn deliver(&mut self, now: i64, ops: Vec<DeliveryOp>) -> Response {
+        self.apply(Request::Deliver {
+            now_ms: now,
+            mta: "relay.test".into(),
+            ops,
+        })
+        .await
+    }
+}
+
+fn lease(id: u64, expires: i64, rcpts: &[&str]) -> DeliveryOp {
+    DeliveryOp::Lease {
+        lease: id,
+        sender: "s1".into(),
+        source_ip: "127.0.0.2".into(),
+        expires_ms: expires,
+        rcpts: rcpts.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn report(lease: u64, rcpt: &str, a: AttemptRecord, d: Disposition) -> DeliveryOp {
+    DeliveryOp::Report {
+        lease: Some(lease),
+        rcpt: rcpt.into(),
+        attempt: Some(a),
+        disposition: d,
+    }
+}
+
+#[tokio::test]
+async fn recipients_move_through_the_due_index() {
+    let mut f = Fixture::new();
+    let id = f
+        .enqueue(
+            1000,
+            message("app@acme.test", &["a@example.test", "b@example.test"]),
+        )
+        .await;
+    let (a, b) = (format!("{id}0000"), format!("{id}0001"));
+    assert!(f.reader.due(999, 10).unwrap().is_empty(), "not due yet");
+    let due = f.reader.due(1000, 10).unwrap();
+    assert_eq!(due.len(), 2);
+    assert_eq!(due[0].state, RcptState::Queued);
+    assert_eq!(due[0].domain, "example.test");
+
+    // Leased: due again only at the lease's expiry.
+    let r = f.deliver(1000, vec![lease(7, 5000, &[&a, &b])]).await;
+    assert!(matches!(&r, Response::Delivered { leased, .. } if leased[0].1.len() == 2));
+    assert!(f.reader.due(4999, 10).unwrap().is_empty());
+    assert_eq!(f.reader.next_due_ms().unwrap(), Some(5000));
+    // A second lease before expiry takes nothing.
+    let r = f.deliver(2000, vec![lease(8, 9000, &[&a])]).await;
+    assert!(matches!(&r, Response::Delivered { leased, .. } if leased[0].1.is_empty()));
+
+    // a: delivered. b: deferred until 3000.
+    let r = f
+        .deliver(
+            2500,
+            vec![
+                report(
+                    7,
+                    &a,
+                    attempt(250, "2.0.0", AttemptResult::Delivered),
+                    Disposition::Delivered,
+                ),
+                report(
+                    7,
+                    &b,
+                    attempt(451, "4.3.0", AttemptResult::Transient),
+                    Disposition::Retry {
+                        at_ms: 3000,
+                        counted: true,
+                    },
+                ),
+            ],
+        )
+        .await;
+    assert!(matches!(r, Response::Delivered { applied: 2, .. }));
+    let due = f.reader.due(3000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].key, b);
+    assert_eq!(due[0].state, RcptState::Deferred);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(
+        f.reader.rcpt(&a).unwrap().unwrap().state,
+        RcptState::Delivered
+    );
+
+    // A report under a stale lease is ignored.
+    let r = f
+        .deliver(
+            3000,
+            vec![report(
+                7,
+                &b,
+                attempt(550, "5.1.1", AttemptResult::Permanent),
+                Disposition::Bounce { suppress: true },
+            )],
+        )
+        .await;
+    assert!(matches!(r, Response::Delivered { applied: 0, .. }));
+    assert_eq!(
+        f.reader.rcpt(&b).unwrap().unwrap().state,
+        RcptState::Deferred
+    );
+}
+
+#[tokio::test]
+async fn a_hard_bounce_sends_a_dsn_suppresses_and_frees_the_body() {
+    let mut f = Fixture::new();
+    let id = f
+        .enqueue(0, message("app@acme.test", &["gone@example.test"]))
+        .await;
+    let key = format!("{id}0000");
+    f.deliver(0, vec![lease(1, 100, &[&key])]).await;
+    let r = f
+        .deliver(
+            50,
+            vec![report(
+                1,
+                &key,
+                attempt(550, "5.1.1", AttemptResult::Permanent),
+                Disposition::Bounce { suppress: true },
+            )],
+        )
+        .await;
+    let Response::Delivered { dsns, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(dsns.len(), 1);
+    let (dsn, body) = f.reader.get_message(&dsns[0], true).unwrap().unwrap();
+    assert_eq!(dsn.mail_from, "", "a DSN has a null return path");
+    assert_eq!(dsn.rcpt_to, vec!["app@acme.test".to_string()]);
+    assert_eq!(dsn.dsn_for.as_deref(), Some(id.as_str()));
+    let text = String::from_utf8(body.unwrap()).unwrap();
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(text.contains("Subject: report"), "{text}");
+    // The DSN itself is due for delivery.
+    assert!(f
+        .reader
+        .due(50, 10)
+        .unwrap()
+        .iter()
+        .any(|r| r.message_id == dsns[0]));
+    // The original's body is gone; its envelope and history stay.
+    let (orig, body) = f.reader.get_message(&id, true).unwrap().unwrap();
+    assert_eq!(orig.remaining, 0);
+    assert!(body.is_none());
+    let rcpt = &f.reader.rcpts(&id).unwrap()[0];
+    assert_eq!(rcpt.state, RcptState::Bounced);
+    assert_eq!(rcpt.history.len(), 1);
+
+    // The address is suppressed (case-insensitively) for this tenant.
+    let s = f.reader.suppressions("acme", "", 10).unwrap();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].address, "gone@example.test");
+    assert!(s[0].reason.contains("5.1.1"));
+    let id2 = f
+        .enqueue(
+            60,
+            message("app@acme.test", &["Gone@Example.test", "ok@example.test"]),
+        )
+        .await;
+    let rcpts = f.reader.rcpts(&id2).unwrap();
+    assert_eq!(rcpts[0].state, RcptState::Suppressed);
+    assert_eq!(rcpts[1].state, RcptState::Queued);
+    assert!(!f
+        .reader
+        .due(60, 10)
+        .unwrap()
+        .iter()
+        .any(|r| r.key == rcpts[0].key));
+
+    // Removing it lets the next message through.
+    let r = f
+        .apply(Request::Unsuppress {
+            tenant: "acme".into(),
+            address: "GONE@example.test".into(),
+        })
+        .await;
+    assert_eq!(r, Response::Suppression(true));
+    let id3 = f
+        .enqueue(70, message("app@acme.test", &["gone@example.test"]))
+        .await;
+    assert_eq!(f.reader.rcpts(&id3).unwrap()[0].state, RcptState::Queued);
+}
+
+#[tokio::test]
+async fn no_dsn_for_a_null_return_path_or_when_the_tenant_turned_them_off() {
+    let mut f = Fixture::new();
+    let null = f.enqueue(0, message("", &["x@example.test"])).await;
+    let r = f
+        .deliver(
+            10,
+            vec![DeliveryOp::Report {
+                lease: None,
+                rcpt: format!("{null}0000"),
+                attempt: None,
+                disposition: Disposition::Expire,
+            }],
+        )
+        .await;
+    assert!(matches!(&r, Response::Delivered { applied: 1, dsns, .. } if dsns.is_empty()));
+    assert_eq!(f.reader.rcpts(&null).unwrap()[0].state, RcptState::Expired);
+
+    f.apply(Request::CreateTenant(skein_queue::TenantRecord {
+        name: "acme".into(),
+        username: "acme".into(),
+        password_hash: "h".into(),
+        enabled: true,
+        dsn: true,
+        created_at_ms: 0,
+    }))
+    .await;
+    let r = f
+        .apply(Request::UpdateTenant {
+            name: "acme".into(),
+            enabled: None,
+            dsn: Some(false),
+        })
+        .await;
+    assert_eq!(r, Response::TenantUpdated);
+    let id = f
+        .enqueue(20, message("app@acme.test", &["y@example.test"]))
+        .await;
+    let r = f
+        .deliver(
+            30,
+            vec![DeliveryOp::Report {
+                lease: None,
+                rcpt: format!("{id}0000"),
+                attempt: None,
+                disposition: Disposition::Expire,
+            }],
+        )
+        .await;
+    assert!(matches!(&r, Response::Delivered { applied: 1, dsns, .. } if dsns.is_empty()));
+}
