@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Installs what building Skein needs on a fresh Debian machine that has only Rust, gcc and
 # Python: libclang (RocksDB's bindings are generated with bindgen) and swaks (the SMTP client the
-# README uses); with --tests also cargo-nextest. Does nothing when everything is present.
+# README uses); with --tests also the delivery test peers (aiosmtpd, dnsmasq,
+# python3-dkim) and cargo-nextest. Does nothing when everything is present.
 set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ "${1:-}" = "--tests" ]; then
+  # Delivery tests: aiosmtpd is the destination server not written here, dnsmasq answers MX
+  # queries, python3-dkim verifies signatures.
+  dpkg -s python3-aiosmtpd >/dev/null 2>&1 || need+=(python3-aiosmtpd)
+  dpkg -s dnsmasq-base >/dev/null 2>&1 || need+=(dnsmasq-base)
+  dpkg -s python3-dkim >/dev/null 2>&1 || need+=(python3-dkim)
+fi
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

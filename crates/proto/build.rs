@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skein/ingest/v1/ingest.proto",
         "skein/admin/v1/admin.proto",
         "skein/raft/v1/raft.proto",
+        "skein/work/v1/work.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

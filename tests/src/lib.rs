@@ -369,3 +369,166 @@ pub async fn wait_listening(addr: SocketAddr, limit: Duration) -> anyhow::Result
     })
     .await
 }
+
+/// A destination SMTP server not written here: aiosmtpd (`tests/py/sink.py`), scripted by the
+/// recipients' local parts, recording every message and refusal as JSON.
+pub struct Sink {
+    child: Child,
+    events: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+/// Debian's Python, which has python3-aiosmtpd (`scripts/setup.sh --tests` installs it).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+impl Sink {
+    /// Starts the sink on every `addr` (`ip:port`) with extra `args`; returns once it listens.
+    pub fn start(addrs: &[String], args: &[&str]) -> anyhow::Result<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/sink.py");
+        let mut child = Command::new(SYSTEM_PYTHON)
+            .arg(script)
+            .args(addrs)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the aiosmtpd sink (is python3-aiosmtpd installed?)")?;
+        let out = child.stdout.take().context("sink stdout")?;
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink_events = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    sink_events.lock().expect("sink events").push(v);
+                }
+            }
+        });
+        let sink = Self { child, events };
+        let start = Instant::now();
+        while sink.of("listening").len() < addrs.len() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("the sink did not start listening on {addrs:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(sink)
+    }
+
+    /// Every event recorded so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().expect("sink events").clone()
+    }
+
+    /// The events of one kind (`message`, `rcpt`, `held`, `listening`).
+    pub fn of(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+
+    /// Messages received for `rcpt`.
+    pub fn messages_for(&self, rcpt: &str) -> Vec<serde_json::Value> {
+        self.of("message")
+            .into_iter()
+            .filter(|m| {
+                m["rcpts"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|r| r.as_str() == Some(rcpt)))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real DNS server for test zones: dnsmasq answering only from its command line, for names
+/// under `.test` (everything else there is NXDOMAIN).
+pub struct Dns {
+    child: Child,
+    /// `ip:port` it answers on.
+    pub addr: String,
+}
+
+impl Dns {
+    /// Starts dnsmasq on `ip` with records given as dnsmasq options, e.g.
+    /// `--mx-host=ex.test,mx1.ex.test,10`, `--host-record=mx1.ex.test,127.0.0.41`, or
+    /// `--dns-rr=null.test,15,000000` (a null MX).
+    pub fn start(ip: &str, records: &[String], log: &Path) -> anyhow::Result<Self> {
+        let port = free_port(ip);
+        let err = std::fs::File::create(log)?;
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--port",
+                &port.to_string(),
+                "--listen-address",
+                ip,
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--local=/test/",
+                "--local-ttl=60",
+                "--log-queries",
+                "--user=root",
+            ])
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .context("starting dnsmasq (is dnsmasq-base installed?)")?;
+        let dns = Self {
+            child,
+            addr: format!("{ip}:{port}"),
+        };
+        let start = Instant::now();
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("started")
+        {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("dnsmasq did not start: {}", std::fs::read_to_string(log)?);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(dns)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A message's delivery status (Admin GetMessage, recipients included).
+pub async fn message_status(addr: &str, id: &str) -> anyhow::Result<Message> {
+    Ok(admin(addr)
+        .await?
+        .get_message(skein_proto::admin::GetMessageRequest {
+            id: id.to_string(),
+            include_data: false,
+            local: false,
+        })
+        .await?
+        .into_inner())
+}
+
+/// Waits until every recipient of message `id` is in a final state; returns the message.
+pub async fn wait_final(addr: &str, id: &str, limit: Duration) -> anyhow::Result<Message> {
+    let final_states = ["delivered", "bounced", "expired", "suppressed"];
+    wait_for(&format!("message {id} to finish"), limit, || async {
+        let m = message_status(addr, id).await.ok()?;
+        (!m.recipients.is_empty()
+            && m.recipients
+                .iter()
+                .all(|r| final_states.contains(&r.state.as_str())))
+        .then_some(m)
+    })
+    .await
+}

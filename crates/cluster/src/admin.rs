@@ -8,7 +8,10 @@ use skein_config::node::{check_tenant_name, is_host_port};
 use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
-use skein_queue::{MessageRecord, TenantRecord};
+use skein_queue::{
+    AttemptResult, MessageRecord, RcptRecord, RcptState, Request as Command, Response as Applied,
+    SuppressionRecord, TenantRecord,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::ClusterError;
@@ -63,6 +66,17 @@ impl AdminService {
         Ok(())
     }
 
+    /// Proposes a command on this node (the leader) and returns what it applied.
+    async fn write(&self, cmd: Command) -> Result<Applied, Status> {
+        Ok(self
+            .ctx
+            .raft
+            .client_write(cmd)
+            .await
+            .map_err(ClusterError::from)?
+            .data)
+    }
+
     async fn change(
         &self,
         change: ChangeMembers<u64, BasicNode>,
@@ -89,6 +103,9 @@ fn fwd<T>(inner: T) -> Request<T> {
 
 fn to_proto(m: MessageRecord, data: Option<Vec<u8>>) -> Message {
     Message {
+        recipients: Vec::new(),
+        dsn_for: m.dsn_for.unwrap_or_default(),
+        remaining: m.remaining,
         id: m.id,
         tenant: m.tenant,
         mail_from: m.mail_from,
@@ -109,6 +126,85 @@ fn tenant_proto(t: TenantRecord) -> Tenant {
         username: t.username,
         enabled: t.enabled,
         created_at_ms: t.created_at_ms,
+        dsn: t.dsn,
+    }
+}
+
+fn rcpt_proto(r: RcptRecord) -> RecipientStatus {
+    let (sender, source_ip) = match &r.state {
+        RcptState::Leased(l) => (l.sender.clone(), l.source_ip.clone()),
+        _ => Default::default(),
+    };
+    RecipientStatus {
+        address: r.address,
+        state: r.state.name().into(),
+        attempts: r.attempts,
+        due_ms: if r.state.is_final() { 0 } else { r.due_ms },
+        final_at_ms: r.final_at_ms.unwrap_or(0),
+        sender,
+        source_ip,
+        history: r
+            .history
+            .into_iter()
+            .map(|a| Attempt {
+                at_ms: a.at_ms,
+                sender: a.sender,
+                source_ip: a.source_ip,
+                mx: a.mx,
+                code: u32::from(a.reply.code),
+                enhanced: a.reply.enhanced,
+                text: a.reply.text,
+                result: match a.result {
+                    AttemptResult::Delivered => "delivered",
+                    AttemptResult::Transient => "transient",
+                    AttemptResult::Permanent => "permanent",
+                    AttemptResult::Throttled => "throttled",
+                }
+                .into(),
+            })
+            .collect(),
+    }
+}
+
+fn suppression_proto(s: SuppressionRecord) -> Suppression {
+    Suppression {
+        tenant: s.tenant,
+        address: s.address,
+        reason: s.reason,
+        at_ms: s.at_ms,
+    }
+}
+
+/// A tenant name in a suppression request: a tenant's, or empty for mail relayed without AUTH.
+fn check_suppression_tenant(tenant: &str) -> Result<(), Status> {
+    if tenant.is_empty() {
+        return Ok(());
+    }
+    check_tenant_name(tenant).map_err(|reason| {
+        ClusterError::Invalid {
+            field: "tenant",
+            reason,
+        }
+        .into()
+    })
+}
+
+fn check_address(address: &str) -> Result<(), Status> {
+    let ok = (3..=320).contains(&address.len())
+        && address.contains('@')
+        && !address.starts_with('@')
+        && !address.ends_with('@')
+        && !address
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+    if ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Invalid {
+            field: "address",
+            reason: format!("{address:?} is not an email address"),
+        }
+        .into())
     }
 }
 
@@ -323,7 +419,12 @@ impl Admin for AdminService {
                 .get_message(&r.id, r.include_data)
                 .map_err(ClusterError::from)?
             {
-                Some((m, d)) => Ok(Response::new(to_proto(m, d))),
+                Some((m, d)) => {
+                    let rcpts = self.ctx.reader.rcpts(&m.id).map_err(ClusterError::from)?;
+                    let mut msg = to_proto(m, d);
+                    msg.recipients = rcpts.into_iter().map(rcpt_proto).collect();
+                    Ok(Response::new(msg))
+                }
                 None => Err(ClusterError::NotFound {
                     what: format!("message {:?}", r.id),
                 }
@@ -374,6 +475,134 @@ impl Admin for AdminService {
                 .create_tenant_local(&r.name, &username, &r.password)
                 .await?;
             Ok(Response::new(tenant_proto(t)))
+        })
+    }
+
+    async fn update_tenant(
+        &self,
+        req: Request<UpdateTenantRequest>,
+    ) -> Result<Response<Tenant>, Status> {
+        check_tenant_name(&req.get_ref().name).map_err(|reason| ClusterError::Invalid {
+            field: "name",
+            reason,
+        })?;
+        forward_or!(self, req, update_tenant, {
+            let r = req.into_inner();
+            let resp = self
+                .write(Command::UpdateTenant {
+                    name: r.name.clone(),
+                    enabled: r.enabled,
+                    dsn: r.dsn,
+                })
+                .await?;
+            if matches!(resp, Applied::TenantNotFound) {
+                return Err(ClusterError::NotFound {
+                    what: format!("tenant {:?}", r.name),
+                }
+                .into());
+            }
+            let t = self
+                .ctx
+                .reader
+                .tenants()
+                .map_err(ClusterError::from)?
+                .into_iter()
+                .find(|t| t.name == r.name)
+                .ok_or_else(|| ClusterError::NotFound {
+                    what: format!("tenant {:?}", r.name),
+                })?;
+            Ok(Response::new(tenant_proto(t)))
+        })
+    }
+
+    async fn list_suppressions(
+        &self,
+        req: Request<ListSuppressionsRequest>,
+    ) -> Result<Response<ListSuppressionsResponse>, Status> {
+        check_suppression_tenant(&req.get_ref().tenant)?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => {
+                return Err(ClusterError::Invalid {
+                    field: "limit",
+                    reason: format!("{n} is over 1000"),
+                }
+                .into())
+            }
+        };
+        forward_or!(self, req, list_suppressions, {
+            self.linearize().await?;
+            let r = req.get_ref();
+            let list = self
+                .ctx
+                .reader
+                .suppressions(&r.tenant, &r.after.to_ascii_lowercase(), limit)
+                .map_err(ClusterError::from)?;
+            let next_after = if list.len() == limit {
+                list.last().map(|s| s.address.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(Response::new(ListSuppressionsResponse {
+                suppressions: list.into_iter().map(suppression_proto).collect(),
+                next_after,
+            }))
+        })
+    }
+
+    async fn add_suppression(
+        &self,
+        req: Request<AddSuppressionRequest>,
+    ) -> Result<Response<Suppression>, Status> {
+        let r = req.get_ref();
+        check_suppression_tenant(&r.tenant)?;
+        check_address(&r.address)?;
+        if r.reason.len() > 1000 {
+            return Err(ClusterError::Invalid {
+                field: "reason",
+                reason: "at most 1000 bytes".into(),
+            }
+            .into());
+        }
+        forward_or!(self, req, add_suppression, {
+            let r = req.into_inner();
+            let rec = SuppressionRecord {
+                tenant: r.tenant,
+                address: r.address.to_ascii_lowercase(),
+                reason: if r.reason.is_empty() {
+                    "added by an operator".into()
+                } else {
+                    r.reason
+                },
+                at_ms: self.ctx.clock.now_ms(),
+            };
+            self.write(Command::Suppress(rec.clone())).await?;
+            Ok(Response::new(suppression_proto(rec)))
+        })
+    }
+
+    async fn remove_suppression(
+        &self,
+        req: Request<RemoveSuppressionRequest>,
+    ) -> Result<Response<RemoveSuppressionResponse>, Status> {
+        check_suppression_tenant(&req.get_ref().tenant)?;
+        check_address(&req.get_ref().address)?;
+        forward_or!(self, req, remove_suppression, {
+            let r = req.into_inner();
+            let resp = self
+                .write(Command::Unsuppress {
+                    tenant: r.tenant.clone(),
+                    address: r.address.clone(),
+                })
+                .await?;
+            match resp {
+                Applied::Suppression(true) => Ok(Response::new(RemoveSuppressionResponse {})),
+                _ => Err(ClusterError::NotFound {
+                    what: format!("suppression of {:?} for tenant {:?}", r.address, r.tenant),
+                }
+                .into()),
+            }
         })
     }
 

@@ -6,6 +6,11 @@
 //! - [`ingest`]: `skein.ingest.v1.Ingest`, with group commit: messages arriving together are
 //!   proposed as one log entry, so many messages share one fsync per node.
 //! - [`admin`]: the `skein.admin.v1.Admin` service.
+//! - [`work`]: the `skein.work.v1.Work` sessions of sender nodes, and the registry of connected
+//!   senders ([`work::Senders`]).
+//! - [`scheduler`]: runs on the leader; leases due recipients to senders and commits their
+//!   reports; [`policy`] decides retries, expiry and suppression; [`events`] writes the JSON
+//!   delivery events.
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
 //!
 //! Any node accepts every call; writes and linearizable reads go to the leader (forwarded by
@@ -15,9 +20,13 @@
 
 pub mod admin;
 pub mod error;
+pub mod events;
 pub mod ingest;
 pub mod network;
 pub mod node;
+pub mod policy;
+pub mod scheduler;
+pub mod work;
 
 pub use error::ClusterError;
 pub use node::{start, NodeHandle};

@@ -12,6 +12,7 @@ use skein_core::SharedClock;
 use skein_proto::admin::admin_server::AdminServer;
 use skein_proto::ingest::ingest_server::IngestServer;
 use skein_proto::raft::raft_server::RaftServer;
+use skein_proto::work::work_server::WorkServer;
 use skein_queue::{NodeId, QueueReader, Request, Response, TenantRecord, TypeConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -222,6 +223,23 @@ pub async fn start(
         channels,
     });
 
+    let events = crate::events::EventLog::open(cfg.delivery.events.as_deref()).map_err(|e| {
+        ClusterError::Invalid {
+            field: "node.delivery.events",
+            reason: e.to_string(),
+        }
+    })?;
+    let senders = Arc::new(crate::work::Senders::default());
+    let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(4096);
+    let work = crate::work::WorkService::new(ctx.clone(), senders.clone(), reports_tx);
+    tokio::spawn(crate::scheduler::run(
+        ctx.clone(),
+        senders,
+        reports_rx,
+        cfg.delivery.clone(),
+        events,
+    ));
+
     let local_addr = listener
         .local_addr()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
@@ -249,6 +267,11 @@ pub async fn start(
         .add_service(
             AdminServer::new(AdminService::new(ctx.clone()))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
+        )
+        .add_service(
+            WorkServer::new(work)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024)
+                .max_decoding_message_size(4 * 1024 * 1024),
         )
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;

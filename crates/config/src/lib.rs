@@ -10,15 +10,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod delivery;
 pub mod edge;
 pub mod node;
+pub mod sender;
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub use delivery::DeliveryConfig;
 pub use edge::{EdgeConfig, EdgeLimits, ListenerConfig, TlsMode};
 pub use node::{Member, NodeConfig, RaftTuning, TenantSeed};
+pub use sender::{DomainTls, Route, SenderConfig, SmtpTimeouts, SourceIp, TlsPolicy};
 
 /// A configuration could not be loaded or is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,8 @@ pub struct Config {
     pub node: Option<NodeConfig>,
     /// The SMTP edge role.
     pub edge: Option<EdgeConfig>,
+    /// The sender role.
+    pub sender: Option<SenderConfig>,
 }
 
 impl Config {
@@ -92,14 +98,17 @@ impl Config {
 
     /// Checks every section present.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.node.is_none() && self.edge.is_none() {
-            return Err(invalid("(file)", "neither a [node] nor an [edge] section"));
+        if self.node.is_none() && self.edge.is_none() && self.sender.is_none() {
+            return Err(invalid("(file)", "no [node], [edge] or [sender] section"));
         }
         if let Some(n) = &self.node {
             n.validate()?;
         }
         if let Some(e) = &self.edge {
             e.validate()?;
+        }
+        if let Some(s) = &self.sender {
+            s.validate()?;
         }
         Ok(())
     }
@@ -111,6 +120,7 @@ impl Config {
         Self {
             node: Some(NodeConfig::default()),
             edge: Some(EdgeConfig::dev_default()),
+            sender: Some(SenderConfig::default()),
         }
     }
 }
@@ -146,6 +156,15 @@ mod tests {
             ),
             ("[edge]\n[edge.tls]\ncert = \"/x.pem\"\n", "edge.tls"),
             ("[edge]\nlisteners = []\n", "edge.listeners"),
+            ("[sender]\ncluster = []\n", "sender.cluster"),
+            (
+                "[sender]\nroutes = [{ domain = \"a.test\", to = \"nowhere\" }]\n",
+                "sender.routes",
+            ),
+            (
+                "[node]\n[node.delivery]\nretry_first = \"10m\"\nretry_max = \"1m\"\n",
+                "node.delivery.retry_max",
+            ),
         ];
         for (text, field) in cases {
             let err = Config::parse(text, "t.toml")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use skein_core::{ByteSize, HumanDuration};
 
-use crate::{invalid, ConfigError};
+use crate::{invalid, ConfigError, DeliveryConfig};
 
 /// A queue node.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub commit_timeout: HumanDuration,
     /// Tenants created at startup when they do not exist yet (for development and bootstrap).
     pub tenants: Vec<TenantSeed>,
+    /// Scheduler policy.
+    pub delivery: DeliveryConfig,
 }
 
 /// A voting member of the initial cluster.
@@ -104,6 +106,7 @@ impl Default for NodeConfig {
             max_batch_bytes: ByteSize(4_000_000),
             commit_timeout: HumanDuration(Duration::from_secs(10)),
             tenants: Vec::new(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl NodeConfig {
                 ));
             }
         }
+        self.delivery.validate()?;
         let r = &self.raft;
         if r.heartbeat_interval.0.is_zero() {
             return Err(invalid("node.raft.heartbeat_interval", "must be > 0"));

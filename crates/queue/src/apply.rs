@@ -216,7 +216,7 @@ impl<'a> Tx<'a> {
         ops: Vec<DeliveryOp>,
     ) -> Res<Response> {
         let mut leased = Vec::new();
-        let mut applied = 0;
+        let mut applied = Vec::new();
         // Per message, recipients that failed in this entry (sorted: replicas agree on order).
         let mut failed: BTreeMap<String, Vec<RcptRecord>> = BTreeMap::new();
         for op in ops {
@@ -277,7 +277,7 @@ impl<'a> Tx<'a> {
                     if !current {
                         continue;
                     }
-                    applied += 1;
+                    applied.push(rcpt.clone());
                     let mut new = old.clone();
                     if let Some(a) = attempt {
                         new.last_reply = Some(a.reply.clone());

@@ -166,8 +166,9 @@ pub enum Response {
     Delivered {
         /// Per lease op, in order: the recipient keys actually leased.
         leased: Vec<(u64, Vec<String>)>,
-        /// Reports applied (the rest were stale or about final recipients).
-        applied: u32,
+        /// Recipient keys of the reports applied (the rest were stale or about final
+        /// recipients).
+        applied: Vec<String>,
         /// Ids of the DSN messages generated.
         dsns: Vec<String>,
     },

@@ -160,7 +160,7 @@ async fn recipients_move_through_the_due_index() {
             ],
         )
         .await;
-    assert!(matches!(r, Response::Delivered { applied: 2, .. }));
+    assert!(matches!(r, Response::Delivered { applied, .. } if applied.len() == 2));
     let due = f.reader.due(3000, 10).unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].key, b);
@@ -183,7 +183,7 @@ async fn recipients_move_through_the_due_index() {
             )],
         )
         .await;
-    assert!(matches!(r, Response::Delivered { applied: 0, .. }));
+    assert!(matches!(r, Response::Delivered { applied, .. } if applied.is_empty()));
     assert_eq!(
         f.reader.rcpt(&b).unwrap().unwrap().state,
         RcptState::Deferred
@@ -285,7 +285,9 @@ async fn no_dsn_for_a_null_return_path_or_when_the_tenant_turned_them_off() {
             }],
         )
         .await;
-    assert!(matches!(&r, Response::Delivered { applied: 1, dsns, .. } if dsns.is_empty()));
+    assert!(
+        matches!(&r, Response::Delivered { applied, dsns, .. } if applied.len() == 1 && dsns.is_empty())
+    );
     assert_eq!(f.reader.rcpts(&null).unwrap()[0].state, RcptState::Expired);
 
     f.apply(Request::CreateTenant(skein_queue::TenantRecord {
@@ -319,5 +321,7 @@ async fn no_dsn_for_a_null_return_path_or_when_the_tenant_turned_them_off() {
             }],
         )
         .await;
-    assert!(matches!(&r, Response::Delivered { applied: 1, dsns, .. } if dsns.is_empty()));
+    assert!(
+        matches!(&r, Response::Delivered { applied, dsns, .. } if applied.len() == 1 && dsns.is_empty())
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use skein_config::{Config, EdgeConfig, NodeConfig, TenantSeed, TlsMode};
+use skein_config::{Config, EdgeConfig, NodeConfig, Route, TenantSeed, TlsMode};
 use skein_core::{SharedClock, SystemClock};
 
 #[derive(Parser)]
@@ -41,6 +41,12 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run a sender: takes work from the cluster and delivers it from its source IPs.
+    Sender {
+        /// Configuration file with a [sender] section.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Everything in one process on a single-node cluster: the embedded default.
     Dev {
         /// Optional configuration file ([node] and/or [edge]); defaults fill the rest.
@@ -52,6 +58,13 @@ enum Cmd {
         /// Create a tenant at start: NAME:PASSWORD (repeatable).
         #[arg(long = "tenant", value_name = "NAME:PASSWORD")]
         tenants: Vec<String>,
+        /// Deliver mail for DOMAIN to HOST:PORT instead of its MX (repeatable; `*` for every
+        /// domain).
+        #[arg(long = "route", value_name = "DOMAIN=HOST:PORT")]
+        routes: Vec<String>,
+        /// Write delivery events as JSON lines to this file (`-` for standard output).
+        #[arg(long)]
+        events: Option<PathBuf>,
     },
     /// Validate a configuration file without starting anything.
     CheckConfig {
@@ -79,6 +92,7 @@ fn main() -> anyhow::Result<()> {
                 let roles: Vec<&str> = [
                     c.node.as_ref().map(|_| "node"),
                     c.edge.as_ref().map(|_| "edge"),
+                    c.sender.as_ref().map(|_| "sender"),
                 ]
                 .into_iter()
                 .flatten()
@@ -102,11 +116,27 @@ fn main() -> anyhow::Result<()> {
                 };
                 run_edge(edge, None).await
             }
+            Cmd::Sender { config } => {
+                let c = Config::load(&config)?;
+                c.validate()?;
+                let Some(sender) = c.sender else {
+                    bail!("{}: missing [sender] section", config.display())
+                };
+                println!(
+                    "skein sender {} with {} source IP(s), working for {}",
+                    sender.name,
+                    sender.source_ips.len(),
+                    sender.cluster.join(", ")
+                );
+                Ok(skein_sender::run(sender, clock(), shutdown_signal()).await?)
+            }
             Cmd::Dev {
                 config,
                 data_dir,
                 tenants,
-            } => run_dev(config, data_dir, tenants).await,
+                routes,
+                events,
+            } => run_dev(config, data_dir, tenants, routes, events).await,
         }
     })
 }
@@ -220,6 +250,8 @@ async fn run_dev(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     tenants: Vec<String>,
+    routes: Vec<String>,
+    events: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let mut c = match &config {
         Some(p) => Config::load(p)?,
@@ -227,6 +259,19 @@ async fn run_dev(
     };
     let mut node = c.node.take().unwrap_or_default();
     let mut edge = c.edge.take().unwrap_or_else(EdgeConfig::dev_default);
+    let mut sender = c.sender.take().unwrap_or_default();
+    for r in routes {
+        let Some((domain, to)) = r.split_once('=') else {
+            bail!("--route {r:?}: expected DOMAIN=HOST:PORT");
+        };
+        sender.routes.push(Route {
+            domain: domain.into(),
+            to: to.into(),
+        });
+    }
+    if events.is_some() {
+        node.delivery.events = events;
+    }
     if let Some(d) = data_dir {
         node.data_dir = d;
     }
@@ -241,9 +286,11 @@ async fn run_dev(
         });
     }
     edge.queue = vec![node.advertise_addr().to_string()];
+    sender.cluster = vec![node.advertise_addr().to_string()];
     Config {
         node: Some(node.clone()),
         edge: Some(edge.clone()),
+        sender: Some(sender.clone()),
     }
     .validate()?;
 
@@ -271,9 +318,32 @@ async fn run_dev(
             t.username.as_deref().unwrap_or(&t.name)
         );
     }
+    for r in &sender.routes {
+        println!("  route {:<16} -> {}", r.domain, r.to);
+    }
+    if sender.routes.is_empty() {
+        println!("  delivery: by MX lookup (add --route DOMAIN=HOST:PORT to deliver locally)");
+    }
+    if let Some(e) = &node.delivery.events {
+        println!("  delivery events: {}", e.display());
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sender_task = tokio::spawn(skein_sender::run(sender, clock(), async move {
+        let _ = stop_rx.await;
+    }));
     println!("ready");
-    tokio::select! {
-        r = h.serve_forever() => r.map_err(anyhow::Error::msg),
-        _ = shutdown_signal() => { h.shutdown().await; Ok(()) }
+    let ended = tokio::select! {
+        r = h.serve_forever() => Some(r.map_err(anyhow::Error::msg)),
+        _ = shutdown_signal() => None,
+    };
+    // The sender finishes and reports what it holds while the node still runs.
+    let _ = stop_tx.send(());
+    let _ = sender_task.await;
+    match ended {
+        Some(r) => r,
+        None => {
+            h.shutdown().await;
+            Ok(())
+        }
     }
 }

@@ -54,6 +54,37 @@ enum Cmd {
     /// Tenants.
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// A tenant's suppression list (addresses not to send to).
+    #[command(subcommand)]
+    Suppression(SuppressionCmd),
+}
+
+#[derive(Subcommand)]
+enum SuppressionCmd {
+    /// List suppressed addresses.
+    List {
+        /// Tenant ("" for mail relayed without AUTH).
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        after: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Suppress an address.
+    Add {
+        address: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a suppression.
+    Remove {
+        address: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -68,6 +99,16 @@ enum TenantCmd {
     },
     /// List tenants.
     List,
+    /// Change a tenant's settings.
+    Update {
+        name: String,
+        /// Allow or stop submission.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Send DSNs to the return path of bounced mail.
+        #[arg(long)]
+        dsn: Option<bool>,
+    },
 }
 
 fn member_json(m: &Member) -> serde_json::Value {
@@ -75,10 +116,28 @@ fn member_json(m: &Member) -> serde_json::Value {
 }
 
 fn message_json(m: &Message) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "id": m.id, "tenant": m.tenant, "mail_from": m.mail_from, "rcpt_to": m.rcpt_to,
         "size": m.size, "received_at_ms": m.received_at_ms, "client_ip": m.client_ip,
-        "helo": m.helo, "edge": m.edge, "log_index": m.log_index,
+        "helo": m.helo, "edge": m.edge, "log_index": m.log_index, "remaining": m.remaining,
+    });
+    if !m.dsn_for.is_empty() {
+        v["dsn_for"] = m.dsn_for.clone().into();
+    }
+    if !m.recipients.is_empty() {
+        v["recipients"] = m.recipients.iter().map(recipient_json).collect();
+    }
+    v
+}
+
+fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
+    serde_json::json!({
+        "address": r.address, "state": r.state, "attempts": r.attempts, "due_ms": r.due_ms,
+        "final_at_ms": r.final_at_ms, "sender": r.sender, "source_ip": r.source_ip,
+        "history": r.history.iter().map(|a| serde_json::json!({
+            "at_ms": a.at_ms, "sender": a.sender, "source_ip": a.source_ip, "mx": a.mx,
+            "code": a.code, "enhanced": a.enhanced, "text": a.text, "result": a.result,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -213,6 +272,73 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner();
             println!("created tenant {} (login {})", t.name, t.username);
         }
+        Cmd::Tenant(TenantCmd::Update { name, enabled, dsn }) => {
+            let t = c
+                .update_tenant(UpdateTenantRequest { name, enabled, dsn })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "tenant {}: {}, DSNs {}",
+                t.name,
+                if t.enabled { "enabled" } else { "disabled" },
+                if t.dsn { "on" } else { "off" }
+            );
+        }
+        Cmd::Suppression(SuppressionCmd::List {
+            tenant,
+            after,
+            limit,
+        }) => {
+            let r = c
+                .list_suppressions(ListSuppressionsRequest {
+                    tenant,
+                    after,
+                    limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for s in &r.suppressions {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"tenant": s.tenant, "address": s.address,
+                            "reason": s.reason, "at_ms": s.at_ms})
+                    );
+                } else {
+                    println!("{} {}", s.address, s.reason);
+                }
+            }
+            if !r.next_after.is_empty() && !cli.json {
+                println!("(more: --after {})", r.next_after);
+            }
+        }
+        Cmd::Suppression(SuppressionCmd::Add {
+            address,
+            tenant,
+            reason,
+        }) => {
+            let s = c
+                .add_suppression(AddSuppressionRequest {
+                    tenant,
+                    address,
+                    reason,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("suppressed {} for tenant {:?}", s.address, s.tenant);
+        }
+        Cmd::Suppression(SuppressionCmd::Remove { address, tenant }) => {
+            c.remove_suppression(RemoveSuppressionRequest {
+                tenant: tenant.clone(),
+                address: address.clone(),
+            })
+            .await
+            .map_err(status)?;
+            println!("removed the suppression of {address} for tenant {tenant:?}");
+        }
         Cmd::Tenant(TenantCmd::List) => {
             let r = c
                 .list_tenants(ListTenantsRequest {})
@@ -221,10 +347,11 @@ async fn main() -> anyhow::Result<()> {
                 .into_inner();
             for t in r.tenants {
                 println!(
-                    "{} {} {}",
+                    "{} {} {} dsn={}",
                     t.name,
                     t.username,
-                    if t.enabled { "enabled" } else { "disabled" }
+                    if t.enabled { "enabled" } else { "disabled" },
+                    if t.dsn { "on" } else { "off" }
                 );
             }
         }

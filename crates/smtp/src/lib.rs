@@ -1,4 +1,5 @@
-//! A sans-I/O SMTP server session (RFC 5321, with RFC 3463 enhanced status codes).
+//! Sans-I/O SMTP: a server session and a client connection (RFC 5321, with RFC 3463
+//! enhanced status codes).
 //!
 //! The [`Session`] owns no socket and no clock: the runtime feeds it the bytes it reads
 //! ([`Session::feed`]), then drains [`Event`]s ([`Session::poll`]): replies to write, TLS to
@@ -13,16 +14,23 @@
 //!   bare CR/LF flagged, size enforced without buffering what is over it.
 //! - [`session`]: the command state machine.
 //! - [`received`]: the `Received:` trace header.
+//! - [`client`]: the outbound side: a client connection state machine ([`ClientConn`]), reply
+//!   parser, EHLO capabilities, dot-stuffing.
+//! - [`outcome`]: delivery failures as data and the one function classifying them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod address;
+pub mod client;
 pub mod data;
+pub mod outcome;
 pub mod received;
 pub mod reply;
 pub mod session;
 
 pub use address::{parse_path, Address, PathError};
+pub use client::{ClientConn, ClientEvent, RemoteReply, TlsWish, Transaction, TransactionResult};
+pub use outcome::{classify, Class, Failure, Scope, Stage, Verdict};
 pub use reply::Reply;
 pub use session::{
     AuthMechanism, ConnectionInfo, Envelope, Event, Session, SessionConfig, TlsInfo,

@@ -1,0 +1,85 @@
+//! The `[node.delivery]` section: how the scheduler on the leader hands out and retries work.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skein_core::HumanDuration;
+
+use crate::{invalid, ConfigError};
+
+/// Scheduler policy. The defaults follow common MTA practice: first retry after minutes,
+/// backoff capped at hours, give up after five days.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Name of this MTA in DSNs (`Reporting-MTA`, the `MAILER-DAEMON@` address).
+    pub mta_name: String,
+    /// Delay before the first retry; each later retry doubles it.
+    pub retry_first: HumanDuration,
+    /// Longest delay between retries.
+    pub retry_max: HumanDuration,
+    /// Random spread applied to every retry delay, as a fraction (0.2 = ±20%).
+    pub retry_jitter: f64,
+    /// A recipient still undelivered this long after it was received expires and bounces.
+    pub max_age: HumanDuration,
+    /// Delay after a remote "slow down" (421, 4.7.x) reply; not counted as an attempt.
+    pub throttle_delay: HumanDuration,
+    /// How long a sender holds work before it may be given to another sender.
+    pub lease: HumanDuration,
+    /// Recipients of one message and domain handed over in one assignment (one transaction).
+    pub max_rcpts_per_assignment: usize,
+    /// Recipients considered per scheduling round.
+    pub batch: usize,
+    /// JSON-lines file for delivery events (`-` for standard output); none when unset.
+    pub events: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mta_name: "localhost".into(),
+            retry_first: HumanDuration(Duration::from_secs(5 * 60)),
+            retry_max: HumanDuration(Duration::from_secs(4 * 3600)),
+            retry_jitter: 0.2,
+            max_age: HumanDuration(Duration::from_secs(5 * 24 * 3600)),
+            throttle_delay: HumanDuration(Duration::from_secs(60)),
+            lease: HumanDuration(Duration::from_secs(10 * 60)),
+            max_rcpts_per_assignment: 50,
+            batch: 1000,
+            events: None,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// Checks the values, naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let f = |name: &str| format!("node.delivery.{name}");
+        if self.mta_name.is_empty() || self.mta_name.contains(char::is_whitespace) {
+            return Err(invalid(f("mta_name"), "must be a host name"));
+        }
+        if self.retry_first.0.is_zero() {
+            return Err(invalid(f("retry_first"), "must be > 0"));
+        }
+        if self.retry_max.0 < self.retry_first.0 {
+            return Err(invalid(f("retry_max"), "must be at least retry_first"));
+        }
+        if !(0.0..1.0).contains(&self.retry_jitter) {
+            return Err(invalid(f("retry_jitter"), "must be in [0, 1)"));
+        }
+        if self.max_age.0.is_zero() {
+            return Err(invalid(f("max_age"), "must be > 0"));
+        }
+        if self.lease.0 < Duration::from_secs(1) {
+            return Err(invalid(f("lease"), "must be at least 1s"));
+        }
+        if !(1..=1000).contains(&self.max_rcpts_per_assignment) {
+            return Err(invalid(f("max_rcpts_per_assignment"), "must be 1-1000"));
+        }
+        if !(1..=100_000).contains(&self.batch) {
+            return Err(invalid(f("batch"), "must be 1-100000"));
+        }
+        Ok(())
+    }
+}

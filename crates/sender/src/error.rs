@@ -1,0 +1,21 @@
+//! Errors of setting a sender up. Delivery failures are not errors but data
+//! ([`skein_smtp::outcome::Failure`]).
+
+/// Why a sender could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    /// The DNS resolver could not be configured.
+    #[error("DNS resolver: {0}")]
+    Resolver(String),
+    /// The TLS client could not be configured.
+    #[error("TLS client: {0}")]
+    Tls(String),
+    /// A cluster address is not usable.
+    #[error("cluster address {address:?}: {reason}")]
+    Cluster {
+        /// The address.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+}

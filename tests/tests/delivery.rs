@@ -1,0 +1,376 @@
+//! Delivery end to end: mail submitted with Python's smtplib goes through `skein dev` (or a
+//! cluster with separate senders) to aiosmtpd sinks found through a real DNS server (dnsmasq)
+//! or a static route, and every recipient ends delivered, bounced, expired or suppressed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use skein_proto::admin::{
+    AddSuppressionRequest, ListSuppressionsRequest, RemoveSuppressionRequest, UpdateTenantRequest,
+};
+use skein_tests::*;
+
+const FINISH: Duration = Duration::from_secs(30);
+
+fn submit_one(
+    port: u16,
+    ip: &str,
+    from: &str,
+    rcpts: &[&str],
+    extra: &[&str],
+) -> anyhow::Result<String> {
+    let port = port.to_string();
+    let mut args = vec!["--host", ip, "--port", &port, "--mail-from", from];
+    for r in rcpts {
+        args.extend(["--rcpt", r]);
+    }
+    args.extend(extra);
+    let s = submit(&args)?;
+    let id = s.first().and_then(|s| s.id.clone());
+    id.ok_or_else(|| anyhow::anyhow!("not accepted: {s:?}"))
+}
+
+fn rcpt<'a>(
+    m: &'a skein_proto::admin::Message,
+    address: &str,
+) -> &'a skein_proto::admin::RecipientStatus {
+    m.recipients
+        .iter()
+        .find(|r| r.address == address)
+        .unwrap_or_else(|| panic!("{address} not in {:?}", m.recipients))
+}
+
+/// DSNs the sink received for `to`: (message text) of each.
+fn dsns(sink: &Sink, to: &str) -> Vec<String> {
+    sink.messages_for(to)
+        .into_iter()
+        .filter(|m| m["mail_from"] == "")
+        .map(|m| m["data"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.70";
+    let (grpc, smtp) = (free_port(ip), free_port(ip));
+    let grpc_addr = format!("{ip}:{grpc}");
+    // ex.test: first MX 127.0.0.74 refuses connections, second 127.0.0.75 is a sink with
+    // STARTTLS. implicit.test: no MX, an A record (127.0.0.76). nullmx.test: RFC 7505 null MX.
+    // nope.test: NXDOMAIN. routed.test: a static route to 127.0.0.77.
+    let mx_port = free_port("127.0.0.75");
+    let route_port = free_port("127.0.0.77");
+    let (cert, key) = write_cert(dir.path(), &["mx2.ex.test"])?;
+    let sink = Sink::start(
+        &[
+            format!("127.0.0.75:{mx_port}"),
+            format!("127.0.0.76:{mx_port}"),
+            format!("127.0.0.77:{route_port}"),
+        ],
+        &["--tls", cert.to_str().unwrap(), key.to_str().unwrap()],
+    )?;
+    let dns = Dns::start(
+        "127.0.0.73",
+        &[
+            "--mx-host=ex.test,mx1.ex.test,10".into(),
+            "--mx-host=ex.test,mx2.ex.test,20".into(),
+            "--host-record=mx1.ex.test,127.0.0.74".into(),
+            "--host-record=mx2.ex.test,127.0.0.75".into(),
+            "--host-record=implicit.test,127.0.0.76".into(),
+            "--dns-rr=nullmx.test,15,000000".into(),
+        ],
+        &dir.path().join("dns.log"),
+    )?;
+    let events = dir.path().join("events.jsonl");
+    let cfg = dir.path().join("dev.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nlisten = \"{grpc_addr}\"\ndata_dir = \"{data}\"\n\
+             [node.delivery]\nmta_name = \"dev.skein.test\"\nretry_first = \"1s\"\nretry_max = \"2s\"\n\
+             max_age = \"12s\"\nevents = \"{events}\"\n\
+             [edge]\nhostname = \"dev.skein.test\"\nrelay_networks = [\"127.0.0.0/8\"]\n\
+             plaintext_auth_networks = [\"127.0.0.0/8\"]\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
+             [sender]\nname = \"dev-sender\"\nsmtp_port = {mx_port}\nnameservers = [\"{dns}\"]\n\
+             source_ips = [{{ ip = \"127.0.0.71\", ehlo = \"out1.skein.test\" }}, \
+                           {{ ip = \"127.0.0.72\", ehlo = \"out2.skein.test\" }}]\n\
+             routes = [{{ domain = \"routed.test\", to = \"127.0.0.77:{route_port}\" }}]\n\
+             [sender.timeouts]\nconnect = \"2s\"\n",
+            data = dir.path().join("data").display(),
+            events = events.display(),
+            dns = dns.addr,
+        ),
+    )?;
+    let _dev = Proc::spawn(
+        &[
+            "dev",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tenant",
+            "acme:acme-password",
+        ],
+        &dir.path().join("dev.log"),
+    )?;
+    wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
+
+    // Two recipients of one domain: one transaction, past the refusing first MX, over TLS,
+    // from one of the sender's source IPs with that IP's EHLO name.
+    let m1 = submit_one(
+        smtp,
+        ip,
+        "app@routed.test",
+        &["ok1@ex.test", "ok2@ex.test"],
+        &[],
+    )?;
+    let st = wait_final(&grpc_addr, &m1, FINISH).await?;
+    for a in ["ok1@ex.test", "ok2@ex.test"] {
+        let r = rcpt(&st, a);
+        assert_eq!(r.state, "delivered", "{r:?}");
+        let last = r.history.last().expect("an attempt");
+        assert_eq!((last.code, last.result.as_str()), (250, "delivered"));
+        assert!(last.mx.starts_with("mx2.ex.test[127.0.0.75]"), "{last:?}");
+    }
+    let got = sink.messages_for("ok1@ex.test");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0];
+    assert_eq!(
+        m["rcpts"],
+        serde_json::json!(["ok1@ex.test", "ok2@ex.test"])
+    );
+    assert_eq!(m["tls"], true, "STARTTLS was offered and used");
+    let (peer, ehlo) = (m["peer"].as_str().unwrap(), m["ehlo"].as_str().unwrap());
+    assert!(
+        (peer, ehlo) == ("127.0.0.71", "out1.skein.test")
+            || (peer, ehlo) == ("127.0.0.72", "out2.skein.test"),
+        "source IP and EHLO name go together: {peer} {ehlo}"
+    );
+    assert_eq!(rcpt(&st, "ok1@ex.test").history[0].source_ip, peer);
+
+    // Every kind of outcome in one message.
+    let m2 = submit_one(
+        smtp,
+        ip,
+        "app@routed.test",
+        &[
+            "reject-1@ex.test",
+            "defer-1-a@ex.test",
+            "user@implicit.test",
+            "u@nullmx.test",
+            "u@nope.test",
+            "tempfail-x@ex.test",
+        ],
+        &[],
+    )?;
+    let st = wait_final(&grpc_addr, &m2, FINISH).await?;
+    let r = rcpt(&st, "reject-1@ex.test");
+    assert_eq!(r.state, "bounced");
+    assert_eq!(
+        (r.history[0].code, r.history[0].enhanced.as_str()),
+        (550, "5.1.1")
+    );
+    let r = rcpt(&st, "defer-1-a@ex.test");
+    assert_eq!(r.state, "delivered");
+    assert_eq!(r.history.len(), 2, "{r:?}");
+    assert_eq!(
+        (
+            r.history[0].code,
+            r.history[0].enhanced.as_str(),
+            r.history[0].result.as_str()
+        ),
+        (450, "4.2.1", "transient")
+    );
+    assert!(
+        r.history[1].at_ms - r.history[0].at_ms >= 700,
+        "retried after the backoff"
+    );
+    let r = rcpt(&st, "user@implicit.test");
+    assert_eq!(r.state, "delivered");
+    assert!(
+        r.history[0].mx.contains("[127.0.0.76]"),
+        "implicit MX: {r:?}"
+    );
+    let r = rcpt(&st, "u@nullmx.test");
+    assert_eq!(
+        (r.state.as_str(), r.history[0].enhanced.as_str()),
+        ("bounced", "5.1.10")
+    );
+    let r = rcpt(&st, "u@nope.test");
+    assert_eq!(
+        (r.state.as_str(), r.history[0].enhanced.as_str()),
+        ("bounced", "5.1.2")
+    );
+    let r = rcpt(&st, "tempfail-x@ex.test");
+    assert_eq!(r.state, "expired", "{r:?}");
+    assert!(r.history.len() >= 3, "retried until the maximum age: {r:?}");
+    assert!(r.history.iter().all(|a| a.code == 451));
+
+    // DSNs travel the static route to the return path, one or more per scheduling round,
+    // together naming every failed recipient with its status and the original headers.
+    let dsn_text = wait_for("DSNs for m2", FINISH, || async {
+        let all = dsns(&sink, "app@routed.test").join("\n");
+        (all.contains("nope.test") && all.contains("tempfail-x@ex.test")).then_some(all)
+    })
+    .await?;
+    for want in [
+        "multipart/report",
+        "report-type=delivery-status",
+        "Reporting-MTA: dns; dev.skein.test",
+        "Final-Recipient: rfc822; reject-1@ex.test",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1",
+        "Final-Recipient: rfc822; u@nullmx.test",
+        "Status: 5.1.10",
+        "Action: failed",
+        "Subject: message 0",
+    ] {
+        assert!(dsn_text.contains(want), "DSN lacks {want:?}:\n{dsn_text}");
+    }
+    assert!(
+        !dsn_text.contains("Final-Recipient: rfc822; defer-1-a@ex.test"),
+        "delivered recipients are not reported"
+    );
+
+    // Hard bounces are suppressed for the tenant; the Admin API lists, adds and removes.
+    let mut admin_c = admin(&grpc_addr).await?;
+    let list = admin_c
+        .list_suppressions(ListSuppressionsRequest {
+            tenant: String::new(),
+            after: String::new(),
+            limit: 100,
+        })
+        .await?
+        .into_inner();
+    let suppressed: BTreeSet<String> = list
+        .suppressions
+        .iter()
+        .map(|s| s.address.clone())
+        .collect();
+    assert!(suppressed.contains("reject-1@ex.test"), "{suppressed:?}");
+    assert!(
+        !suppressed.contains("tempfail-x@ex.test"),
+        "expiry is not a hard bounce"
+    );
+    admin_c
+        .add_suppression(AddSuppressionRequest {
+            tenant: String::new(),
+            address: "Manual@Ex.test".into(),
+            reason: "complaint".into(),
+        })
+        .await?;
+    let rcpt_events_before = sink.of("rcpt").len();
+    let m3 = submit_one(
+        smtp,
+        ip,
+        "app@routed.test",
+        &["reject-1@ex.test", "manual@ex.test", "ok3@ex.test"],
+        &[],
+    )?;
+    let st = wait_final(&grpc_addr, &m3, FINISH).await?;
+    assert_eq!(rcpt(&st, "reject-1@ex.test").state, "suppressed");
+    assert!(
+        rcpt(&st, "reject-1@ex.test").history.is_empty(),
+        "never attempted"
+    );
+    assert_eq!(rcpt(&st, "manual@ex.test").state, "suppressed");
+    assert_eq!(rcpt(&st, "ok3@ex.test").state, "delivered");
+    assert_eq!(
+        sink.of("rcpt").len(),
+        rcpt_events_before,
+        "suppressed: not attempted"
+    );
+    let err = admin_c
+        .add_suppression(AddSuppressionRequest {
+            tenant: String::new(),
+            address: "not an address".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    admin_c
+        .remove_suppression(RemoveSuppressionRequest {
+            tenant: String::new(),
+            address: "reject-1@ex.test".into(),
+        })
+        .await?;
+    let err = admin_c
+        .remove_suppression(RemoveSuppressionRequest {
+            tenant: String::new(),
+            address: "reject-1@ex.test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let m4 = submit_one(smtp, ip, "", &["reject-1@ex.test"], &[])?;
+    let st = wait_final(&grpc_addr, &m4, FINISH).await?;
+    assert_eq!(
+        rcpt(&st, "reject-1@ex.test").state,
+        "bounced",
+        "attempted again"
+    );
+
+    // A null return path never gets a DSN; neither does a tenant that turned DSNs off.
+    let t = admin_c
+        .update_tenant(UpdateTenantRequest {
+            name: "acme".into(),
+            enabled: None,
+            dsn: Some(false),
+        })
+        .await?
+        .into_inner();
+    assert!(!t.dsn && t.enabled);
+    let m5 = submit_one(
+        smtp,
+        ip,
+        "quiet@routed.test",
+        &["reject-5@ex.test"],
+        &["--user", "acme", "--password", "acme-password"],
+    )?;
+    let st = wait_final(&grpc_addr, &m5, FINISH).await?;
+    assert_eq!(st.tenant, "acme");
+    assert_eq!(rcpt(&st, "reject-5@ex.test").state, "bounced");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        dsns(&sink, "quiet@routed.test").is_empty(),
+        "tenant turned DSNs off"
+    );
+
+    // One event line per attempt and per final state, with the fields operators need.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let of = |kind: &str, rcpt: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|e| e["type"] == kind && e["recipient"] == rcpt)
+            .collect()
+    };
+    let attempts = of("attempt", "defer-1-a@ex.test");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    let first = attempts[0];
+    assert_eq!(first["message_id"], m2.as_str());
+    assert_eq!(
+        (first["code"].as_u64(), first["enhanced"].as_str()),
+        (Some(450), Some("4.2.1"))
+    );
+    assert_eq!(first["attempt"], 1);
+    assert!(first["next_attempt_ms"].as_i64().is_some());
+    assert_eq!(first["sender_node"], "dev-sender");
+    assert_eq!(first["domain"], "ex.test");
+    assert!(first["mx"].as_str().unwrap().contains("127.0.0.75"));
+    assert!(["127.0.0.71", "127.0.0.72"].contains(&first["source_ip"].as_str().unwrap()));
+    assert_eq!(of("delivered", "defer-1-a@ex.test").len(), 1);
+    assert_eq!(of("bounced", "reject-1@ex.test").len(), 2);
+    assert_eq!(of("expired", "tempfail-x@ex.test").len(), 1);
+    let dsn_for = |id: &str| {
+        lines
+            .iter()
+            .any(|e| e["type"] == "dsn" && e["message_id"] == id)
+    };
+    assert!(dsn_for(&m2));
+    assert!(!dsn_for(&m4), "no DSN to a null return path");
+    assert!(!dsn_for(&m5), "no DSN for a tenant that turned them off");
+    Ok(())
+}
