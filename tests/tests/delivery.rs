@@ -44,7 +44,7 @@ fn rcpt<'a>(
 fn dsns(sink: &Sink, to: &str) -> Vec<String> {
     sink.messages_for(to)
         .into_iter()
-        .filter(|m| m["mail_from"] == "")
+        .filter(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
         .map(|m| m["data"].as_str().unwrap_or("").to_string())
         .collect()
 }
@@ -102,7 +102,7 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
             dns = dns.addr,
         ),
     )?;
-    let _dev = Proc::spawn(
+    let dev = Proc::spawn(
         &[
             "dev",
             "--config",
@@ -211,7 +211,14 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
         let all = dsns(&sink, "app@routed.test").join("\n");
         (all.contains("nope.test") && all.contains("tempfail-x@ex.test")).then_some(all)
     })
-    .await?;
+    .await
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\nsink: {:?}\ndev log:\n{}",
+            sink.of("message"),
+            tail(&dev.log_text(), 60)
+        )
+    })?;
     for want in [
         "multipart/report",
         "report-type=delivery-status",
