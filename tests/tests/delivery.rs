@@ -30,6 +30,11 @@ fn submit_one(
     id.ok_or_else(|| anyhow::anyhow!("not accepted: {s:?}"))
 }
 
+/// Runs a future to completion from synchronous code inside the test's runtime.
+fn futures_now<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
 fn rcpt<'a>(
     m: &'a skein_proto::admin::Message,
     address: &str,
@@ -379,5 +384,172 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
     assert!(dsn_for(&m2));
     assert!(!dsn_for(&m4), "no DSN to a null return path");
     assert!(!dsn_for(&m5), "no DSN for a tenant that turned them off");
+    Ok(())
+}
+
+/// A sender's configuration file: one source IP, every domain routed to `sink`.
+fn sender_config(
+    dir: &std::path::Path,
+    name: &str,
+    cluster: &[String],
+    source_ip: &str,
+    sink: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let nodes: Vec<String> = cluster.iter().map(|a| format!("\"{a}\"")).collect();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[sender]\nname = \"{name}\"\ncluster = [{}]\nmax_in_flight = 16\n\
+             source_ips = [{{ ip = \"{source_ip}\", ehlo = \"{name}.skein.test\" }}]\n\
+             routes = [{{ domain = \"*\", to = \"{sink}\" }}]\n",
+            nodes.join(", ")
+        ),
+    )?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_redelivers_after_sender_and_leader_death() -> anyhow::Result<()> {
+    let raft = "commit_timeout = \"5s\"\n[node.raft]\nheartbeat_interval = \"100ms\"\n\
+                election_timeout_min = \"500ms\"\nelection_timeout_max = \"1000ms\"\n\
+                [node.delivery]\nlease = \"4s\"\nretry_first = \"1s\"\nretry_max = \"2s\"\n";
+    let mut c = Cluster::start(3, 80, raft)?;
+    let leader = c
+        .leader(&[0, 1, 2], Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    let sink_addr = format!("127.0.0.88:{}", free_port("127.0.0.88"));
+    let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;
+    let (cert, key) = write_cert(c.dir.path(), &["127.0.0.85"])?;
+    let (edge_cfg, smtp, _) = edge_config(
+        c.dir.path(),
+        "127.0.0.85",
+        &c.addrs,
+        &cert,
+        &key,
+        "relay_networks = [\"127.0.0.0/8\"]\n",
+    )?;
+    let _edge = Proc::spawn(
+        &["edge", "--config", edge_cfg.to_str().unwrap()],
+        &c.dir.path().join("edge.log"),
+    )?;
+    wait_listening(
+        format!("127.0.0.85:{smtp}").parse()?,
+        Duration::from_secs(20),
+    )
+    .await?;
+    let a_cfg = sender_config(c.dir.path(), "sender-a", &c.addrs, "127.0.0.86", &sink_addr)?;
+    let b_cfg = sender_config(c.dir.path(), "sender-b", &c.addrs, "127.0.0.87", &sink_addr)?;
+    let mut sender_a = Proc::spawn(
+        &["sender", "--config", a_cfg.to_str().unwrap()],
+        &c.dir.path().join("sender-a.log"),
+    )?;
+
+    // Sender A dies while the destination holds its DATA reply: nobody reports the attempt.
+    // When the lease lapses the recipient goes to sender B, and is delivered exactly once more.
+    let m1 = submit_one(
+        smtp,
+        "127.0.0.85",
+        "app@example.com",
+        &["hold-2-x@ex.test"],
+        &[],
+    )?;
+    wait_for("sender A mid-delivery", Duration::from_secs(20), || async {
+        sink.of("held")
+            .iter()
+            .any(|h| h["peer"] == "127.0.0.86")
+            .then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&sender_a.log_text(), 30)))?;
+    sender_a.kill();
+    let sender_b = Proc::spawn(
+        &["sender", "--config", b_cfg.to_str().unwrap()],
+        &c.dir.path().join("sender-b.log"),
+    )?;
+    let st = wait_final(&c.addrs[leader], &m1, FINISH)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&sender_b.log_text(), 30)))?;
+    let r = rcpt(&st, "hold-2-x@ex.test");
+    assert_eq!(r.state, "delivered");
+    assert_eq!(r.history.len(), 1, "only B reported: {r:?}");
+    assert_eq!(r.history[0].source_ip, "127.0.0.87");
+    assert_eq!(r.history[0].sender, "sender-b");
+    let peers: BTreeSet<String> = sink
+        .messages_for("hold-2-x@ex.test")
+        .iter()
+        .map(|m| m["peer"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(peers.contains("127.0.0.87"), "{peers:?}");
+    assert!(
+        sink.messages_for("hold-2-x@ex.test").len() <= 2,
+        "at most one duplicate"
+    );
+
+    // The leader dies while twenty messages are being delivered and retried: every recipient
+    // still ends delivered, through the new leader and the same sender.
+    let port = smtp.to_string();
+    let records = submit(&[
+        "--host",
+        "127.0.0.85",
+        "--port",
+        &port,
+        "--count",
+        "20",
+        "--rcpt",
+        "ok@ex.test",
+        "--rcpt",
+        "defer-1-z@ex.test",
+    ])?;
+    let ids: Vec<String> = records.iter().filter_map(|r| r.id.clone()).collect();
+    assert_eq!(ids.len(), 20, "{records:?}");
+    c.nodes[leader].kill();
+    let alive: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    // Right after the kill the survivors may still name the old leader: wait for a new one.
+    let new_leader = wait_for("a new leader", Duration::from_secs(30), || async {
+        let l = c.leader(&alive, Duration::from_secs(1)).await.ok()?;
+        (l != leader).then_some(l)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
+    for id in &ids {
+        let st = wait_final(&c.addrs[new_leader], id, Duration::from_secs(60))
+            .await
+            .map_err(|e| {
+                let ours: Vec<String> = c
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let t = n.log_text();
+                        let l: Vec<&str> = t.lines().filter(|l| !l.contains("openraft")).collect();
+                        tail(&l.join("\n"), 15)
+                    })
+                    .collect();
+                anyhow::anyhow!(
+                    "{e}\n{:?}\n--- sender b ---\n{}\n--- nodes ---\n{}",
+                    futures_now(message_status(&c.addrs[new_leader], id)),
+                    tail(&sender_b.log_text(), 30),
+                    ours.join("\n---\n")
+                )
+            })?;
+        for r in &st.recipients {
+            assert_eq!(r.state, "delivered", "{id}: {r:?}");
+        }
+    }
+    // Each of the twenty reached the destination for both recipients (duplicates allowed).
+    for r in ["ok@ex.test", "defer-1-z@ex.test"] {
+        let distinct: BTreeSet<String> = sink
+            .messages_for(r)
+            .iter()
+            .filter_map(|m| {
+                let d = m["data"].as_str()?;
+                d.lines()
+                    .find(|l| l.starts_with("Message-ID:"))
+                    .map(str::to_string)
+            })
+            .collect();
+        assert_eq!(distinct.len(), 20, "{r}: {distinct:?}");
+    }
     Ok(())
 }

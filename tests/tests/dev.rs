@@ -46,6 +46,9 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.30";
     let (grpc, smtp, smtps) = (free_port(ip), free_port(ip), free_port(ip));
+    // Deliveries go to a port nobody listens on: they stay deferred, and the queue holds
+    // exactly what was accepted (no outside DNS, no DSNs).
+    let closed = free_port(ip);
     let data = dir.path().join("data");
     let cfg = dir.path().join("dev.toml");
     std::fs::write(
@@ -57,7 +60,8 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
              [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
              [[edge.listeners]]\naddress = \"{ip}:{smtps}\"\ntls = \"implicit\"\n\
              [edge.limits]\nmax_message_size = \"20KB\"\nmax_connections_per_ip = 3\n\
-             command_timeout = \"2s\"\ndata_timeout = \"1s\"\nmessages_per_minute_per_ip = 8\n",
+             command_timeout = \"2s\"\ndata_timeout = \"1s\"\nmessages_per_minute_per_ip = 8\n\
+             [sender]\nroutes = [{{ domain = \"*\", to = \"{ip}:{closed}\" }}]\n",
             data.display()
         ),
     )?;

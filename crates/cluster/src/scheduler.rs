@@ -47,7 +47,12 @@ pub async fn run(
     events: EventLog,
 ) {
     let mut was_leader = false;
+    // Whether the last round changed anything: a round that did not (due work, but no sender
+    // can take it) must not be repeated at once, or the loop would spin.
+    let mut progressed = true;
     loop {
+        // Reads below are synchronous: let the node's other tasks run between rounds.
+        tokio::task::yield_now().await;
         let leader = matches!(ctx.route(false), Ok(Route::Local));
         if !leader {
             if was_leader {
@@ -60,15 +65,20 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
+        if !was_leader {
+            tracing::info!("leading: scheduler running");
+        }
         was_leader = true;
 
         // Wait for a report, a sender with room, or the next due time.
         let mut batch = Vec::new();
         let wait = match ctx.reader.next_due_ms() {
-            Ok(Some(at)) if senders.free() > 0 || senders.is_empty() => {
+            Ok(Some(at)) if progressed && senders.free() > 0 => {
                 let ms = (at - ctx.clock.now_ms()).clamp(0, IDLE_WAIT.as_millis() as i64);
                 Duration::from_millis(ms as u64)
             }
+            // Nothing due, nobody to give it to, or nothing could be done last time: wait
+            // for a report, a sender with room, or the next check of maximum ages.
             _ => IDLE_WAIT,
         };
         if !wait.is_zero() {
@@ -87,21 +97,25 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        if let Err(e) = round(&ctx, &senders, &cfg, &events, batch).await {
-            tracing::warn!(%e, "scheduling round failed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match round(&ctx, &senders, &cfg, &events, batch).await {
+            Ok(p) => progressed = p,
+            Err(e) => {
+                progressed = false;
+                tracing::warn!(%e, "scheduling round failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
 
-/// One round: reports in, leases out, one proposal.
+/// One round: reports in, leases out, one proposal. True if that changed anything.
 async fn round(
     ctx: &NodeCtx,
     senders: &Senders,
     cfg: &DeliveryConfig,
     events: &EventLog,
     reports: Vec<SessionReport>,
-) -> Result<(), crate::ClusterError> {
+) -> Result<bool, crate::ClusterError> {
     let now = ctx.clock.now_ms();
     let mut ops = Vec::new();
     // (rcpt before, attempt, disposition) for the events of applied reports.
@@ -161,8 +175,16 @@ async fn round(
         }
     }
     if ops.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    tracing::debug!(
+        ops = ops.len(),
+        leases = planned.len(),
+        reported = reported.len(),
+        expired = expired.len(),
+        free,
+        "scheduling round"
+    );
 
     let resp = ctx
         .raft
@@ -193,6 +215,7 @@ async fn round(
     };
 
     let granted: BTreeMap<u64, Vec<String>> = leased.into_iter().collect();
+    let progressed = !applied.is_empty() || granted.values().any(|k| !k.is_empty());
     for p in planned {
         let keys = granted.get(&p.lease).cloned().unwrap_or_default();
         if keys.is_empty() || !send(ctx, senders, &p, &keys)? {
@@ -200,7 +223,7 @@ async fn round(
         }
     }
     events.write(&round_events(ctx, now, &applied, reported, expired, &dsns));
-    Ok(())
+    Ok(progressed)
 }
 
 fn release_all(senders: &Senders, planned: &[Planned]) {
@@ -314,6 +337,7 @@ fn round_events(
     expired: Vec<RcptRecord>,
     dsns: &[String],
 ) -> Vec<Event> {
+    let applied: std::collections::HashSet<&str> = applied.iter().map(String::as_str).collect();
     let mut out = Vec::new();
     let mut senders_of: BTreeMap<String, String> = BTreeMap::new();
     let mut base = |r: &RcptRecord, kind: &'static str| -> Event {
@@ -341,7 +365,7 @@ fn round_events(
         }
     };
     for (rec, a, d) in reported {
-        if !applied.contains(&rec.key) {
+        if !applied.contains(rec.key.as_str()) {
             continue;
         }
         let mut e = base(&rec, "attempt");
@@ -377,7 +401,7 @@ fn round_events(
         }
     }
     for rec in expired {
-        if applied.contains(&rec.key) {
+        if applied.contains(rec.key.as_str()) {
             out.push(base(&rec, "expired"));
         }
     }
