@@ -49,7 +49,7 @@ enum Cmd {
     },
     /// Everything in one process on a single-node cluster: the embedded default.
     Dev {
-        /// Optional configuration file ([node] and/or [edge]); defaults fill the rest.
+        /// Optional configuration file ([node], [edge], [sender]); defaults fill the rest.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Data directory (overrides the file).

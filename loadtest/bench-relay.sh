@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# End-to-end relay benchmark (issue: delivery): smtp-source submits, Skein stores and delivers,
+# Postfix's smtp-sink receives. Postfix relaying the same load (../shared/bench/postfix-relay.sh)
+# runs first, in the same run. Rate = messages / (first submit .. last delivery), where "last
+# delivery" is the last `delivered` event Skein logs after the sink's 250 was committed.
+# Needs postfix (apt-get install postfix: smtp-source, smtp-sink) and a built workspace.
+# Usage: loadtest/bench-relay.sh [MESSAGES=20000] [SESSIONS=20] [SIZE=5120]
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+N=${1:-20000}; S=${2:-20}; L=${3:-5120}
+T="${CARGO_TARGET_DIR:-$HOME/.cache/skein/target}/debug"
+shared="${SKEIN_SHARED:-$here/../shared}"
+work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+now() { date +%s.%N; }
+wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1" >&2; exit 1; }
+# Waits until the events file holds N deliveries; prints the rate from t0 to the last one.
+report() { # label t0 events
+  until [ "$(grep -c '"type":"delivered"' "$3" 2>/dev/null || true)" -ge "$N" ]; do sleep 0.2; done
+  local last; last=$(grep '"type":"delivered"' "$3" | sed 's/.*"ts_ms":\([0-9]*\).*/\1/' | sort -n | tail -1)
+  awk -v a="$2" -v b="$last" -v n="$N" -v l="$1" 'BEGIN{s=b/1000-a; printf "%s messages=%d e2e_seconds=%.2f e2e_rate=%.0f/s\n", l, n, s, n/s}'
+}
+
+echo "== postfix (anchor)"
+bash "$shared/bench/postfix-relay.sh" "$N" "$S" "$L" | tail -1
+
+echo "== skein dev (single node)"
+smtp-sink -u postfix 127.0.0.2:2528 256 & sink=$!
+"$T/skein" dev --data-dir "$work/dev" --route example.net=127.0.0.2:2528 --events "$work/dev-events.jsonl" \
+  >"$work/dev.log" 2>&1 &
+dev=$!; wait_port 127.0.0.1:2525; sleep 1
+t0=$(now)
+smtp-source -s "$S" -m "$N" -l "$L" -f a@example.com -t b@example.net 127.0.0.1:2525
+report skein-dev "$t0" "$work/dev-events.jsonl"
+kill $dev; wait $dev 2>/dev/null || true
+
+echo "== skein 3-node cluster + edge + sender"
+members='[{ id = 1, addr = "127.0.0.11:7071" }, { id = 2, addr = "127.0.0.12:7071" }, { id = 3, addr = "127.0.0.13:7071" }]'
+for i in 1 2 3; do
+  printf '[node]\nid = %d\nlisten = "127.0.0.1%d:7071"\ndata_dir = "%s/n%d"\ninitial_members = %s\n[node.delivery]\nevents = "%s/n%d-events.jsonl"\n' \
+    "$i" "$i" "$work" "$i" "$members" "$work" "$i" >"$work/n$i.toml"
+  "$T/skein" node --config "$work/n$i.toml" >"$work/n$i.log" 2>&1 &
+done
+printf '[edge]\nqueue = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nrelay_networks = ["127.0.0.0/8"]\n[[edge.listeners]]\naddress = "127.0.0.1:2525"\n' >"$work/edge.toml"
+"$T/skein" edge --config "$work/edge.toml" >"$work/edge.log" 2>&1 &
+printf '[sender]\nname = "bench-sender"\ncluster = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nmax_in_flight = 256\nsource_ips = [{ ip = "127.0.0.21", ehlo = "out1.bench.test" }, { ip = "127.0.0.22", ehlo = "out2.bench.test" }]\nroutes = [{ domain = "example.net", to = "127.0.0.2:2528" }]\n' >"$work/sender.toml"
+"$T/skein" sender --config "$work/sender.toml" >"$work/sender.log" 2>&1 &
+wait_port 127.0.0.1:2525; sleep 2
+t0=$(now)
+smtp-source -s "$S" -m "$N" -l "$L" -f a@example.com -t b@example.net 127.0.0.1:2525
+# Events are written by whichever node leads; the leader is the one whose file fills up.
+until [ "$(cat "$work"/n*-events.jsonl 2>/dev/null | grep -c '"type":"delivered"' || true)" -ge "$N" ]; do sleep 0.2; done
+cat "$work"/n*-events.jsonl >"$work/cluster-events.jsonl"
+report skein-cluster "$t0" "$work/cluster-events.jsonl"
+kill $sink 2>/dev/null || true
