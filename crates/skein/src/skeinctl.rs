@@ -35,7 +35,7 @@ enum Cmd {
     Promote { id: u64 },
     /// Remove a node.
     Remove { id: u64 },
-    /// List queued messages.
+    /// List stored messages, pending and done (done ones keep their envelope and history).
     Messages {
         #[arg(long, default_value = "")]
         after: String,
@@ -142,8 +142,18 @@ fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes, without a backtrace (RUST_BACKTRACE is for bugs).
+            eprintln!("skeinctl: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let ch = Channel::from_shared(format!("http://{}", cli.server))?
         .connect()
         .await
@@ -228,10 +238,15 @@ async fn main() -> anyhow::Result<()> {
                 if cli.json {
                     println!("{}", message_json(m));
                 } else {
+                    let state = match m.remaining {
+                        0 => "done".to_string(),
+                        n => format!("{n} pending"),
+                    };
                     println!(
-                        "{} {:>8} <{}> -> {}",
+                        "{} {:>8} {:<10} <{}> -> {}",
                         m.id,
                         m.size,
+                        state,
                         m.mail_from,
                         m.rcpt_to.join(", ")
                     );
