@@ -9,8 +9,8 @@ use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
 use skein_queue::{
-    AttemptResult, MessageRecord, RcptRecord, RcptState, Request as Command, Response as Applied,
-    SuppressionRecord, TenantRecord,
+    AttemptResult, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, Request as Command,
+    Response as Applied, SuppressionRecord, TenantRecord,
 };
 use tonic::{Request, Response, Status};
 
@@ -173,6 +173,66 @@ fn suppression_proto(s: SuppressionRecord) -> Suppression {
         reason: s.reason,
         at_ms: s.at_ms,
     }
+}
+
+fn dkim_key_proto(k: DkimKeyRecord) -> DkimKey {
+    DkimKey {
+        dns_name: format!("{}._domainkey.{}", k.selector, k.domain),
+        tenant: k.tenant,
+        domain: k.domain,
+        selector: k.selector,
+        algorithm: k.algorithm,
+        dns_record: k.dns_record,
+        created_at_ms: k.created_at_ms,
+    }
+}
+
+fn invalid(field: &'static str, reason: impl ToString) -> Status {
+    ClusterError::Invalid {
+        field,
+        reason: reason.to_string(),
+    }
+    .into()
+}
+
+/// Longest PEM private key accepted (an 8192-bit RSA key is about 6.5 KB).
+const MAX_PRIVATE_KEY: usize = 16 * 1024;
+
+/// Checks a SetDkimKey request and builds the record (generating a key when asked).
+fn dkim_record(r: &SetDkimKeyRequest, now_ms: i64) -> Result<DkimKeyRecord, Status> {
+    check_tenant_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
+    let domain = skein_dkim::check_domain(&r.domain).map_err(|e| invalid("domain", e))?;
+    skein_dkim::check_selector(&r.selector).map_err(|e| invalid("selector", e))?;
+    let pem = match (r.private_key.is_empty(), r.generate.as_str()) {
+        (true, "ed25519") => skein_dkim::generate_ed25519().map_err(|e| invalid("generate", e))?,
+        (true, "") => return Err(invalid("private_key", "give a PEM key or set generate")),
+        (true, other) => {
+            return Err(invalid(
+                "generate",
+                format!("{other:?}: only \"ed25519\" can be generated; pass RSA keys as PEM"),
+            ))
+        }
+        (false, "") if r.private_key.len() > MAX_PRIVATE_KEY => {
+            return Err(invalid("private_key", "longer than 16 KiB"))
+        }
+        (false, "") => r.private_key.clone(),
+        (false, _) => {
+            return Err(invalid(
+                "generate",
+                "give either a key or generate, not both",
+            ))
+        }
+    };
+    let key = skein_dkim::PrivateKey::from_pem(&pem).map_err(|e| invalid("private_key", e))?;
+    Ok(DkimKeyRecord {
+        tenant: r.tenant.clone(),
+        domain,
+        selector: r.selector.clone(),
+        algorithm: key.algorithm().to_string(),
+        dns_record: key.dns_record(),
+        private_key: pem,
+        created_at_ms: now_ms,
+    })
 }
 
 /// A tenant name in a suppression request: a tenant's, or empty for mail relayed without AUTH.
@@ -600,6 +660,70 @@ impl Admin for AdminService {
                 Applied::Suppression(true) => Ok(Response::new(RemoveSuppressionResponse {})),
                 _ => Err(ClusterError::NotFound {
                     what: format!("suppression of {:?} for tenant {:?}", r.address, r.tenant),
+                }
+                .into()),
+            }
+        })
+    }
+
+    async fn set_dkim_key(
+        &self,
+        req: Request<SetDkimKeyRequest>,
+    ) -> Result<Response<DkimKey>, Status> {
+        // Checked (and generated) here, so the followers' logs carry a key known to work.
+        let rec = dkim_record(req.get_ref(), self.ctx.clock.now_ms())?;
+        forward_or!(self, req, set_dkim_key, {
+            match self.write(Command::SetDkimKey(rec.clone())).await? {
+                Applied::DkimKey(true) => Ok(Response::new(dkim_key_proto(rec))),
+                _ => Err(ClusterError::NotFound {
+                    what: format!("tenant {:?}", rec.tenant),
+                }
+                .into()),
+            }
+        })
+    }
+
+    async fn list_dkim_keys(
+        &self,
+        req: Request<ListDkimKeysRequest>,
+    ) -> Result<Response<ListDkimKeysResponse>, Status> {
+        let tenant = req.get_ref().tenant.clone();
+        if !tenant.is_empty() {
+            check_tenant_name(&tenant).map_err(|e| invalid("tenant", e))?;
+        }
+        forward_or!(self, req, list_dkim_keys, {
+            self.linearize().await?;
+            let keys = self
+                .ctx
+                .reader
+                .dkim_keys((!tenant.is_empty()).then_some(tenant.as_str()))
+                .map_err(ClusterError::from)?
+                .into_iter()
+                .map(dkim_key_proto)
+                .collect();
+            Ok(Response::new(ListDkimKeysResponse { keys }))
+        })
+    }
+
+    async fn remove_dkim_key(
+        &self,
+        req: Request<RemoveDkimKeyRequest>,
+    ) -> Result<Response<RemoveDkimKeyResponse>, Status> {
+        let r = req.get_ref();
+        check_tenant_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
+        let domain = skein_dkim::check_domain(&r.domain).map_err(|e| invalid("domain", e))?;
+        let tenant = r.tenant.clone();
+        forward_or!(self, req, remove_dkim_key, {
+            let resp = self
+                .write(Command::RemoveDkimKey {
+                    tenant: tenant.clone(),
+                    domain: domain.clone(),
+                })
+                .await?;
+            match resp {
+                Applied::DkimKey(true) => Ok(Response::new(RemoveDkimKeyResponse {})),
+                _ => Err(ClusterError::NotFound {
+                    what: format!("DKIM key of tenant {tenant:?} for {domain:?}"),
                 }
                 .into()),
             }

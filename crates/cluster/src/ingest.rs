@@ -8,7 +8,8 @@ use skein_core::SharedClock;
 use skein_proto::ingest::ingest_client::IngestClient;
 use skein_proto::ingest::ingest_server::Ingest;
 use skein_proto::ingest::{
-    CredentialsRequest, CredentialsResponse, EnqueueRequest, EnqueueResponse, TenantCredential,
+    CredentialsRequest, CredentialsResponse, EnqueueRequest, EnqueueResponse, SigningKey,
+    TenantCredential,
 };
 use skein_queue::{NewMessage, Request, Response, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -260,7 +261,23 @@ impl Ingest for IngestService {
                 enabled: t.enabled,
             })
             .collect();
-        Ok(tonic::Response::new(CredentialsResponse { tenants }))
+        let signing_keys = self
+            .ctx
+            .reader
+            .dkim_keys(None)
+            .map_err(ClusterError::from)?
+            .into_iter()
+            .map(|k| SigningKey {
+                tenant: k.tenant,
+                domain: k.domain,
+                selector: k.selector,
+                private_key: k.private_key,
+            })
+            .collect();
+        Ok(tonic::Response::new(CredentialsResponse {
+            tenants,
+            signing_keys,
+        }))
     }
 }
 

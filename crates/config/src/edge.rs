@@ -30,7 +30,7 @@ pub struct EdgeConfig {
     pub plaintext_auth_networks: Vec<IpNet>,
     /// How long to wait for the queue to commit a message before answering 451. Default 15s.
     pub commit_timeout: HumanDuration,
-    /// How often to refresh the tenant credential cache. Default 10s.
+    /// How often to refresh the cached tenant logins and DKIM keys. Default 10s.
     pub credentials_refresh: HumanDuration,
     /// Limits.
     pub limits: EdgeLimits,

@@ -1,4 +1,4 @@
-//! Tenant credentials: cached from the cluster, verified locally with argon2.
+//! Tenant state cached from the cluster: logins (verified locally with argon2) and DKIM keys.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use argon2::{PasswordHash, PasswordVerifier};
 use skein_smtp::session::AuthFailure;
 
+use crate::dkim::SigningKeys;
 use crate::queue::QueueClient;
 
 #[derive(Debug, Clone)]
@@ -22,6 +23,7 @@ pub struct Credentials {
     queue: QueueClient,
     by_user: RwLock<Option<HashMap<String, Login>>>,
     last_refresh: RwLock<Option<Instant>>,
+    signing: SigningKeys,
 }
 
 impl Credentials {
@@ -31,13 +33,21 @@ impl Credentials {
             queue,
             by_user: RwLock::new(None),
             last_refresh: RwLock::new(None),
+            signing: SigningKeys::default(),
         }
     }
 
-    /// Reloads every tenant's login from the cluster.
+    /// The tenants' DKIM keys, refreshed with the logins.
+    pub fn signing(&self) -> &SigningKeys {
+        &self.signing
+    }
+
+    /// Reloads every tenant's login and DKIM key from the cluster.
     pub async fn refresh(&self) -> Result<(), tonic::Status> {
-        let tenants = self.queue.credentials().await?;
-        let map = tenants
+        let resp = self.queue.credentials().await?;
+        self.signing.load(resp.signing_keys);
+        let map = resp
+            .tenants
             .into_iter()
             .map(|t| {
                 (

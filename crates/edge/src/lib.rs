@@ -7,11 +7,13 @@
 //! - [`queue`]: the Ingest client: finds a live node, retries while there is no leader, and
 //!   reports failure in time for a `451 4.3.0`.
 //! - [`auth`]: the tenant credential cache and argon2 verification.
+//! - [`dkim`]: the tenants' DKIM keys, and signing by `From:` domain.
 //! - [`limits`]: connection counting and per-minute message rates (on the injected clock).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod dkim;
 pub mod limits;
 pub mod queue;
 pub mod server;

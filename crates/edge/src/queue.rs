@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skein_proto::ingest::ingest_client::IngestClient;
-use skein_proto::ingest::{CredentialsRequest, EnqueueRequest, EnqueueResponse, TenantCredential};
+use skein_proto::ingest::{
+    CredentialsRequest, CredentialsResponse, EnqueueRequest, EnqueueResponse,
+};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -77,15 +79,15 @@ impl QueueClient {
         }
     }
 
-    /// Every tenant's login, from any node that answers.
-    pub async fn credentials(&self) -> Result<Vec<TenantCredential>, Status> {
+    /// Every tenant's login and DKIM key, from any node that answers.
+    pub async fn credentials(&self) -> Result<CredentialsResponse, Status> {
         let mut last = Status::unavailable("no queue node configured");
         for attempt in 0..self.nodes.len() {
             let (_, (_, ch)) = self.node(attempt);
             let mut r = tonic::Request::new(CredentialsRequest {});
             r.set_timeout(Duration::from_secs(2));
             match IngestClient::new(ch.clone()).credentials(r).await {
-                Ok(c) => return Ok(c.into_inner().tenants),
+                Ok(c) => return Ok(c.into_inner()),
                 Err(s) => last = s,
             }
         }

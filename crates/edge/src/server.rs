@@ -254,13 +254,30 @@ impl Edge {
         }
     }
 
+    /// The DKIM-Signature header for a tenant's message, if it has a key for the From: domain.
+    /// Signing (RSA above all) is CPU work: it runs off the connection tasks' threads.
+    async fn dkim_signature(&self, tenant: &str, data: &[u8]) -> Option<String> {
+        let signer = self.credentials.signing().signer_for(tenant, data)?;
+        let (tenant, data) = (tenant.to_string(), data.to_vec());
+        tokio::task::spawn_blocking(move || crate::dkim::sign(&signer, &tenant, &data))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// Enqueues one message; the reply for the final dot.
     async fn store(&self, env: skein_smtp::Envelope, data: Vec<u8>, ip: IpAddr) -> Reply {
         let id = format!("{:016X}", fastrand::u64(..));
         let date = skein_core::date::rfc5322(self.clock.now_ms());
         let header =
             skein_smtp::received::received_header(&env, ip, &self.cfg.hostname, &id, &date);
-        let mut message = Vec::with_capacity(header.len() + data.len());
+        let signature = match &env.tenant {
+            Some(t) => self.dkim_signature(t, &data).await,
+            None => None,
+        };
+        let signature = signature.unwrap_or_default();
+        let mut message = Vec::with_capacity(signature.len() + header.len() + data.len());
+        message.extend_from_slice(signature.as_bytes());
         message.extend_from_slice(header.as_bytes());
         message.extend_from_slice(&data);
         let req = EnqueueRequest {

@@ -10,11 +10,11 @@ use rocksdb::{WriteBatch, DB};
 
 use crate::dsn;
 use crate::records::{
-    domain_of, rcpt_key, MessageRecord, RcptRecord, RcptState, SuppressionRecord, TenantRecord,
-    MAX_HISTORY,
+    domain_of, rcpt_key, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, SuppressionRecord,
+    TenantRecord, MAX_HISTORY,
 };
 use crate::store::CF_TENANTS;
-use crate::store::{cf, dec, enc, CF_BODIES, CF_DUE, CF_MESSAGES, CF_RCPTS, CF_SUPPRESS};
+use crate::store::{cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_MESSAGES, CF_RCPTS, CF_SUPPRESS};
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
 
 type Res<T> = Result<T, std::io::Error>;
@@ -29,6 +29,15 @@ pub(crate) fn due_key(due_ms: i64, rcpt: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + rcpt.len());
     k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
     k.extend_from_slice(rcpt.as_bytes());
+    k
+}
+
+/// Key of a DKIM key: tenant, a NUL, the lower-cased domain.
+pub(crate) fn dkim_key(tenant: &str, domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + domain.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(domain.to_ascii_lowercase().as_bytes());
     k
 }
 
@@ -187,6 +196,35 @@ impl<'a> Tx<'a> {
         self.batch
             .put_cf(cf(self.db, CF_TENANTS), name.as_bytes(), enc(&t));
         Ok(Response::TenantUpdated)
+    }
+
+    /// Sets a DKIM key, if its tenant exists.
+    pub(crate) fn set_dkim_key(&mut self, mut k: DkimKeyRecord) -> Res<Response> {
+        if self
+            .get::<TenantRecord>(CF_TENANTS, k.tenant.as_bytes())?
+            .is_none()
+        {
+            return Ok(Response::TenantNotFound);
+        }
+        k.domain = k.domain.to_ascii_lowercase();
+        self.batch.put_cf(
+            cf(self.db, CF_DKIM),
+            dkim_key(&k.tenant, &k.domain),
+            enc(&k),
+        );
+        Ok(Response::DkimKey(true))
+    }
+
+    /// Removes a DKIM key; false if there was none.
+    pub(crate) fn remove_dkim_key(&mut self, tenant: &str, domain: &str) -> Res<bool> {
+        let key = dkim_key(tenant, domain);
+        let existed = self
+            .db
+            .get_pinned_cf(cf(self.db, CF_DKIM), &key)
+            .map_err(std::io::Error::other)?
+            .is_some();
+        self.batch.delete_cf(cf(self.db, CF_DKIM), key);
+        Ok(existed)
     }
 
     /// Adds a suppression.

@@ -25,8 +25,8 @@ pub mod store;
 pub mod types;
 
 pub use records::{
-    domain_of, rcpt_key, AttemptRecord, AttemptResult, Lease, MessageRecord, RcptRecord, RcptState,
-    Reply, SuppressionRecord, TenantRecord,
+    domain_of, rcpt_key, AttemptRecord, AttemptResult, DkimKeyRecord, Lease, MessageRecord,
+    RcptRecord, RcptState, Reply, SuppressionRecord, TenantRecord,
 };
 pub use store::{open, LogStore, QueueReader, StateMachine};
 pub use types::{DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig};

@@ -205,6 +205,25 @@ pub struct RcptRecord {
 /// Attempts kept per recipient.
 pub const MAX_HISTORY: usize = 64;
 
+/// A tenant's DKIM key for one signing domain (at most one per tenant and domain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkimKeyRecord {
+    /// Tenant.
+    pub tenant: String,
+    /// Signing domain (`d=`), lower-cased; also used for its subdomains.
+    pub domain: String,
+    /// Selector (`s=`).
+    pub selector: String,
+    /// `rsa-sha256` or `ed25519-sha256`.
+    pub algorithm: String,
+    /// The private key, PEM.
+    pub private_key: String,
+    /// The TXT record to publish at `<selector>._domainkey.<domain>`.
+    pub dns_record: String,
+    /// When it was set.
+    pub created_at_ms: i64,
+}
+
 /// An address the tenant must not send to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuppressionRecord {

@@ -28,7 +28,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
-use crate::records::{MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
+use crate::records::{DkimKeyRecord, MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
 use crate::types::{message_id, NodeId, Request, Response, TypeConfig};
 use crate::QueueError;
 
@@ -41,14 +41,16 @@ pub(crate) const CF_TENANTS: &str = "tenants";
 pub(crate) const CF_RCPTS: &str = "rcpts";
 pub(crate) const CF_DUE: &str = "due";
 pub(crate) const CF_SUPPRESS: &str = "suppress";
+pub(crate) const CF_DKIM: &str = "dkim";
 /// State that a snapshot carries, in this order.
-const STATE_CFS: [&str; 6] = [
+const STATE_CFS: [&str; 7] = [
     CF_MESSAGES,
     CF_BODIES,
     CF_TENANTS,
     CF_RCPTS,
     CF_DUE,
     CF_SUPPRESS,
+    CF_DKIM,
 ];
 
 const K_VOTE: &[u8] = b"vote";
@@ -523,6 +525,10 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         Request::Unsuppress { tenant, address } => {
             Response::Suppression(tx.unsuppress(tenant, address)?)
         }
+        Request::SetDkimKey(k) => tx.set_dkim_key(k.clone())?,
+        Request::RemoveDkimKey { tenant, domain } => {
+            Response::DkimKey(tx.remove_dkim_key(tenant, domain)?)
+        }
         Request::Deliver { now_ms, mta, ops } => tx.deliver(index, *now_ms, mta, ops.clone())?,
     })
 }
@@ -715,6 +721,29 @@ impl QueueReader {
             }
             out.push(dec(&v).map_err(|source| QueueError::Corrupt {
                 cf: CF_SUPPRESS,
+                source,
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// DKIM keys, of one tenant or (with `None`) of all, by tenant and domain.
+    pub fn dkim_keys(&self, tenant: Option<&str>) -> Result<Vec<DkimKeyRecord>, QueueError> {
+        let prefix = tenant
+            .map(|t| crate::apply::dkim_key(t, ""))
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_DKIM),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for kv in it {
+            let (k, v) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_DKIM,
                 source,
             })?);
         }

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use openraft::{BasicNode, Entry, TokioRuntime};
 use serde::{Deserialize, Serialize};
 
-use crate::records::{AttemptRecord, SuppressionRecord, TenantRecord};
+use crate::records::{AttemptRecord, DkimKeyRecord, SuppressionRecord, TenantRecord};
 
 /// Raft node ids.
 pub type NodeId = u64;
@@ -76,6 +76,15 @@ pub enum Request {
         tenant: String,
         /// Address (compared lower-cased).
         address: String,
+    },
+    /// Sets (or replaces) a tenant's DKIM key for a domain.
+    SetDkimKey(DkimKeyRecord),
+    /// Removes a tenant's DKIM key for a domain.
+    RemoveDkimKey {
+        /// Tenant.
+        tenant: String,
+        /// Signing domain (lower-cased).
+        domain: String,
     },
     /// Scheduler decisions: leases and the outcomes senders reported. Policy (retry times,
     /// jitter, expiry) is decided by the scheduler before proposing, so applying is deterministic.
@@ -162,6 +171,8 @@ pub enum Response {
     TenantNotFound,
     /// A suppression was added, or removed (`false` when there was none).
     Suppression(bool),
+    /// A DKIM key was set, or removed (`false` when there was none).
+    DkimKey(bool),
     /// The result of a [`Request::Deliver`].
     Delivered {
         /// Per lease op, in order: the recipient keys actually leased.

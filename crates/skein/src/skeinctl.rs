@@ -1,5 +1,7 @@
 //! `skeinctl`: the admin CLI, a thin client of the Admin gRPC API.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skein_proto::admin::admin_client::AdminClient;
@@ -57,6 +59,56 @@ enum Cmd {
     /// A tenant's suppression list (addresses not to send to).
     #[command(subcommand)]
     Suppression(SuppressionCmd),
+    /// Tenants' DKIM keys (edges sign a tenant's mail with the key of its From: domain).
+    #[command(subcommand)]
+    Dkim(DkimCmd),
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Set (or replace) a tenant's key for a domain; prints the TXT record to publish.
+    Set {
+        tenant: String,
+        domain: String,
+        /// Selector: the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// PEM private key file (RSA 2048+ bits or Ed25519).
+        #[arg(
+            long,
+            conflicts_with = "generate",
+            required_unless_present = "generate"
+        )]
+        key: Option<PathBuf>,
+        /// Have the cluster generate a key: "ed25519".
+        #[arg(long)]
+        generate: Option<String>,
+    },
+    /// List DKIM keys (all tenants' unless --tenant).
+    List {
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Remove a tenant's key for a domain (its mail goes unsigned).
+    Remove { tenant: String, domain: String },
+}
+
+fn print_dkim_key(k: &DkimKey, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "tenant": k.tenant, "domain": k.domain, "selector": k.selector,
+                "algorithm": k.algorithm, "dns_name": k.dns_name, "dns_record": k.dns_record,
+                "created_at_ms": k.created_at_ms,
+            })
+        );
+    } else {
+        println!(
+            "{} {}: {} IN TXT \"{}\"",
+            k.tenant, k.algorithm, k.dns_name, k.dns_record
+        );
+    }
 }
 
 #[derive(Subcommand)]
@@ -353,6 +405,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
             .map_err(status)?;
             println!("removed the suppression of {address} for tenant {tenant:?}");
+        }
+        Cmd::Dkim(DkimCmd::Set {
+            tenant,
+            domain,
+            selector,
+            key,
+            generate,
+        }) => {
+            let private_key = match key {
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => String::new(),
+            };
+            let k = c
+                .set_dkim_key(SetDkimKeyRequest {
+                    tenant,
+                    domain,
+                    selector,
+                    private_key,
+                    generate: generate.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_dkim_key(&k, cli.json);
+        }
+        Cmd::Dkim(DkimCmd::List { tenant }) => {
+            let r = c
+                .list_dkim_keys(ListDkimKeysRequest { tenant })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for k in &r.keys {
+                print_dkim_key(k, cli.json);
+            }
+        }
+        Cmd::Dkim(DkimCmd::Remove { tenant, domain }) => {
+            c.remove_dkim_key(RemoveDkimKeyRequest {
+                tenant: tenant.clone(),
+                domain: domain.clone(),
+            })
+            .await
+            .map_err(status)?;
+            println!("removed the DKIM key of tenant {tenant:?} for {domain}");
         }
         Cmd::Tenant(TenantCmd::List) => {
             let r = c
