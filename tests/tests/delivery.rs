@@ -376,6 +376,13 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
     assert_eq!(of("delivered", "defer-1-a@ex.test").len(), 1);
     assert_eq!(of("bounced", "reject-1@ex.test").len(), 2);
     assert_eq!(of("expired", "tempfail-x@ex.test").len(), 1);
+    let sup = of("suppressed", "manual@ex.test");
+    assert_eq!(sup.len(), 1, "{sup:?}");
+    assert_eq!(
+        (sup[0]["message_id"].as_str(), sup[0]["domain"].as_str()),
+        (Some(m3.as_str()), Some("ex.test"))
+    );
+    assert_eq!(of("suppressed", "reject-1@ex.test").len(), 1);
     let dsn_for = |id: &str| {
         lines
             .iter()

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
 
 use crate::error::ClusterError;
+use crate::events::{Event, EventLog};
 use crate::node::{NodeCtx, Route, FORWARDED};
 
 /// Most recipients in one message.
@@ -34,15 +35,16 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batching task for `raft`.
+    /// Starts the batching task for `raft`; recipients suppressed at enqueue go to `events`.
     pub fn spawn(
         raft: Raft<TypeConfig>,
         clock: SharedClock,
         max_messages: usize,
         max_bytes: usize,
+        events: Arc<EventLog>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_messages * MAX_IN_FLIGHT * 2);
-        tokio::spawn(run(raft, clock, rx, max_messages, max_bytes));
+        tokio::spawn(run(raft, clock, rx, max_messages, max_bytes, events));
         Self { tx }
     }
 
@@ -73,6 +75,7 @@ async fn run(
     mut rx: mpsc::Receiver<(NewMessage, Done)>,
     max_messages: usize,
     max_bytes: usize,
+    events: Arc<EventLog>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
@@ -95,10 +98,15 @@ async fn run(
         }
         let raft = raft.clone();
         let now = clock.now_ms();
+        let events = events.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let (messages, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let n = messages.len();
+            let envelopes: Vec<(String, String)> = messages
+                .iter()
+                .map(|m| (m.tenant.clone(), m.mail_from.clone()))
+                .collect();
             let result = raft
                 .client_write(Request::Enqueue {
                     received_at_ms: now,
@@ -107,7 +115,10 @@ async fn run(
                 .await;
             match result {
                 Ok(r) => match r.data {
-                    Response::Enqueued { ids } if ids.len() == n => {
+                    Response::Enqueued { ids, suppressed } if ids.len() == n => {
+                        if !suppressed.is_empty() {
+                            events.write(&suppressed_events(now, &ids, &envelopes, suppressed));
+                        }
                         for (w, id) in waiters.into_iter().zip(ids) {
                             let _ = w.send(Ok((id, r.log_id.index)));
                         }
@@ -135,6 +146,33 @@ async fn run(
             }
         });
     }
+}
+
+/// The `suppressed` events of one committed batch.
+fn suppressed_events(
+    now: i64,
+    ids: &[String],
+    envelopes: &[(String, String)],
+    suppressed: Vec<(u32, String)>,
+) -> Vec<Event> {
+    suppressed
+        .into_iter()
+        .filter_map(|(pos, recipient)| {
+            let (tenant, sender) = envelopes.get(pos as usize)?;
+            Some(Event {
+                kind: "suppressed",
+                ts_ms: now,
+                message_id: ids.get(pos as usize)?.clone(),
+                tenant: tenant.clone(),
+                sender: sender.clone(),
+                domain: skein_queue::domain_of(&recipient),
+                recipient,
+                text: "on the tenant's suppression list: not attempted".into(),
+                received_ms: now,
+                ..Event::default()
+            })
+        })
+        .collect()
 }
 
 /// Checks an Enqueue request against the limits; the error names the field.

@@ -206,11 +206,19 @@ pub async fn start(
     .await
     .map_err(|e| ClusterError::Raft(e.to_string()))?;
 
+    let events = crate::events::EventLog::open(cfg.delivery.events.as_deref()).map_err(|e| {
+        ClusterError::Invalid {
+            field: "node.delivery.events",
+            reason: e.to_string(),
+        }
+    })?;
+    let events = Arc::new(events);
     let batcher = Batcher::spawn(
         raft.clone(),
         clock.clone(),
         cfg.max_batch_messages,
         cfg.max_batch_bytes.0 as usize,
+        events.clone(),
     );
     let ctx = Arc::new(NodeCtx {
         id: cfg.id,
@@ -223,12 +231,6 @@ pub async fn start(
         channels,
     });
 
-    let events = crate::events::EventLog::open(cfg.delivery.events.as_deref()).map_err(|e| {
-        ClusterError::Invalid {
-            field: "node.delivery.events",
-            reason: e.to_string(),
-        }
-    })?;
     let senders = Arc::new(crate::work::Senders::default());
     let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(4096);
     let work = crate::work::WorkService::new(ctx.clone(), senders.clone(), reports_tx);

@@ -44,7 +44,7 @@ pub async fn run(
     senders: Arc<Senders>,
     mut reports: mpsc::Receiver<SessionReport>,
     cfg: DeliveryConfig,
-    events: EventLog,
+    events: Arc<EventLog>,
 ) {
     let mut was_leader = false;
     // Whether the last round changed anything: a round that did not (due work, but no sender

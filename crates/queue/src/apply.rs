@@ -133,9 +133,15 @@ impl<'a> Tx<'a> {
     }
 
     /// Adds a message and its recipients (due at `rec.received_at_ms`, or suppressed).
-    pub(crate) fn insert_message(&mut self, mut rec: MessageRecord, body: &[u8]) -> Res<()> {
+    /// Returns the addresses that were suppressed.
+    pub(crate) fn insert_message(
+        &mut self,
+        mut rec: MessageRecord,
+        body: &[u8],
+    ) -> Res<Vec<String>> {
         let now = rec.received_at_ms;
         let mut remaining = 0;
+        let mut suppressed_addresses = Vec::new();
         for (idx, address) in rec.rcpt_to.iter().enumerate() {
             let suppressed = self.suppressed(&rec.tenant, address)?;
             let r = RcptRecord {
@@ -156,7 +162,9 @@ impl<'a> Tx<'a> {
                 history: Vec::new(),
                 final_at_ms: suppressed.then_some(now),
             };
-            if !suppressed {
+            if suppressed {
+                suppressed_addresses.push(address.clone());
+            } else {
                 remaining += 1;
             }
             self.put_rcpt(None, r);
@@ -168,7 +176,7 @@ impl<'a> Tx<'a> {
         }
         self.msgs.insert(rec.id.clone(), rec);
         self.added += 1;
-        Ok(())
+        Ok(suppressed_addresses)
     }
 
     /// Stores a tenant.
@@ -397,6 +405,7 @@ impl<'a> Tx<'a> {
                     remaining: 0,
                     dsn_for: Some(msg_id.clone()),
                 };
+                // A DSN to a suppressed return path is recorded as suppressed, like any mail.
                 self.insert_message(rec, &data)?;
                 dsns.push(id);
             }

@@ -486,6 +486,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             messages,
         } => {
             let mut ids = Vec::with_capacity(messages.len());
+            let mut suppressed = Vec::new();
             for (pos, m) in messages.iter().enumerate() {
                 let id = message_id(index, pos);
                 let rec = MessageRecord {
@@ -504,10 +505,12 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
                     remaining: 0,
                     dsn_for: None,
                 };
-                tx.insert_message(rec, &m.data)?;
+                for a in tx.insert_message(rec, &m.data)? {
+                    suppressed.push((pos as u32, a));
+                }
                 ids.push(id);
             }
-            Response::Enqueued { ids }
+            Response::Enqueued { ids, suppressed }
         }
         Request::CreateTenant(t) => {
             if tenant_taken(db, t)? {

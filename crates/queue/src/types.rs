@@ -160,6 +160,9 @@ pub enum Response {
     Enqueued {
         /// One id per message.
         ids: Vec<String>,
+        /// Recipients not queued because the tenant suppresses them: (position of the message
+        /// in the batch, address).
+        suppressed: Vec<(u32, String)>,
     },
     /// The tenant was created.
     TenantCreated,

@@ -78,7 +78,7 @@ impl Fixture {
             })
             .await
         {
-            Response::Enqueued { mut ids } => ids.pop().unwrap(),
+            Response::Enqueued { mut ids, .. } => ids.pop().unwrap(),
             r => panic!("{r:?}"),
         }
     }
@@ -240,12 +240,21 @@ async fn a_hard_bounce_sends_a_dsn_suppresses_and_frees_the_body() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].address, "gone@example.test");
     assert!(s[0].reason.contains("5.1.1"));
-    let id2 = f
-        .enqueue(
-            60,
-            message("app@acme.test", &["Gone@Example.test", "ok@example.test"]),
-        )
+    let r = f
+        .apply(Request::Enqueue {
+            received_at_ms: 60,
+            messages: vec![message(
+                "app@acme.test",
+                &["Gone@Example.test", "ok@example.test"],
+            )],
+        })
         .await;
+    let Response::Enqueued { ids, suppressed } = r else {
+        panic!("{r:?}")
+    };
+    // The response names it, for the leader's `suppressed` event.
+    assert_eq!(suppressed, [(0, "Gone@Example.test".to_string())]);
+    let id2 = ids[0].clone();
     let rcpts = f.reader.rcpts(&id2).unwrap();
     assert_eq!(rcpts[0].state, RcptState::Suppressed);
     assert_eq!(rcpts[1].state, RcptState::Queued);

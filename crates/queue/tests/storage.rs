@@ -71,10 +71,12 @@ async fn applied_messages_survive_reopen_and_travel_in_snapshots() {
             out,
             vec![
                 Response::Enqueued {
-                    ids: vec!["0000000000010000".into(), "0000000000010001".into()]
+                    ids: vec!["0000000000010000".into(), "0000000000010001".into()],
+                    suppressed: vec![]
                 },
                 Response::Enqueued {
-                    ids: vec!["0000000000020000".into()]
+                    ids: vec!["0000000000020000".into()],
+                    suppressed: vec![]
                 },
             ]
         );
