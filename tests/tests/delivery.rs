@@ -391,6 +391,12 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
     assert!(dsn_for(&m2));
     assert!(!dsn_for(&m4), "no DSN to a null return path");
     assert!(!dsn_for(&m5), "no DSN for a tenant that turned them off");
+
+    // Several transactions went to ex.test within its records' 60 s TTL: the sender asked
+    // dnsmasq once and answered the rest from its cache.
+    let dns_log = std::fs::read_to_string(dir.path().join("dns.log"))?;
+    let mx_queries = dns_log.matches("query[MX] ex.test ").count();
+    assert_eq!(mx_queries, 1, "MX answers are cached by TTL:\n{dns_log}");
     Ok(())
 }
 
