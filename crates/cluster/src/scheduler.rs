@@ -27,6 +27,10 @@ use crate::work::{Senders, SessionReport, Slot};
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Reports taken into one round.
 const MAX_REPORTS_PER_ROUND: usize = 4096;
+/// Longest time between checks for finished messages to forget.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// Finished messages forgotten per Raft entry.
+const PURGE_LIMIT: u32 = 1000;
 
 /// An assignment planned in this round, sent once its lease commits.
 struct Planned {
@@ -50,6 +54,8 @@ pub async fn run(
     // Whether the last round changed anything: a round that did not (due work, but no sender
     // can take it) must not be repeated at once, or the loop would spin.
     let mut progressed = true;
+    let purge_every = cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
+    let mut last_purge_ms = i64::MIN;
     loop {
         // Reads below are synchronous: let the node's other tasks run between rounds.
         tokio::task::yield_now().await;
@@ -97,6 +103,18 @@ pub async fn run(
                 Err(_) => break,
             }
         }
+        let now = ctx.clock.now_ms();
+        if now.saturating_sub(last_purge_ms) >= purge_every {
+            match purge(&ctx, &cfg, now).await {
+                // A full batch: there may be more, check again next round.
+                Ok(n) if n == PURGE_LIMIT => {}
+                Ok(_) => last_purge_ms = now,
+                Err(e) => {
+                    last_purge_ms = now;
+                    tracing::warn!(%e, "purging finished messages failed");
+                }
+            }
+        }
         match round(&ctx, &senders, &cfg, &events, batch).await {
             Ok(p) => progressed = p,
             Err(e) => {
@@ -105,6 +123,32 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// Forgets messages that finished more than `keep_finished` ago, at most [`PURGE_LIMIT`];
+/// proposes nothing when there are none.
+async fn purge(ctx: &NodeCtx, cfg: &DeliveryConfig, now: i64) -> Result<u32, crate::ClusterError> {
+    let before_ms = now.saturating_sub(cfg.keep_finished.0.as_millis() as i64);
+    match ctx.reader.oldest_finished_ms()? {
+        Some(at) if at < before_ms => {}
+        _ => return Ok(0),
+    }
+    let r = ctx
+        .raft
+        .client_write(Request::Purge {
+            before_ms,
+            limit: PURGE_LIMIT,
+        })
+        .await?;
+    match r.data {
+        Response::Purged(n) => {
+            tracing::debug!(purged = n, before_ms, "forgot finished messages");
+            Ok(n)
+        }
+        other => Err(crate::ClusterError::Raft(format!(
+            "unexpected response {other:?}"
+        ))),
     }
 }
 

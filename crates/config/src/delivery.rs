@@ -31,6 +31,9 @@ pub struct DeliveryConfig {
     pub max_rcpts_per_assignment: usize,
     /// Recipients considered per scheduling round.
     pub batch: usize,
+    /// How long a finished message (every recipient delivered, bounced, expired or suppressed)
+    /// keeps its envelope and attempt history for `skeinctl message`; then it is forgotten.
+    pub keep_finished: HumanDuration,
     /// JSON-lines file for delivery events (`-` for standard output); none when unset.
     pub events: Option<PathBuf>,
 }
@@ -47,6 +50,7 @@ impl Default for DeliveryConfig {
             lease: HumanDuration(Duration::from_secs(10 * 60)),
             max_rcpts_per_assignment: 50,
             batch: 1000,
+            keep_finished: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             events: None,
         }
     }
@@ -76,6 +80,9 @@ impl DeliveryConfig {
         }
         if !(1..=1000).contains(&self.max_rcpts_per_assignment) {
             return Err(invalid(f("max_rcpts_per_assignment"), "must be 1-1000"));
+        }
+        if self.keep_finished.0 < Duration::from_secs(1) {
+            return Err(invalid(f("keep_finished"), "must be at least 1s"));
         }
         if !(1..=100_000).contains(&self.batch) {
             return Err(invalid(f("batch"), "must be 1-100000"));

@@ -14,7 +14,9 @@ use crate::records::{
     TenantRecord, MAX_HISTORY,
 };
 use crate::store::CF_TENANTS;
-use crate::store::{cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_MESSAGES, CF_RCPTS, CF_SUPPRESS};
+use crate::store::{
+    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_RCPTS, CF_SUPPRESS,
+};
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
 
 type Res<T> = Result<T, std::io::Error>;
@@ -30,6 +32,11 @@ pub(crate) fn due_key(due_ms: i64, rcpt: &str) -> Vec<u8> {
     k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
     k.extend_from_slice(rcpt.as_bytes());
     k
+}
+
+/// Key in the finished index: when the message's last recipient became final, then its id.
+pub(crate) fn finished_key(at_ms: i64, message_id: &str) -> Vec<u8> {
+    due_key(at_ms, message_id)
 }
 
 /// Key of a DKIM key: tenant, a NUL, the lower-cased domain.
@@ -57,6 +64,10 @@ pub(crate) struct Tx<'a> {
     rcpts: HashMap<String, RcptRecord>,
     /// Messages added by this entry.
     pub(crate) added: u64,
+    /// Messages removed by this entry.
+    pub(crate) removed: u64,
+    /// The entry's time (received or scheduler time): when messages it finishes finished.
+    pub(crate) now_ms: i64,
 }
 
 impl<'a> Tx<'a> {
@@ -67,6 +78,8 @@ impl<'a> Tx<'a> {
             msgs: HashMap::new(),
             rcpts: HashMap::new(),
             added: 0,
+            removed: 0,
+            now_ms: 0,
         }
     }
 
@@ -74,6 +87,12 @@ impl<'a> Tx<'a> {
     pub(crate) fn finish(mut self) -> WriteBatch {
         let db = self.db;
         for (id, m) in self.msgs.drain() {
+            // Messages are only touched when they are added or one of their recipients
+            // becomes final: one with none left finished in this entry.
+            if m.remaining == 0 {
+                self.batch
+                    .put_cf(cf(db, CF_FINISHED), finished_key(self.now_ms, &id), []);
+            }
             self.batch
                 .put_cf(cf(db, CF_MESSAGES), id.as_bytes(), enc(&m));
         }
@@ -204,6 +223,51 @@ impl<'a> Tx<'a> {
         self.batch
             .put_cf(cf(self.db, CF_TENANTS), name.as_bytes(), enc(&t));
         Ok(Response::TenantUpdated)
+    }
+
+    /// Removes up to `limit` messages that finished before `before_ms`; how many.
+    pub(crate) fn purge(&mut self, before_ms: i64, limit: u32) -> Res<u32> {
+        let db = self.db;
+        let mut purged = 0;
+        for kv in db.iterator_cf(cf(db, CF_FINISHED), rocksdb::IteratorMode::Start) {
+            let (k, _) = kv.map_err(std::io::Error::other)?;
+            let at = k
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if purged >= limit || at >= before_ms.max(0) as u64 {
+                break;
+            }
+            let id = String::from_utf8_lossy(&k[8..]).into_owned();
+            self.batch.delete_cf(cf(db, CF_FINISHED), &k);
+            let Some(m) = self.get::<MessageRecord>(CF_MESSAGES, id.as_bytes())? else {
+                continue;
+            };
+            if m.remaining > 0 {
+                continue; // not finished after all: keep it (and drop the stray index entry)
+            }
+            for kv in db.iterator_cf(
+                cf(db, CF_RCPTS),
+                rocksdb::IteratorMode::From(id.as_bytes(), rocksdb::Direction::Forward),
+            ) {
+                let (rk, rv) = kv.map_err(std::io::Error::other)?;
+                if !rk.starts_with(id.as_bytes()) {
+                    break;
+                }
+                let r: RcptRecord = dec(&rv).map_err(corrupt)?;
+                if !r.state.is_final() {
+                    self.batch
+                        .delete_cf(cf(db, CF_DUE), due_key(r.due_ms, &r.key));
+                }
+                self.batch.delete_cf(cf(db, CF_RCPTS), &rk);
+            }
+            self.batch.delete_cf(cf(db, CF_MESSAGES), id.as_bytes());
+            self.batch.delete_cf(cf(db, CF_BODIES), id.as_bytes());
+            self.removed += 1;
+            purged += 1;
+        }
+        Ok(purged)
     }
 
     /// Sets a DKIM key, if its tenant exists.

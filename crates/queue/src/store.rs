@@ -42,8 +42,9 @@ pub(crate) const CF_RCPTS: &str = "rcpts";
 pub(crate) const CF_DUE: &str = "due";
 pub(crate) const CF_SUPPRESS: &str = "suppress";
 pub(crate) const CF_DKIM: &str = "dkim";
+pub(crate) const CF_FINISHED: &str = "finished";
 /// State that a snapshot carries, in this order.
-const STATE_CFS: [&str; 7] = [
+const STATE_CFS: [&str; 8] = [
     CF_MESSAGES,
     CF_BODIES,
     CF_TENANTS,
@@ -51,6 +52,7 @@ const STATE_CFS: [&str; 7] = [
     CF_DUE,
     CF_SUPPRESS,
     CF_DKIM,
+    CF_FINISHED,
 ];
 
 const K_VOTE: &[u8] = b"vote";
@@ -397,7 +399,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for entry in entries {
                 let mut tx = Tx::new(&db);
                 let resp = apply_one(&db, &mut tx, &entry).map_err(io_write)?;
-                count += tx.added;
+                count = (count + tx.added).saturating_sub(tx.removed);
                 let mut batch = tx.finish();
                 let sm = cf(&db, CF_SM);
                 batch.put_cf(sm, K_APPLIED, enc(&Some(entry.log_id)));
@@ -485,6 +487,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             received_at_ms,
             messages,
         } => {
+            tx.now_ms = *received_at_ms;
             let mut ids = Vec::with_capacity(messages.len());
             let mut suppressed = Vec::new();
             for (pos, m) in messages.iter().enumerate() {
@@ -528,11 +531,15 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         Request::Unsuppress { tenant, address } => {
             Response::Suppression(tx.unsuppress(tenant, address)?)
         }
+        Request::Purge { before_ms, limit } => Response::Purged(tx.purge(*before_ms, *limit)?),
         Request::SetDkimKey(k) => tx.set_dkim_key(k.clone())?,
         Request::RemoveDkimKey { tenant, domain } => {
             Response::DkimKey(tx.remove_dkim_key(tenant, domain)?)
         }
-        Request::Deliver { now_ms, mta, ops } => tx.deliver(index, *now_ms, mta, ops.clone())?,
+        Request::Deliver { now_ms, mta, ops } => {
+            tx.now_ms = *now_ms;
+            tx.deliver(index, *now_ms, mta, ops.clone())?
+        }
     })
 }
 
@@ -655,9 +662,14 @@ impl QueueReader {
 
     /// When the earliest unfinished recipient is due, if any.
     pub fn next_due_ms(&self) -> Result<Option<i64>, QueueError> {
+        self.first_time(CF_DUE)
+    }
+
+    /// The time prefix of the first key of a time-ordered index.
+    fn first_time(&self, index: &str) -> Result<Option<i64>, QueueError> {
         let mut it = self
             .db
-            .iterator_cf(cf(&self.db, CF_DUE), IteratorMode::Start);
+            .iterator_cf(cf(&self.db, index), IteratorMode::Start);
         Ok(match it.next() {
             Some(kv) => {
                 let (k, _) = kv?;
@@ -751,6 +763,11 @@ impl QueueReader {
             })?);
         }
         Ok(out)
+    }
+
+    /// When the earliest finished message still stored finished, if any.
+    pub fn oldest_finished_ms(&self) -> Result<Option<i64>, QueueError> {
+        self.first_time(CF_FINISHED)
     }
 
     /// Messages in the applied state.

@@ -86,6 +86,14 @@ pub enum Request {
         /// Signing domain (lower-cased).
         domain: String,
     },
+    /// Forgets finished messages (envelope, recipients and their history) that finished
+    /// before `before_ms`, oldest first, at most `limit` of them.
+    Purge {
+        /// Finish-time cutoff (exclusive).
+        before_ms: i64,
+        /// Most messages removed by this entry.
+        limit: u32,
+    },
     /// Scheduler decisions: leases and the outcomes senders reported. Policy (retry times,
     /// jitter, expiry) is decided by the scheduler before proposing, so applying is deterministic.
     Deliver {
@@ -176,6 +184,8 @@ pub enum Response {
     Suppression(bool),
     /// A DKIM key was set, or removed (`false` when there was none).
     DkimKey(bool),
+    /// How many finished messages a [`Request::Purge`] removed.
+    Purged(u32),
     /// The result of a [`Request::Deliver`].
     Delivered {
         /// Per lease op, in order: the recipient keys actually leased.

@@ -334,3 +334,83 @@ async fn no_dsn_for_a_null_return_path_or_when_the_tenant_turned_them_off() {
         matches!(&r, Response::Delivered { applied, dsns, .. } if applied.len() == 1 && dsns.is_empty())
     );
 }
+
+#[tokio::test]
+async fn finished_messages_are_forgotten_after_they_finish_oldest_first() {
+    let mut f = Fixture::new();
+    // a: two recipients, finished at 2000. b: finished at 3000. c: still deferred.
+    let a = f
+        .enqueue(0, message("app@acme.test", &["x@e.test", "y@e.test"]))
+        .await;
+    let b = f.enqueue(0, message("app@acme.test", &["z@e.test"])).await;
+    let c = f.enqueue(0, message("app@acme.test", &["w@e.test"])).await;
+    let (ax, ay, bz, cw) = (
+        format!("{a}0000"),
+        format!("{a}0001"),
+        format!("{b}0000"),
+        format!("{c}0000"),
+    );
+    f.deliver(
+        0,
+        vec![
+            lease(1, 9000, &[&ax, &ay]),
+            lease(2, 9000, &[&bz]),
+            lease(3, 9000, &[&cw]),
+        ],
+    )
+    .await;
+    let ok = || attempt(250, "2.0.0", AttemptResult::Delivered);
+    f.deliver(1000, vec![report(1, &ax, ok(), Disposition::Delivered)])
+        .await;
+    assert_eq!(f.reader.oldest_finished_ms().unwrap(), None, "a has y left");
+    f.deliver(2000, vec![report(1, &ay, ok(), Disposition::Delivered)])
+        .await;
+    f.deliver(3000, vec![report(2, &bz, ok(), Disposition::Delivered)])
+        .await;
+    let later = Disposition::Retry {
+        at_ms: 99_000,
+        counted: true,
+    };
+    let tmp = attempt(451, "4.3.0", AttemptResult::Transient);
+    f.deliver(3000, vec![report(3, &cw, tmp, later)]).await;
+    assert_eq!(f.reader.oldest_finished_ms().unwrap(), Some(2000));
+    let count = f.reader.message_count().unwrap();
+
+    // Nothing finished before 2000; then a alone; then b (c is not finished).
+    assert_eq!(
+        f.apply(Request::Purge {
+            before_ms: 2000,
+            limit: 10
+        })
+        .await,
+        Response::Purged(0)
+    );
+    assert_eq!(
+        f.apply(Request::Purge {
+            before_ms: 2001,
+            limit: 10
+        })
+        .await,
+        Response::Purged(1)
+    );
+    assert!(f.reader.get_message(&a, false).unwrap().is_none());
+    assert!(f.reader.rcpts(&a).unwrap().is_empty());
+    assert!(f.reader.get_message(&b, false).unwrap().is_some());
+    assert_eq!(f.reader.message_count().unwrap(), count - 1);
+    assert_eq!(
+        f.apply(Request::Purge {
+            before_ms: i64::MAX,
+            limit: 10
+        })
+        .await,
+        Response::Purged(1)
+    );
+    assert!(f.reader.get_message(&b, false).unwrap().is_none());
+    assert_eq!(f.reader.oldest_finished_ms().unwrap(), None);
+    assert_eq!(
+        f.reader.rcpt(&cw).unwrap().unwrap().state,
+        RcptState::Deferred
+    );
+    assert_eq!(f.reader.next_due_ms().unwrap(), Some(99_000));
+    assert_eq!(f.reader.message_count().unwrap(), count - 2);
+}
