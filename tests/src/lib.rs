@@ -445,6 +445,61 @@ impl Drop for Sink {
     }
 }
 
+/// `skein dev` on `ip` with mail for every domain routed to an aiosmtpd [`Sink`] on `sink_ip`,
+/// relaying for 127.0.0.0/8 and allowing AUTH without TLS from there.
+pub struct DevWithSink {
+    /// The `skein dev` process.
+    pub dev: Proc,
+    /// Where its mail arrives.
+    pub sink: Sink,
+    /// gRPC (Ingest, Admin) address.
+    pub grpc: String,
+    /// SMTP port on `ip`.
+    pub smtp: u16,
+}
+
+impl DevWithSink {
+    /// Starts both; `delivery` and `edge` are extra TOML lines for `[node.delivery]` and
+    /// `[edge]`, `args` extra `skein dev` arguments. Returns once SMTP listens.
+    pub async fn start(
+        dir: &Path,
+        ip: &str,
+        sink_ip: &str,
+        delivery: &str,
+        edge: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let (grpc, smtp) = (free_port(ip), free_port(ip));
+        let grpc = format!("{ip}:{grpc}");
+        let sink_addr = format!("{sink_ip}:{}", free_port(sink_ip));
+        let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;
+        let cfg = dir.join("dev.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[node]\nlisten = \"{grpc}\"\ndata_dir = \"{data}\"\n\
+                 [node.delivery]\n{delivery}\n\
+                 [edge]\nhostname = \"dev.skein.test\"\nrelay_networks = [\"127.0.0.0/8\"]\n\
+                 plaintext_auth_networks = [\"127.0.0.0/8\"]\n{edge}\n\
+                 [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
+                 [sender]\nname = \"dev-sender\"\n\
+                 routes = [{{ domain = \"*\", to = \"{sink_addr}\" }}]\n",
+                data = dir.join("data").display(),
+            ),
+        )?;
+        let mut all = vec!["dev", "--config", cfg.to_str().unwrap_or_default()];
+        all.extend(args);
+        let dev = Proc::spawn(&all, &dir.join("dev.log"))?;
+        wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
+        Ok(Self {
+            dev,
+            sink,
+            grpc,
+            smtp,
+        })
+    }
+}
+
 /// A real DNS server for test zones: dnsmasq answering only from its command line, for names
 /// under `.test` (everything else there is NXDOMAIN).
 pub struct Dns {

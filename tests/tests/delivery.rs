@@ -404,27 +404,16 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
 async fn finished_messages_are_forgotten_after_keep_finished() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.95";
-    let (grpc, smtp) = (free_port(ip), free_port(ip));
-    let grpc_addr = format!("{ip}:{grpc}");
-    let sink_port = free_port("127.0.0.96");
-    let _sink = Sink::start(&[format!("127.0.0.96:{sink_port}")], &[])?;
-    let cfg = dir.path().join("dev.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nlisten = \"{grpc_addr}\"\ndata_dir = \"{data}\"\n\
-             [node.delivery]\nkeep_finished = \"2s\"\nretry_first = \"1m\"\n\
-             [edge]\nrelay_networks = [\"127.0.0.0/8\"]\n\
-             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
-             [sender]\nroutes = [{{ domain = \"*\", to = \"127.0.0.96:{sink_port}\" }}]\n",
-            data = dir.path().join("data").display(),
-        ),
-    )?;
-    let _dev = Proc::spawn(
-        &["dev", "--config", cfg.to_str().unwrap()],
-        &dir.path().join("dev.log"),
-    )?;
-    wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.96",
+        "keep_finished = \"2s\"\nretry_first = \"1m\"",
+        "",
+        &[],
+    )
+    .await?;
+    let (smtp, grpc_addr) = (rig.smtp, rig.grpc.clone());
     let done = submit_one(smtp, ip, "app@routed.test", &["ok@x.test"], &[])?;
     let pending = submit_one(smtp, ip, "app@routed.test", &["defer-5-a@x.test"], &[])?;
     let st = wait_final(&grpc_addr, &done, FINISH).await?;

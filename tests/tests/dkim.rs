@@ -60,34 +60,16 @@ fn set_req(tenant: &str, domain: &str, selector: &str, pem: &str, gen: &str) -> 
 async fn edge_signs_tenant_mail_and_dkimpy_verifies_it() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.90";
-    let (grpc, smtp) = (free_port(ip), free_port(ip));
-    let grpc_addr = format!("{ip}:{grpc}");
-    let sink_port = free_port("127.0.0.91");
-    let sink = Sink::start(&[format!("127.0.0.91:{sink_port}")], &[])?;
-    let cfg = dir.path().join("dev.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\nlisten = \"{grpc_addr}\"\ndata_dir = \"{data}\"\n\
-             [edge]\nhostname = \"dev.skein.test\"\nrelay_networks = [\"127.0.0.0/8\"]\n\
-             plaintext_auth_networks = [\"127.0.0.0/8\"]\ncredentials_refresh = \"300ms\"\n\
-             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
-             [sender]\nname = \"dev-sender\"\n\
-             routes = [{{ domain = \"rcpt.test\", to = \"127.0.0.91:{sink_port}\" }}]\n",
-            data = dir.path().join("data").display(),
-        ),
-    )?;
-    let _dev = Proc::spawn(
-        &[
-            "dev",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--tenant",
-            "acme:acme-password",
-        ],
-        &dir.path().join("dev.log"),
-    )?;
-    wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.91",
+        "",
+        "credentials_refresh = \"300ms\"",
+        &["--tenant", "acme:acme-password"],
+    )
+    .await?;
+    let (smtp, grpc_addr, sink) = (rig.smtp, rig.grpc.clone(), &rig.sink);
     let mut a = admin(&grpc_addr).await?;
     // The --tenant seed is committed once the node leads.
     wait_for("the seeded tenant", Duration::from_secs(30), || {

@@ -195,6 +195,15 @@ fn invalid(field: &'static str, reason: impl ToString) -> Status {
     .into()
 }
 
+/// A page size: 1-1000, 0 for the default of 100.
+fn page_limit(n: u32) -> Result<usize, Status> {
+    match n {
+        0 => Ok(100),
+        1..=1000 => Ok(n as usize),
+        n => Err(invalid("limit", format!("{n} is over 1000"))),
+    }
+}
+
 /// Longest PEM private key accepted (an 8192-bit RSA key is about 6.5 KB).
 const MAX_PRIVATE_KEY: usize = 16 * 1024;
 
@@ -240,13 +249,7 @@ fn check_suppression_tenant(tenant: &str) -> Result<(), Status> {
     if tenant.is_empty() {
         return Ok(());
     }
-    check_tenant_name(tenant).map_err(|reason| {
-        ClusterError::Invalid {
-            field: "tenant",
-            reason,
-        }
-        .into()
-    })
+    check_tenant_name(tenant).map_err(|e| invalid("tenant", e))
 }
 
 fn check_address(address: &str) -> Result<(), Status> {
@@ -260,11 +263,10 @@ fn check_address(address: &str) -> Result<(), Status> {
     if ok {
         Ok(())
     } else {
-        Err(ClusterError::Invalid {
-            field: "address",
-            reason: format!("{address:?} is not an email address"),
-        }
-        .into())
+        Err(invalid(
+            "address",
+            format!("{address:?} is not an email address"),
+        ))
     }
 }
 
@@ -356,18 +358,10 @@ impl Admin for AdminService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let r = req.get_ref();
         if r.id == 0 {
-            return Err(ClusterError::Invalid {
-                field: "id",
-                reason: "must be > 0".into(),
-            }
-            .into());
+            return Err(invalid("id", "must be > 0"));
         }
         if !is_host_port(&r.addr) {
-            return Err(ClusterError::Invalid {
-                field: "addr",
-                reason: format!("{:?} is not host:port", r.addr),
-            }
-            .into());
+            return Err(invalid("addr", format!("{:?} is not host:port", r.addr)));
         }
         forward_or!(self, req, add_learner, {
             let r = req.into_inner();
@@ -431,17 +425,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
-        let limit = match req.get_ref().limit {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(ClusterError::Invalid {
-                    field: "limit",
-                    reason: format!("{n} is over 1000"),
-                }
-                .into())
-            }
-        };
+        let limit = page_limit(req.get_ref().limit)?;
         let local = req.get_ref().local;
         let read = |after: &str| -> Result<Response<ListMessagesResponse>, Status> {
             let msgs = self
@@ -505,28 +489,17 @@ impl Admin for AdminService {
         req: Request<CreateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
         let r = req.get_ref();
-        check_tenant_name(&r.name).map_err(|reason| ClusterError::Invalid {
-            field: "name",
-            reason,
-        })?;
+        check_tenant_name(&r.name).map_err(|e| invalid("name", e))?;
         let username = if r.username.is_empty() {
             r.name.clone()
         } else {
             r.username.clone()
         };
         if username.len() > 256 || username.chars().any(|c| c.is_control()) {
-            return Err(ClusterError::Invalid {
-                field: "username",
-                reason: "1-256 printable characters".into(),
-            }
-            .into());
+            return Err(invalid("username", "1-256 printable characters"));
         }
         if !(8..=1024).contains(&r.password.len()) {
-            return Err(ClusterError::Invalid {
-                field: "password",
-                reason: "must be 8 to 1024 bytes".into(),
-            }
-            .into());
+            return Err(invalid("password", "must be 8 to 1024 bytes"));
         }
         forward_or!(self, req, create_tenant, {
             let r = req.into_inner();
@@ -542,10 +515,7 @@ impl Admin for AdminService {
         &self,
         req: Request<UpdateTenantRequest>,
     ) -> Result<Response<Tenant>, Status> {
-        check_tenant_name(&req.get_ref().name).map_err(|reason| ClusterError::Invalid {
-            field: "name",
-            reason,
-        })?;
+        check_tenant_name(&req.get_ref().name).map_err(|e| invalid("name", e))?;
         forward_or!(self, req, update_tenant, {
             let r = req.into_inner();
             let resp = self
@@ -580,17 +550,7 @@ impl Admin for AdminService {
         req: Request<ListSuppressionsRequest>,
     ) -> Result<Response<ListSuppressionsResponse>, Status> {
         check_suppression_tenant(&req.get_ref().tenant)?;
-        let limit = match req.get_ref().limit {
-            0 => 100,
-            n @ 1..=1000 => n as usize,
-            n => {
-                return Err(ClusterError::Invalid {
-                    field: "limit",
-                    reason: format!("{n} is over 1000"),
-                }
-                .into())
-            }
-        };
+        let limit = page_limit(req.get_ref().limit)?;
         forward_or!(self, req, list_suppressions, {
             self.linearize().await?;
             let r = req.get_ref();
@@ -619,11 +579,7 @@ impl Admin for AdminService {
         check_suppression_tenant(&r.tenant)?;
         check_address(&r.address)?;
         if r.reason.len() > 1000 {
-            return Err(ClusterError::Invalid {
-                field: "reason",
-                reason: "at most 1000 bytes".into(),
-            }
-            .into());
+            return Err(invalid("reason", "at most 1000 bytes"));
         }
         forward_or!(self, req, add_suppression, {
             let r = req.into_inner();

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use base64::Engine as _;
-use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256, SigningKey};
 use mail_auth::common::headers::HeaderWriter as _;
 use mail_auth::dkim::{Canonicalization, DkimSigner, Done};
 use rustls_pki_types::pem::PemObject as _;
@@ -246,6 +246,16 @@ pub fn check_selector(selector: &str) -> Result<(), DkimError> {
     }
 }
 
+/// The signing template every key gets: relaxed/relaxed over [`SIGNED_HEADERS`].
+fn configure<T: SigningKey>(key: T, domain: &str, selector: &str) -> DkimSigner<T, Done> {
+    DkimSigner::from_key(key)
+        .domain(domain)
+        .selector(selector)
+        .headers(SIGNED_HEADERS.iter().copied())
+        .header_canonicalization(Canonicalization::Relaxed)
+        .body_canonicalization(Canonicalization::Relaxed)
+}
+
 enum Inner {
     Rsa(DkimSigner<RsaKey<Sha256>, Done>),
     Ed25519(DkimSigner<Ed25519Key, Done>),
@@ -276,22 +286,8 @@ impl Signer {
         check_selector(selector)?;
         let algorithm = key.algorithm();
         let inner = match key.pair {
-            KeyPair::Rsa(k) => Inner::Rsa(
-                DkimSigner::from_key(k)
-                    .domain(domain.clone())
-                    .selector(selector)
-                    .headers(SIGNED_HEADERS.iter().copied())
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed),
-            ),
-            KeyPair::Ed25519(k) => Inner::Ed25519(
-                DkimSigner::from_key(k)
-                    .domain(domain.clone())
-                    .selector(selector)
-                    .headers(SIGNED_HEADERS.iter().copied())
-                    .header_canonicalization(Canonicalization::Relaxed)
-                    .body_canonicalization(Canonicalization::Relaxed),
-            ),
+            KeyPair::Rsa(k) => Inner::Rsa(configure(k, &domain, selector)),
+            KeyPair::Ed25519(k) => Inner::Ed25519(configure(k, &domain, selector)),
         };
         Ok(Self {
             domain,
