@@ -445,6 +445,20 @@ impl Drop for Sink {
     }
 }
 
+/// Runs `skeinctl --server <server> <args>`: (success, stdout, stderr).
+pub fn skeinctl(server: &str, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(skein_bin().with_file_name("skeinctl"))
+        .args(["--server", server])
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// `skein dev` on `ip` with mail for every domain routed to an aiosmtpd [`Sink`] on `sink_ip`,
 /// relaying for 127.0.0.0/8 and allowing AUTH without TLS from there.
 pub struct DevWithSink {

@@ -408,7 +408,7 @@ async fn finished_messages_are_forgotten_after_keep_finished() -> anyhow::Result
         dir.path(),
         ip,
         "127.0.0.96",
-        "keep_finished = \"2s\"\nretry_first = \"1m\"",
+        "keep_finished = \"4s\"\nretry_first = \"1m\"",
         "",
         &[],
     )
@@ -418,6 +418,15 @@ async fn finished_messages_are_forgotten_after_keep_finished() -> anyhow::Result
     let pending = submit_one(smtp, ip, "app@routed.test", &["defer-5-a@x.test"], &[])?;
     let st = wait_final(&grpc_addr, &done, FINISH).await?;
     assert_eq!(st.recipients[0].state, "delivered");
+    let (ok, list, _) = skeinctl(&grpc_addr, &["messages"])?;
+    assert!(ok);
+    for (id, state) in [(&done, "done"), (&pending, "1 pending")] {
+        let line = list
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_default();
+        assert!(line.contains(state), "{id} {state}: {list}");
+    }
     // Kept for keep_finished, then gone; the deferred message stays.
     wait_for("the delivered message to be forgotten", FINISH, || async {
         let gone = message_status(&grpc_addr, &done)

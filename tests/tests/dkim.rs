@@ -92,6 +92,13 @@ async fn edge_signs_tenant_mail_and_dkimpy_verifies_it() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("private_key"), "{e:?}");
+    let huge = "k".repeat(17 * 1024);
+    let e = a
+        .set_dkim_key(set_req("acme", "signed.test", "s1", &huge, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("16 KiB"), "{e:?}");
     let e = a
         .set_dkim_key(set_req("acme", "signed.test", "s1", "", "rsa"))
         .await
@@ -166,6 +173,35 @@ async fn edge_signs_tenant_mail_and_dkimpy_verifies_it() -> anyhow::Result<()> {
     let domains: Vec<&str> = listed.iter().map(|k| k.domain.as_str()).collect();
     assert_eq!(domains, ["rsa.test", "signed.test"]);
     assert_eq!(listed[1], ed);
+    // skeinctl shows what to publish, and says what is wrong in one line.
+    let (ok, out, _) = skeinctl(&grpc_addr, &["dkim", "list", "--tenant", "acme"])?;
+    assert!(ok);
+    assert!(
+        out.contains(&format!(
+            "s1._domainkey.signed.test IN TXT \"{}\"",
+            ed.dns_record
+        )),
+        "{out}"
+    );
+    let (ok, _, err) = skeinctl(
+        &grpc_addr,
+        &[
+            "dkim",
+            "set",
+            "acme",
+            "x.test",
+            "--selector",
+            "s",
+            "--generate",
+            "dsa",
+        ],
+    )?;
+    assert!(!ok);
+    assert!(
+        err.starts_with("skeinctl: InvalidArgument: invalid generate"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "no backtrace: {err}");
 
     // The public keys in DNS, where dkimpy looks them up.
     let dns = Dns::start(
