@@ -61,6 +61,8 @@ def main():
     p.add_argument("--size", type=int, default=200, help="approximate body bytes")
     p.add_argument("--timeout", type=float, default=30)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between messages")
+    p.add_argument("--tag", help="Message-ID is <TAG.I@client.test>, so a test can find each "
+                   "message at the destination")
     a = p.parse_args()
     rcpts = a.rcpt or ["rcpt@example.net"]
     ok = failed = 0
@@ -69,7 +71,7 @@ def main():
     for i in range(a.count):
         line = "x" * 70 + "\r\n"
         body = (f"From: <{a.mail_from}>\r\nTo: <{rcpts[0]}>\r\nSubject: message {i}\r\n"
-                f"Message-ID: <m{i}.{time.time()}@client.test>\r\n\r\n"
+                f"Message-ID: {message_id(a.tag, i)}\r\n\r\n"
                 + line * max(1, a.size // len(line)) + f"end of message {i}\r\n")
         rec = {"i": i}
         try:
@@ -117,6 +119,10 @@ def main():
         except Exception:
             pass
     print(json.dumps({"done": True, "ok": ok, "failed": failed}), flush=True)
+
+
+def message_id(tag, i):
+    return f"<{tag}.{i}@client.test>" if tag else f"<m{i}.{time.time()}@client.test>"
 
 
 # smtplib's sendmail() discards the reply to the final dot; keep it so the queue id is visible.

@@ -221,6 +221,65 @@ impl SubmitRun {
     }
 }
 
+/// `submit.py` running in the background until stopped, its records kept with the time each
+/// arrived (the script flushes one line per message).
+pub struct Submitter {
+    pid: u32,
+    records: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Submitted)>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Submitter {
+    /// Starts `submit.py ARGS`.
+    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let mut run = SubmitRun::start(args)?;
+        let pid = run.child.id();
+        let records = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let reader = std::thread::spawn(move || {
+            while let Ok(Some(r)) = run.next_record() {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((Instant::now(), r));
+            }
+        });
+        Ok(Self {
+            pid,
+            records,
+            reader: Some(reader),
+        })
+    }
+
+    /// Every record so far, with its arrival time.
+    pub fn records(&self) -> Vec<(Instant, Submitted)> {
+        self.records
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the client (SIGTERM) and waits for its last records.
+    pub fn stop(&mut self) {
+        signal(self.pid, "TERM");
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Submitter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, `TERM`...) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status();
+}
+
 fn parse_submitted(text: &str) -> anyhow::Result<Vec<Submitted>> {
     let mut out = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -360,6 +419,28 @@ pub fn edge_config(
         ),
     )?;
     Ok((cfg, smtp, smtps))
+}
+
+/// A sender's configuration file: one source IP, every domain routed to `sink`.
+pub fn sender_config(
+    dir: &Path,
+    name: &str,
+    cluster: &[String],
+    source_ip: &str,
+    sink: &str,
+) -> anyhow::Result<PathBuf> {
+    let nodes: Vec<String> = cluster.iter().map(|a| format!("\"{a}\"")).collect();
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[sender]\nname = \"{name}\"\ncluster = [{}]\nmax_in_flight = 16\n\
+             source_ips = [{{ ip = \"{source_ip}\", ehlo = \"{name}.skein.test\" }}]\n\
+             routes = [{{ domain = \"*\", to = \"{sink}\" }}]\n",
+            nodes.join(", ")
+        ),
+    )?;
+    Ok(path)
 }
 
 /// Waits until something accepts TCP connections at `addr`.

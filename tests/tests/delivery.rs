@@ -442,28 +442,6 @@ async fn finished_messages_are_forgotten_after_keep_finished() -> anyhow::Result
     Ok(())
 }
 
-/// A sender's configuration file: one source IP, every domain routed to `sink`.
-fn sender_config(
-    dir: &std::path::Path,
-    name: &str,
-    cluster: &[String],
-    source_ip: &str,
-    sink: &str,
-) -> anyhow::Result<std::path::PathBuf> {
-    let nodes: Vec<String> = cluster.iter().map(|a| format!("\"{a}\"")).collect();
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[sender]\nname = \"{name}\"\ncluster = [{}]\nmax_in_flight = 16\n\
-             source_ips = [{{ ip = \"{source_ip}\", ehlo = \"{name}.skein.test\" }}]\n\
-             routes = [{{ domain = \"*\", to = \"{sink}\" }}]\n",
-            nodes.join(", ")
-        ),
-    )?;
-    Ok(path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_redelivers_after_sender_and_leader_death() -> anyhow::Result<()> {
     let raft = "commit_timeout = \"5s\"\n[node.raft]\nheartbeat_interval = \"100ms\"\n\

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::{BasicNode, ChangeMembers};
 use skein_config::node::{check_tenant_name, is_host_port};
@@ -17,6 +18,12 @@ use tonic::{Request, Response, Status};
 use crate::error::ClusterError;
 use crate::ingest::forward_status;
 use crate::node::{NodeCtx, Route, FORWARDED};
+use crate::propose::deadline;
+
+/// How long `AddLearner` waits for the new learner to catch up before answering.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
+/// How much longer than the leader's own limit a forwarded call may take, for the hop.
+const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 
 /// The Admin service of one node.
 #[derive(Clone)]
@@ -58,35 +65,31 @@ impl AdminService {
     /// Before a linearizable read on the leader: make sure it still is the leader and has
     /// applied everything committed.
     async fn linearize(&self) -> Result<(), Status> {
-        self.ctx
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(|e| Status::from(ClusterError::Raft(e.to_string())))?;
+        // A leader cut off from its quorum would wait for heartbeat answers for ever.
+        deadline(self.ctx.commit_timeout, async {
+            self.ctx
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))
+        })
+        .await?;
         Ok(())
     }
 
     /// Proposes a command on this node (the leader) and returns what it applied.
     async fn write(&self, cmd: Command) -> Result<Applied, Status> {
-        Ok(self
-            .ctx
-            .raft
-            .client_write(cmd)
-            .await
-            .map_err(ClusterError::from)?
-            .data)
+        Ok(self.ctx.propose(cmd).await?.data)
     }
 
     async fn change(
         &self,
         change: ChangeMembers<u64, BasicNode>,
     ) -> Result<MembershipResponse, Status> {
-        let r = self
-            .ctx
-            .raft
-            .change_membership(change, false)
-            .await
-            .map_err(ClusterError::from)?;
+        let r = deadline(self.ctx.commit_timeout, async {
+            Ok(self.ctx.raft.change_membership(change, false).await?)
+        })
+        .await?;
         Ok(MembershipResponse {
             members: self.members(),
             log_index: r.log_id.index,
@@ -94,10 +97,12 @@ impl AdminService {
     }
 }
 
-fn fwd<T>(inner: T) -> Request<T> {
+/// `inner` as a forwarded request the leader must answer within `limit`.
+fn fwd<T>(inner: T, limit: Duration) -> Request<T> {
     let mut r = Request::new(inner);
     r.metadata_mut()
         .insert(FORWARDED, "1".parse().expect("ascii"));
+    r.set_timeout(limit);
     r
 }
 
@@ -284,7 +289,8 @@ pub(crate) async fn forward_create_tenant(
         username: username.into(),
         password: password.into(),
     };
-    match c.create_tenant(fwd(req)).await {
+    let limit = ctx.commit_timeout + FORWARD_MARGIN;
+    match skein_proto::call_within(limit, c.create_tenant(fwd(req, limit))).await {
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::AlreadyExists => Err(ClusterError::AlreadyExists {
             what: name.to_string(),
@@ -296,14 +302,23 @@ pub(crate) async fn forward_create_tenant(
     }
 }
 
+/// Runs `$local` on the leader, or forwards the call to it; a forwarded call gives up after
+/// the leader's commit timeout (or `within` a given limit) plus [`FORWARD_MARGIN`].
 macro_rules! forward_or {
     ($self:ident, $req:ident, $method:ident, $local:block) => {
+        forward_or!($self, $req, $method, within $self.ctx.commit_timeout, $local)
+    };
+    ($self:ident, $req:ident, $method:ident, within $limit:expr, $local:block) => {
         match $self.route(&$req)? {
-            Route::Forward(addr) => $self
-                .client(&addr)?
-                .$method(fwd($req.into_inner()))
+            Route::Forward(addr) => {
+                let limit = $limit + FORWARD_MARGIN;
+                skein_proto::call_within(
+                    limit,
+                    $self.client(&addr)?.$method(fwd($req.into_inner(), limit)),
+                )
                 .await
-                .map_err(|s| forward_status(&addr, s)),
+                .map_err(|s| forward_status(&addr, s))
+            }
             Route::Local => $local,
         }
     };
@@ -363,15 +378,27 @@ impl Admin for AdminService {
         if !is_host_port(&r.addr) {
             return Err(invalid("addr", format!("{:?} is not host:port", r.addr)));
         }
-        forward_or!(self, req, add_learner, {
+        forward_or!(self, req, add_learner, within LEARNER_CATCH_UP, {
             let r = req.into_inner();
-            // Blocking: returns once the learner has caught up with the log.
-            let w = self
-                .ctx
-                .raft
-                .add_learner(r.id, BasicNode { addr: r.addr }, true)
-                .await
-                .map_err(ClusterError::from)?;
+            // Blocking: returns once the learner has caught up with the log, or says it
+            // has not after a while (the learner stays added, and keeps catching up).
+            let (id, addr) = (r.id, r.addr.clone());
+            let w = deadline(LEARNER_CATCH_UP, async {
+                Ok(self
+                    .ctx
+                    .raft
+                    .add_learner(r.id, BasicNode { addr: r.addr }, true)
+                    .await?)
+            })
+            .await
+            .map_err(|e| match e {
+                ClusterError::CommitTimeout { .. } => Status::deadline_exceeded(format!(
+                    "node {id} is a learner now but has not caught up within {} s: \
+                     is it running at {addr}?",
+                    LEARNER_CATCH_UP.as_secs()
+                )),
+                e => e.into(),
+            })?;
             Ok(Response::new(MembershipResponse {
                 members: self.members(),
                 log_index: w.log_id.index,

@@ -74,6 +74,24 @@ impl ClusterError {
     }
 }
 
+impl ClusterError {
+    /// The same error for another waiter of one failed operation (a group commit answers
+    /// many): the kinds callers act on keep their kind, the rest keep their text.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::NoLeader => Self::NoLeader,
+            Self::LeaderChanged => Self::LeaderChanged,
+            Self::CommitTimeout { ms } => Self::CommitTimeout { ms: *ms },
+            Self::ShuttingDown => Self::ShuttingDown,
+            Self::Forward { addr, message } => Self::Forward {
+                addr: addr.clone(),
+                message: message.clone(),
+            },
+            other => Self::Raft(other.to_string()),
+        }
+    }
+}
+
 impl From<ClusterError> for Status {
     fn from(e: ClusterError) -> Self {
         Status::new(e.code(), e.to_string())

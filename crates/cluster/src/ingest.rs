@@ -12,7 +12,7 @@ use skein_proto::ingest::{
     TenantCredential,
 };
 use skein_queue::{NewMessage, Request, Response, TypeConfig};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use crate::error::ClusterError;
@@ -26,7 +26,24 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Batches proposed and not yet committed, at most.
 const MAX_IN_FLIGHT: usize = 1;
 
-type Done = oneshot::Sender<Result<(String, u64), ClusterError>>;
+type Done = oneshot::Sender<Result<(String, u64), NotCommitted>>;
+
+/// Why the batcher did not commit a message.
+#[derive(Debug)]
+pub enum NotCommitted {
+    /// This node is not the leader (any more): the message was never proposed and comes back
+    /// whole, so the caller can hand it to the leader.
+    NotLeader(NewMessage),
+    /// It was proposed, or could not be: the error says whether it may still be applied
+    /// ([`ClusterError::CommitTimeout`]) or certainly was not.
+    Failed(ClusterError),
+}
+
+impl From<ClusterError> for NotCommitted {
+    fn from(e: ClusterError) -> Self {
+        Self::Failed(e)
+    }
+}
 
 /// Collects messages into group commits on the leader.
 #[derive(Debug, Clone)]
@@ -35,16 +52,24 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batching task for `raft`; recipients suppressed at enqueue go to `events`.
+    /// Starts the batching task for `raft`. A batch that is not committed within
+    /// `commit_timeout` is given up (its waiters hear [`ClusterError::CommitTimeout`]) so the
+    /// next one can go; recipients suppressed at enqueue go to `events`.
     pub fn spawn(
         raft: Raft<TypeConfig>,
         clock: SharedClock,
         max_messages: usize,
         max_bytes: usize,
+        commit_timeout: Duration,
         events: Arc<EventLog>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_messages * MAX_IN_FLIGHT * 2);
-        tokio::spawn(run(raft, clock, rx, max_messages, max_bytes, events));
+        let limits = Limits {
+            max_messages,
+            max_bytes,
+            commit_timeout,
+        };
+        tokio::spawn(run(raft, clock, rx, limits, events));
         Self { tx }
     }
 
@@ -53,7 +78,7 @@ impl Batcher {
         &self,
         msg: NewMessage,
         timeout: Duration,
-    ) -> Result<(String, u64), ClusterError> {
+    ) -> Result<(String, u64), NotCommitted> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((msg, done))
@@ -61,20 +86,28 @@ impl Batcher {
             .map_err(|_| ClusterError::ShuttingDown)?;
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ClusterError::ShuttingDown),
+            Ok(Err(_)) => Err(ClusterError::ShuttingDown.into()),
             Err(_) => Err(ClusterError::CommitTimeout {
                 ms: timeout.as_millis() as u64,
-            }),
+            }
+            .into()),
         }
     }
+}
+
+/// How big a batch may grow and how long its commit may take.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_messages: usize,
+    max_bytes: usize,
+    commit_timeout: Duration,
 }
 
 async fn run(
     raft: Raft<TypeConfig>,
     clock: SharedClock,
     mut rx: mpsc::Receiver<(NewMessage, Done)>,
-    max_messages: usize,
-    max_bytes: usize,
+    limits: Limits,
     events: Arc<EventLog>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -87,7 +120,7 @@ async fn run(
         let Some(first) = rx.recv().await else { return };
         let mut bytes = first.0.data.len();
         let mut batch = vec![first];
-        while batch.len() < max_messages && bytes < max_bytes {
+        while batch.len() < limits.max_messages && bytes < limits.max_bytes {
             match rx.try_recv() {
                 Ok(item) => {
                     bytes += item.0.data.len();
@@ -96,23 +129,33 @@ async fn run(
                 Err(_) => break,
             }
         }
+        // Leadership may have moved while these waited: hand them back untouched rather than
+        // propose them here, so they go to the leader instead of failing.
+        if !crate::propose::is_leader(&raft) {
+            for (msg, done) in batch {
+                let _ = done.send(Err(NotCommitted::NotLeader(msg)));
+            }
+            continue;
+        }
         let raft = raft.clone();
         let now = clock.now_ms();
         let events = events.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let (messages, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let n = messages.len();
             let envelopes: Vec<(String, String)> = messages
                 .iter()
                 .map(|m| (m.tenant.clone(), m.mail_from.clone()))
                 .collect();
-            let result = raft
-                .client_write(Request::Enqueue {
+            let proposal = crate::propose::propose(
+                &raft,
+                Request::Enqueue {
                     received_at_ms: now,
                     messages,
-                })
-                .await;
+                },
+                limits.commit_timeout,
+            );
+            let result = hold_while_leading(&raft, permit, proposal).await;
             match result {
                 Ok(r) => match r.data {
                     Response::Enqueued { ids, suppressed } if ids.len() == n => {
@@ -127,24 +170,46 @@ async fn run(
                         for w in waiters {
                             let _ = w.send(Err(ClusterError::Raft(format!(
                                 "unexpected response to enqueue: {other:?}"
-                            ))));
+                            ))
+                            .into()));
                         }
                     }
                 },
                 Err(e) => {
-                    let e = ClusterError::from(e);
-                    let leader_changed = matches!(e, ClusterError::LeaderChanged);
-                    let msg = e.to_string();
+                    if !matches!(e, ClusterError::LeaderChanged) {
+                        tracing::warn!(%e, messages = n, "group commit failed");
+                    }
                     for w in waiters {
-                        let _ = w.send(Err(if leader_changed {
-                            ClusterError::LeaderChanged
-                        } else {
-                            ClusterError::Raft(msg.clone())
-                        }));
+                        let _ = w.send(Err(e.duplicate().into()));
                     }
                 }
             }
         });
+    }
+}
+
+/// Waits for `proposal`, holding the in-flight `slot` until it answers, its deadline passes
+/// or this node stops leading, whichever comes first. openraft does not always answer (a
+/// snapshot can swallow the entry unanswered), and a node that no longer leads must hand the
+/// messages arriving meanwhile to the new leader at once: one silent proposal never stops
+/// this node's intake.
+async fn hold_while_leading<T>(
+    raft: &Raft<TypeConfig>,
+    slot: OwnedSemaphorePermit,
+    proposal: impl std::future::Future<Output = T>,
+) -> T {
+    let mut slot = Some(slot);
+    let mut metrics = raft.metrics();
+    tokio::pin!(proposal);
+    loop {
+        tokio::select! {
+            r = &mut proposal => return r,
+            changed = metrics.changed(), if slot.is_some() => {
+                if changed.is_err() || !crate::propose::is_leader(raft) {
+                    slot = None;
+                }
+            }
+        }
     }
 }
 
@@ -237,6 +302,41 @@ impl IngestService {
     pub fn new(ctx: Arc<NodeCtx>) -> Self {
         Self { ctx }
     }
+
+    /// Hands `r` to the leader at `addr`, waiting no longer than a local commit may take: a
+    /// leader that hangs (stopped, partitioned) must not hold this call, or the edge behind it,
+    /// for ever.
+    async fn forward(
+        &self,
+        addr: &str,
+        r: EnqueueRequest,
+    ) -> Result<tonic::Response<EnqueueResponse>, Status> {
+        let ch = self.ctx.channel(addr)?;
+        let mut c =
+            IngestClient::new(ch).max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024);
+        let mut fwd = tonic::Request::new(r);
+        fwd.metadata_mut()
+            .insert(FORWARDED, "1".parse().expect("ascii"));
+        fwd.set_timeout(self.ctx.commit_timeout);
+        skein_proto::call_within(self.ctx.commit_timeout, c.enqueue(fwd))
+            .await
+            .map_err(|s| forward_status(addr, s))
+    }
+}
+
+/// The request that carries `m` again (for forwarding a message the batcher handed back).
+fn into_request(m: NewMessage) -> EnqueueRequest {
+    EnqueueRequest {
+        tenant: m.tenant,
+        mail_from: m.mail_from,
+        rcpt_to: m.rcpt_to,
+        data: m.data.into(),
+        client_ip: m.client_ip,
+        helo: m.helo,
+        edge: m.edge,
+        smtputf8: m.smtputf8,
+        body_8bit: m.body_8bit,
+    }
 }
 
 #[tonic::async_trait]
@@ -248,7 +348,8 @@ impl Ingest for IngestService {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         validate(&r)?;
-        match self.ctx.route(forwarded)? {
+        let addr = match self.ctx.route(forwarded)? {
+            Route::Forward(addr) => addr,
             Route::Local => {
                 let msg = NewMessage {
                     tenant: r.tenant,
@@ -262,24 +363,24 @@ impl Ingest for IngestService {
                     smtputf8: r.smtputf8,
                     body_8bit: r.body_8bit,
                 };
-                let (id, log_index) = self
-                    .ctx
-                    .batcher
-                    .enqueue(msg, self.ctx.commit_timeout)
-                    .await?;
-                Ok(tonic::Response::new(EnqueueResponse { id, log_index }))
+                match self.ctx.batcher.enqueue(msg, self.ctx.commit_timeout).await {
+                    Ok((id, log_index)) => {
+                        return Ok(tonic::Response::new(EnqueueResponse { id, log_index }))
+                    }
+                    Err(NotCommitted::Failed(e)) => return Err(e.into()),
+                    // Leadership moved while the message waited for its batch: it was never
+                    // proposed, so it can go to the new leader (once; a message forwarded
+                    // to us already is refused instead, and its sender retries).
+                    Err(NotCommitted::NotLeader(msg)) => match self.ctx.route(forwarded)? {
+                        Route::Forward(addr) => {
+                            return self.forward(&addr, into_request(msg)).await;
+                        }
+                        Route::Local => return Err(ClusterError::LeaderChanged.into()),
+                    },
+                }
             }
-            Route::Forward(addr) => {
-                let ch = self.ctx.channel(&addr)?;
-                let mut c = IngestClient::new(ch)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024);
-                let mut fwd = tonic::Request::new(r);
-                fwd.metadata_mut()
-                    .insert(FORWARDED, "1".parse().expect("ascii"));
-                fwd.set_timeout(self.ctx.commit_timeout);
-                c.enqueue(fwd).await.map_err(|s| forward_status(&addr, s))
-            }
-        }
+        };
+        self.forward(&addr, r).await
     }
 
     async fn credentials(

@@ -11,6 +11,7 @@
 //! - [`scheduler`]: runs on the leader; leases due recipients to senders and commits their
 //!   reports; [`policy`] decides retries, expiry and suppression; [`events`] writes the JSON
 //!   delivery events.
+//! - [`propose`]: every Raft proposal, with a deadline (openraft does not always answer).
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
 //!
 //! Any node accepts every call; writes and linearizable reads go to the leader (forwarded by
@@ -25,6 +26,7 @@ pub mod ingest;
 pub mod network;
 pub mod node;
 pub mod policy;
+pub mod propose;
 pub mod scheduler;
 pub mod work;
 

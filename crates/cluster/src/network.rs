@@ -40,6 +40,7 @@ impl Channels {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
@@ -99,11 +100,16 @@ impl Connection {
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
-        let reply = match which {
-            Rpc::Vote => client.vote(request).await,
-            Rpc::Append => client.append_entries(request).await,
-            Rpc::Snapshot => client.install_snapshot(request).await,
-        };
+        // Bounded here too, not only by openraft's own timers: the transport never waits on
+        // a peer that does not answer longer than openraft allowed.
+        let reply = skein_proto::call_within(option.hard_ttl(), async {
+            match which {
+                Rpc::Vote => client.vote(request).await,
+                Rpc::Append => client.append_entries(request).await,
+                Rpc::Snapshot => client.install_snapshot(request).await,
+            }
+        })
+        .await;
         let reply = match reply {
             Ok(r) => r.into_inner(),
             Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) => {

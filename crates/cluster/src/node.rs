@@ -90,6 +90,14 @@ impl NodeCtx {
         })
     }
 
+    /// Proposes `cmd` (leader only) and waits for it to apply, at most `commit_timeout`.
+    pub async fn propose(
+        &self,
+        cmd: Request,
+    ) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClusterError> {
+        crate::propose::propose(&self.raft, cmd, self.commit_timeout).await
+    }
+
     /// Creates a tenant through Raft (leader only).
     pub async fn create_tenant_local(
         &self,
@@ -109,10 +117,7 @@ impl NodeCtx {
             dsn: true,
             created_at_ms: self.clock.now_ms(),
         };
-        let r = self
-            .raft
-            .client_write(Request::CreateTenant(rec.clone()))
-            .await?;
+        let r = self.propose(Request::CreateTenant(rec.clone())).await?;
         match r.data {
             Response::TenantCreated => Ok(rec),
             Response::TenantExists => Err(ClusterError::AlreadyExists {
@@ -218,6 +223,7 @@ pub async fn start(
         clock.clone(),
         cfg.max_batch_messages,
         cfg.max_batch_bytes.0 as usize,
+        cfg.commit_timeout.0,
         events.clone(),
     );
     let ctx = Arc::new(NodeCtx {

@@ -135,8 +135,7 @@ async fn purge(ctx: &NodeCtx, cfg: &DeliveryConfig, now: i64) -> Result<u32, cra
         _ => return Ok(0),
     }
     let r = ctx
-        .raft
-        .client_write(Request::Purge {
+        .propose(Request::Purge {
             before_ms,
             limit: PURGE_LIMIT,
         })
@@ -231,8 +230,7 @@ async fn round(
     );
 
     let resp = ctx
-        .raft
-        .client_write(Request::Deliver {
+        .propose(Request::Deliver {
             now_ms: now,
             mta: cfg.mta_name.clone(),
             ops,
@@ -254,7 +252,7 @@ async fn round(
         },
         Err(e) => {
             release_all(senders, &planned);
-            return Err(e.into());
+            return Err(e);
         }
     };
 

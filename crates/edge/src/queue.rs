@@ -12,6 +12,9 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+/// How long fetching credentials from one node may take.
+const CREDENTIALS_LIMIT: Duration = Duration::from_secs(2);
+
 /// Talks to whichever queue node answers; nodes forward to the leader.
 #[derive(Debug, Clone)]
 pub struct QueueClient {
@@ -28,6 +31,11 @@ impl QueueClient {
             let ch = Endpoint::from_shared(format!("http://{a}"))?
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
+                // A node that stops answering (hung, cut off) has its connection closed, so
+                // calls fail over to another node instead of waiting on it.
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .keep_alive_while_idle(true)
                 .connect_lazy();
             nodes.push((a.clone(), ch));
         }
@@ -58,7 +66,7 @@ impl QueueClient {
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(remaining);
             let mut client = IngestClient::new(ch.clone()).max_encoding_message_size(80 << 20);
-            match client.enqueue(r).await {
+            match skein_proto::call_within(remaining, client.enqueue(r)).await {
                 Ok(resp) => {
                     self.current.store(i, Ordering::Relaxed);
                     return Ok(resp.into_inner());
@@ -74,7 +82,15 @@ impl QueueClient {
                         backoff = (backoff * 2).min(Duration::from_millis(500));
                     }
                 }
-                Err(s) => return Err(s),
+                Err(s) => {
+                    if s.code() == Code::DeadlineExceeded {
+                        // This node may be hung (stopped, cut off): the message may be stored
+                        // there, so it is not retried, but the next one goes to another node.
+                        self.current
+                            .store((i + 1) % self.nodes.len(), Ordering::Relaxed);
+                    }
+                    return Err(s);
+                }
             }
         }
     }
@@ -85,8 +101,13 @@ impl QueueClient {
         for attempt in 0..self.nodes.len() {
             let (_, (_, ch)) = self.node(attempt);
             let mut r = tonic::Request::new(CredentialsRequest {});
-            r.set_timeout(Duration::from_secs(2));
-            match IngestClient::new(ch.clone()).credentials(r).await {
+            r.set_timeout(CREDENTIALS_LIMIT);
+            match skein_proto::call_within(
+                CREDENTIALS_LIMIT,
+                IngestClient::new(ch.clone()).credentials(r),
+            )
+            .await
+            {
                 Ok(c) => return Ok(c.into_inner()),
                 Err(s) => last = s,
             }

@@ -4,7 +4,32 @@
 //! - [`admin`]: operators manage the cluster, tenants and the queue.
 //! - [`raft`]: queue nodes replicate their log to each other (internal).
 //! - [`work`]: the queue leader hands deliveries to sender nodes and hears how they went.
+//!
+//! [`call_within`] puts a client-side deadline on any call between Skein's roles.
 #![allow(missing_docs, clippy::all)]
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs a unary gRPC call for at most `limit`, then gives up with `DEADLINE_EXCEEDED`.
+///
+/// `Request::set_timeout` only tells the server how long the caller will wait: a peer that is
+/// stopped or cut off never enforces it, and the call would wait as long as the connection
+/// stays open. Every call one role makes to another goes through this (or an equivalent
+/// timeout), so one hung peer cannot hold a caller for ever. Callers also set the deadline on
+/// the request, so a live server gives up at the same time.
+pub async fn call_within<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
 
 /// `skein.ingest.v1`.
 pub mod ingest {

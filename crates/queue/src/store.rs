@@ -305,18 +305,24 @@ pub struct StateMachine {
     db: Arc<DB>,
 }
 
+/// The applied log id and membership, read through `get` (the database or one snapshot of it).
+fn read_applied(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<AppliedState, SErr> {
+    let applied = match get(K_APPLIED).map_err(io_read)? {
+        Some(v) => dec(&v).map_err(io_read)?,
+        None => None,
+    };
+    let membership = match get(K_MEMBERSHIP).map_err(io_read)? {
+        Some(v) => dec(&v).map_err(io_read)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
 impl StateMachine {
     fn applied(&self) -> Result<AppliedState, SErr> {
-        let sm = cf(&self.db, CF_SM);
-        let applied = match self.db.get_cf(sm, K_APPLIED).map_err(io_read)? {
-            Some(v) => dec(&v).map_err(io_read)?,
-            None => None,
-        };
-        let membership = match self.db.get_cf(sm, K_MEMBERSHIP).map_err(io_read)? {
-            Some(v) => dec(&v).map_err(io_read)?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
+        read_applied(|k| self.db.get_cf(cf(&self.db, CF_SM), k))
     }
 
     fn count(&self) -> Result<u64, SErr> {
@@ -336,10 +342,12 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let db = self.db.clone();
-        // A RocksDB snapshot gives a consistent view while applies continue.
-        let (applied, membership) = self.applied()?;
         let stored = blocking(move || {
+            // openraft keeps applying while a snapshot is built: the log id and membership
+            // must come from the same RocksDB snapshot as the data, or a follower installing
+            // it would apply again entries the data already holds.
             let snap = db.snapshot();
+            let (applied, membership) = read_applied(|k| snap.get_cf(cf(&db, CF_SM), k))?;
             let mut cfs = Vec::new();
             for name in STATE_CFS {
                 let mut kvs = Vec::new();
@@ -650,19 +658,50 @@ impl QueueReader {
             if at > now_ms.max(0) as u64 {
                 break;
             }
-            if let Some(v) = self.db.get_cf(rcpts, &k[8..])? {
-                out.push(dec(&v).map_err(|source| QueueError::Corrupt {
-                    cf: CF_RCPTS,
-                    source,
-                })?);
+            if let Some(r) = self.live_due(rcpts, at, &k[8..])? {
+                out.push(r);
             }
         }
         Ok(out)
     }
 
+    /// The recipient a `due` index entry (due time `at`, recipient key `key`) stands for, if
+    /// the entry is live: the recipient exists, is not final and is due at that time. Entries
+    /// left behind by an older release (a snapshot that claimed an older log position than
+    /// its data, so entries applied twice) are skipped rather than handed out again.
+    fn live_due(
+        &self,
+        rcpts: &rocksdb::ColumnFamily,
+        at: u64,
+        key: &[u8],
+    ) -> Result<Option<RcptRecord>, QueueError> {
+        let Some(v) = self.db.get_cf(rcpts, key)? else {
+            return Ok(None);
+        };
+        let r: RcptRecord = dec(&v).map_err(|source| QueueError::Corrupt {
+            cf: CF_RCPTS,
+            source,
+        })?;
+        Ok((!r.state.is_final() && r.due_ms.max(0) as u64 == at).then_some(r))
+    }
+
     /// When the earliest unfinished recipient is due, if any.
     pub fn next_due_ms(&self) -> Result<Option<i64>, QueueError> {
-        self.first_time(CF_DUE)
+        let rcpts = cf(&self.db, CF_RCPTS);
+        for kv in self
+            .db
+            .iterator_cf(cf(&self.db, CF_DUE), IteratorMode::Start)
+        {
+            let (k, _) = kv?;
+            let Some(at) = k.get(..8).and_then(|b| b.try_into().ok()) else {
+                continue;
+            };
+            let at = u64::from_be_bytes(at);
+            if self.live_due(rcpts, at, &k[8..])?.is_some() {
+                return Ok(Some(at as i64));
+            }
+        }
+        Ok(None)
     }
 
     /// The time prefix of the first key of a time-ordered index.
@@ -776,5 +815,61 @@ impl QueueReader {
             Some(v) => dec(&v).map_err(|source| QueueError::Corrupt { cf: CF_SM, source })?,
             None => 0,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::NewMessage;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// A due-index entry whose recipient is final, or due at another time, is never handed
+    /// out (such entries were left by snapshots that claimed too old a log position).
+    #[tokio::test]
+    async fn stale_due_entries_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, reader) = open(dir.path()).unwrap();
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(Request::Enqueue {
+                received_at_ms: 1_000,
+                messages: vec![NewMessage {
+                    tenant: String::new(),
+                    mail_from: "a@example.com".into(),
+                    rcpt_to: vec!["b@example.net".into()],
+                    data: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                    client_ip: String::new(),
+                    helo: String::new(),
+                    edge: String::new(),
+                    smtputf8: false,
+                    body_8bit: false,
+                }],
+            }),
+        };
+        sm.apply([entry]).await.unwrap();
+        let due = reader.due(2_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        let live = due[0].clone();
+        assert_eq!(reader.next_due_ms().unwrap(), Some(live.due_ms));
+
+        // A second entry for the same recipient at an earlier time: stale, skipped.
+        let db = &reader.db;
+        db.put_cf(
+            cf(db, CF_DUE),
+            crate::apply::due_key(live.due_ms - 500, &live.key),
+            [],
+        )
+        .unwrap();
+        assert_eq!(reader.due(2_000, 10).unwrap(), vec![live.clone()]);
+        assert_eq!(reader.next_due_ms().unwrap(), Some(live.due_ms));
+
+        // The recipient final: neither entry is due any more.
+        let mut done = live.clone();
+        done.state = crate::records::RcptState::Delivered;
+        db.put_cf(cf(db, CF_RCPTS), live.key.as_bytes(), enc(&done))
+            .unwrap();
+        assert!(reader.due(2_000, 10).unwrap().is_empty());
+        assert_eq!(reader.next_due_ms().unwrap(), None);
     }
 }
