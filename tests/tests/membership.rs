@@ -37,6 +37,26 @@ async fn learner_joins_is_promoted_and_a_node_is_removed() -> anyhow::Result<()>
     let bad = ingest.enqueue(message(&["no-at-sign"])).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
+    // A resent submission (same submission id) is stored once and answered with its first id.
+    let once = EnqueueRequest {
+        submission_id: b"edge-1/0001".to_vec(),
+        ..message(&["c@example.net"])
+    };
+    let first = ingest.enqueue(once.clone()).await?.into_inner().id;
+    let mut via_leader = IngestClient::connect(format!("http://{}", c.addrs[leader])).await?;
+    let again = via_leader.enqueue(once).await?.into_inner().id;
+    assert_eq!(again, first);
+    assert_ne!(first, id);
+    let bad = ingest
+        .enqueue(EnqueueRequest {
+            submission_id: vec![7; 65],
+            ..message(&["c@example.net"])
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("submission_id"), "{}", bad.message());
+
     // A fourth node that waits to be added.
     let addr4 = format!("127.0.0.44:{}", free_port("127.0.0.44"));
     let cfg = c.dir.path().join("node4.toml");

@@ -4,7 +4,8 @@
 //!
 //! After every fault: commits resume (a new `250`) within [`LIVENESS`] of the fault, and
 //! again after the victim is back. At the end: every message the edge acknowledged reached
-//! the destination (found there by its Message-ID), and no message was refused permanently.
+//! the destination (found there by its Message-ID), each submission was stored once, and no
+//! message was refused permanently.
 //!
 //! `SKEIN_NEMESIS_SEED` replays a schedule (the seed is printed on every run and failure);
 //! `SKEIN_NEMESIS_FAULTS` sets how many faults a run injects; `SKEIN_NEMESIS_OUT` names a file
@@ -324,6 +325,28 @@ async fn run(name: &str, ip_base: u8, raft_extra: &str) -> anyhow::Result<()> {
             &edge,
         ));
     }
+    // Each submission is stored once: every stored message reaches the sink, and there are
+    // as many distinct Message-IDs there as messages in the queue (a submission stored twice,
+    // say by an edge retrying after a failover, would make the queue hold more).
+    let leader = c
+        .leader(&[0, 1, 2], Duration::from_secs(30))
+        .await
+        .map_err(|e| failure(e.to_string(), &injected, &c, &edge))?;
+    let stored = local_ids(&c.addrs[leader]).await?.len();
+    let once = wait_for("every stored message at the sink", DRAIN, || async {
+        let distinct = delivered(&sink).into_iter().collect::<BTreeSet<_>>().len();
+        (distinct == stored).then_some(())
+    })
+    .await;
+    if let Err(e) = once {
+        let distinct = delivered(&sink).into_iter().collect::<BTreeSet<_>>().len();
+        return Err(failure(
+            format!("{e}: {stored} messages stored, {distinct} distinct Message-IDs delivered"),
+            &injected,
+            &c,
+            &edge,
+        ));
+    }
     let arrivals = delivered(&sink);
     let duplicates = arrivals.len() - arrivals.iter().collect::<BTreeSet<_>>().len();
 
@@ -331,8 +354,8 @@ async fn run(name: &str, ip_base: u8, raft_extra: &str) -> anyhow::Result<()> {
     rec.sort_unstable();
     let pct = |p: f64| rec[((rec.len() as f64 - 1.0) * p).round() as usize];
     eprintln!(
-        "nemesis {name}: seed {seed}, {} faults, {} acknowledged, all delivered, {duplicates} \
-         duplicates; first commit after a fault: p50 {} ms, p99 {} ms, max {} ms\n{injected:#?}",
+        "nemesis {name}: seed {seed}, {} faults, {} acknowledged, {stored} stored, all \
+         delivered, {duplicates} duplicate deliveries; first commit after a fault: p50 {} ms, p99 {} ms, max {} ms\n{injected:#?}",
         injected.len(),
         acked.len(),
         pct(0.5),

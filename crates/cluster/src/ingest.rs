@@ -28,12 +28,27 @@ const MAX_IN_FLIGHT: usize = 1;
 
 type Done = oneshot::Sender<Result<(String, u64), NotCommitted>>;
 
+/// Longest a submission id is remembered: far beyond any edge's retries of one submission.
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+/// Longest submission id accepted.
+pub const MAX_SUBMISSION_ID: usize = 64;
+
+/// One message to store, with the submission id its edge chose (empty for none): a retry of
+/// a submission that was stored already gets the first one's queue id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submission {
+    /// The edge's submission id.
+    pub id: Vec<u8>,
+    /// The message.
+    pub message: NewMessage,
+}
+
 /// Why the batcher did not commit a message.
 #[derive(Debug)]
 pub enum NotCommitted {
     /// This node is not the leader (any more): the message was never proposed and comes back
     /// whole, so the caller can hand it to the leader.
-    NotLeader(NewMessage),
+    NotLeader(Submission),
     /// It was proposed, or could not be: the error says whether it may still be applied
     /// ([`ClusterError::CommitTimeout`]) or certainly was not.
     Failed(ClusterError),
@@ -48,7 +63,7 @@ impl From<ClusterError> for NotCommitted {
 /// Collects messages into group commits on the leader.
 #[derive(Debug, Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<(NewMessage, Done)>,
+    tx: mpsc::Sender<(Submission, Done)>,
 }
 
 impl Batcher {
@@ -76,7 +91,7 @@ impl Batcher {
     /// Proposes `msg` in the next batch and waits for its commit: the queue id and log index.
     pub async fn enqueue(
         &self,
-        msg: NewMessage,
+        msg: Submission,
         timeout: Duration,
     ) -> Result<(String, u64), NotCommitted> {
         let (done, wait) = oneshot::channel();
@@ -106,7 +121,7 @@ struct Limits {
 async fn run(
     raft: Raft<TypeConfig>,
     clock: SharedClock,
-    mut rx: mpsc::Receiver<(NewMessage, Done)>,
+    mut rx: mpsc::Receiver<(Submission, Done)>,
     limits: Limits,
     events: Arc<EventLog>,
 ) {
@@ -118,12 +133,12 @@ async fn run(
             return;
         };
         let Some(first) = rx.recv().await else { return };
-        let mut bytes = first.0.data.len();
+        let mut bytes = first.0.message.data.len();
         let mut batch = vec![first];
         while batch.len() < limits.max_messages && bytes < limits.max_bytes {
             match rx.try_recv() {
                 Ok(item) => {
-                    bytes += item.0.data.len();
+                    bytes += item.0.message.data.len();
                     batch.push(item);
                 }
                 Err(_) => break,
@@ -141,7 +156,9 @@ async fn run(
         let now = clock.now_ms();
         let events = events.clone();
         tokio::spawn(async move {
-            let (messages, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let (batch, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let (submissions, messages): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|s| (s.id, s.message)).unzip();
             let n = messages.len();
             let envelopes: Vec<(String, String)> = messages
                 .iter()
@@ -149,16 +166,28 @@ async fn run(
                 .collect();
             let proposal = crate::propose::propose(
                 &raft,
-                Request::Enqueue {
+                Request::EnqueueOnce {
                     received_at_ms: now,
+                    dedup_window_ms: DEDUP_WINDOW.as_millis() as i64,
                     messages,
+                    submissions,
                 },
                 limits.commit_timeout,
             );
             let result = hold_while_leading(&raft, permit, proposal).await;
             match result {
                 Ok(r) => match r.data {
-                    Response::Enqueued { ids, suppressed } if ids.len() == n => {
+                    Response::Enqueued {
+                        ids,
+                        suppressed,
+                        repeats,
+                    } if ids.len() == n => {
+                        if !repeats.is_empty() {
+                            tracing::info!(
+                                repeats = repeats.len(),
+                                "retried submissions answered with their first queue ids"
+                            );
+                        }
                         if !suppressed.is_empty() {
                             events.write(&suppressed_events(now, &ids, &envelopes, suppressed));
                         }
@@ -272,6 +301,9 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
     if r.data.is_empty() {
         return bad("data", "the message is empty");
     }
+    if r.submission_id.len() > MAX_SUBMISSION_ID {
+        return bad("submission_id", "longer than 64 bytes");
+    }
     if r.data.len() > MAX_MESSAGE_BYTES {
         return bad("data", "larger than 64 MiB");
     }
@@ -324,9 +356,11 @@ impl IngestService {
     }
 }
 
-/// The request that carries `m` again (for forwarding a message the batcher handed back).
-fn into_request(m: NewMessage) -> EnqueueRequest {
+/// The request that carries `s` again (for forwarding a message the batcher handed back).
+fn into_request(s: Submission) -> EnqueueRequest {
+    let m = s.message;
     EnqueueRequest {
+        submission_id: s.id,
         tenant: m.tenant,
         mail_from: m.mail_from,
         rcpt_to: m.rcpt_to,
@@ -351,7 +385,7 @@ impl Ingest for IngestService {
         let addr = match self.ctx.route(forwarded)? {
             Route::Forward(addr) => addr,
             Route::Local => {
-                let msg = NewMessage {
+                let message = NewMessage {
                     tenant: r.tenant,
                     mail_from: r.mail_from,
                     rcpt_to: r.rcpt_to,
@@ -362,6 +396,10 @@ impl Ingest for IngestService {
                     edge: r.edge,
                     smtputf8: r.smtputf8,
                     body_8bit: r.body_8bit,
+                };
+                let msg = Submission {
+                    id: r.submission_id,
+                    message,
                 };
                 match self.ctx.batcher.enqueue(msg, self.ctx.commit_timeout).await {
                     Ok((id, log_index)) => {

@@ -112,3 +112,32 @@ async fn a_follower_batcher_hands_messages_back_for_the_leader() {
         .await
         .expect("leader commits");
 }
+
+/// An edge that resends a submission after the leader died gets the first attempt's queue id
+/// from the new leader, and the message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_gets_its_first_id_from_a_new_leader() {
+    let c = Cluster::start(3, 1000).await;
+    let l1 = c.leader(&[1, 2, 3]).await;
+    let (first, _) = c.nodes[&l1]
+        .batcher
+        .enqueue(message(1), COMMIT_TIMEOUT)
+        .await
+        .expect("first attempt commits");
+    // The edge never heard back: the leader is gone, and it retries at the new one.
+    c.net.isolate(l1);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != l1).collect();
+    let l2 = c.leader(&others).await;
+    let (again, _) = c.nodes[&l2]
+        .batcher
+        .enqueue(message(1), COMMIT_TIMEOUT)
+        .await
+        .expect("the retry commits");
+    assert_eq!(again, first);
+    let (other, _) = c.nodes[&l2]
+        .batcher
+        .enqueue(message(2), COMMIT_TIMEOUT)
+        .await
+        .expect("another submission commits");
+    assert_ne!(other, first);
+}

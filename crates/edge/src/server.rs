@@ -294,6 +294,10 @@ impl Edge {
             smtputf8: env.smtputf8,
             body_8bit: env.body_8bit,
             edge: self.cfg.hostname.clone(),
+            // The same on every retry of this submission: if an attempt was stored after
+            // all (the leader died before answering), the retry gets its queue id back
+            // instead of storing the message twice.
+            submission_id: fastrand::u128(..).to_be_bytes().to_vec(),
         };
         match self.queue.enqueue(req).await {
             Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),

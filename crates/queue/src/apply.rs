@@ -15,7 +15,8 @@ use crate::records::{
 };
 use crate::store::CF_TENANTS;
 use crate::store::{
-    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_RCPTS, CF_SUPPRESS,
+    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_RCPTS, CF_SUBMISSIONS,
+    CF_SUPPRESS,
 };
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
 
@@ -56,12 +57,40 @@ pub(crate) fn suppress_key(tenant: &str, address: &str) -> Vec<u8> {
     k
 }
 
+/// Keys in the `submissions` column family: `S` + submission id holds the [`Submitted`]
+/// record; `T` + time (big-endian) + submission id orders them for forgetting.
+const SUBMISSION: u8 = b'S';
+const SUBMISSION_BY_TIME: u8 = b'T';
+
+fn submission_key(id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(SUBMISSION);
+    k.extend_from_slice(id);
+    k
+}
+
+fn submission_time_key(at_ms: i64, id: &[u8]) -> Vec<u8> {
+    let mut k = vec![SUBMISSION_BY_TIME];
+    k.extend_from_slice(&due_key(at_ms, ""));
+    k.extend_from_slice(id);
+    k
+}
+
+/// A submission an edge made: the queue id its message got, and when.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Submitted {
+    message_id: String,
+    at_ms: i64,
+}
+
 /// The changes of one log entry.
 pub(crate) struct Tx<'a> {
     db: &'a DB,
     batch: WriteBatch,
     msgs: HashMap<String, MessageRecord>,
     rcpts: HashMap<String, RcptRecord>,
+    /// Submissions stored by this entry (its writes are not readable until it commits).
+    submissions: HashMap<Vec<u8>, Submitted>,
     /// Messages added by this entry.
     pub(crate) added: u64,
     /// Messages removed by this entry.
@@ -77,6 +106,7 @@ impl<'a> Tx<'a> {
             batch: WriteBatch::default(),
             msgs: HashMap::new(),
             rcpts: HashMap::new(),
+            submissions: HashMap::new(),
             added: 0,
             removed: 0,
             now_ms: 0,
@@ -149,6 +179,60 @@ impl<'a> Tx<'a> {
             .get_pinned_cf(cf(self.db, CF_SUPPRESS), suppress_key(tenant, address))
             .map_err(std::io::Error::other)?
             .is_some())
+    }
+
+    /// The queue id of submission `id` if it was stored at or after `since_ms`.
+    pub(crate) fn submitted(&mut self, id: &[u8], since_ms: i64) -> Res<Option<String>> {
+        let s = match self.submissions.get(id) {
+            Some(s) => Some(s.clone()),
+            None => self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(id))?,
+        };
+        Ok(s.filter(|s| s.at_ms >= since_ms).map(|s| s.message_id))
+    }
+
+    /// Remembers that submission `id` was stored as `message_id` at `at_ms`.
+    pub(crate) fn remember_submission(&mut self, id: &[u8], message_id: &str, at_ms: i64) {
+        let h = cf(self.db, CF_SUBMISSIONS);
+        let s = Submitted {
+            message_id: message_id.to_string(),
+            at_ms,
+        };
+        self.batch.put_cf(h, submission_key(id), enc(&s));
+        self.batch.put_cf(h, submission_time_key(at_ms, id), []);
+        self.submissions.insert(id.to_vec(), s);
+    }
+
+    /// Forgets up to `limit` submissions stored before `before_ms`, oldest first. Called with
+    /// a limit above the entry's own additions, so the window's contents stay bounded.
+    pub(crate) fn forget_submissions(&mut self, before_ms: i64, limit: usize) -> Res<()> {
+        let db = self.db;
+        let h = cf(db, CF_SUBMISSIONS);
+        let start = [SUBMISSION_BY_TIME];
+        for (forgotten, kv) in db
+            .iterator_cf(
+                h,
+                rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+            )
+            .enumerate()
+        {
+            let (k, _) = kv.map_err(std::io::Error::other)?;
+            if forgotten >= limit || k.first() != Some(&SUBMISSION_BY_TIME) || k.len() < 9 {
+                break;
+            }
+            let at = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
+            if at >= before_ms.max(0) as u64 {
+                break;
+            }
+            let id = &k[9..];
+            // A later submission with the same id (after the window) has its own record.
+            if let Some(s) = self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(id))? {
+                if s.at_ms.max(0) as u64 == at {
+                    self.batch.delete_cf(h, submission_key(id));
+                }
+            }
+            self.batch.delete_cf(h, &k);
+        }
+        Ok(())
     }
 
     /// Adds a message and its recipients (due at `rec.received_at_ms`, or suppressed).

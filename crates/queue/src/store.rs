@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
 use crate::records::{DkimKeyRecord, MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
-use crate::types::{message_id, NodeId, Request, Response, TypeConfig};
+use crate::types::{message_id, NewMessage, NodeId, Request, Response, TypeConfig};
 use crate::QueueError;
 
 const CF_LOG: &str = "log";
@@ -43,8 +43,10 @@ pub(crate) const CF_DUE: &str = "due";
 pub(crate) const CF_SUPPRESS: &str = "suppress";
 pub(crate) const CF_DKIM: &str = "dkim";
 pub(crate) const CF_FINISHED: &str = "finished";
-/// State that a snapshot carries, in this order.
-const STATE_CFS: [&str; 8] = [
+pub(crate) const CF_SUBMISSIONS: &str = "submissions";
+/// State that a snapshot carries, in this order. New column families go at the end: a
+/// snapshot from an older release lists fewer, and installing it empties the rest.
+const STATE_CFS: [&str; 9] = [
     CF_MESSAGES,
     CF_BODIES,
     CF_TENANTS,
@@ -53,6 +55,7 @@ const STATE_CFS: [&str; 8] = [
     CF_SUPPRESS,
     CF_DKIM,
     CF_FINISHED,
+    CF_SUBMISSIONS,
 ];
 
 const K_VOTE: &[u8] = b"vote";
@@ -400,11 +403,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let mut count = self.count()?;
+        let applied = self.applied()?.0.map(|l| l.index);
         let entries: Vec<_> = entries.into_iter().collect();
         // Each entry is written on its own, so the next one reads what it changed.
         blocking(move || {
             let mut out = Vec::with_capacity(entries.len());
             for entry in entries {
+                // An entry the state already holds is never applied twice (Enqueue, for one,
+                // would store its messages again).
+                if Some(entry.log_id.index) <= applied {
+                    tracing::warn!(log_id = %entry.log_id, "entry applied already: skipped");
+                    out.push(Response::None);
+                    continue;
+                }
                 let mut tx = Tx::new(&db);
                 let resp = apply_one(&db, &mut tx, &entry).map_err(io_write)?;
                 count = (count + tx.added).saturating_sub(tx.removed);
@@ -449,10 +460,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         blocking(move || {
             let mut b = WriteBatch::default();
+            // Every state column family is emptied, also those the snapshot does not list
+            // (one from an older release): nothing of the replaced state survives.
+            for name in STATE_CFS {
+                // Keys are ids, names and big-endian times: all below 64 0xFF bytes.
+                b.delete_range_cf(cf(&db, name), [].as_slice(), [0xFFu8; 64].as_slice());
+            }
             for (name, kvs) in STATE_CFS.iter().zip(content.cfs) {
                 let h = cf(&db, name);
-                // Keys are ids, names and big-endian times: all below 64 0xFF bytes.
-                b.delete_range_cf(h, [].as_slice(), [0xFFu8; 64].as_slice());
                 for (k, v) in kvs {
                     b.put_cf(h, k, v);
                 }
@@ -494,35 +509,20 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         Request::Enqueue {
             received_at_ms,
             messages,
-        } => {
-            tx.now_ms = *received_at_ms;
-            let mut ids = Vec::with_capacity(messages.len());
-            let mut suppressed = Vec::new();
-            for (pos, m) in messages.iter().enumerate() {
-                let id = message_id(index, pos);
-                let rec = MessageRecord {
-                    id: id.clone(),
-                    tenant: m.tenant.clone(),
-                    mail_from: m.mail_from.clone(),
-                    rcpt_to: m.rcpt_to.clone(),
-                    size: m.data.len() as u64,
-                    received_at_ms: *received_at_ms,
-                    client_ip: m.client_ip.clone(),
-                    helo: m.helo.clone(),
-                    edge: m.edge.clone(),
-                    log_index: index,
-                    smtputf8: m.smtputf8,
-                    body_8bit: m.body_8bit,
-                    remaining: 0,
-                    dsn_for: None,
-                };
-                for a in tx.insert_message(rec, &m.data)? {
-                    suppressed.push((pos as u32, a));
-                }
-                ids.push(id);
-            }
-            Response::Enqueued { ids, suppressed }
-        }
+        } => enqueue(tx, index, *received_at_ms, messages, &[], 0)?,
+        Request::EnqueueOnce {
+            received_at_ms,
+            dedup_window_ms,
+            messages,
+            submissions,
+        } => enqueue(
+            tx,
+            index,
+            *received_at_ms,
+            messages,
+            submissions,
+            *dedup_window_ms,
+        )?,
         Request::CreateTenant(t) => {
             if tenant_taken(db, t)? {
                 Response::TenantExists
@@ -548,6 +548,66 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             tx.now_ms = *now_ms;
             tx.deliver(index, *now_ms, mta, ops.clone())?
         }
+    })
+}
+
+/// Applies a group commit: each message gets the id of its position, unless its submission
+/// id (in `submissions`, same order; empty for none) was stored within `dedup_window_ms`
+/// before `received_at_ms`, in which case it answers with the earlier id and stores nothing.
+fn enqueue(
+    tx: &mut Tx<'_>,
+    index: u64,
+    received_at_ms: i64,
+    messages: &[NewMessage],
+    submissions: &[Vec<u8>],
+    dedup_window_ms: i64,
+) -> std::io::Result<Response> {
+    tx.now_ms = received_at_ms;
+    let since = received_at_ms.saturating_sub(dedup_window_ms);
+    if !submissions.is_empty() {
+        tx.forget_submissions(since, 2 * messages.len() + 16)?;
+    }
+    let mut ids = Vec::with_capacity(messages.len());
+    let mut suppressed = Vec::new();
+    let mut repeats = Vec::new();
+    for (pos, m) in messages.iter().enumerate() {
+        let submission = submissions.get(pos).filter(|s| !s.is_empty());
+        if let Some(s) = submission {
+            if let Some(id) = tx.submitted(s, since)? {
+                ids.push(id);
+                repeats.push(pos as u32);
+                continue;
+            }
+        }
+        let id = message_id(index, pos);
+        let rec = MessageRecord {
+            id: id.clone(),
+            tenant: m.tenant.clone(),
+            mail_from: m.mail_from.clone(),
+            rcpt_to: m.rcpt_to.clone(),
+            size: m.data.len() as u64,
+            received_at_ms,
+            client_ip: m.client_ip.clone(),
+            helo: m.helo.clone(),
+            edge: m.edge.clone(),
+            log_index: index,
+            smtputf8: m.smtputf8,
+            body_8bit: m.body_8bit,
+            remaining: 0,
+            dsn_for: None,
+        };
+        for a in tx.insert_message(rec, &m.data)? {
+            suppressed.push((pos as u32, a));
+        }
+        if let Some(s) = submission {
+            tx.remember_submission(s, &id, received_at_ms);
+        }
+        ids.push(id);
+    }
+    Ok(Response::Enqueued {
+        ids,
+        suppressed,
+        repeats,
     })
 }
 
@@ -877,7 +937,11 @@ mod tests {
                 }],
             }),
         };
+        sm.apply([entry.clone()]).await.unwrap();
+        // Applying the same entry again changes nothing.
         sm.apply([entry]).await.unwrap();
+        assert_eq!(reader.message_count().unwrap(), 1);
+        assert_eq!(reader.list_messages("", 10).unwrap().len(), 1);
         let due = reader.due(2_000, 10).unwrap();
         assert_eq!(due.len(), 1);
         let live = due[0].clone();

@@ -104,7 +104,27 @@ pub enum Request {
         /// The operations, applied in order.
         ops: Vec<DeliveryOp>,
     },
+    /// A group commit like [`Request::Enqueue`] in which each message carries the submission
+    /// id its edge chose, the same on every retry of one submission. A message whose
+    /// submission was stored less than `dedup_window_ms` before `received_at_ms` is not
+    /// stored again: it answers with the id it was stored under. Format v2 (v1 logs hold
+    /// `Enqueue`, which still applies as before).
+    EnqueueOnce {
+        /// Leader's clock when the batch was formed.
+        received_at_ms: i64,
+        /// How long a submission id is remembered.
+        dedup_window_ms: i64,
+        /// The messages, in the order their ids are assigned.
+        messages: Vec<NewMessage>,
+        /// Each message's submission id, in the same order; empty for none.
+        submissions: Vec<Vec<u8>>,
+    },
 }
+
+// The replicated format: commands are postcard-encoded enums, so variants and their fields
+// are never changed or reordered. A new shape of a command is a new variant added at the end
+// (as `EnqueueOnce` is), and `tests/format.rs` proves every older entry still decodes and
+// applies to the same state.
 
 /// One scheduler decision in a [`Request::Deliver`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +191,9 @@ pub enum Response {
         /// Recipients not queued because the tenant suppresses them: (position of the message
         /// in the batch, address).
         suppressed: Vec<(u32, String)>,
+        /// Positions of the messages that repeated an earlier submission (their ids are the
+        /// earlier ones; nothing was stored for them).
+        repeats: Vec<u32>,
     },
     /// The tenant was created.
     TenantCreated,

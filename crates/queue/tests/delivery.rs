@@ -1,20 +1,13 @@
 //! Delivery state in the state machine: the due index, leases, reports, DSNs and suppression,
 //! applied through real RocksDB files.
 
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-use skein_queue::{
-    AttemptRecord, AttemptResult, DeliveryOp, Disposition, NewMessage, QueueReader, RcptState,
-    Reply, Request, Response, StateMachine, TypeConfig,
-};
-use tempfile::TempDir;
+mod common;
 
-fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(req),
-    }
-}
+use common::Fixture;
+use skein_queue::{
+    AttemptRecord, AttemptResult, DeliveryOp, Disposition, NewMessage, RcptState, Reply, Request,
+    Response,
+};
 
 fn message(from: &str, to: &[&str]) -> NewMessage {
     NewMessage {
@@ -45,31 +38,7 @@ fn attempt(code: u16, enhanced: &str, result: AttemptResult) -> AttemptRecord {
     }
 }
 
-struct Fixture {
-    _dir: TempDir,
-    sm: StateMachine,
-    reader: QueueReader,
-    index: u64,
-}
-
 impl Fixture {
-    fn new() -> Self {
-        let dir = TempDir::new().unwrap();
-        let (_log, sm, reader) = skein_queue::open(dir.path()).unwrap();
-        Self {
-            _dir: dir,
-            sm,
-            reader,
-            index: 0,
-        }
-    }
-
-    async fn apply(&mut self, req: Request) -> Response {
-        self.index += 1;
-        let mut out = self.sm.apply([entry(self.index, req)]).await.unwrap();
-        out.pop().unwrap()
-    }
-
     async fn enqueue(&mut self, at: i64, m: NewMessage) -> String {
         match self
             .apply(Request::Enqueue {
@@ -249,7 +218,10 @@ async fn a_hard_bounce_sends_a_dsn_suppresses_and_frees_the_body() {
             )],
         })
         .await;
-    let Response::Enqueued { ids, suppressed } = r else {
+    let Response::Enqueued {
+        ids, suppressed, ..
+    } = r
+    else {
         panic!("{r:?}")
     };
     // The response names it, for the leader's `suppressed` event.

@@ -72,11 +72,13 @@ async fn applied_messages_survive_reopen_and_travel_in_snapshots() {
             vec![
                 Response::Enqueued {
                     ids: vec!["0000000000010000".into(), "0000000000010001".into()],
-                    suppressed: vec![]
+                    suppressed: vec![],
+                    repeats: vec![],
                 },
                 Response::Enqueued {
                     ids: vec!["0000000000020000".into()],
-                    suppressed: vec![]
+                    suppressed: vec![],
+                    repeats: vec![],
                 },
             ]
         );

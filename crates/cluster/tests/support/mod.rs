@@ -17,7 +17,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use skein_cluster::events::EventLog;
-use skein_cluster::ingest::Batcher;
+use skein_cluster::ingest::{Batcher, Submission};
 use skein_core::{SharedClock, SystemClock};
 use skein_queue::{NewMessage, NodeId, TypeConfig};
 
@@ -271,8 +271,15 @@ impl Cluster {
     }
 }
 
-/// A small message numbered `i`.
-pub fn message(i: usize) -> NewMessage {
+/// A small message numbered `i`, submission id `sub-i`.
+pub fn message(i: usize) -> Submission {
+    Submission {
+        id: format!("sub-{i}").into_bytes(),
+        message: new_message(i),
+    }
+}
+
+fn new_message(i: usize) -> NewMessage {
     NewMessage {
         tenant: String::new(),
         mail_from: "app@example.com".into(),
