@@ -17,6 +17,8 @@ choosing addresses:
   datafail-*    accepted at RCPT; the message gets 554 5.6.0 after DATA
   hold-N-*      accepted, but the reply after DATA waits N seconds; a "held" event is printed
                 before the wait, so a test can act mid-delivery
+  dropdot-N-*   the first N times, the message is received (a "message" event with code 0)
+                and the connection is then dropped without a reply to the final dot
   anything else 250
 
 Options: --tls CERT KEY offers STARTTLS; --greeting-fail "421 ..." answers every connection
@@ -87,6 +89,15 @@ class Handler:
         if hold:
             emit({"event": "held", "peer": session.peer[0], "rcpts": list(envelope.rcpt_tos)})
             await asyncio.sleep(hold)
+        drop = False
+        for r in envelope.rcpt_tos:
+            parts = r.split("@", 1)[0].lower().split("-")
+            if parts[0] == "dropdot" and len(parts) > 1 and parts[1].isdigit():
+                seen = attempts.get("dropdot:" + r.lower(), 0)
+                attempts["dropdot:" + r.lower()] = seen + 1
+                drop = drop or seen < int(parts[1])
+        if drop:
+            code = 0
         emit({
             "event": "message",
             "peer": session.peer[0],
@@ -98,6 +109,8 @@ class Handler:
             "data": data.decode("utf-8", "replace"),
             "code": code,
         })
+        if drop:
+            server.transport.abort()
         return reply
 
 

@@ -442,6 +442,42 @@ async fn finished_messages_are_forgotten_after_keep_finished() -> anyhow::Result
     Ok(())
 }
 
+/// A pooled connection that breaks after the final dot was sent may have delivered the
+/// message: that attempt is deferred, not silently run again on a new connection (which would
+/// send the message twice right away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_after_the_dot_is_not_retried_at_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.97";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.98",
+        "retry_first = \"1s\"",
+        "",
+        &[],
+    )
+    .await?;
+    let (smtp, grpc_addr) = (rig.smtp, rig.grpc.clone());
+    // The first message opens a connection, which goes back to the pool.
+    let first = submit_one(smtp, ip, "app@routed.test", &["ok@x.test"], &[])?;
+    wait_final(&grpc_addr, &first, FINISH).await?;
+    // The second goes over that pooled connection; the sink takes it, then drops the line.
+    let id = submit_one(smtp, ip, "app@routed.test", &["dropdot-1-a@x.test"], &[])?;
+    let st = wait_final(&grpc_addr, &id, FINISH).await?;
+    let r = rcpt(&st, "dropdot-1-a@x.test");
+    assert_eq!(r.state, "delivered");
+    assert_eq!(
+        r.history.len(),
+        2,
+        "the broken attempt is recorded, and the next one is a separate attempt: {r:?}"
+    );
+    assert_eq!(r.history[0].result, "transient", "{r:?}");
+    let arrivals = rig.sink.messages_for("dropdot-1-a@x.test");
+    assert_eq!(arrivals.len(), 2, "{arrivals:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_redelivers_after_sender_and_leader_death() -> anyhow::Result<()> {
     let raft = "commit_timeout = \"5s\"\n[node.raft]\nheartbeat_interval = \"100ms\"\n\

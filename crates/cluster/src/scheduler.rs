@@ -27,6 +27,9 @@ use crate::work::{Senders, SessionReport, Slot};
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Reports taken into one round.
 const MAX_REPORTS_PER_ROUND: usize = 4096;
+// Each report is about one message and each due recipient of a round about at most one:
+// the DSNs one round's entry can generate must fit in the 65,536 positions of its ids.
+const _: () = assert!(MAX_REPORTS_PER_ROUND + skein_config::delivery::MAX_BATCH <= 65_536);
 /// Longest time between checks for finished messages to forget.
 const PURGE_EVERY: Duration = Duration::from_secs(30);
 /// Finished messages forgotten per Raft entry.

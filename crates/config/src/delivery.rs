@@ -38,6 +38,11 @@ pub struct DeliveryConfig {
     pub events: Option<PathBuf>,
 }
 
+/// Most recipients one scheduling round considers (`batch`). With the reports a round takes,
+/// the messages one round can bounce or expire stay below the 65,536 DSN ids one Raft entry
+/// can give (queue ids end in four hex digits of position).
+pub const MAX_BATCH: usize = 60_000;
+
 impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
@@ -84,9 +89,31 @@ impl DeliveryConfig {
         if self.keep_finished.0 < Duration::from_secs(1) {
             return Err(invalid(f("keep_finished"), "must be at least 1s"));
         }
-        if !(1..=100_000).contains(&self.batch) {
-            return Err(invalid(f("batch"), "must be 1-100000"));
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(invalid(
+                f("batch"),
+                "must be 1-60000 (one round's bounces and expiries must fit in one Raft \
+                 entry's 65536 DSN ids)",
+            ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_is_bounded_by_the_dsn_ids_of_one_entry() {
+        let mut c = DeliveryConfig {
+            batch: MAX_BATCH,
+            ..DeliveryConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        c.batch = MAX_BATCH + 1;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("node.delivery.batch"), "{e}");
+        assert!(e.contains("1-60000"), "{e}");
     }
 }

@@ -223,7 +223,12 @@ pub enum Response {
 
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex
 /// digits that sort in commit order.
+///
+/// Positions stay below 65,536: batches are capped at 65,535 messages
+/// (`max_batch_messages`), and a scheduling round can fail at most 64,096 messages, so it
+/// generates fewer DSNs than that.
 pub fn message_id(index: u64, pos: usize) -> String {
+    debug_assert!(pos <= 0xFFFF, "position {pos} does not fit a queue id");
     format!("{index:012X}{pos:04X}")
 }
 

@@ -176,7 +176,10 @@ impl Deliverer {
     }
 
     /// Runs the transaction on a pooled or new connection to `endpoint`. A pooled connection
-    /// the server dropped while it sat idle gets one retry on a new one.
+    /// the server dropped while it sat idle gets one retry on a new one: only when it broke
+    /// before answering MAIL, so nothing of this transaction can have been accepted (once the
+    /// message was sent, a broken connection may have delivered it, and that attempt is
+    /// reported as it is, deferred, rather than sent again at once).
     async fn on(&self, endpoint: Endpoint, tx: Transaction) -> Result<TransactionResult, Failure> {
         if let Some(mut c) = self.pool.take(&endpoint) {
             match c.send(tx.clone()).await {
@@ -184,9 +187,12 @@ impl Deliverer {
                     self.pool.put(c).await;
                     return Ok(r);
                 }
-                Err(f)
-                    if !c.reusable()
-                        && matches!(f, Failure::Closed { .. } | Failure::Protocol { .. }) => {}
+                Err(
+                    Failure::Closed { stage: Stage::Mail }
+                    | Failure::Protocol {
+                        stage: Stage::Mail, ..
+                    },
+                ) if !c.reusable() => {}
                 Ok(_) => {}
                 Err(f) => {
                     self.pool.put(c).await;
