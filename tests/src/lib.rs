@@ -421,6 +421,43 @@ pub fn edge_config(
     Ok((cfg, smtp, smtps))
 }
 
+/// A `skein edge` process on `ip` submitting to `queue`, with a certificate for `ip`.
+pub struct Edge {
+    /// The process.
+    pub proc: Proc,
+    /// Its STARTTLS (and plain) SMTP port on `ip`.
+    pub smtp: u16,
+    /// Its implicit-TLS port.
+    pub smtps: u16,
+    /// The certificate it presents (a CA file for clients).
+    pub cert: PathBuf,
+}
+
+impl Edge {
+    /// Writes a certificate and a configuration ([`edge_config`], with `extra` lines in
+    /// `[edge]`) under `dir`, starts the edge and waits until its SMTP port listens.
+    pub async fn start(
+        dir: &Path,
+        ip: &str,
+        queue: &[String],
+        extra: &str,
+    ) -> anyhow::Result<Self> {
+        let (cert, key) = write_cert(dir, &[ip])?;
+        let (cfg, smtp, smtps) = edge_config(dir, ip, queue, &cert, &key, extra)?;
+        let proc = Proc::spawn(
+            &["edge", "--config", cfg.to_str().context("utf-8 path")?],
+            &dir.join("edge.log"),
+        )?;
+        wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(20)).await?;
+        Ok(Self {
+            proc,
+            smtp,
+            smtps,
+            cert,
+        })
+    }
+}
+
 /// A sender's configuration file: one source IP, every domain routed to `sink`.
 pub fn sender_config(
     dir: &Path,

@@ -69,18 +69,9 @@ async fn cluster_acknowledged_mail_survives_leader_kill() -> anyhow::Result<()> 
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("name"), "{}", bad.message());
 
-    let (cert, key) = write_cert(c.dir.path(), &["127.0.0.20"])?;
-    let (cfg, smtp, smtps) = edge_config(c.dir.path(), "127.0.0.20", &c.addrs, &cert, &key, "")?;
-    let edge = Proc::spawn(
-        &["edge", "--config", cfg.to_str().unwrap()],
-        &c.dir.path().join("edge.log"),
-    )?;
-    wait_listening(
-        format!("127.0.0.20:{smtp}").parse()?,
-        Duration::from_secs(20),
-    )
-    .await?;
-    let (smtp, smtps) = (smtp.to_string(), smtps.to_string());
+    let edge = Edge::start(c.dir.path(), "127.0.0.20", &c.addrs, "").await?;
+    let cert = edge.cert.clone();
+    let (smtp, smtps) = (edge.smtp.to_string(), edge.smtps.to_string());
     let cafile = cert.to_str().unwrap().to_string();
     let common = [
         "--host",
@@ -111,7 +102,7 @@ async fn cluster_acknowledged_mail_survives_leader_kill() -> anyhow::Result<()> 
         acked(&first).len(),
         3,
         "{first:?}\n{}",
-        tail(&edge.log_text(), 30)
+        tail(&edge.proc.log_text(), 30)
     );
     // Implicit TLS + AUTH LOGIN.
     let mut args = common.to_vec();

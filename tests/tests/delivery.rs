@@ -490,24 +490,14 @@ async fn cluster_redelivers_after_sender_and_leader_death() -> anyhow::Result<()
         .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     let sink_addr = format!("127.0.0.88:{}", free_port("127.0.0.88"));
     let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;
-    let (cert, key) = write_cert(c.dir.path(), &["127.0.0.85"])?;
-    let (edge_cfg, smtp, _) = edge_config(
+    let edge = Edge::start(
         c.dir.path(),
         "127.0.0.85",
         &c.addrs,
-        &cert,
-        &key,
         "relay_networks = [\"127.0.0.0/8\"]\n",
-    )?;
-    let _edge = Proc::spawn(
-        &["edge", "--config", edge_cfg.to_str().unwrap()],
-        &c.dir.path().join("edge.log"),
-    )?;
-    wait_listening(
-        format!("127.0.0.85:{smtp}").parse()?,
-        Duration::from_secs(20),
     )
     .await?;
+    let smtp = edge.smtp;
     let a_cfg = sender_config(c.dir.path(), "sender-a", &c.addrs, "127.0.0.86", &sink_addr)?;
     let b_cfg = sender_config(c.dir.path(), "sender-b", &c.addrs, "127.0.0.87", &sink_addr)?;
     let mut sender_a = Proc::spawn(

@@ -101,21 +101,18 @@ async fn run(name: &str, ip_base: u8, raft_extra: &str) -> anyhow::Result<()> {
     let ip = |n: u8| format!("127.0.0.{}", ip_base + n);
     let sink_addr = format!("{}:{}", ip(8), free_port(&ip(8)));
     let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;
-    let (cert, key) = write_cert(c.dir.path(), &[&ip(5)])?;
-    let (edge_cfg, smtp, _) = edge_config(
+    let Edge {
+        proc: mut edge,
+        smtp,
+        ..
+    } = Edge::start(
         c.dir.path(),
         &ip(5),
         &c.addrs,
-        &cert,
-        &key,
         "relay_networks = [\"127.0.0.0/8\"]\n",
-    )?;
-    let mut edge = Proc::spawn(
-        &["edge", "--config", edge_cfg.to_str().unwrap_or_default()],
-        &c.dir.path().join("edge.log"),
-    )?;
+    )
+    .await?;
     let smtp_addr: std::net::SocketAddr = format!("{}:{smtp}", ip(5)).parse()?;
-    wait_listening(smtp_addr, Duration::from_secs(20)).await?;
     let sender_cfg = sender_config(c.dir.path(), "sender", &c.addrs, &ip(6), &sink_addr)?;
     let mut sender = Proc::spawn(
         &[

@@ -53,6 +53,14 @@ pub enum ClusterError {
         /// What happened.
         message: String,
     },
+    /// The node holds as much as it may of something (message bytes in flight): try again.
+    #[error("busy: this node already holds its limit of {limit} {what}; try again later")]
+    Busy {
+        /// What is limited, with its setting.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
@@ -66,6 +74,7 @@ impl ClusterError {
                 Code::Unavailable
             }
             Self::CommitTimeout { .. } => Code::DeadlineExceeded,
+            Self::Busy { .. } => Code::ResourceExhausted,
             Self::Invalid { .. } => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
@@ -83,6 +92,10 @@ impl ClusterError {
             Self::LeaderChanged => Self::LeaderChanged,
             Self::CommitTimeout { ms } => Self::CommitTimeout { ms: *ms },
             Self::ShuttingDown => Self::ShuttingDown,
+            Self::Busy { what, limit } => Self::Busy {
+                what,
+                limit: *limit,
+            },
             Self::Forward { addr, message } => Self::Forward {
                 addr: addr.clone(),
                 message: message.clone(),
@@ -125,5 +138,16 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "invalid rcpt_to: empty");
+        let s: Status = ClusterError::Busy {
+            what: "message bytes in Enqueue calls (node.ingest_memory)",
+            limit: 80_000_000,
+        }
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().contains("node.ingest_memory"),
+            "{}",
+            s.message()
+        );
     }
 }

@@ -327,12 +327,35 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
 #[derive(Clone)]
 pub struct IngestService {
     ctx: Arc<NodeCtx>,
+    /// Message bytes held in Enqueue calls, at most (one permit per byte).
+    memory: Arc<Semaphore>,
+    memory_limit: u64,
 }
 
 impl IngestService {
-    /// Serves `ctx`'s node.
-    pub fn new(ctx: Arc<NodeCtx>) -> Self {
-        Self { ctx }
+    /// Serves `ctx`'s node, holding at most `memory` message bytes in Enqueue calls at once.
+    pub fn new(ctx: Arc<NodeCtx>, memory: u64) -> Self {
+        Self {
+            ctx,
+            memory: Arc::new(Semaphore::new(
+                usize::try_from(memory).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
+            memory_limit: memory,
+        }
+    }
+
+    /// Holds `bytes` of the memory budget until the returned permit is dropped, or refuses at
+    /// once when the budget is spent: waiting would only pile up more calls in memory.
+    fn hold(&self, bytes: usize) -> Result<OwnedSemaphorePermit, ClusterError> {
+        let busy = || ClusterError::Busy {
+            what: "message bytes in Enqueue calls (node.ingest_memory)",
+            limit: self.memory_limit,
+        };
+        let n = u32::try_from(bytes).map_err(|_| busy())?;
+        self.memory
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| busy())
     }
 
     /// Hands `r` to the leader at `addr`, waiting no longer than a local commit may take: a
@@ -382,6 +405,8 @@ impl Ingest for IngestService {
         let forwarded = req.metadata().contains_key(FORWARDED);
         let r = req.into_inner();
         validate(&r)?;
+        // Held until this call returns, whether it commits here or waits on the leader.
+        let _held = self.hold(r.data.len())?;
         let addr = match self.ctx.route(forwarded)? {
             Route::Forward(addr) => addr,
             Route::Local => {

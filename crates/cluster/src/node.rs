@@ -269,7 +269,7 @@ pub async fn start(
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
         .add_service(
-            IngestServer::new(IngestService::new(ctx.clone()))
+            IngestServer::new(IngestService::new(ctx.clone(), cfg.ingest_memory.0))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(

@@ -35,6 +35,12 @@ pub struct NodeConfig {
     pub max_batch_bytes: ByteSize,
     /// How long an Enqueue may wait for its commit before failing. Default 10s.
     pub commit_timeout: HumanDuration,
+    /// Most message bytes this node holds at once in Enqueue calls waiting for their commit
+    /// (or for the leader, when forwarded); beyond it, calls are refused at once with
+    /// `RESOURCE_EXHAUSTED` and edges answer `451 4.3.2` (clients retry later), so a flood of
+    /// large messages cannot exhaust the node's memory. At least 80MB (the largest message
+    /// must fit). Default 512MB.
+    pub ingest_memory: ByteSize,
     /// Tenants created at startup when they do not exist yet (for development and bootstrap).
     pub tenants: Vec<TenantSeed>,
     /// Scheduler policy.
@@ -105,6 +111,7 @@ impl Default for NodeConfig {
             max_batch_messages: 512,
             max_batch_bytes: ByteSize(4_000_000),
             commit_timeout: HumanDuration(Duration::from_secs(10)),
+            ingest_memory: ByteSize(512_000_000),
             tenants: Vec::new(),
             delivery: DeliveryConfig::default(),
         }
@@ -202,6 +209,12 @@ impl NodeConfig {
         }
         if self.commit_timeout.0.is_zero() {
             return Err(invalid("node.commit_timeout", "must be > 0"));
+        }
+        if !(80_000_000..=u32::MAX as u64).contains(&self.ingest_memory.0) {
+            return Err(invalid(
+                "node.ingest_memory",
+                "must be between 80MB (the largest message must fit) and 4GB",
+            ));
         }
         for (i, t) in self.tenants.iter().enumerate() {
             if let Err(reason) = check_tenant_name(&t.name) {

@@ -305,6 +305,10 @@ impl Edge {
                 tracing::warn!(status = %s, "queue refused message");
                 Reply::new(554, "5.6.0", format!("Message refused: {}", s.message()))
             }
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                tracing::warn!(status = %s, "queue busy");
+                canned::queue_busy()
+            }
             Err(s) => {
                 tracing::warn!(status = %s, "enqueue failed");
                 canned::queue_unavailable()

@@ -110,4 +110,8 @@ pub mod canned {
             "Queue temporarily unavailable, try again later",
         )
     }
+    /// 451 when the queue holds all the incoming mail it may at once.
+    pub fn queue_busy() -> Reply {
+        Reply::new(451, "4.3.2", "Queue busy, try again later")
+    }
 }
