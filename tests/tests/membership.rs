@@ -37,6 +37,19 @@ async fn learner_joins_is_promoted_and_a_node_is_removed() -> anyhow::Result<()>
     let bad = ingest.enqueue(message(&["no-at-sign"])).await.unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
 
+    // A new cluster writes this release's format at once (a cluster upgraded from an older
+    // release waits for `skeinctl finalize-upgrade`, which is idempotent).
+    wait_for("format 2", Duration::from_secs(10), || async {
+        let s = status(&c.addrs[follower]).await.ok()?;
+        (s.format == 2 && s.release_format == 2).then_some(())
+    })
+    .await?;
+    let (ok, out, err) = skeinctl(&c.addrs[follower], &["finalize-upgrade"])?;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "the cluster writes format 2");
+    let (ok, out, _) = skeinctl(&c.addrs[follower], &["status"])?;
+    assert!(ok && out.contains("format 2"), "{out}");
+
     // A resent submission (same submission id) is stored once and answered with its first id.
     let once = EnqueueRequest {
         submission_id: b"edge-1/0001".to_vec(),

@@ -302,6 +302,22 @@ pub(crate) async fn forward_create_tenant(
     }
 }
 
+/// Finalizes the format through the leader at `addr`.
+pub(crate) async fn forward_finalize(ctx: &NodeCtx, addr: &str) -> Result<u32, ClusterError> {
+    let mut c = AdminClient::new(ctx.channel(addr)?);
+    let limit = ctx.commit_timeout + FORWARD_MARGIN;
+    skein_proto::call_within(
+        limit,
+        c.finalize_upgrade(fwd(FinalizeUpgradeRequest {}, limit)),
+    )
+    .await
+    .map(|r| r.into_inner().format)
+    .map_err(|s| ClusterError::Forward {
+        addr: addr.into(),
+        message: s.message().into(),
+    })
+}
+
 /// Runs `$local` on the leader, or forwards the call to it; a forwarded call gives up after
 /// the leader's commit timeout (or `within` a given limit) plus [`FORWARD_MARGIN`].
 macro_rules! forward_or {
@@ -364,7 +380,19 @@ impl Admin for AdminService {
                 .map_err(ClusterError::from)?,
             snapshot_index,
             purged_index,
+            format: self.ctx.reader.format().map_err(ClusterError::from)?,
+            release_format: skein_queue::FORMAT,
         }))
+    }
+
+    async fn finalize_upgrade(
+        &self,
+        req: Request<FinalizeUpgradeRequest>,
+    ) -> Result<Response<FinalizeUpgradeResponse>, Status> {
+        forward_or!(self, req, finalize_upgrade, {
+            let format = self.ctx.finalize_format().await?;
+            Ok(Response::new(FinalizeUpgradeResponse { format }))
+        })
     }
 
     async fn add_learner(

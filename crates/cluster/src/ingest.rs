@@ -11,7 +11,7 @@ use skein_proto::ingest::{
     CredentialsRequest, CredentialsResponse, EnqueueRequest, EnqueueResponse, SigningKey,
     TenantCredential,
 };
-use skein_queue::{NewMessage, Request, Response, TypeConfig};
+use skein_queue::{NewMessage, QueueReader, Request, Response, TypeConfig};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
@@ -76,6 +76,7 @@ impl Batcher {
         max_messages: usize,
         max_bytes: usize,
         commit_timeout: Duration,
+        reader: QueueReader,
         events: Arc<EventLog>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(max_messages * MAX_IN_FLIGHT * 2);
@@ -84,7 +85,7 @@ impl Batcher {
             max_bytes,
             commit_timeout,
         };
-        tokio::spawn(run(raft, clock, rx, limits, events));
+        tokio::spawn(run(raft, clock, rx, limits, reader, events));
         Self { tx }
     }
 
@@ -123,6 +124,7 @@ async fn run(
     clock: SharedClock,
     mut rx: mpsc::Receiver<(Submission, Done)>,
     limits: Limits,
+    reader: QueueReader,
     events: Arc<EventLog>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -152,6 +154,8 @@ async fn run(
             }
             continue;
         }
+        // Submission ids travel only once every node can read them (format 2).
+        let once = reader.format().unwrap_or(1) >= 2;
         let raft = raft.clone();
         let now = clock.now_ms();
         let events = events.clone();
@@ -164,16 +168,20 @@ async fn run(
                 .iter()
                 .map(|m| (m.tenant.clone(), m.mail_from.clone()))
                 .collect();
-            let proposal = crate::propose::propose(
-                &raft,
+            let cmd = if once {
                 Request::EnqueueOnce {
                     received_at_ms: now,
                     dedup_window_ms: DEDUP_WINDOW.as_millis() as i64,
                     messages,
                     submissions,
-                },
-                limits.commit_timeout,
-            );
+                }
+            } else {
+                Request::Enqueue {
+                    received_at_ms: now,
+                    messages,
+                }
+            };
+            let proposal = crate::propose::propose(&raft, cmd, limits.commit_timeout);
             let result = hold_while_leading(&raft, permit, proposal).await;
             match result {
                 Ok(r) => match r.data {

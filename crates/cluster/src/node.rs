@@ -98,6 +98,21 @@ impl NodeCtx {
         crate::propose::propose(&self.raft, cmd, self.commit_timeout).await
     }
 
+    /// Lets the cluster write this release's replicated format (leader only); returns the
+    /// cluster's format. Only once every node runs this release (or a newer one).
+    pub async fn finalize_format(&self) -> Result<u32, ClusterError> {
+        match self
+            .propose(Request::SetFormat {
+                version: skein_queue::FORMAT,
+            })
+            .await?
+            .data
+        {
+            Response::Format(v) => Ok(v),
+            other => Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
+        }
+    }
+
     /// Creates a tenant through Raft (leader only).
     pub async fn create_tenant_local(
         &self,
@@ -224,6 +239,7 @@ pub async fn start(
         cfg.max_batch_messages,
         cfg.max_batch_bytes.0 as usize,
         cfg.commit_timeout.0,
+        reader.clone(),
         events.clone(),
     );
     let ctx = Arc::new(NodeCtx {
@@ -306,9 +322,13 @@ pub async fn start(
                 })
                 .collect();
             tracing::info!(?members, "initializing cluster");
-            if let Err(e) = raft.initialize(members).await {
+            match raft.initialize(members).await {
+                // A new cluster: every founder runs this release, so it writes its format.
+                Ok(()) => {
+                    tokio::spawn(finalize_new_cluster(ctx.clone()));
+                }
                 // Another path initialized it first: not an error.
-                tracing::warn!(%e, "initialize");
+                Err(e) => tracing::warn!(%e, "initialize"),
             }
         }
     }
@@ -321,6 +341,27 @@ pub async fn start(
         stop: Some(stop),
         server,
     })
+}
+
+/// Raises a newly founded cluster's format to this release's, once it has a leader.
+async fn finalize_new_cluster(ctx: Arc<NodeCtx>) {
+    loop {
+        let res = match ctx.route(false) {
+            Ok(Route::Local) => ctx.finalize_format().await,
+            Ok(Route::Forward(addr)) => crate::admin::forward_finalize(&ctx, &addr).await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(v) => {
+                tracing::info!(format = v, "new cluster writes format {v}");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%e, "format waits for a leader");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Creates the configured tenants once a leader exists (from whichever node has them).

@@ -141,3 +141,51 @@ async fn a_retried_submission_gets_its_first_id_from_a_new_leader() {
         .expect("another submission commits");
     assert_ne!(other, first);
 }
+
+/// A cluster that began on release 0.1.0 writes the old format (which that release's nodes
+/// can read) until its upgrade is finalized: only then are retried submissions stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_ids_are_written_only_once_the_format_is_finalized() {
+    let c = Cluster::start_at_format_1(3, 1000).await;
+    let l = c.leader(&[1, 2, 3]).await;
+    let node = &c.nodes[&l];
+    assert_eq!(node.reader.format().unwrap(), 1);
+    let (a, _) = node
+        .batcher
+        .enqueue(message(1), COMMIT_TIMEOUT)
+        .await
+        .unwrap();
+    let (b, _) = node
+        .batcher
+        .enqueue(message(1), COMMIT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_ne!(a, b, "format 1 has no submission ids: stored twice");
+
+    let r = node
+        .raft
+        .client_write(skein_queue::Request::SetFormat {
+            version: skein_queue::FORMAT,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.data, skein_queue::Response::Format(skein_queue::FORMAT));
+    let (c1, _) = node
+        .batcher
+        .enqueue(message(2), COMMIT_TIMEOUT)
+        .await
+        .unwrap();
+    let (c2, _) = node
+        .batcher
+        .enqueue(message(2), COMMIT_TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(c1, c2);
+    // Never lowered.
+    let r = node
+        .raft
+        .client_write(skein_queue::Request::SetFormat { version: 1 })
+        .await
+        .unwrap();
+    assert_eq!(r.data, skein_queue::Response::Format(skein_queue::FORMAT));
+}

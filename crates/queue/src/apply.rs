@@ -181,6 +181,11 @@ impl<'a> Tx<'a> {
             .is_some())
     }
 
+    /// Writes `value` at `key` in column family `cf_name`.
+    pub(crate) fn put(&mut self, cf_name: &str, key: &[u8], value: Vec<u8>) {
+        self.batch.put_cf(cf(self.db, cf_name), key, value);
+    }
+
     /// The queue id of submission `id` if it was stored at or after `since_ms`.
     pub(crate) fn submitted(&mut self, id: &[u8], since_ms: i64) -> Res<Option<String>> {
         let s = match self.submissions.get(id) {

@@ -29,7 +29,9 @@ pub use records::{
     RcptRecord, RcptState, Reply, SuppressionRecord, TenantRecord,
 };
 pub use store::{open, LogStore, QueueReader, StateMachine};
-pub use types::{DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig};
+pub use types::{
+    DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig, FORMAT,
+};
 
 /// Errors of the queue's own queries and of opening the store.
 #[derive(Debug, thiserror::Error)]

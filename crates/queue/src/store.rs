@@ -44,9 +44,10 @@ pub(crate) const CF_SUPPRESS: &str = "suppress";
 pub(crate) const CF_DKIM: &str = "dkim";
 pub(crate) const CF_FINISHED: &str = "finished";
 pub(crate) const CF_SUBMISSIONS: &str = "submissions";
+pub(crate) const CF_SETTINGS: &str = "settings";
 /// State that a snapshot carries, in this order. New column families go at the end: a
 /// snapshot from an older release lists fewer, and installing it empties the rest.
-const STATE_CFS: [&str; 9] = [
+const STATE_CFS: [&str; 10] = [
     CF_MESSAGES,
     CF_BODIES,
     CF_TENANTS,
@@ -56,7 +57,11 @@ const STATE_CFS: [&str; 9] = [
     CF_DKIM,
     CF_FINISHED,
     CF_SUBMISSIONS,
+    CF_SETTINGS,
 ];
+
+/// Key of the cluster's format version in the `settings` column family (absent: 1).
+const K_FORMAT: &[u8] = b"format";
 
 const K_VOTE: &[u8] = b"vote";
 const K_PURGED: &[u8] = b"last_purged";
@@ -523,6 +528,13 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             submissions,
             *dedup_window_ms,
         )?,
+        Request::SetFormat { version } => {
+            let h = cf(db, CF_SETTINGS);
+            let now = read_format(|k| db.get_cf(h, k)).map_err(std::io::Error::other)?;
+            let version = now.max(*version);
+            tx.put(CF_SETTINGS, K_FORMAT, enc(&version));
+            Response::Format(version)
+        }
         Request::CreateTenant(t) => {
             if tenant_taken(db, t)? {
                 Response::TenantExists
@@ -609,6 +621,19 @@ fn enqueue(
         suppressed,
         repeats,
     })
+}
+
+/// The cluster's format version, read through `get` (1 until a `SetFormat` raised it).
+fn read_format(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<u32, QueueError> {
+    match get(K_FORMAT)? {
+        Some(v) => dec(&v).map_err(|source| QueueError::Corrupt {
+            cf: CF_SETTINGS,
+            source,
+        }),
+        None => Ok(1),
+    }
 }
 
 fn tenant_taken(db: &DB, t: &TenantRecord) -> Result<bool, std::io::Error> {
@@ -773,6 +798,12 @@ impl QueueReader {
         }
         eat(&self.message_count()?.to_be_bytes());
         Ok(h)
+    }
+
+    /// The replicated format the cluster writes: 1 until a `SetFormat` raised it (a cluster
+    /// that began on release 0.1.0 stays at 1 until an operator finalizes its upgrade).
+    pub fn format(&self) -> Result<u32, QueueError> {
+        read_format(|k| self.db.get_cf(cf(&self.db, CF_SETTINGS), k))
     }
 
     /// When the earliest unfinished recipient is due, if any.

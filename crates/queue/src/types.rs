@@ -119,7 +119,18 @@ pub enum Request {
         /// Each message's submission id, in the same order; empty for none.
         submissions: Vec<Vec<u8>>,
     },
+    /// Raises the replicated format the leader may write to `version` (never lowers it).
+    /// Proposed once every node runs a release that reads that format: at bootstrap, or by
+    /// an operator after a rolling upgrade. Format v2.
+    SetFormat {
+        /// The format version.
+        version: u32,
+    },
 }
+
+/// The newest replicated format this release reads and, once the cluster's format says so,
+/// writes. 1: release 0.1.0. 2: [`Request::EnqueueOnce`] and [`Request::SetFormat`].
+pub const FORMAT: u32 = 2;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end
@@ -209,6 +220,8 @@ pub enum Response {
     DkimKey(bool),
     /// How many finished messages a [`Request::Purge`] removed.
     Purged(u32),
+    /// The cluster's format after a [`Request::SetFormat`].
+    Format(u32),
     /// The result of a [`Request::Deliver`].
     Delivered {
         /// Per lease op, in order: the recipient keys actually leased.

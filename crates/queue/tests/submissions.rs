@@ -95,6 +95,9 @@ async fn a_repeated_submission_gets_its_first_id_and_is_stored_once() {
 async fn submissions_travel_in_snapshots_and_an_older_snapshot_empties_them() {
     let mut s = Store::new();
     let (b, _) = s.enqueue(1_000, &["B"]).await;
+    assert_eq!(s.reader.format().unwrap(), 1);
+    let r = s.apply(Request::SetFormat { version: 2 }).await;
+    assert_eq!(r, Response::Format(2));
     let snap =
         s.sm.get_snapshot_builder()
             .await
@@ -108,6 +111,11 @@ async fn submissions_travel_in_snapshots_and_an_older_snapshot_empties_them() {
     assert_eq!(
         t.reader.state_digest().unwrap(),
         s.reader.state_digest().unwrap()
+    );
+    assert_eq!(
+        t.reader.format().unwrap(),
+        2,
+        "the format travels in snapshots"
     );
     t.index = s.index;
     let (ids, rep) = t.enqueue(2_000, &["B"]).await;
@@ -132,6 +140,7 @@ async fn submissions_travel_in_snapshots_and_an_older_snapshot_empties_them() {
         .await
         .unwrap();
     s.index = 100;
+    assert_eq!(s.reader.format().unwrap(), 1, "a v1 snapshot is format 1");
     let (ids, rep) = s.enqueue(2_000, &["B"]).await;
     assert_ne!(ids, b);
     assert!(rep.is_empty());

@@ -31,6 +31,8 @@ struct Cli {
 enum Cmd {
     /// Cluster members, leader and log positions.
     Status,
+    /// After every node runs the new release: let the cluster write its replicated format.
+    FinalizeUpgrade,
     /// Add a node as a learner (it starts replicating).
     AddLearner { id: u64, addr: String },
     /// Make a learner a voter.
@@ -213,6 +215,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut c = AdminClient::new(ch).max_decoding_message_size(80 << 20);
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     match cli.cmd {
+        Cmd::FinalizeUpgrade => {
+            let r = c
+                .finalize_upgrade(FinalizeUpgradeRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("the cluster writes format {}", r.format);
+        }
         Cmd::Status => {
             let s = c
                 .cluster_status(ClusterStatusRequest {})
@@ -226,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "node_id": s.node_id, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
                         "term": s.term, "state": s.state, "last_log_index": s.last_log_index,
                         "last_applied_index": s.last_applied_index, "message_count": s.message_count,
+                        "format": s.format, "release_format": s.release_format,
                         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
                     })
                 );
@@ -238,6 +249,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "log {} applied {} messages {}",
                     s.last_log_index, s.last_applied_index, s.message_count
                 );
+                if s.format < s.release_format {
+                    println!(
+                        "format {} (this release writes {}: run `skeinctl finalize-upgrade` \
+                         once every node runs it)",
+                        s.format, s.release_format
+                    );
+                } else {
+                    println!("format {}", s.format);
+                }
                 for m in s.members {
                     println!(
                         "  {:>4} {:<24} {}",

@@ -19,7 +19,7 @@ use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use skein_cluster::events::EventLog;
 use skein_cluster::ingest::{Batcher, Submission};
 use skein_core::{SharedClock, SystemClock};
-use skein_queue::{NewMessage, NodeId, TypeConfig};
+use skein_queue::{NewMessage, NodeId, QueueReader, Request, TypeConfig, FORMAT};
 
 type Rpc<T, E = openraft::error::Infallible> =
     Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -144,6 +144,8 @@ pub struct Node {
     pub raft: Raft<TypeConfig>,
     /// Its group commit.
     pub batcher: Batcher,
+    /// Reads over its applied state.
+    pub reader: QueueReader,
 }
 
 /// A cluster of `n` in-process nodes, ids 1..=n.
@@ -160,8 +162,22 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Cluster {
     /// Starts `n` nodes that snapshot every `snapshot_after` entries and keep no log behind a
-    /// snapshot (so a lagging node catches up by snapshot), and initializes the cluster.
+    /// snapshot (so a lagging node catches up by snapshot), and founds a cluster that writes
+    /// this release's format, as a new real cluster does.
     pub async fn start(n: u64, snapshot_after: u64) -> Self {
+        let c = Self::start_at_format_1(n, snapshot_after).await;
+        let l = c.leader(&(1..=n).collect::<Vec<_>>()).await;
+        c.nodes[&l]
+            .raft
+            .client_write(Request::SetFormat { version: FORMAT })
+            .await
+            .expect("finalize the format");
+        c
+    }
+
+    /// The same, as a cluster that began on release 0.1.0 (format 1) would be until an
+    /// operator finalizes its upgrade.
+    pub async fn start_at_format_1(n: u64, snapshot_after: u64) -> Self {
         let net = Net::default();
         let clock: SharedClock = Arc::new(SystemClock);
         let config = Arc::new(
@@ -182,7 +198,7 @@ impl Cluster {
         let mut dirs = Vec::new();
         for id in 1..=n {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (log, sm, _reader) = skein_queue::open(dir.path()).expect("open store");
+            let (log, sm, reader) = skein_queue::open(dir.path()).expect("open store");
             let raft = Raft::new(
                 id,
                 config.clone(),
@@ -202,9 +218,17 @@ impl Cluster {
                 64,
                 1 << 20,
                 COMMIT_TIMEOUT,
+                reader.clone(),
                 Arc::new(EventLog::open(None).expect("no event log")),
             );
-            nodes.insert(id, Node { raft, batcher });
+            nodes.insert(
+                id,
+                Node {
+                    raft,
+                    batcher,
+                    reader,
+                },
+            );
             dirs.push(dir);
         }
         let members: BTreeMap<NodeId, BasicNode> = (1..=n)
