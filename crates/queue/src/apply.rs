@@ -413,6 +413,7 @@ impl<'a> Tx<'a> {
         now_ms: i64,
         mta: &str,
         ops: Vec<DeliveryOp>,
+        format: u32,
     ) -> Res<Response> {
         let mut leased = Vec::new();
         let mut applied = Vec::new();
@@ -466,7 +467,12 @@ impl<'a> Tx<'a> {
                         continue;
                     }
                     let current = match (&old.state, lease) {
-                        (RcptState::Leased(l), Some(id)) => l.id == id,
+                        // From format 2 a delivery counts whichever lease it was made under
+                        // (the recipient may have been leased again after the report was
+                        // delayed by a failover): sending it again would be a duplicate.
+                        (RcptState::Leased(l), Some(id)) => {
+                            l.id == id || (format >= 2 && disposition == Disposition::Delivered)
+                        }
                         // A delivery under a lapsed lease still happened: record it.
                         (_, Some(_)) => disposition == Disposition::Delivered,
                         // The scheduler's own decision: not while a sender holds a valid lease.

@@ -558,7 +558,9 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         }
         Request::Deliver { now_ms, mta, ops } => {
             tx.now_ms = *now_ms;
-            tx.deliver(index, *now_ms, mta, ops.clone())?
+            let format = read_format(|k| db.get_cf(cf(db, CF_SETTINGS), k))
+                .map_err(std::io::Error::other)?;
+            tx.deliver(index, *now_ms, mta, ops.clone(), format)?
         }
     })
 }

@@ -129,7 +129,10 @@ pub enum Request {
 }
 
 /// The newest replicated format this release reads and, once the cluster's format says so,
-/// writes. 1: release 0.1.0. 2: [`Request::EnqueueOnce`] and [`Request::SetFormat`].
+/// writes. 1: release 0.1.0. 2: [`Request::EnqueueOnce`] and [`Request::SetFormat`]; a
+/// `Delivered` report applies under any lease of a recipient that is not final. Behaviour
+/// that changes how an existing command applies is decided by the replicated format, never
+/// by the release, so replicas of different releases apply every entry alike.
 pub const FORMAT: u32 = 2;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields

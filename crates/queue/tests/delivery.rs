@@ -386,3 +386,61 @@ async fn finished_messages_are_forgotten_after_they_finish_oldest_first() {
     assert_eq!(f.reader.next_due_ms().unwrap(), Some(99_000));
     assert_eq!(f.reader.message_count().unwrap(), count - 2);
 }
+
+/// A delivery reported late, after the recipient was leased again (its first lease lapsed
+/// while the report waited out a failover), still counts from format 2: the new lease holder
+/// must not send it a second time. Format 1 (release 0.1.0) dropped it, and stays so.
+#[tokio::test]
+async fn a_late_delivery_counts_under_a_newer_lease_from_format_2() {
+    for (format, counts) in [(1, false), (2, true)] {
+        let mut f = Fixture::new();
+        if format == 2 {
+            f.apply(Request::SetFormat { version: 2 }).await;
+        }
+        let id = f
+            .enqueue(1000, message("app@acme.test", &["a@example.test"]))
+            .await;
+        let a = format!("{id}0000");
+        f.deliver(1000, vec![lease(7, 2000, &[&a])]).await;
+        // Lease 7 lapses; the recipient goes to lease 8.
+        let r = f.deliver(2500, vec![lease(8, 9000, &[&a])]).await;
+        assert!(matches!(&r, Response::Delivered { leased, .. } if leased[0].1.len() == 1));
+        // Now lease 7's delivery is reported.
+        let r = f
+            .deliver(
+                3000,
+                vec![report(
+                    7,
+                    &a,
+                    attempt(250, "2.0.0", AttemptResult::Delivered),
+                    Disposition::Delivered,
+                )],
+            )
+            .await;
+        let Response::Delivered { applied, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(applied.len() == 1, counts, "format {format}");
+        let state = f.reader.rcpt(&a).unwrap().unwrap().state;
+        assert_eq!(
+            state == RcptState::Delivered,
+            counts,
+            "format {format}: {state:?}"
+        );
+        // Other outcomes under an old lease never count.
+        if !counts {
+            let r = f
+                .deliver(
+                    3100,
+                    vec![report(
+                        7,
+                        &a,
+                        attempt(550, "5.1.1", AttemptResult::Permanent),
+                        Disposition::Bounce { suppress: true },
+                    )],
+                )
+                .await;
+            assert!(matches!(r, Response::Delivered { applied, .. } if applied.is_empty()));
+        }
+    }
+}
