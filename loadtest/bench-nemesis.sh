@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Liveness benchmark (issue 16): runs the nemesis tests (tests/tests/nemesis.rs) RUNS times each,
 # with FAULTS faults per run, and reports the time from each fault to the first new commit
-# (p50/p99/max over all faults) and how many runs stalled or lost a message (aim: 0).
+# (p50/p99/max over all faults), how many runs stalled or lost a message (aim: 0), and how
+# many messages the sink received more than once.
 # Needs a built workspace (scripts/test.sh or `cargo build --workspace --bins`).
 # Usage: loadtest/bench-nemesis.sh [RUNS=10] [FAULTS=5]
 set -uo pipefail
@@ -24,7 +25,9 @@ for r in $(seq "$RUNS"); do
 done
 python3 - "$out" "$failed" "$((RUNS * 2))" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [r for r in lines if "recovery_ms" in r]
+runs = [r for r in lines if "duplicate_deliveries" in r]
 ms = sorted(r["recovery_ms"] for r in rows)
 pct = lambda p: ms[round((len(ms) - 1) * p)] if ms else 0
 by = {}
@@ -32,6 +35,10 @@ for r in rows:
     by.setdefault(r["fault"], []).append(r["recovery_ms"])
 print(f"faults={len(ms)} runs={sys.argv[3]} failed_runs={sys.argv[2]} "
       f"first_commit_after_fault_ms p50={pct(0.5)} p99={pct(0.99)} max={pct(1.0)}")
+print(f"acknowledged={sum(r['acknowledged'] for r in runs)} "
+      f"stored={sum(r['stored'] for r in runs)} "
+      f"duplicate_deliveries={sum(r['duplicate_deliveries'] for r in runs)} "
+      f"(per run max {max((r['duplicate_deliveries'] for r in runs), default=0)})")
 for f, v in sorted(by.items()):
     v.sort()
     print(f"  {f}: n={len(v)} p50={v[len(v)//2]} max={v[-1]}")

@@ -364,6 +364,12 @@ async fn run(name: &str, ip_base: u8, raft_extra: &str) -> anyhow::Result<()> {
             .create(true)
             .append(true)
             .open(path)?;
+        writeln!(
+            f,
+            "{{\"run\":\"{name}\",\"seed\":{seed},\"acknowledged\":{},\"stored\":{stored},\
+             \"duplicate_deliveries\":{duplicates}}}",
+            acked.len()
+        )?;
         for i in &injected {
             writeln!(
                 f,
