@@ -57,22 +57,31 @@ pub(crate) fn suppress_key(tenant: &str, address: &str) -> Vec<u8> {
     k
 }
 
-/// Keys in the `submissions` column family: `S` + submission id holds the [`Submitted`]
-/// record; `T` + time (big-endian) + submission id orders them for forgetting.
+/// Keys in the `submissions` column family: `S` + tenant + NUL + submission id holds the
+/// [`Submitted`] record; `T` + time (big-endian) + tenant + NUL + submission id orders them
+/// for forgetting. Ids are per tenant: one tenant's ids can never stand for another's mail.
 const SUBMISSION: u8 = b'S';
 const SUBMISSION_BY_TIME: u8 = b'T';
 
-fn submission_key(id: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + id.len());
-    k.push(SUBMISSION);
+/// Tenant, NUL, submission id: what follows the prefix (and the time) in both kinds of key.
+fn submission_name(tenant: &str, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 1 + id.len());
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
     k.extend_from_slice(id);
     k
 }
 
-fn submission_time_key(at_ms: i64, id: &[u8]) -> Vec<u8> {
+fn submission_key(name: &[u8]) -> Vec<u8> {
+    let mut k = vec![SUBMISSION];
+    k.extend_from_slice(name);
+    k
+}
+
+fn submission_time_key(at_ms: i64, name: &[u8]) -> Vec<u8> {
     let mut k = vec![SUBMISSION_BY_TIME];
     k.extend_from_slice(&due_key(at_ms, ""));
-    k.extend_from_slice(id);
+    k.extend_from_slice(name);
     k
 }
 
@@ -186,25 +195,38 @@ impl<'a> Tx<'a> {
         self.batch.put_cf(cf(self.db, cf_name), key, value);
     }
 
-    /// The queue id of submission `id` if it was stored at or after `since_ms`.
-    pub(crate) fn submitted(&mut self, id: &[u8], since_ms: i64) -> Res<Option<String>> {
-        let s = match self.submissions.get(id) {
+    /// The queue id of `tenant`'s submission `id` if it was stored at or after `since_ms`.
+    pub(crate) fn submitted(
+        &mut self,
+        tenant: &str,
+        id: &[u8],
+        since_ms: i64,
+    ) -> Res<Option<String>> {
+        let name = submission_name(tenant, id);
+        let s = match self.submissions.get(&name) {
             Some(s) => Some(s.clone()),
-            None => self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(id))?,
+            None => self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(&name))?,
         };
         Ok(s.filter(|s| s.at_ms >= since_ms).map(|s| s.message_id))
     }
 
-    /// Remembers that submission `id` was stored as `message_id` at `at_ms`.
-    pub(crate) fn remember_submission(&mut self, id: &[u8], message_id: &str, at_ms: i64) {
+    /// Remembers that `tenant`'s submission `id` was stored as `message_id` at `at_ms`.
+    pub(crate) fn remember_submission(
+        &mut self,
+        tenant: &str,
+        id: &[u8],
+        message_id: &str,
+        at_ms: i64,
+    ) {
         let h = cf(self.db, CF_SUBMISSIONS);
+        let name = submission_name(tenant, id);
         let s = Submitted {
             message_id: message_id.to_string(),
             at_ms,
         };
-        self.batch.put_cf(h, submission_key(id), enc(&s));
-        self.batch.put_cf(h, submission_time_key(at_ms, id), []);
-        self.submissions.insert(id.to_vec(), s);
+        self.batch.put_cf(h, submission_key(&name), enc(&s));
+        self.batch.put_cf(h, submission_time_key(at_ms, &name), []);
+        self.submissions.insert(name, s);
     }
 
     /// Forgets up to `limit` submissions stored before `before_ms`, oldest first. Called with
@@ -228,11 +250,11 @@ impl<'a> Tx<'a> {
             if at >= before_ms.max(0) as u64 {
                 break;
             }
-            let id = &k[9..];
+            let name = &k[9..];
             // A later submission with the same id (after the window) has its own record.
-            if let Some(s) = self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(id))? {
+            if let Some(s) = self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(name))? {
                 if s.at_ms.max(0) as u64 == at {
-                    self.batch.delete_cf(h, submission_key(id));
+                    self.batch.delete_cf(h, submission_key(name));
                 }
             }
             self.batch.delete_cf(h, &k);

@@ -587,7 +587,7 @@ fn enqueue(
     for (pos, m) in messages.iter().enumerate() {
         let submission = submissions.get(pos).filter(|s| !s.is_empty());
         if let Some(s) = submission {
-            if let Some(id) = tx.submitted(s, since)? {
+            if let Some(id) = tx.submitted(&m.tenant, s, since)? {
                 ids.push(id);
                 repeats.push(pos as u32);
                 continue;
@@ -614,7 +614,7 @@ fn enqueue(
             suppressed.push((pos as u32, a));
         }
         if let Some(s) = submission {
-            tx.remember_submission(s, &id, received_at_ms);
+            tx.remember_submission(&m.tenant, s, &id, received_at_ms);
         }
         ids.push(id);
     }

@@ -173,3 +173,32 @@ async fn submissions_past_the_window_are_forgotten() {
         never_kept.reader.state_digest().unwrap()
     );
 }
+
+/// Submission ids belong to a tenant: the same id from another tenant is another message.
+#[tokio::test]
+async fn submission_ids_are_per_tenant() {
+    let mut s = Store::new();
+    let with_tenant = |t: &str| NewMessage {
+        tenant: t.into(),
+        ..message(0)
+    };
+    let r = s
+        .apply(Request::EnqueueOnce {
+            received_at_ms: 1_000,
+            dedup_window_ms: WINDOW,
+            messages: vec![
+                with_tenant("acme"),
+                with_tenant("globex"),
+                with_tenant("acme"),
+            ],
+            submissions: vec![b"X".to_vec(), b"X".to_vec(), b"X".to_vec()],
+        })
+        .await;
+    let Response::Enqueued { ids, repeats, .. } = r else {
+        panic!("{r:?}")
+    };
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(ids[0], ids[2]);
+    assert_eq!(repeats, [2]);
+    assert_eq!(s.count(), 2);
+}
