@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -81,10 +83,12 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Sends `req`, of `entries` log entries when it is an AppendEntries.
     async fn call<Req, Resp, E>(
         &self,
         which: Rpc,
         req: &Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
@@ -98,6 +102,11 @@ impl Connection {
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
         let data =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(hint) = fewer_entries(data.len(), entries, MAX_RAFT_MESSAGE) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         let mut request = Request::new(RaftPayload { data });
         request.set_timeout(option.hard_ttl());
         // Bounded here too, not only by openraft's own timers: the transport never waits on
@@ -123,6 +132,20 @@ impl Connection {
     }
 }
 
+/// How many entries to send instead when `entries` of them encode to `len` bytes, more than
+/// the transport carries (`max`): openraft shrinks the request to that and retries. Without
+/// this, a lagging follower sent many large batches at once would fail the same way for ever.
+/// `None` when it fits, or when a single entry does not (nothing smaller can be sent; entries
+/// are capped well below the limit).
+fn fewer_entries(len: usize, entries: usize, max: usize) -> Option<u64> {
+    if len <= max || entries <= 1 {
+        return None;
+    }
+    // Proportionally fewer, with a margin for entries of unequal sizes.
+    let fit = (entries as u128 * max as u128 / len as u128 * 3 / 4) as usize;
+    Some(fit.clamp(1, entries - 1) as u64)
+}
+
 fn unreachable<E, X>(e: &X) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>>
 where
     E: std::error::Error,
@@ -144,7 +167,8 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.call(Rpc::Append, &rpc, entries, &option).await
     }
 
     async fn install_snapshot(
@@ -155,7 +179,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        self.call(Rpc::Snapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -163,7 +187,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, 0, &option).await
     }
 }
 
@@ -212,5 +236,27 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let r: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(r).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fewer_entries;
+
+    #[test]
+    fn oversized_appends_ask_for_fewer_entries() {
+        assert_eq!(fewer_entries(100, 16, 100), None, "fits");
+        assert_eq!(
+            fewer_entries(1_000, 1, 100),
+            None,
+            "one entry cannot shrink"
+        );
+        // 16 entries in 400 bytes with 100 allowed: 4 would fit, ask for 3.
+        assert_eq!(fewer_entries(400, 16, 100), Some(3));
+        // Barely over: one fewer at least.
+        assert_eq!(fewer_entries(101, 16, 100), Some(11));
+        assert_eq!(fewer_entries(101, 2, 100), Some(1));
+        // Far over: never zero.
+        assert_eq!(fewer_entries(1 << 40, 16, 100), Some(1));
     }
 }
