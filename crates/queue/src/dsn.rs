@@ -1,7 +1,10 @@
 //! Delivery status notifications (RFC 3464): the bounce message sent to a return path.
 //!
 //! Built inside the state machine while applying a [`crate::Request::Deliver`], from replicated
-//! data and the command's clock only, so every replica builds the same bytes.
+//! data and the command's clock only, so every replica builds the same bytes. That makes these
+//! bytes part of the replicated format: a release that changes them must do so only from a new
+//! format version (see [`crate::FORMAT`]), or replicas of two releases would store different
+//! DSNs for one entry. `tests/format.rs` fails on any change (its fixture bounces a message).
 
 use std::fmt::Write as _;
 
