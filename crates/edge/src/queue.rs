@@ -12,6 +12,11 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+/// Longest sleep between rounds of retries over the nodes. A leader election leaves no node
+/// able to commit for a second or two; a short sleep lets the message through soon after it
+/// ends, and a failing attempt (no leader, connection refused) costs the nodes little.
+const MAX_RETRY_SLEEP: Duration = Duration::from_millis(200);
+
 /// How long fetching credentials from one node may take.
 const CREDENTIALS_LIMIT: Duration = Duration::from_secs(2);
 
@@ -79,7 +84,7 @@ impl QueueClient {
                             backoff.min(deadline.saturating_duration_since(Instant::now())),
                         )
                         .await;
-                        backoff = (backoff * 2).min(Duration::from_millis(500));
+                        backoff = (backoff * 2).min(MAX_RETRY_SLEEP);
                     }
                 }
                 Err(s) => {
