@@ -137,6 +137,16 @@ where
 
 /// Every message id in the node's own applied state (Admin ListMessages with `local`).
 pub async fn local_ids(addr: &str) -> anyhow::Result<Vec<String>> {
+    list_ids(addr, true).await
+}
+
+/// Every message id the cluster holds, read on the leader after it has applied everything
+/// committed (Admin ListMessages, linearizable, through the node at `addr`).
+pub async fn cluster_ids(addr: &str) -> anyhow::Result<Vec<String>> {
+    list_ids(addr, false).await
+}
+
+async fn list_ids(addr: &str, local: bool) -> anyhow::Result<Vec<String>> {
     let mut c = admin(addr).await?;
     let mut ids = Vec::new();
     let mut after = String::new();
@@ -145,7 +155,7 @@ pub async fn local_ids(addr: &str) -> anyhow::Result<Vec<String>> {
             .list_messages(ListMessagesRequest {
                 after: after.clone(),
                 limit: 1000,
-                local: true,
+                local,
             })
             .await?
             .into_inner();

@@ -325,25 +325,37 @@ async fn run(name: &str, ip_base: u8, raft_extra: &str) -> anyhow::Result<()> {
     // Each submission is stored once: every stored message reaches the sink, and there are
     // as many distinct Message-IDs there as messages in the queue (a submission stored twice,
     // say by an edge retrying after a failover, would make the queue hold more).
-    let leader = c
-        .leader(&[0, 1, 2], Duration::from_secs(30))
-        .await
-        .map_err(|e| failure(e.to_string(), &injected, &c, &edge))?;
-    let stored = local_ids(&c.addrs[leader]).await?.len();
+    // (A message whose client saw an error may still be committing: count again each time,
+    // on the leader after it has applied all that is committed.)
+    let stored_now = || async {
+        let mut last = None;
+        for addr in &c.addrs {
+            if let Ok(ids) = cluster_ids(addr).await {
+                last = Some(ids.len());
+                break;
+            }
+        }
+        last
+    };
     let once = wait_for("every stored message at the sink", DRAIN, || async {
+        let stored = stored_now().await?;
         let distinct = delivered(&sink).into_iter().collect::<BTreeSet<_>>().len();
-        (distinct == stored).then_some(())
+        (distinct == stored).then_some(stored)
     })
     .await;
-    if let Err(e) = once {
-        let distinct = delivered(&sink).into_iter().collect::<BTreeSet<_>>().len();
-        return Err(failure(
-            format!("{e}: {stored} messages stored, {distinct} distinct Message-IDs delivered"),
-            &injected,
-            &c,
-            &edge,
-        ));
-    }
+    let stored = match once {
+        Ok(stored) => stored,
+        Err(e) => {
+            let stored = stored_now().await.unwrap_or_default();
+            let distinct = delivered(&sink).into_iter().collect::<BTreeSet<_>>().len();
+            return Err(failure(
+                format!("{e}: {stored} messages stored, {distinct} distinct Message-IDs delivered"),
+                &injected,
+                &c,
+                &edge,
+            ));
+        }
+    };
     let arrivals = delivered(&sink);
     let duplicates = arrivals.len() - arrivals.iter().collect::<BTreeSet<_>>().len();
 
