@@ -11,7 +11,6 @@
 //!   column family indexes every unfinished recipient by the time it is next due (its next
 //!   attempt, or its lease's expiry), so the scheduler never scans the whole queue.
 //! - [`dsn`]: the RFC 3464 bounce messages generated when recipients fail.
-//! - `snapfile`: the current snapshot, a file written record by record beside the database.
 //! - [`QueueReader`]: read-only queries over a node's applied state, for the Admin API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -22,7 +21,6 @@
 mod apply;
 pub mod dsn;
 pub mod records;
-mod snapfile;
 pub mod store;
 pub mod types;
 

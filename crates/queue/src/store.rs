@@ -12,7 +12,7 @@
 //! never purged past state that is not on disk.
 
 use std::fmt::Debug;
-use std::io::{Cursor, Write as _};
+use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
 use crate::records::{DkimKeyRecord, MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
-use crate::snapfile::{varint, SnapshotFile};
 use crate::types::{message_id, NewMessage, NodeId, Request, Response, TypeConfig};
 use crate::QueueError;
 
@@ -91,13 +90,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         .chain(STATE_CFS)
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-    let snapshot = Arc::new(SnapshotFile::new(dir));
     Ok((
         LogStore { db: db.clone() },
-        StateMachine {
-            db: db.clone(),
-            snapshot,
-        },
+        StateMachine { db: db.clone() },
         QueueReader { db },
     ))
 }
@@ -311,13 +306,11 @@ struct SnapshotContent {
     message_count: u64,
 }
 
-/// The replicated state machine. The current snapshot lives in one file of the data
-/// directory (release 0.1.0 kept it in the `sm` column family: read when there is no file),
+/// The replicated state machine. The current snapshot lives in the `sm` column family only,
 /// so every handle (the state machine and its snapshot builders) sees the same one.
 #[derive(Debug)]
 pub struct StateMachine {
     db: Arc<DB>,
-    snapshot: Arc<SnapshotFile>,
 }
 
 /// The applied log id and membership, read through `get` (the database or one snapshot of it).
@@ -357,51 +350,41 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let db = self.db.clone();
-        let files = self.snapshot.clone();
         let stored = blocking(move || {
             // openraft keeps applying while a snapshot is built: the log id and membership
             // must come from the same RocksDB snapshot as the data, or a follower installing
             // it would apply again entries the data already holds.
             let snap = db.snapshot();
             let (applied, membership) = read_applied(|k| snap.get_cf(cf(&db, CF_SM), k))?;
-            let message_count: u64 = match snap.get_cf(cf(&db, CF_SM), K_COUNT).map_err(io_read)? {
+            let mut cfs = Vec::new();
+            for name in STATE_CFS {
+                let mut kvs = Vec::new();
+                for kv in snap.iterator_cf(cf(&db, name), IteratorMode::Start) {
+                    let (k, v) = kv.map_err(io_read)?;
+                    kvs.push((k.to_vec(), v.to_vec()));
+                }
+                cfs.push(kvs);
+            }
+            let message_count = match snap.get_cf(cf(&db, CF_SM), K_COUNT).map_err(io_read)? {
                 Some(v) => dec(&v).map_err(io_read)?,
                 None => 0,
             };
-            // The postcard encoding of a `SnapshotContent`, written record by record: each
-            // column family's length, counted first, then its keys and values.
-            let mut p = files.begin().map_err(io_write)?;
-            varint(&mut p.out, STATE_CFS.len() as u64).map_err(io_write)?;
-            for name in STATE_CFS {
-                let mut n = 0u64;
-                for kv in snap.iterator_cf(cf(&db, name), IteratorMode::Start) {
-                    kv.map_err(io_read)?;
-                    n += 1;
-                }
-                varint(&mut p.out, n).map_err(io_write)?;
-                for kv in snap.iterator_cf(cf(&db, name), IteratorMode::Start) {
-                    let (k, v) = kv.map_err(io_read)?;
-                    for bytes in [&k, &v] {
-                        varint(&mut p.out, bytes.len() as u64).map_err(io_write)?;
-                        p.out.write_all(bytes).map_err(io_write)?;
-                    }
-                }
-            }
-            varint(&mut p.out, message_count).map_err(io_write)?;
-            let len = p.out.written;
+            let data = enc(&SnapshotContent { cfs, message_count });
             let snapshot_id = match applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, len),
-                None => format!("empty-{len}"),
+                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
+                None => format!("empty-{}", data.len()),
             };
-            let meta = SnapshotMeta {
-                last_log_id: applied,
-                last_membership: membership,
-                snapshot_id,
+            let stored = StoredSnapshot {
+                meta: SnapshotMeta {
+                    last_log_id: applied,
+                    last_membership: membership,
+                    snapshot_id,
+                },
+                data,
             };
-            let data = files.commit(p, &meta).map_err(io_write)?;
-            // Release 0.1.0's copy in the database is stale now.
-            db.delete_cf(cf(&db, CF_SM), K_SNAPSHOT).map_err(io_write)?;
-            Ok(StoredSnapshot { meta, data })
+            db.put_cf_opt(cf(&db, CF_SM), K_SNAPSHOT, enc(&stored), &synced())
+                .map_err(io_write)?;
+            Ok(stored)
         })
         .await?;
         Ok(Snapshot {
@@ -460,7 +443,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         StateMachine {
             db: self.db.clone(),
-            snapshot: self.snapshot.clone(),
         }
     }
 
@@ -477,15 +459,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let content: SnapshotContent = dec(&data)
             .map_err(|e| SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
         let db = self.db.clone();
-        let files = self.snapshot.clone();
         let stored2 = StoredSnapshot {
             meta: meta.clone(),
             data,
         };
         blocking(move || {
-            // No snapshot while the state is replaced: after a crash in between, openraft
-            // builds one from whichever state the database holds.
-            files.remove().map_err(io_write)?;
             let mut b = WriteBatch::default();
             // Every state column family is emptied, also those the snapshot does not list
             // (one from an older release): nothing of the replaced state survives.
@@ -503,20 +481,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             b.put_cf(sm, K_APPLIED, enc(&stored2.meta.last_log_id));
             b.put_cf(sm, K_MEMBERSHIP, enc(&stored2.meta.last_membership));
             b.put_cf(sm, K_COUNT, enc(&content.message_count));
-            b.delete_cf(sm, K_SNAPSHOT);
-            db.write_opt(b, &synced()).map_err(io_write)?;
-            files.write(&stored2.meta, &stored2.data).map_err(io_write)
+            b.put_cf(sm, K_SNAPSHOT, enc(&stored2));
+            db.write_opt(b, &synced()).map_err(io_write)
         })
         .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        if let Some((meta, data)) = self.snapshot.read().map_err(io_read)? {
-            return Ok(Some(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(data)),
-            }));
-        }
         let Some(v) = self
             .db
             .get_cf(cf(&self.db, CF_SM), K_SNAPSHOT)
@@ -1027,96 +998,5 @@ mod tests {
             .unwrap();
         assert!(reader.due(2_000, 10).unwrap().is_empty());
         assert_eq!(reader.next_due_ms().unwrap(), None);
-    }
-}
-
-#[cfg(test)]
-mod snapshot_tests {
-    use super::*;
-    use crate::types::NewMessage;
-    use openraft::{CommittedLeaderId, EntryPayload};
-
-    fn enqueue(index: u64) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Request::Enqueue {
-                received_at_ms: 1_000,
-                messages: vec![NewMessage {
-                    tenant: "t".into(),
-                    mail_from: "a@example.com".into(),
-                    rcpt_to: vec!["b@example.net".into(), "c@example.net".into()],
-                    data: vec![b'x'; 300 + index as usize],
-                    client_ip: String::new(),
-                    helo: String::new(),
-                    edge: String::new(),
-                    smtputf8: false,
-                    body_8bit: false,
-                }],
-            }),
-        }
-    }
-
-    async fn build(sm: &mut StateMachine) -> Snapshot<TypeConfig> {
-        sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap()
-    }
-
-    /// The snapshot is written record by record into a file, in exactly the encoding release
-    /// 0.1.0 produced in memory, and no longer stored in the database.
-    #[tokio::test]
-    async fn built_snapshots_are_files_in_the_v1_encoding() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
-        for i in 1..=5 {
-            sm.apply([enqueue(i)]).await.unwrap();
-        }
-        let built = build(&mut sm).await;
-        let data = built.snapshot.into_inner();
-        let db = &sm.db;
-        let mut cfs = Vec::new();
-        for name in STATE_CFS {
-            cfs.push(
-                db.iterator_cf(cf(db, name), IteratorMode::Start)
-                    .map(|kv| {
-                        let (k, v) = kv.unwrap();
-                        (k.to_vec(), v.to_vec())
-                    })
-                    .collect::<Vec<_>>(),
-            );
-        }
-        let want = enc(&SnapshotContent {
-            cfs,
-            message_count: 5,
-        });
-        assert_eq!(data, want);
-        assert!(dir.path().join("snapshot.bin").exists());
-        assert!(db.get_cf(cf(db, CF_SM), K_SNAPSHOT).unwrap().is_none());
-        let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.meta, built.meta);
-        assert_eq!(current.snapshot.into_inner(), want);
-    }
-
-    /// A node upgraded from release 0.1.0 still serves the snapshot that release kept in the
-    /// database, until it builds or installs one of its own.
-    #[tokio::test]
-    async fn a_snapshot_kept_in_the_database_by_0_1_0_is_still_served() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
-        sm.apply([enqueue(1)]).await.unwrap();
-        let built = build(&mut sm).await;
-        let legacy = StoredSnapshot {
-            meta: built.meta.clone(),
-            data: built.snapshot.into_inner(),
-        };
-        std::fs::remove_file(dir.path().join("snapshot.bin")).unwrap();
-        sm.db
-            .put_cf(cf(&sm.db, CF_SM), K_SNAPSHOT, enc(&legacy))
-            .unwrap();
-        let current = sm.get_current_snapshot().await.unwrap().unwrap();
-        assert_eq!(current.meta, legacy.meta);
-        assert_eq!(current.snapshot.into_inner(), legacy.data);
     }
 }
