@@ -391,7 +391,20 @@ impl Cluster {
         self.nodes
             .iter()
             .enumerate()
-            .map(|(i, p)| format!("--- node {} ---\n{}", i + 1, tail(&p.log_text(), 40)))
+            .map(|(i, p)| {
+                // Backtrace frames would crowd out the error that ended a process.
+                let text = p.log_text();
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        let t = l.trim_start();
+                        !(t.starts_with("at ")
+                            || t.split_once(": ")
+                                .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit())))
+                    })
+                    .collect();
+                format!("--- node {} ---\n{}", i + 1, tail(&lines.join("\n"), 40))
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
