@@ -165,6 +165,11 @@ mod tests {
                 "[node]\n[node.delivery]\nretry_first = \"10m\"\nretry_max = \"1m\"\n",
                 "node.delivery.retry_max",
             ),
+            ("[node]\ningest_memory = \"64MB\"\n", "node.ingest_memory"),
+            (
+                "[node]\n[node.delivery]\nbatch = 60001\n",
+                "node.delivery.batch",
+            ),
         ];
         for (text, field) in cases {
             let err = Config::parse(text, "t.toml")

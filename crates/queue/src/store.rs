@@ -529,8 +529,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             *dedup_window_ms,
         )?,
         Request::SetFormat { version } => {
-            let h = cf(db, CF_SETTINGS);
-            let now = read_format(|k| db.get_cf(h, k)).map_err(std::io::Error::other)?;
+            let now = stored_format(db).map_err(std::io::Error::other)?;
             let version = now.max(*version);
             tx.put(CF_SETTINGS, K_FORMAT, enc(&version));
             Response::Format(version)
@@ -558,8 +557,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         }
         Request::Deliver { now_ms, mta, ops } => {
             tx.now_ms = *now_ms;
-            let format = read_format(|k| db.get_cf(cf(db, CF_SETTINGS), k))
-                .map_err(std::io::Error::other)?;
+            let format = stored_format(db).map_err(std::io::Error::other)?;
             tx.deliver(index, *now_ms, mta, ops.clone(), format)?
         }
     })
@@ -625,11 +623,9 @@ fn enqueue(
     })
 }
 
-/// The cluster's format version, read through `get` (1 until a `SetFormat` raised it).
-fn read_format(
-    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
-) -> Result<u32, QueueError> {
-    match get(K_FORMAT)? {
+/// The cluster's format version (1 until a `SetFormat` raised it).
+fn stored_format(db: &DB) -> Result<u32, QueueError> {
+    match db.get_cf(cf(db, CF_SETTINGS), K_FORMAT)? {
         Some(v) => dec(&v).map_err(|source| QueueError::Corrupt {
             cf: CF_SETTINGS,
             source,
@@ -805,7 +801,7 @@ impl QueueReader {
     /// The replicated format the cluster writes: 1 until a `SetFormat` raised it (a cluster
     /// that began on release 0.1.0 stays at 1 until an operator finalizes its upgrade).
     pub fn format(&self) -> Result<u32, QueueError> {
-        read_format(|k| self.db.get_cf(cf(&self.db, CF_SETTINGS), k))
+        stored_format(&self.db)
     }
 
     /// When the earliest unfinished recipient is due, if any.
