@@ -66,6 +66,8 @@ impl QueueClient {
             let (i, (addr, ch)) = self.node(attempt);
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
+                // The node tried last may be hung: the next message starts elsewhere.
+                self.current.store(i, Ordering::Relaxed);
                 return Err(Status::deadline_exceeded("queue did not commit in time"));
             }
             let mut r = tonic::Request::new(req.clone());
@@ -127,4 +129,65 @@ fn retryable(s: &Status) -> bool {
         s.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_proto::ingest::ingest_server::{Ingest, IngestServer};
+
+    /// A queue node that stores nothing: it answers every Enqueue with id `ok`, or, `hung`,
+    /// never answers at all (a process stopped after the connection was made).
+    struct Node {
+        hung: bool,
+    }
+
+    #[tonic::async_trait]
+    impl Ingest for Node {
+        async fn enqueue(
+            &self,
+            _r: tonic::Request<EnqueueRequest>,
+        ) -> Result<tonic::Response<EnqueueResponse>, Status> {
+            if self.hung {
+                std::future::pending::<()>().await;
+            }
+            Ok(tonic::Response::new(EnqueueResponse {
+                id: "ok".into(),
+                log_index: 1,
+            }))
+        }
+
+        async fn credentials(
+            &self,
+            _r: tonic::Request<CredentialsRequest>,
+        ) -> Result<tonic::Response<CredentialsResponse>, Status> {
+            Ok(tonic::Response::new(CredentialsResponse::default()))
+        }
+    }
+
+    async fn serve(hung: bool) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IngestServer::new(Node { hung }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        addr
+    }
+
+    /// A node that takes the call and never answers costs the message in flight its deadline
+    /// (it may have stored it: no retry); the next message goes to another node.
+    #[tokio::test]
+    async fn a_hung_node_is_left_for_the_next_message() {
+        let q = QueueClient::new(
+            &[serve(true).await, serve(false).await],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let first = q.enqueue(EnqueueRequest::default()).await.unwrap_err();
+        assert_eq!(first.code(), Code::DeadlineExceeded, "{first:?}");
+        let second = q.enqueue(EnqueueRequest::default()).await.unwrap();
+        assert_eq!(second.id, "ok");
+    }
 }
