@@ -332,11 +332,24 @@ pub struct Cluster {
     pub addrs: Vec<String>,
     /// Where configs, data and logs live.
     pub dir: tempfile::TempDir,
+    /// Slow links in front of the nodes, when started with [`Cluster::start_throttled`].
+    pub links: Vec<SlowLink>,
 }
 
 impl Cluster {
     /// Starts `n` nodes on 127.0.0.{ip_base+1..}; `extra` is appended to every [node] section.
     pub fn start(n: usize, ip_base: u8, extra: &str) -> anyhow::Result<Self> {
+        Self::start_with(n, ip_base, extra, None)
+    }
+
+    /// Like [`Cluster::start`], but nodes reach each other only through a [`SlowLink`]
+    /// carrying `rate` bytes per second each way (each node advertises its link's address;
+    /// `addrs` still reach the nodes directly).
+    pub fn start_throttled(n: usize, ip_base: u8, extra: &str, rate: u64) -> anyhow::Result<Self> {
+        Self::start_with(n, ip_base, extra, Some(rate))
+    }
+
+    fn start_with(n: usize, ip_base: u8, extra: &str, rate: Option<u64>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addrs: Vec<String> = (1..=n)
             .map(|i| {
@@ -344,7 +357,18 @@ impl Cluster {
                 format!("{ip}:{}", free_port(&ip))
             })
             .collect();
-        let members: Vec<String> = addrs
+        let links = match rate {
+            Some(rate) => addrs
+                .iter()
+                .map(|a| SlowLink::start(a, rate))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let advertised: Vec<String> = match rate {
+            Some(_) => links.iter().map(|l| l.addr.clone()).collect(),
+            None => addrs.clone(),
+        };
+        let members: Vec<String> = advertised
             .iter()
             .enumerate()
             .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
@@ -356,7 +380,8 @@ impl Cluster {
             std::fs::write(
                 &cfg,
                 format!(
-                    "[node]\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\ninitial_members = [{}]\n{extra}\n",
+                    "[node]\nid = {id}\nlisten = \"{addr}\"\nadvertise = \"{}\"\ndata_dir = \"{}\"\ninitial_members = [{}]\n{extra}\n",
+                    advertised[i],
                     dir.path().join(format!("data{id}")).display(),
                     members.join(", ")
                 ),
@@ -367,7 +392,12 @@ impl Cluster {
                 &log,
             )?);
         }
-        Ok(Self { nodes, addrs, dir })
+        Ok(Self {
+            nodes,
+            addrs,
+            dir,
+            links,
+        })
     }
 
     /// Waits until a node reports a leader that the others agree on; returns its index.
@@ -407,6 +437,106 @@ impl Cluster {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// A TCP proxy in front of `target` that carries at most `rate` bytes per second each way on
+/// each connection: a slow network link. It runs on a thread of its own until dropped.
+pub struct SlowLink {
+    /// Where to connect instead of the target (same IP, another port).
+    pub addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl SlowLink {
+    /// Starts a link to `target` (`ip:port`).
+    pub fn start(target: &str, rate: u64) -> anyhow::Result<Self> {
+        let ip = target.rsplit_once(':').context("ip:port")?.0;
+        let listener = TcpListener::bind((ip, 0))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?.to_string();
+        let target = target.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let accept = async {
+                    while let Ok((down, _)) = listener.accept().await {
+                        let target = target.clone();
+                        tokio::spawn(async move {
+                            let Ok(up) = tokio::net::TcpStream::connect(&target).await else {
+                                return;
+                            };
+                            let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                            let (dr, dw) = down.into_split();
+                            let (ur, uw) = up.into_split();
+                            tokio::join!(slow_copy(dr, uw, rate), slow_copy(ur, dw, rate));
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+        })
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Copies `from` to `to` at most `rate` bytes per second, then closes `to`'s write side.
+async fn slow_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: u64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = tokio::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        sent += n as u64;
+        // Ahead of the rate: wait until the bytes sent so far are due.
+        let due = start + Duration::from_micros(sent.saturating_mul(1_000_000) / rate);
+        tokio::time::sleep_until(due).await;
+    }
+    let _ = to.shutdown().await;
+}
+
+/// An Enqueue call for one message of `size` bytes to `r{i}@example.net`, with Message-ID
+/// `<{tag}-{i}@test>` and submission id `{tag}-{i}`.
+pub fn sized_request(tag: &str, i: usize, size: usize) -> skein_proto::ingest::EnqueueRequest {
+    let mut data =
+        format!("Message-ID: <{tag}-{i}@test>\r\nSubject: {tag} {i}\r\n\r\n").into_bytes();
+    data.resize(size, b'x');
+    skein_proto::ingest::EnqueueRequest {
+        mail_from: "app@example.com".into(),
+        rcpt_to: vec![format!("r{i}@example.net")],
+        data: data.into(),
+        client_ip: "127.0.0.1".into(),
+        submission_id: format!("{tag}-{i}").into_bytes(),
+        ..Default::default()
     }
 }
 

@@ -4,23 +4,9 @@
 use std::time::Duration;
 
 use skein_proto::ingest::ingest_client::IngestClient;
-use skein_proto::ingest::EnqueueRequest;
 use skein_tests::*;
 
 const MESSAGE: usize = 10_000_000;
-
-fn big(i: usize) -> EnqueueRequest {
-    let mut data = format!("Subject: big {i}\r\n\r\n").into_bytes();
-    data.resize(MESSAGE, b'x');
-    EnqueueRequest {
-        mail_from: "app@example.com".into(),
-        rcpt_to: vec![format!("r{i}@example.net")],
-        data: data.into(),
-        client_ip: "127.0.0.1".into(),
-        submission_id: format!("big-{i}").into_bytes(),
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_large_messages_is_refused_past_the_budget_and_nothing_is_lost(
@@ -60,7 +46,12 @@ async fn a_flood_of_large_messages_is_refused_past_the_budget_and_nothing_is_los
             let mut client = IngestClient::connect(addr)
                 .await?
                 .max_encoding_message_size(80 << 20);
-            anyhow::Ok(client.enqueue(big(i)).await.map(|r| r.into_inner().id))
+            anyhow::Ok(
+                client
+                    .enqueue(sized_request("big", i, MESSAGE))
+                    .await
+                    .map(|r| r.into_inner().id),
+            )
         }));
     }
     let refusal = wait_for("a refusal", Duration::from_secs(20), || async {
@@ -115,6 +106,6 @@ async fn a_flood_of_large_messages_is_refused_past_the_budget_and_nothing_is_los
     let mut client = IngestClient::connect(addr)
         .await?
         .max_encoding_message_size(80 << 20);
-    client.enqueue(big(9)).await?;
+    client.enqueue(sized_request("big", 9, MESSAGE)).await?;
     Ok(())
 }

@@ -28,6 +28,7 @@ pub mod node;
 pub mod policy;
 pub mod propose;
 pub mod scheduler;
+pub mod staging;
 pub mod work;
 
 pub use error::ClusterError;

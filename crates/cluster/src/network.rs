@@ -1,6 +1,6 @@
 //! Raft's transport over gRPC.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,15 +12,22 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, Raft};
+use openraft::{BasicNode, Entry, LogId, Raft};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use skein_core::SharedClock;
 use skein_proto::raft::raft_client::RaftClient;
 use skein_proto::raft::raft_server::Raft as RaftRpc;
 use skein_proto::raft::RaftPayload;
 use skein_queue::{NodeId, TypeConfig};
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+
+use crate::staging::{
+    upload_deadline, Part, Staged, StagedAppend, STAGED_BUDGET, STAGED_TTL, STAGE_ENTRY_ABOVE,
+    STAGE_REQUEST_ABOVE,
+};
 
 /// Largest gRPC message between nodes (a batch of messages, a snapshot chunk).
 pub const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
@@ -34,8 +41,18 @@ pub struct Channels {
 impl Channels {
     /// A channel to `addr` (`host:port`), created on first use and then shared.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.get_keyed(addr, addr)
+    }
+
+    /// A second channel to `addr`, its own TCP connection, for bulk transfers (staged log
+    /// entries): what waits in its buffers never delays a heartbeat or a vote.
+    pub fn bulk(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.get_keyed(&format!("{addr} bulk"), addr)
+    }
+
+    fn get_keyed(&self, key: &str, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(addr) {
+        if let Some(c) = map.get(key) {
             return Ok(c.clone());
         }
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
@@ -44,7 +61,7 @@ impl Channels {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
+        map.insert(key.to_string(), ch.clone());
         Ok(ch)
     }
 }
@@ -70,6 +87,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             channels: self.channels.clone(),
+            uploads: BTreeMap::new(),
+            no_staging: false,
         }
     }
 }
@@ -80,6 +99,20 @@ pub struct Connection {
     target: NodeId,
     addr: String,
     channels: Channels,
+    /// Entries being or already staged at the target (see [`crate::staging`]).
+    uploads: BTreeMap<LogId<NodeId>, watch::Receiver<Upload>>,
+    /// The target answered `StageEntry` with UNIMPLEMENTED (an older release).
+    no_staging: bool,
+}
+
+/// Where the upload of one staged entry stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Upload {
+    Running,
+    Done,
+    Failed,
+    /// The target does not have the `StageEntry` call.
+    Unsupported,
 }
 
 impl Connection {
@@ -96,10 +129,6 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let channel = self.channels.get(&self.addr).map_err(|e| unreachable(&e))?;
-        let mut client = RaftClient::new(channel)
-            .max_decoding_message_size(MAX_RAFT_MESSAGE)
-            .max_encoding_message_size(MAX_RAFT_MESSAGE);
         let data =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if let Some(hint) = fewer_entries(data.len(), entries, MAX_RAFT_MESSAGE) {
@@ -107,15 +136,35 @@ impl Connection {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
+        self.send(which, data, option.hard_ttl()).await
+    }
+
+    fn client(&self) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+        Ok(raft_client(self.channels.get(&self.addr)?))
+    }
+
+    /// Sends an encoded request and decodes the reply, all within `limit`.
+    async fn send<Resp, E>(
+        &self,
+        which: Rpc,
+        data: Vec<u8>,
+        limit: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let mut client = self.client().map_err(|e| unreachable(&e))?;
         let mut request = Request::new(RaftPayload { data });
-        request.set_timeout(option.hard_ttl());
+        request.set_timeout(limit);
         // Bounded here too, not only by openraft's own timers: the transport never waits on
         // a peer that does not answer longer than openraft allowed.
-        let reply = skein_proto::call_within(option.hard_ttl(), async {
+        let reply = skein_proto::call_within(limit, async {
             match which {
                 Rpc::Vote => client.vote(request).await,
                 Rpc::Append => client.append_entries(request).await,
                 Rpc::Snapshot => client.install_snapshot(request).await,
+                Rpc::AppendStaged => client.append_staged(request).await,
             }
         })
         .await;
@@ -130,6 +179,12 @@ impl Connection {
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(openraft::error::RemoteError::new(self.target, e)))
     }
+}
+
+fn raft_client(channel: Channel) -> RaftClient<Channel> {
+    RaftClient::new(channel)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE)
 }
 
 /// How many entries to send instead when `entries` of them encode to `len` bytes, more than
@@ -159,6 +214,150 @@ enum Rpc {
     Vote,
     Append,
     Snapshot,
+    AppendStaged,
+}
+
+impl Connection {
+    /// Sends an AppendEntries whose large entries go ahead by `StageEntry` (see
+    /// [`crate::staging`]); `None` when it is small enough to go as it is.
+    async fn append_staged(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Option<Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>>>
+    {
+        if self.no_staging {
+            return None;
+        }
+        let started = tokio::time::Instant::now();
+        // Forget uploads this request no longer needs: the target holds them, or a new leader
+        // truncated them.
+        let wanted: BTreeSet<LogId<NodeId>> = rpc.entries.iter().map(|e| e.log_id).collect();
+        self.uploads.retain(|id, _| wanted.contains(id));
+        if self.uploads.is_empty() {
+            // Not staging yet: only a large request is (measured without encoding it).
+            let size = postcard::experimental::serialized_size(rpc).ok()?;
+            if size <= STAGE_REQUEST_ABOVE {
+                return None;
+            }
+        }
+        let mut parts = Vec::with_capacity(rpc.entries.len());
+        for e in &rpc.entries {
+            if self.uploads.contains_key(&e.log_id) {
+                parts.push(Part::Staged(e.log_id));
+                continue;
+            }
+            let data = match postcard::to_allocvec(e) {
+                Ok(d) => d,
+                Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
+            };
+            if data.len() <= STAGE_ENTRY_ABOVE {
+                parts.push(Part::Inline(e.clone()));
+                continue;
+            }
+            let client = match self.channels.bulk(&self.addr) {
+                Ok(c) => raft_client(c),
+                Err(err) => return Some(Err(unreachable(&err))),
+            };
+            self.uploads.insert(e.log_id, start_upload(client, data));
+            parts.push(Part::Staged(e.log_id));
+        }
+        // Wait for the uploads for half of what openraft allows this call, keeping the other
+        // half for the request that follows.
+        let wait = option.hard_ttl() / 2;
+        let mut all_done = true;
+        for rx in self.uploads.values_mut() {
+            let state = tokio::time::timeout_at(started + wait, async {
+                rx.wait_for(|u| *u != Upload::Running)
+                    .await
+                    .map(|u| u.clone())
+                    .unwrap_or(Upload::Failed)
+            })
+            .await
+            .unwrap_or(Upload::Running);
+            match state {
+                Upload::Done => {}
+                Upload::Unsupported => {
+                    tracing::info!(
+                        target = self.target,
+                        "node has no StageEntry: entries go inline"
+                    );
+                    self.no_staging = true;
+                    self.uploads.clear();
+                    return None;
+                }
+                _ => all_done = false,
+            }
+        }
+        // A failed upload starts again on the next call.
+        self.uploads
+            .retain(|_, rx| !matches!(*rx.borrow(), Upload::Failed));
+        let left = option.hard_ttl().saturating_sub(started.elapsed());
+        if !all_done {
+            // Keep the target's election timer reset meanwhile, and tell openraft only what
+            // the target already matched.
+            let heartbeat = AppendEntriesRequest::<TypeConfig> {
+                vote: rpc.vote,
+                prev_log_id: rpc.prev_log_id,
+                leader_commit: rpc.leader_commit,
+                entries: Vec::new(),
+            };
+            let data = match postcard::to_allocvec(&heartbeat) {
+                Ok(d) => d,
+                Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
+            };
+            let r = self.send(Rpc::Append, data, left).await;
+            return Some(r.map(|resp| match resp {
+                AppendEntriesResponse::Success => {
+                    AppendEntriesResponse::PartialSuccess(rpc.prev_log_id)
+                }
+                other => other,
+            }));
+        }
+        let req = StagedAppend {
+            vote: rpc.vote,
+            prev_log_id: rpc.prev_log_id,
+            leader_commit: rpc.leader_commit,
+            entries: parts,
+        };
+        let data = match postcard::to_allocvec(&req) {
+            Ok(d) => d,
+            Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
+        };
+        let r = self.send(Rpc::AppendStaged, data, left).await;
+        if let Err(RPCError::Network(e)) = &r {
+            if e.to_string().contains(STAGED_MISSING) {
+                // The target dropped them (restarted, or its budget ran out): upload again.
+                self.uploads.clear();
+            }
+        }
+        Some(r)
+    }
+}
+
+/// Part of the NOT_FOUND message of an `AppendStaged` naming entries the node does not hold.
+const STAGED_MISSING: &str = "staged entries not held";
+
+/// Uploads one encoded entry in the background, with a deadline sized to it: it goes on when
+/// the AppendEntries that started it times out.
+fn start_upload(mut client: RaftClient<Channel>, data: Vec<u8>) -> watch::Receiver<Upload> {
+    let (tx, rx) = watch::channel(Upload::Running);
+    tokio::spawn(async move {
+        let limit = upload_deadline(data.len());
+        let mut request = Request::new(RaftPayload { data });
+        request.set_timeout(limit);
+        let r = skein_proto::call_within(limit, client.stage_entry(request)).await;
+        let state = match r {
+            Ok(_) => Upload::Done,
+            Err(s) if s.code() == tonic::Code::Unimplemented => Upload::Unsupported,
+            Err(s) => {
+                tracing::warn!(error = %s, "staging a log entry failed; it will be sent again");
+                Upload::Failed
+            }
+        };
+        let _ = tx.send(state);
+    });
+    rx
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -167,6 +366,9 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if let Some(r) = self.append_staged(&rpc, &option).await {
+            return r;
+        }
         let entries = rpc.entries.len();
         self.call(Rpc::Append, &rpc, entries, &option).await
     }
@@ -195,12 +397,22 @@ impl RaftNetwork<TypeConfig> for Connection {
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft<TypeConfig>,
+    staged: Arc<Mutex<Staged>>,
+    clock: SharedClock,
 }
 
 impl RaftService {
     /// Serves `raft`.
-    pub fn new(raft: Raft<TypeConfig>) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft<TypeConfig>, clock: SharedClock) -> Self {
+        Self {
+            raft,
+            staged: Arc::new(Mutex::new(Staged::new(STAGED_BUDGET, STAGED_TTL))),
+            clock,
+        }
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Staged> {
+        self.staged.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -236,6 +448,37 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         let r: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(r).await)
+    }
+
+    async fn stage_entry(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let size = req.get_ref().data.len();
+        let entry: Entry<TypeConfig> = decode(req.get_ref())?;
+        let now = self.clock.now_ms();
+        self.staged()
+            .insert(entry, size, now)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        Ok(Response::new(RaftPayload { data: Vec::new() }))
+    }
+
+    async fn append_staged(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let r: StagedAppend = decode(req.get_ref())?;
+        let entries = self.staged().resolve(r.entries).map_err(|missing| {
+            let ids: Vec<String> = missing.iter().map(|id| id.to_string()).collect();
+            Status::not_found(format!("{STAGED_MISSING}: {}", ids.join(", ")))
+        })?;
+        let r = AppendEntriesRequest {
+            vote: r.vote,
+            prev_log_id: r.prev_log_id,
+            leader_commit: r.leader_commit,
+            entries,
+        };
+        encode(&self.raft.append_entries(r).await)
     }
 }
 

@@ -280,7 +280,7 @@ pub async fn start(
     );
     let server = tonic::transport::Server::builder()
         .add_service(
-            RaftServer::new(RaftService::new(raft.clone()))
+            RaftServer::new(RaftService::new(raft.clone(), ctx.clock.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
