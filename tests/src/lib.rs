@@ -17,6 +17,15 @@ use skein_proto::admin::{
 };
 use tonic::transport::Channel;
 
+/// This package's directory (`tests/`). Read at run time: cargo and nextest set it for every
+/// test process, while a value compiled in may name another checkout that shared the build
+/// cache (cargo does not rebuild when only the checkout's path changed).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The `skein` binary next to the test executable's `deps/` directory.
 pub fn skein_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -182,7 +191,7 @@ pub struct Submitted {
 
 /// Path of the Python client.
 pub fn submit_py() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("py/submit.py")
+    manifest_dir().join("py/submit.py")
 }
 
 /// Runs `submit.py ARGS` to completion and returns one record per message.
@@ -654,7 +663,7 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 impl Sink {
     /// Starts the sink on every `addr` (`ip:port`) with extra `args`; returns once it listens.
     pub fn start(addrs: &[String], args: &[&str]) -> anyhow::Result<Self> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/sink.py");
+        let script = manifest_dir().join("py/sink.py");
         let mut child = Command::new(SYSTEM_PYTHON)
             .arg(script)
             .args(addrs)

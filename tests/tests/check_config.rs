@@ -1,13 +1,12 @@
 //! `skein check-config` on the shipped examples and on broken files.
 
-use std::path::Path;
 use std::process::Command;
 
-use skein_tests::skein_bin;
+use skein_tests::{manifest_dir, skein_bin};
 
 #[test]
 fn shipped_examples_pass_and_errors_name_the_field() {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/config/examples");
+    let examples = manifest_dir().join("../crates/config/examples");
     for name in ["node.toml", "edge.toml", "dev.toml"] {
         let out = Command::new(skein_bin())
             .arg("check-config")

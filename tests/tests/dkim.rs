@@ -3,7 +3,6 @@
 //! and the delivered messages checked by dkimpy (Debian's python3-dkim), a verifier not
 //! written here.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ const FINISH: Duration = Duration::from_secs(30);
 /// Verifies `message` with dkimpy, keys from `dns`; one JSON result per signature.
 fn dkimpy(message: &str, dns: &str) -> anyhow::Result<Vec<serde_json::Value>> {
     use std::io::Write as _;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/dkimverify.py");
+    let script = manifest_dir().join("py/dkimverify.py");
     let mut child = Command::new("/usr/bin/python3")
         .arg(script)
         .arg(dns)
@@ -140,9 +139,8 @@ async fn edge_signs_tenant_mail_and_dkimpy_verifies_it() -> anyhow::Result<()> {
         ed.dns_record.starts_with("v=DKIM1; k=ed25519; p="),
         "{ed:?}"
     );
-    let rsa_pem = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/dkim/testdata/rsa2048-pkcs1.pem"),
-    )?;
+    let rsa_pem =
+        std::fs::read_to_string(manifest_dir().join("../crates/dkim/testdata/rsa2048-pkcs1.pem"))?;
     let rsa = a
         .set_dkim_key(set_req("acme", "rsa.test", "r1", &rsa_pem, ""))
         .await?

@@ -21,6 +21,7 @@
 mod apply;
 pub mod dsn;
 pub mod records;
+mod snapfile;
 pub mod store;
 pub mod types;
 
@@ -47,4 +48,7 @@ pub enum QueueError {
         /// Decoder error.
         source: postcard::Error,
     },
+    /// The snapshot directory or a snapshot in it could not be read, written or recovered.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }

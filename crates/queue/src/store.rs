@@ -2,7 +2,8 @@
 //!
 //! Column families:
 //! - `log`: entries keyed by big-endian index; `raft`: vote and last purged log id.
-//! - `sm`: last applied log id, membership, message count, current snapshot.
+//! - `sm`: last applied log id, membership, message count, which snapshot file is current
+//!   (the snapshots themselves are files, see `snapfile`).
 //! - `messages` (envelopes) and `bodies`, keyed by queue id; `tenants`, keyed by name.
 //!
 //! Durability: log appends and votes are written with `sync = true` before openraft is told
@@ -12,7 +13,7 @@
 //! never purged past state that is not on disk.
 
 use std::fmt::Debug;
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Write as _};
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
 use crate::records::{DkimKeyRecord, MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
+use crate::snapfile::{get_bytes, get_varint, put_bytes, put_varint, Counting, SnapshotFiles};
 use crate::types::{message_id, NewMessage, NodeId, Request, Response, TypeConfig};
 use crate::QueueError;
 
@@ -68,7 +70,16 @@ const K_PURGED: &[u8] = b"last_purged";
 const K_APPLIED: &[u8] = b"last_applied";
 const K_MEMBERSHIP: &[u8] = b"membership";
 const K_COUNT: &[u8] = b"message_count";
+/// Release 0.1.0 kept its snapshot here, whole; moved to a file at open.
 const K_SNAPSHOT: &[u8] = b"snapshot";
+/// The current snapshot: a [`SnapshotRef`].
+const K_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
+/// Present while a snapshot is being installed (the state is then partly replaced): open
+/// finishes the install from the current snapshot's file.
+const K_INSTALLING: &[u8] = b"installing";
+
+/// Bytes of snapshot records written per RocksDB batch while installing.
+const INSTALL_BATCH: usize = 8 * 1024 * 1024;
 
 type SErr = StorageError<NodeId>;
 
@@ -90,11 +101,139 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         .chain(STATE_CFS)
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
     let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
+    let files = Arc::new(
+        SnapshotFiles::open(&dir.join("snapshots"))
+            .map_err(|e| QueueError::Snapshot(e.to_string()))?,
+    );
+    recover_snapshot(&db, &files).map_err(|e| QueueError::Snapshot(e.to_string()))?;
     Ok((
         LogStore { db: db.clone() },
-        StateMachine { db: db.clone() },
+        StateMachine {
+            db: db.clone(),
+            files,
+        },
         QueueReader { db },
     ))
+}
+
+/// At open: moves a snapshot release 0.1.0 kept in the database into a file, finishes an
+/// install a crash interrupted, and removes snapshot files no longer current.
+fn recover_snapshot(db: &DB, files: &SnapshotFiles) -> Result<(), SErr> {
+    let sm = cf(db, CF_SM);
+    if let Some(v) = db.get_cf(sm, K_SNAPSHOT).map_err(io_read)? {
+        let legacy: StoredSnapshot = dec(&v).map_err(io_read)?;
+        let (tmp, mut f) = files.create().map_err(io_write)?;
+        f.write_all(&legacy.data).map_err(io_write)?;
+        f.sync_all().map_err(io_write)?;
+        let file = files.seal(&tmp).map_err(io_write)?;
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            sm,
+            K_SNAPSHOT_FILE,
+            enc(&SnapshotRef {
+                meta: legacy.meta,
+                file,
+            }),
+        );
+        b.delete_cf(sm, K_SNAPSHOT);
+        db.write_opt(b, &synced()).map_err(io_write)?;
+    }
+    let current = current_snapshot(db)?;
+    if db.get_cf(sm, K_INSTALLING).map_err(io_read)?.is_some() {
+        let Some(r) = &current else {
+            return Err(io_read(std::io::Error::other(
+                "a snapshot install was interrupted and its snapshot is not recorded",
+            )));
+        };
+        tracing::warn!(snapshot = %r.meta.snapshot_id, "finishing a snapshot install that was interrupted");
+        load_snapshot(db, &files.path(&r.file), &r.meta)?;
+    }
+    files
+        .remove_except(current.as_ref().map(|r| r.file.as_str()))
+        .map_err(io_write)
+}
+
+/// The current snapshot, if there is one.
+fn current_snapshot(db: &DB) -> Result<Option<SnapshotRef>, SErr> {
+    match db.get_cf(cf(db, CF_SM), K_SNAPSHOT_FILE).map_err(io_read)? {
+        Some(v) => Ok(Some(dec(&v).map_err(io_read)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes the state column families of `snap`, record by record, as a `SnapshotContent`.
+fn write_content(
+    db: &DB,
+    snap: &rocksdb::Snapshot<'_>,
+    message_count: u64,
+    out: &mut impl std::io::Write,
+) -> Result<(), SErr> {
+    put_varint(out, STATE_CFS.len() as u64).map_err(io_write)?;
+    for name in STATE_CFS {
+        // The count comes first in the encoding: one pass to count, one to write.
+        let mut n = 0u64;
+        for kv in snap.iterator_cf(cf(db, name), IteratorMode::Start) {
+            kv.map_err(io_read)?;
+            n += 1;
+        }
+        put_varint(out, n).map_err(io_write)?;
+        for kv in snap.iterator_cf(cf(db, name), IteratorMode::Start) {
+            let (k, v) = kv.map_err(io_read)?;
+            put_bytes(out, &k).map_err(io_write)?;
+            put_bytes(out, &v).map_err(io_write)?;
+        }
+    }
+    put_varint(out, message_count).map_err(io_write)
+}
+
+/// Replaces the state with the snapshot in `path`, read record by record and written in
+/// batches of [`INSTALL_BATCH`] bytes; `K_INSTALLING` must be set (the caller sets it with
+/// the snapshot's record) and is cleared with the last batch, synced.
+fn load_snapshot(db: &DB, path: &Path, meta: &SnapshotMeta<NodeId, BasicNode>) -> Result<(), SErr> {
+    let bad =
+        |e: std::io::Error| SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e));
+    let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path).map_err(bad)?);
+    let mut b = WriteBatch::default();
+    // Every state column family is emptied, also those the snapshot does not list (one from
+    // an older release): nothing of the replaced state survives.
+    for name in STATE_CFS {
+        // Keys are ids, names and big-endian times: all below 64 0xFF bytes.
+        b.delete_range_cf(cf(db, name), [].as_slice(), [0xFFu8; 64].as_slice());
+    }
+    let listed = get_varint(&mut r).map_err(bad)?;
+    if listed > STATE_CFS.len() as u64 {
+        return Err(bad(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "snapshot lists {listed} column families; this release knows {}",
+                STATE_CFS.len()
+            ),
+        )));
+    }
+    for name in &STATE_CFS[..listed as usize] {
+        let h = cf(db, name);
+        for _ in 0..get_varint(&mut r).map_err(bad)? {
+            let k = get_bytes(&mut r).map_err(bad)?;
+            let v = get_bytes(&mut r).map_err(bad)?;
+            b.put_cf(h, k, v);
+            if b.size_in_bytes() >= INSTALL_BATCH {
+                db.write(std::mem::take(&mut b)).map_err(io_write)?;
+            }
+        }
+    }
+    let count = get_varint(&mut r).map_err(bad)?;
+    let sm = cf(db, CF_SM);
+    b.put_cf(sm, K_APPLIED, enc(&meta.last_log_id));
+    b.put_cf(sm, K_MEMBERSHIP, enc(&meta.last_membership));
+    b.put_cf(sm, K_COUNT, enc(&count));
+    b.delete_cf(sm, K_INSTALLING);
+    db.write_opt(b, &synced()).map_err(io_write)
+}
+
+/// Opens the snapshot file `path` for openraft to send.
+fn open_data(path: &Path) -> Result<Box<tokio::fs::File>, SErr> {
+    let f = std::fs::File::open(path).map_err(io_read)?;
+    Ok(Box::new(tokio::fs::File::from_std(f)))
 }
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
@@ -290,7 +429,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
-/// A snapshot as kept in the `sm` column family.
+/// A snapshot as release 0.1.0 kept it in the `sm` column family.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
@@ -298,19 +437,20 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
-/// The content of a snapshot: every key and value of the state column families.
-#[derive(Debug, Serialize, Deserialize)]
-struct SnapshotContent {
-    /// One list of (key, value) per entry of [`STATE_CFS`].
-    cfs: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
-    message_count: u64,
+/// The current snapshot: its meta and the file holding its data (a `SnapshotContent`
+/// encoding: one list of (key, value) per entry of [`STATE_CFS`], then the message count).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotRef {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    file: String,
 }
 
-/// The replicated state machine. The current snapshot lives in the `sm` column family only,
-/// so every handle (the state machine and its snapshot builders) sees the same one.
+/// The replicated state machine. Which snapshot is current is recorded in the `sm` column
+/// family, so every handle (the state machine and its snapshot builders) sees the same one.
 #[derive(Debug)]
 pub struct StateMachine {
     db: Arc<DB>,
+    files: Arc<SnapshotFiles>,
 }
 
 /// The applied log id and membership, read through `get` (the database or one snapshot of it).
@@ -350,46 +490,62 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let db = self.db.clone();
-        let stored = blocking(move || {
+        let files = self.files.clone();
+        let (meta, data) = blocking(move || {
             // openraft keeps applying while a snapshot is built: the log id and membership
             // must come from the same RocksDB snapshot as the data, or a follower installing
             // it would apply again entries the data already holds.
             let snap = db.snapshot();
             let (applied, membership) = read_applied(|k| snap.get_cf(cf(&db, CF_SM), k))?;
-            let mut cfs = Vec::new();
-            for name in STATE_CFS {
-                let mut kvs = Vec::new();
-                for kv in snap.iterator_cf(cf(&db, name), IteratorMode::Start) {
-                    let (k, v) = kv.map_err(io_read)?;
-                    kvs.push((k.to_vec(), v.to_vec()));
-                }
-                cfs.push(kvs);
-            }
-            let message_count = match snap.get_cf(cf(&db, CF_SM), K_COUNT).map_err(io_read)? {
+            let message_count: u64 = match snap.get_cf(cf(&db, CF_SM), K_COUNT).map_err(io_read)? {
                 Some(v) => dec(&v).map_err(io_read)?,
                 None => 0,
             };
-            let data = enc(&SnapshotContent { cfs, message_count });
+            let (tmp, file) = files.create().map_err(io_write)?;
+            let mut out = Counting {
+                inner: BufWriter::with_capacity(1 << 20, file),
+                written: 0,
+            };
+            write_content(&db, &snap, message_count, &mut out)?;
+            drop(snap);
+            let len = out.written;
+            let file = out
+                .inner
+                .into_inner()
+                .map_err(|e| io_write(e.into_error()))?;
+            file.sync_all().map_err(io_write)?;
             let snapshot_id = match applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, data.len()),
-                None => format!("empty-{}", data.len()),
+                Some(l) => format!("{}-{}-{len}", l.leader_id, l.index),
+                None => format!("empty-{len}"),
             };
-            let stored = StoredSnapshot {
-                meta: SnapshotMeta {
-                    last_log_id: applied,
-                    last_membership: membership,
-                    snapshot_id,
-                },
-                data,
+            let meta = SnapshotMeta {
+                last_log_id: applied,
+                last_membership: membership,
+                snapshot_id,
             };
-            db.put_cf_opt(cf(&db, CF_SM), K_SNAPSHOT, enc(&stored), &synced())
+            let _current = files.lock();
+            if current_snapshot(&db)?.is_some_and(|c| c.meta.last_log_id >= applied) {
+                // A snapshot installed meanwhile is newer: it stays current, and this one is
+                // handed to openraft from the open file only.
+                std::fs::remove_file(&tmp).map_err(io_write)?;
+                return Ok((meta, file));
+            }
+            let name = files.seal(&tmp).map_err(io_write)?;
+            let r = SnapshotRef {
+                meta: meta.clone(),
+                file: name.clone(),
+            };
+            db.put_cf_opt(cf(&db, CF_SM), K_SNAPSHOT_FILE, enc(&r), &synced())
                 .map_err(io_write)?;
-            Ok(stored)
+            files.remove_except(Some(&name)).map_err(io_write)?;
+            // The handle that wrote it reads it: from the start.
+            let data = std::fs::File::open(files.path(&name)).map_err(io_read)?;
+            Ok((meta, data))
         })
         .await?;
         Ok(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         })
     }
 }
@@ -443,63 +599,77 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         StateMachine {
             db: self.db.clone(),
+            files: self.files.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, SErr> {
+        let f = self.files.receive().map_err(io_write)?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), SErr> {
-        let data = snapshot.into_inner();
-        let content: SnapshotContent = dec(&data)
-            .map_err(|e| SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
+        use tokio::io::AsyncWriteExt as _;
+        snapshot.flush().await.map_err(io_write)?;
+        let data = snapshot.into_std().await;
         let db = self.db.clone();
-        let stored2 = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        let files = self.files.clone();
+        let meta = meta.clone();
         blocking(move || {
-            let mut b = WriteBatch::default();
-            // Every state column family is emptied, also those the snapshot does not list
-            // (one from an older release): nothing of the replaced state survives.
-            for name in STATE_CFS {
-                // Keys are ids, names and big-endian times: all below 64 0xFF bytes.
-                b.delete_range_cf(cf(&db, name), [].as_slice(), [0xFFu8; 64].as_slice());
-            }
-            for (name, kvs) in STATE_CFS.iter().zip(content.cfs) {
-                let h = cf(&db, name);
-                for (k, v) in kvs {
-                    b.put_cf(h, k, v);
+            let tmp = match files.received_path(&data).map_err(io_read)? {
+                Some(p) => p,
+                None => {
+                    // Not received here (a snapshot handed over in process): copy it in.
+                    let (p, mut f) = files.create().map_err(io_write)?;
+                    let mut from = data.try_clone().map_err(io_read)?;
+                    std::io::Seek::seek(&mut from, std::io::SeekFrom::Start(0)).map_err(io_read)?;
+                    std::io::copy(&mut from, &mut f).map_err(io_write)?;
+                    p
                 }
-            }
+            };
+            data.sync_all().map_err(io_write)?;
+            drop(data);
+            let _current = files.lock();
+            let name = files.seal(&tmp).map_err(io_write)?;
+            // First record the snapshot and that it is being installed: a crash from here on
+            // finishes the install at the next open.
             let sm = cf(&db, CF_SM);
-            b.put_cf(sm, K_APPLIED, enc(&stored2.meta.last_log_id));
-            b.put_cf(sm, K_MEMBERSHIP, enc(&stored2.meta.last_membership));
-            b.put_cf(sm, K_COUNT, enc(&content.message_count));
-            b.put_cf(sm, K_SNAPSHOT, enc(&stored2));
-            db.write_opt(b, &synced()).map_err(io_write)
+            let mut b = WriteBatch::default();
+            b.put_cf(
+                sm,
+                K_SNAPSHOT_FILE,
+                enc(&SnapshotRef {
+                    meta: meta.clone(),
+                    file: name.clone(),
+                }),
+            );
+            b.put_cf(sm, K_INSTALLING, []);
+            b.delete_cf(sm, K_SNAPSHOT);
+            db.write_opt(b, &synced()).map_err(io_write)?;
+            load_snapshot(&db, &files.path(&name), &meta)?;
+            files.remove_except(Some(&name)).map_err(io_write)
         })
         .await
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        let Some(v) = self
-            .db
-            .get_cf(cf(&self.db, CF_SM), K_SNAPSHOT)
-            .map_err(io_read)?
-        else {
-            return Ok(None);
-        };
-        let s: StoredSnapshot = dec(&v).map_err(io_read)?;
-        Ok(Some(Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let db = self.db.clone();
+        let files = self.files.clone();
+        blocking(move || {
+            let _current = files.lock();
+            let Some(r) = current_snapshot(&db)? else {
+                return Ok(None);
+            };
+            Ok(Some(Snapshot {
+                snapshot: open_data(&files.path(&r.file))?,
+                meta: r.meta,
+            }))
+        })
+        .await
     }
 }
 
@@ -994,5 +1164,199 @@ mod tests {
             .unwrap();
         assert!(reader.due(2_000, 10).unwrap().is_empty());
         assert_eq!(reader.next_due_ms().unwrap(), None);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_file_tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::types::NewMessage;
+
+    fn enqueue(index: u64, body: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::Enqueue {
+                received_at_ms: 1_000,
+                messages: vec![NewMessage {
+                    tenant: String::new(),
+                    mail_from: "a@example.com".into(),
+                    rcpt_to: vec![format!("r{index}@example.net")],
+                    data: vec![b'x'; body],
+                    client_ip: String::new(),
+                    helo: String::new(),
+                    edge: String::new(),
+                    smtputf8: false,
+                    body_8bit: false,
+                }],
+            }),
+        }
+    }
+
+    async fn build(sm: &mut StateMachine) -> Snapshot<TypeConfig> {
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    }
+
+    /// A store of `n` messages of `body` bytes, at log index `n`.
+    async fn filled(n: u64, body: usize) -> (tempfile::TempDir, StateMachine) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        for i in 1..=n {
+            sm.apply([enqueue(i, body)]).await.unwrap();
+        }
+        (dir, sm)
+    }
+
+    async fn bytes(mut f: Box<tokio::fs::File>) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    /// Release 0.1.0's snapshot: the whole state as one postcard value.
+    type V1Content = (Vec<Vec<(Vec<u8>, Vec<u8>)>>, u64);
+
+    fn state(db: &DB) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        STATE_CFS
+            .iter()
+            .map(|name| {
+                db.iterator_cf(cf(db, name), IteratorMode::Start)
+                    .map(|kv| {
+                        let (k, v) = kv.unwrap();
+                        (k.to_vec(), v.to_vec())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// A snapshot streamed into a file is, byte for byte, what release 0.1.0 encoded in
+    /// memory: nodes of both releases read each other's snapshots during an upgrade.
+    #[tokio::test]
+    async fn streamed_snapshots_keep_the_0_1_0_encoding() {
+        let (dir, mut sm) = filled(5, 300).await;
+        let snap = build(&mut sm).await;
+        let data = bytes(snap.snapshot).await;
+        assert_eq!(data, enc(&(state(&sm.db), 5u64)));
+        let _: V1Content = dec(&data).unwrap();
+        // Served from the file, not the database; older files are gone.
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snap.meta);
+        assert_eq!(bytes(current.snapshot).await, data);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(sm
+            .db
+            .get_cf(cf(&sm.db, CF_SM), K_SNAPSHOT)
+            .unwrap()
+            .is_none());
+    }
+
+    /// A data directory from release 0.1.0 keeps its snapshot as a database value: the
+    /// first open moves it into a file, and it is served as before.
+    #[tokio::test]
+    async fn a_snapshot_0_1_0_kept_in_the_database_moves_to_a_file_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta;
+        let data;
+        {
+            let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+            sm.apply([enqueue(1, 10)]).await.unwrap();
+            let snap = build(&mut sm).await;
+            meta = snap.meta;
+            data = bytes(snap.snapshot).await;
+            // As 0.1.0 left it: the value, and no file.
+            let legacy = StoredSnapshot {
+                meta: meta.clone(),
+                data: data.clone(),
+            };
+            let sm_cf = cf(&sm.db, CF_SM);
+            sm.db.put_cf(sm_cf, K_SNAPSHOT, enc(&legacy)).unwrap();
+            sm.db.delete_cf(sm_cf, K_SNAPSHOT_FILE).unwrap();
+        }
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+        assert_eq!(bytes(current.snapshot).await, data);
+        assert!(sm
+            .db
+            .get_cf(cf(&sm.db, CF_SM), K_SNAPSHOT)
+            .unwrap()
+            .is_none());
+    }
+
+    /// A crash in the middle of an install leaves a state that is partly the old one and
+    /// partly the snapshot: the next open finishes the install.
+    #[tokio::test]
+    async fn an_interrupted_install_is_finished_at_open() {
+        let (_leader, mut sm) = filled(20, 100).await;
+        let snap = build(&mut sm).await;
+        let want = state(&sm.db);
+
+        let follower = tempfile::tempdir().unwrap();
+        {
+            let (_log, mut f, _reader) = open(follower.path()).unwrap();
+            f.apply([enqueue(1, 5)]).await.unwrap();
+            // What install does before loading, then a crash after the first batch: here,
+            // half the records written and nothing else.
+            let data = bytes(snap.snapshot).await;
+            let (tmp, mut file) = f.files.create().unwrap();
+            file.write_all(&data).unwrap();
+            let name = f.files.seal(&tmp).unwrap();
+            let sm_cf = cf(&f.db, CF_SM);
+            let r = SnapshotRef {
+                meta: snap.meta.clone(),
+                file: name,
+            };
+            f.db.put_cf(sm_cf, K_SNAPSHOT_FILE, enc(&r)).unwrap();
+            f.db.put_cf(sm_cf, K_INSTALLING, []).unwrap();
+            for (k, v) in want[0].iter().take(10) {
+                f.db.put_cf(cf(&f.db, CF_MESSAGES), k, v).unwrap();
+            }
+        }
+        let (_log, mut f, reader) = open(follower.path()).unwrap();
+        assert_eq!(state(&f.db), want);
+        assert_eq!(reader.message_count().unwrap(), 20);
+        assert_eq!(f.applied_state().await.unwrap().0, snap.meta.last_log_id);
+        assert!(f
+            .db
+            .get_cf(cf(&f.db, CF_SM), K_INSTALLING)
+            .unwrap()
+            .is_none());
+    }
+
+    /// A snapshot many times larger than an install batch goes through, and installing it
+    /// replaces everything that was there.
+    #[tokio::test]
+    async fn a_state_larger_than_an_install_batch_round_trips() {
+        // 40 MB of bodies: five install batches.
+        let (_leader, mut sm) = filled(40, 1_000_000).await;
+        let snap = build(&mut sm).await;
+        let follower = tempfile::tempdir().unwrap();
+        let (_log, mut f, reader) = open(follower.path()).unwrap();
+        f.apply([enqueue(1, 5)]).await.unwrap();
+        let mut data = f.begin_receiving_snapshot().await.unwrap();
+        let sent = bytes(snap.snapshot).await;
+        tokio::io::AsyncWriteExt::write_all(&mut data, &sent)
+            .await
+            .unwrap();
+        f.install_snapshot(&snap.meta, data).await.unwrap();
+        assert_eq!(state(&f.db), state(&sm.db));
+        assert_eq!(reader.message_count().unwrap(), 40);
+        // Only the installed snapshot is left.
+        let names = std::fs::read_dir(follower.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(names, 1);
     }
 }

@@ -1,7 +1,5 @@
 //! openraft type configuration and the replicated commands.
 
-use std::io::Cursor;
-
 use openraft::{BasicNode, Entry, TokioRuntime};
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +16,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = TokioRuntime,
 );
 

@@ -9,6 +9,8 @@
 //! new format version adds a file of its own (set `SKEIN_WRITE_FORMAT_FIXTURE=PATH` to write
 //! one from [`entries`]).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
@@ -256,7 +258,7 @@ async fn apply_all(
     (
         reader.state_digest().unwrap(),
         snap.meta,
-        snap.snapshot.into_inner(),
+        common::read_data(snap.snapshot).await,
     )
 }
 
@@ -315,9 +317,8 @@ async fn v1_entries_and_snapshot_decode_and_apply_to_the_same_state() {
     let data = unhex(field("snapshot")[0]);
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm, reader) = skein_queue::open(dir.path()).unwrap();
-    sm.install_snapshot(&meta, Box::new(std::io::Cursor::new(data)))
-        .await
-        .unwrap();
+    let data = common::snapshot_data(&mut sm, &data).await;
+    sm.install_snapshot(&meta, data).await.unwrap();
     assert_eq!(reader.state_digest().unwrap(), digest);
     assert_eq!(
         sm.applied_state().await.unwrap().0.map(|l| l.index),

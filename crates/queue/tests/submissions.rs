@@ -136,9 +136,8 @@ async fn submissions_travel_in_snapshots_and_an_older_snapshot_empties_them() {
     };
     let meta: SnapshotMeta<NodeId, BasicNode> =
         postcard::from_bytes(&field("snapshot-meta")).unwrap();
-    s.sm.install_snapshot(&meta, Box::new(std::io::Cursor::new(field("snapshot"))))
-        .await
-        .unwrap();
+    let data = common::snapshot_data(&mut s.sm, &field("snapshot")).await;
+    s.sm.install_snapshot(&meta, data).await.unwrap();
     s.index = 100;
     assert_eq!(s.reader.format().unwrap(), 1, "a v1 snapshot is format 1");
     let (ids, rep) = s.enqueue(2_000, &["B"]).await;

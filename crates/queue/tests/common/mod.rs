@@ -1,4 +1,6 @@
 //! A state machine on a fresh RocksDB store, for the queue's integration tests.
+// Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
@@ -11,6 +13,23 @@ pub fn entry(index: u64, req: Request) -> Entry<TypeConfig> {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
         payload: EntryPayload::Normal(req),
     }
+}
+
+/// Snapshot data holding `bytes`, received by `sm` as from a leader.
+pub async fn snapshot_data(sm: &mut StateMachine, bytes: &[u8]) -> Box<tokio::fs::File> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut f = sm.begin_receiving_snapshot().await.unwrap();
+    f.write_all(bytes).await.unwrap();
+    f
+}
+
+/// Everything in snapshot data, from the start.
+pub async fn read_data(mut f: Box<tokio::fs::File>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).await.unwrap();
+    out
 }
 
 /// A store whose entries are applied one at a time, at increasing log indexes.
