@@ -97,6 +97,7 @@ pub async fn run(
                     None => return,
                 },
                 _ = senders.changed.notified() => {}
+                _ = senders.drained() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -193,8 +194,23 @@ async fn round(
                 .push(r);
         }
     }
+    // Bodies waiting for senders to take them stay within the budget: a slow sender's backlog
+    // holds new work back instead of growing the leader's memory. One message always goes
+    // when nothing waits, however large.
+    let held = senders.held_bytes();
+    let mut room = cfg.assignment_memory.0.saturating_sub(held);
+    let mut starved = false;
     'plan: for ((message_id, domain), rcpts) in groups {
+        let size = match ctx.reader.get_message(&message_id, false)? {
+            Some((m, _)) => m.size,
+            None => 0,
+        };
         for chunk in rcpts.chunks(cfg.max_rcpts_per_assignment) {
+            if size > room && (held > 0 || !planned.is_empty()) {
+                starved = true;
+                continue 'plan;
+            }
+            room = room.saturating_sub(size);
             let lease = fastrand::u64(1..);
             let Some(slot) = senders.reserve(lease) else {
                 break 'plan;
@@ -220,6 +236,7 @@ async fn round(
             });
         }
     }
+    senders.set_starved(starved);
     if ops.is_empty() {
         return Ok(false);
     }

@@ -5,6 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use skein_proto::work::work_server::Work;
 use skein_proto::work::{Assignment, Hello, Report, SenderMessage};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{NodeCtx, Route};
@@ -31,7 +34,52 @@ struct Conn {
     max_in_flight: usize,
     in_flight: HashSet<u64>,
     next_ip: usize,
-    tx: mpsc::Sender<Result<Assignment, Status>>,
+    tx: mpsc::Sender<Result<Held, Status>>,
+}
+
+/// Body bytes of assignments waiting in sessions' channels.
+#[derive(Debug, Default)]
+struct Backlog {
+    bytes: AtomicU64,
+    /// Set by the scheduler when the backlog held work back: it then wants to hear of every
+    /// assignment that leaves.
+    starved: AtomicBool,
+    drained: Notify,
+}
+
+/// An assignment waiting in a session's channel; its body counts in [`Senders::held_bytes`]
+/// until the stream hands it to gRPC, or until it is dropped with a session that ended.
+#[derive(Debug)]
+pub struct Held {
+    assignment: Assignment,
+    bytes: u64,
+    backlog: Arc<Backlog>,
+}
+
+impl Held {
+    fn new(assignment: Assignment, backlog: Arc<Backlog>) -> Self {
+        let bytes = assignment.data.len() as u64;
+        backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            assignment,
+            bytes,
+            backlog,
+        }
+    }
+
+    fn take(mut self) -> Assignment {
+        std::mem::take(&mut self.assignment)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Taken or dropped, its body no longer waits here.
+        self.backlog.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        if self.backlog.starved.load(Ordering::Relaxed) {
+            self.backlog.drained.notify_one();
+        }
+    }
 }
 
 /// A slot reserved on a sender for one assignment.
@@ -52,6 +100,8 @@ pub struct Slot {
 pub struct Senders {
     conns: Mutex<HashMap<u64, Conn>>,
     next_id: Mutex<u64>,
+    /// Body bytes of assignments in sessions' channels.
+    backlog: Arc<Backlog>,
     /// Woken when a sender connects or a slot frees up.
     pub changed: Notify,
 }
@@ -61,7 +111,7 @@ impl Senders {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn register(&self, hello: &Hello, tx: mpsc::Sender<Result<Assignment, Status>>) -> u64 {
+    fn register(&self, hello: &Hello, tx: mpsc::Sender<Result<Held, Status>>) -> u64 {
         let id = {
             let mut n = self.next_id.lock().unwrap_or_else(|p| p.into_inner());
             *n += 1;
@@ -156,7 +206,23 @@ impl Senders {
             None => return false,
         };
         // The channel holds max_in_flight + slack, and slots bound what is sent.
-        tx.try_send(Ok(a)).is_ok()
+        tx.try_send(Ok(Held::new(a, self.backlog.clone()))).is_ok()
+    }
+
+    /// Body bytes of the assignments sessions have not taken yet.
+    pub fn held_bytes(&self) -> u64 {
+        self.backlog.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the backlog held work back: while it did, every assignment a session
+    /// takes wakes [`Senders::drained`].
+    pub fn set_starved(&self, starved: bool) {
+        self.backlog.starved.store(starved, Ordering::Relaxed);
+    }
+
+    /// Completes when an assignment leaves the backlog while it is starved.
+    pub async fn drained(&self) {
+        self.backlog.drained.notified().await
     }
 }
 
@@ -233,7 +299,7 @@ pub fn validate_hello(h: &Hello) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl Work for WorkService {
-    type SessionStream = ReceiverStream<Result<Assignment, Status>>;
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<Assignment, Status>> + Send>>;
 
     async fn session(
         &self,
@@ -296,6 +362,79 @@ impl Work for WorkService {
             senders.unregister(id);
             tracing::info!(sender = %hello.sender, "sender disconnected");
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|item| item.map(Held::take)),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use skein_proto::work::SourceIp;
+
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            sender: "s1".into(),
+            source_ips: vec![SourceIp {
+                ip: "127.0.0.9".into(),
+                ehlo: "out.example.com".into(),
+            }],
+            max_in_flight: 10,
+            active_leases: Vec::new(),
+        }
+    }
+
+    fn assignment(lease: u64, size: usize) -> Assignment {
+        Assignment {
+            lease,
+            data: vec![b'x'; size],
+            ..Default::default()
+        }
+    }
+
+    /// Bodies count while they wait in a session's channel, and stop counting when the
+    /// session's stream takes them or when the session ends with them unsent.
+    #[tokio::test]
+    async fn held_bytes_follow_assignments_until_taken_or_dropped() {
+        let senders = Senders::default();
+        let (tx, rx) = mpsc::channel(16);
+        let id = senders.register(&hello(), tx);
+        assert!(senders.send(id, assignment(1, 1000)));
+        assert!(senders.send(id, assignment(2, 500)));
+        assert_eq!(senders.held_bytes(), 1500);
+        let mut stream = ReceiverStream::new(rx).map(|item| item.map(Held::take));
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(
+            (first.lease, first.data.len()),
+            (1, 1000),
+            "the body goes out whole"
+        );
+        assert_eq!(senders.held_bytes(), 500);
+        // The session ends with one assignment unsent.
+        senders.unregister(id);
+        drop(stream);
+        assert_eq!(senders.held_bytes(), 0);
+    }
+
+    /// While the backlog holds work back, each assignment that leaves wakes the scheduler.
+    #[tokio::test]
+    async fn a_starved_scheduler_hears_of_each_drained_assignment() {
+        let senders = Arc::new(Senders::default());
+        let (tx, mut rx) = mpsc::channel(16);
+        let id = senders.register(&hello(), tx);
+        senders.send(id, assignment(1, 10));
+        senders.set_starved(true);
+        let waiter = {
+            let senders = senders.clone();
+            tokio::spawn(async move { senders.drained().await })
+        };
+        tokio::task::yield_now().await;
+        drop(rx.recv().await);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use skein_core::HumanDuration;
+use skein_core::{ByteSize, HumanDuration};
 
 use crate::{invalid, ConfigError};
 
@@ -31,6 +31,10 @@ pub struct DeliveryConfig {
     pub max_rcpts_per_assignment: usize,
     /// Recipients considered per scheduling round.
     pub batch: usize,
+    /// Bytes of message bodies the leader holds in assignments its senders have not taken
+    /// yet (a slow or stuck sender's backlog). Past it no new work is handed out until they
+    /// drain; one message is always allowed when nothing is held. Default 256MB.
+    pub assignment_memory: ByteSize,
     /// How long a finished message (every recipient delivered, bounced, expired or suppressed)
     /// keeps its envelope and attempt history for `skeinctl message`; then it is forgotten.
     pub keep_finished: HumanDuration,
@@ -55,6 +59,7 @@ impl Default for DeliveryConfig {
             lease: HumanDuration(Duration::from_secs(10 * 60)),
             max_rcpts_per_assignment: 50,
             batch: 1000,
+            assignment_memory: ByteSize(256_000_000),
             keep_finished: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             events: None,
         }
@@ -85,6 +90,9 @@ impl DeliveryConfig {
         }
         if !(1..=1000).contains(&self.max_rcpts_per_assignment) {
             return Err(invalid(f("max_rcpts_per_assignment"), "must be 1-1000"));
+        }
+        if self.assignment_memory.0 < 1_000_000 {
+            return Err(invalid(f("assignment_memory"), "must be at least 1MB"));
         }
         if self.keep_finished.0 < Duration::from_secs(1) {
             return Err(invalid(f("keep_finished"), "must be at least 1s"));
