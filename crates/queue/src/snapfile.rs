@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,6 +198,34 @@ pub(crate) fn get_bytes(r: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// Walks a whole snapshot's encoding without keeping any of it: `Ok` when it is well formed
+/// (at most `max_cfs` column families, every length within [`MAX_RECORD`], nothing after the
+/// message count). Installing checks this first, so a bad file never touches the state.
+pub(crate) fn check_content(r: &mut impl BufRead, max_cfs: u64) -> std::io::Result<()> {
+    let cfs = get_varint(r)?;
+    if cfs > max_cfs {
+        return Err(corrupt(format!(
+            "snapshot lists {cfs} column families; this release knows {max_cfs}"
+        )));
+    }
+    for _ in 0..cfs {
+        for _ in 0..get_varint(r)? * 2 {
+            let len = get_varint(r)?;
+            if len > MAX_RECORD {
+                return Err(corrupt(format!("record of {len} bytes")));
+            }
+            if std::io::copy(&mut r.by_ref().take(len), &mut std::io::sink())? != len {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+    get_varint(r)?;
+    if !r.fill_buf()?.is_empty() {
+        return Err(corrupt("bytes after the end of the snapshot".into()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Cursor;
@@ -229,6 +257,22 @@ mod tests {
         // Cut short.
         let e = get_bytes(&mut Cursor::new(vec![5u8, b'a'])).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn content_checks_find_bad_lengths_short_files_and_trailing_bytes() {
+        let good =
+            postcard::to_allocvec(&(vec![vec![(b"k".to_vec(), b"value".to_vec())], vec![]], 7u64))
+                .unwrap();
+        assert!(check_content(&mut Cursor::new(&good), 2).is_ok());
+        assert!(
+            check_content(&mut Cursor::new(&good), 1).is_err(),
+            "too many CFs"
+        );
+        assert!(check_content(&mut Cursor::new(&good[..good.len() - 2]), 2).is_err());
+        let mut long = good.clone();
+        long.push(0);
+        assert!(check_content(&mut Cursor::new(&long), 2).is_err());
     }
 
     #[test]

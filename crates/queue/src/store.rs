@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
 use crate::records::{DkimKeyRecord, MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
-use crate::snapfile::{get_bytes, get_varint, put_bytes, put_varint, Counting, SnapshotFiles};
+use crate::snapfile::{
+    check_content, get_bytes, get_varint, put_bytes, put_varint, Counting, SnapshotFiles,
+};
 use crate::types::{message_id, NewMessage, NodeId, Request, Response, TypeConfig};
 use crate::QueueError;
 
@@ -633,6 +635,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             data.sync_all().map_err(io_write)?;
             drop(data);
+            // A bad file is refused before the state is touched.
+            let f = std::fs::File::open(&tmp).map_err(io_read)?;
+            check_content(
+                &mut BufReader::with_capacity(1 << 20, f),
+                STATE_CFS.len() as u64,
+            )
+            .map_err(|e| SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
             let _current = files.lock();
             let name = files.seal(&tmp).map_err(io_write)?;
             // First record the snapshot and that it is being installed: a crash from here on
@@ -1328,6 +1337,29 @@ mod snapshot_file_tests {
         assert_eq!(state(&f.db), want);
         assert_eq!(reader.message_count().unwrap(), 20);
         assert_eq!(f.applied_state().await.unwrap().0, snap.meta.last_log_id);
+        assert!(f
+            .db
+            .get_cf(cf(&f.db, CF_SM), K_INSTALLING)
+            .unwrap()
+            .is_none());
+    }
+
+    /// A snapshot cut short is refused before anything is replaced.
+    #[tokio::test]
+    async fn a_truncated_snapshot_is_refused_and_the_state_stays() {
+        let (_leader, mut sm) = filled(5, 100).await;
+        let snap = build(&mut sm).await;
+        let mut sent = bytes(snap.snapshot).await;
+        sent.truncate(sent.len() - 10);
+        let (_follower, mut f) = filled(2, 7).await;
+        let before = state(&f.db);
+        let mut data = f.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut data, &sent)
+            .await
+            .unwrap();
+        assert!(f.install_snapshot(&snap.meta, data).await.is_err());
+        assert_eq!(state(&f.db), before);
+        assert_eq!(f.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
         assert!(f
             .db
             .get_cf(cf(&f.db, CF_SM), K_INSTALLING)
