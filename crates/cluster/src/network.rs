@@ -247,14 +247,15 @@ impl Connection {
                 parts.push(Part::Staged(e.log_id));
                 continue;
             }
+            // Measured first (no copy): only entries that are staged are encoded here.
+            if postcard::experimental::serialized_size(e).is_ok_and(|n| n <= STAGE_ENTRY_ABOVE) {
+                parts.push(Part::Inline(e.clone()));
+                continue;
+            }
             let data = match postcard::to_allocvec(e) {
                 Ok(d) => d,
                 Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
             };
-            if data.len() <= STAGE_ENTRY_ABOVE {
-                parts.push(Part::Inline(e.clone()));
-                continue;
-            }
             let client = match self.channels.bulk(&self.addr) {
                 Ok(c) => raft_client(c),
                 Err(err) => return Some(Err(unreachable(&err))),

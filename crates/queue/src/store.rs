@@ -1229,6 +1229,20 @@ mod snapshot_file_tests {
         out
     }
 
+    /// Snapshot data `f` receives as from a leader.
+    async fn receive(f: &mut StateMachine, sent: &[u8]) -> Box<tokio::fs::File> {
+        let mut data = f.begin_receiving_snapshot().await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut data, sent)
+            .await
+            .unwrap();
+        data
+    }
+
+    /// Whether `key` is set in the `sm` column family.
+    fn has(sm: &StateMachine, key: &[u8]) -> bool {
+        sm.db.get_cf(cf(&sm.db, CF_SM), key).unwrap().is_some()
+    }
+
     /// Release 0.1.0's snapshot: the whole state as one postcard value.
     type V1Content = (Vec<Vec<(Vec<u8>, Vec<u8>)>>, u64);
 
@@ -1264,11 +1278,7 @@ mod snapshot_file_tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
-        assert!(sm
-            .db
-            .get_cf(cf(&sm.db, CF_SM), K_SNAPSHOT)
-            .unwrap()
-            .is_none());
+        assert!(!has(&sm, K_SNAPSHOT));
     }
 
     /// A data directory from release 0.1.0 keeps its snapshot as a database value: the
@@ -1297,11 +1307,7 @@ mod snapshot_file_tests {
         let current = sm.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, meta);
         assert_eq!(bytes(current.snapshot).await, data);
-        assert!(sm
-            .db
-            .get_cf(cf(&sm.db, CF_SM), K_SNAPSHOT)
-            .unwrap()
-            .is_none());
+        assert!(!has(&sm, K_SNAPSHOT));
     }
 
     /// A crash in the middle of an install leaves a state that is partly the old one and
@@ -1337,11 +1343,7 @@ mod snapshot_file_tests {
         assert_eq!(state(&f.db), want);
         assert_eq!(reader.message_count().unwrap(), 20);
         assert_eq!(f.applied_state().await.unwrap().0, snap.meta.last_log_id);
-        assert!(f
-            .db
-            .get_cf(cf(&f.db, CF_SM), K_INSTALLING)
-            .unwrap()
-            .is_none());
+        assert!(!has(&f, K_INSTALLING));
     }
 
     /// A snapshot cut short is refused before anything is replaced.
@@ -1353,18 +1355,11 @@ mod snapshot_file_tests {
         sent.truncate(sent.len() - 10);
         let (_follower, mut f) = filled(2, 7).await;
         let before = state(&f.db);
-        let mut data = f.begin_receiving_snapshot().await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut data, &sent)
-            .await
-            .unwrap();
+        let data = receive(&mut f, &sent).await;
         assert!(f.install_snapshot(&snap.meta, data).await.is_err());
         assert_eq!(state(&f.db), before);
         assert_eq!(f.applied_state().await.unwrap().0.map(|l| l.index), Some(2));
-        assert!(f
-            .db
-            .get_cf(cf(&f.db, CF_SM), K_INSTALLING)
-            .unwrap()
-            .is_none());
+        assert!(!has(&f, K_INSTALLING));
     }
 
     /// A snapshot many times larger than an install batch goes through, and installing it
@@ -1377,11 +1372,7 @@ mod snapshot_file_tests {
         let follower = tempfile::tempdir().unwrap();
         let (_log, mut f, reader) = open(follower.path()).unwrap();
         f.apply([enqueue(1, 5)]).await.unwrap();
-        let mut data = f.begin_receiving_snapshot().await.unwrap();
-        let sent = bytes(snap.snapshot).await;
-        tokio::io::AsyncWriteExt::write_all(&mut data, &sent)
-            .await
-            .unwrap();
+        let data = receive(&mut f, &bytes(snap.snapshot).await).await;
         f.install_snapshot(&snap.meta, data).await.unwrap();
         assert_eq!(state(&f.db), state(&sm.db));
         assert_eq!(reader.message_count().unwrap(), 40);
