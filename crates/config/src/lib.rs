@@ -170,6 +170,10 @@ mod tests {
                 "[node]\n[node.delivery]\nbatch = 60001\n",
                 "node.delivery.batch",
             ),
+            (
+                "[node]\n[node.delivery]\nassignment_memory = \"500KB\"\n",
+                "node.delivery.assignment_memory",
+            ),
         ];
         for (text, field) in cases {
             let err = Config::parse(text, "t.toml")

@@ -1346,6 +1346,32 @@ mod snapshot_file_tests {
         assert!(!has(&f, K_INSTALLING));
     }
 
+    /// A snapshot built from a state that a newer installed snapshot already covers is handed
+    /// out as built, but the installed one stays current.
+    #[tokio::test]
+    async fn a_build_never_replaces_an_installed_snapshot_as_new_as_it() {
+        let (_leader, mut sm) = filled(3, 10).await;
+        let snap = build(&mut sm).await;
+        let sent = bytes(snap.snapshot).await;
+        let (follower, mut f) = filled(1, 10).await;
+        let data = receive(&mut f, &sent).await;
+        f.install_snapshot(&snap.meta, data).await.unwrap();
+        let installed = current_snapshot(&f.db).unwrap().unwrap();
+        let built = build(&mut f).await;
+        assert_eq!(built.meta.last_log_id, snap.meta.last_log_id);
+        assert_eq!(bytes(built.snapshot).await, sent, "same state, same bytes");
+        let current = current_snapshot(&f.db).unwrap().unwrap();
+        assert_eq!(
+            current.file, installed.file,
+            "the installed snapshot stays current"
+        );
+        assert!(f.files.path(&current.file).exists());
+        let files = std::fs::read_dir(follower.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(files, 1, "the discarded build left no file");
+    }
+
     /// A snapshot cut short is refused before anything is replaced.
     #[tokio::test]
     async fn a_truncated_snapshot_is_refused_and_the_state_stays() {
