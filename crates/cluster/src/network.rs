@@ -504,3 +504,239 @@ mod tests {
         assert_eq!(fewer_entries(1 << 40, 16, 100), Some(1));
     }
 }
+
+/// The transport's staging against a scripted peer: which calls arrive, in which order, and
+/// what openraft is told.
+#[cfg(test)]
+mod staging_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+    use skein_proto::raft::raft_server::RaftServer;
+    use skein_queue::{NewMessage, Request as Cmd};
+
+    use super::*;
+
+    /// A peer that records calls. `staging`: whether it has StageEntry; `forget_once`: its
+    /// first AppendStaged finds nothing staged; `slow_stage`: uploads take this long.
+    #[derive(Clone, Default)]
+    struct Peer {
+        staging: bool,
+        forget_once: Arc<AtomicBool>,
+        slow_stage: Duration,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Peer {
+        fn log(&self, what: String) {
+            self.calls.lock().unwrap().push(what);
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    fn ok(r: AppendEntriesResponse<NodeId>) -> Result<Response<RaftPayload>, Status> {
+        encode(&Ok::<_, RaftError<NodeId>>(r))
+    }
+
+    #[tonic::async_trait]
+    impl RaftRpc for Peer {
+        async fn vote(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("vote"))
+        }
+
+        async fn append_entries(
+            &self,
+            req: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            let r: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
+            self.log(format!("append {}", r.entries.len()));
+            ok(AppendEntriesResponse::Success)
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            Err(Status::unimplemented("install_snapshot"))
+        }
+
+        async fn stage_entry(
+            &self,
+            req: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            if !self.staging {
+                self.log("stage refused".into());
+                return Err(Status::unimplemented("stage_entry"));
+            }
+            tokio::time::sleep(self.slow_stage).await;
+            let e: Entry<TypeConfig> = decode(req.get_ref())?;
+            self.log(format!("stage {}", e.log_id.index));
+            Ok(Response::new(RaftPayload { data: Vec::new() }))
+        }
+
+        async fn append_staged(
+            &self,
+            req: Request<RaftPayload>,
+        ) -> Result<Response<RaftPayload>, Status> {
+            if self.forget_once.swap(false, Ordering::SeqCst) {
+                self.log("append_staged missing".into());
+                return Err(Status::not_found(format!("{STAGED_MISSING}: 1-1-1")));
+            }
+            let r: StagedAppend = decode(req.get_ref())?;
+            let kinds: Vec<&str> = r
+                .entries
+                .iter()
+                .map(|p| match p {
+                    Part::Inline(_) => "inline",
+                    Part::Staged(_) => "staged",
+                })
+                .collect();
+            self.log(format!("append_staged {}", kinds.join(" ")));
+            ok(AppendEntriesResponse::Success)
+        }
+    }
+
+    async fn serve(peer: Peer) -> Connection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    RaftServer::new(peer)
+                        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                        .max_encoding_message_size(MAX_RAFT_MESSAGE),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Network::new(Channels::default())
+            .new_client(2, &BasicNode { addr })
+            .await
+    }
+
+    fn entry(index: u64, size: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Cmd::Enqueue {
+                received_at_ms: 0,
+                messages: vec![NewMessage {
+                    tenant: String::new(),
+                    mail_from: "a@example.com".into(),
+                    rcpt_to: vec!["b@example.net".into()],
+                    data: vec![b'x'; size],
+                    client_ip: String::new(),
+                    helo: String::new(),
+                    edge: String::new(),
+                    smtputf8: false,
+                    body_8bit: false,
+                }],
+            }),
+        }
+    }
+
+    /// A 2 MB entry and a small one after it, following entry 1.
+    fn large() -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+            leader_commit: None,
+            entries: vec![entry(2, 2_000_000), entry(3, 100)],
+        }
+    }
+
+    fn ttl(ms: u64) -> RPCOption {
+        RPCOption::new(Duration::from_millis(ms))
+    }
+
+    #[tokio::test]
+    async fn small_requests_go_inline_and_large_entries_go_ahead_staged() {
+        let peer = Peer {
+            staging: true,
+            ..Default::default()
+        };
+        let mut c = serve(peer.clone()).await;
+        let mut small = large();
+        small.entries = vec![entry(2, 100)];
+        let r = c.append_entries(small, ttl(5_000)).await.unwrap();
+        assert_eq!(r, AppendEntriesResponse::Success);
+        let r = c.append_entries(large(), ttl(5_000)).await.unwrap();
+        assert_eq!(r, AppendEntriesResponse::Success);
+        assert_eq!(
+            peer.calls(),
+            ["append 1", "stage 2", "append_staged staged inline"]
+        );
+    }
+
+    /// While an upload runs, the follower gets heartbeats and openraft hears that only the
+    /// entry before the request matches; once it is done, the staged append goes.
+    #[tokio::test]
+    async fn a_running_upload_sends_heartbeats_and_reports_partial_success() {
+        let peer = Peer {
+            staging: true,
+            slow_stage: Duration::from_millis(600),
+            ..Default::default()
+        };
+        let mut c = serve(peer.clone()).await;
+        let prev = large().prev_log_id;
+        let r = c.append_entries(large(), ttl(200)).await.unwrap();
+        assert_eq!(r, AppendEntriesResponse::PartialSuccess(prev));
+        assert_eq!(
+            peer.calls(),
+            ["append 0"],
+            "a heartbeat, nothing staged yet"
+        );
+        let r = loop {
+            match c.append_entries(large(), ttl(200)).await.unwrap() {
+                AppendEntriesResponse::PartialSuccess(p) => assert_eq!(p, prev),
+                done => break done,
+            }
+        };
+        assert_eq!(r, AppendEntriesResponse::Success);
+        let calls = peer.calls();
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("stage")).count(),
+            1,
+            "uploaded once: {calls:?}"
+        );
+        assert_eq!(calls.last().unwrap(), "append_staged staged inline");
+    }
+
+    /// A peer of the previous release has no StageEntry: entries go inline, and it is not
+    /// asked again.
+    #[tokio::test]
+    async fn a_peer_without_staging_gets_entries_inline() {
+        let peer = Peer::default();
+        let mut c = serve(peer.clone()).await;
+        for _ in 0..2 {
+            let r = c.append_entries(large(), ttl(5_000)).await.unwrap();
+            assert_eq!(r, AppendEntriesResponse::Success);
+        }
+        assert_eq!(peer.calls(), ["stage refused", "append 2", "append 2"]);
+    }
+
+    /// A peer that lost what was staged (restarted, or dropped it for room) says so; the next
+    /// call uploads again.
+    #[tokio::test]
+    async fn entries_a_peer_no_longer_holds_are_uploaded_again() {
+        let peer = Peer {
+            staging: true,
+            forget_once: Arc::new(AtomicBool::new(true)),
+            ..Default::default()
+        };
+        let mut c = serve(peer.clone()).await;
+        assert!(c.append_entries(large(), ttl(5_000)).await.is_err());
+        let r = c.append_entries(large(), ttl(5_000)).await.unwrap();
+        assert_eq!(r, AppendEntriesResponse::Success);
+        assert_eq!(
+            peer.calls(),
+            [
+                "stage 2",
+                "append_staged missing",
+                "stage 2",
+                "append_staged staged inline"
+            ]
+        );
+    }
+}
