@@ -15,8 +15,8 @@ use crate::records::{
 };
 use crate::store::CF_TENANTS;
 use crate::store::{
-    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_RCPTS, CF_SUBMISSIONS,
-    CF_SUPPRESS,
+    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_QUEUE_DUE, CF_RCPTS,
+    CF_SUBMISSIONS, CF_SUPPRESS,
 };
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
 
@@ -33,6 +33,38 @@ pub(crate) fn due_key(due_ms: i64, rcpt: &str) -> Vec<u8> {
     k.extend_from_slice(&(due_ms.max(0) as u64).to_be_bytes());
     k.extend_from_slice(rcpt.as_bytes());
     k
+}
+
+/// The prefix of one queue (a tenant's mail to one destination domain) in the `queue_due`
+/// column family: tenant, then domain, each after its length (4 bytes, big-endian), so no
+/// queue's prefix is the start of another's.
+pub(crate) fn queue_prefix(tenant: &str, domain: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + tenant.len() + domain.len());
+    for part in [tenant, domain] {
+        k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        k.extend_from_slice(part.as_bytes());
+    }
+    k
+}
+
+/// Key of an unfinished recipient in the `queue_due` column family: its queue's prefix, then
+/// what its `due` key holds (due time, recipient key).
+pub(crate) fn queue_due_key(r: &RcptRecord) -> Vec<u8> {
+    let mut k = queue_prefix(&r.tenant, &r.domain);
+    k.extend_from_slice(&due_key(r.due_ms, &r.key));
+    k
+}
+
+/// Adds (`live`) or removes an unfinished recipient's entries in both due indexes.
+pub(crate) fn index_due(batch: &mut WriteBatch, db: &DB, r: &RcptRecord, live: bool) {
+    let (due, queue_due) = (due_key(r.due_ms, &r.key), queue_due_key(r));
+    if live {
+        batch.put_cf(cf(db, CF_DUE), due, []);
+        batch.put_cf(cf(db, CF_QUEUE_DUE), queue_due, []);
+    } else {
+        batch.delete_cf(cf(db, CF_DUE), due);
+        batch.delete_cf(cf(db, CF_QUEUE_DUE), queue_due);
+    }
 }
 
 /// Key in the finished index: when the message's last recipient became final, then its id.
@@ -172,12 +204,11 @@ impl<'a> Tx<'a> {
 
     /// Stores `new`, moving its entry in the due index from where `old` had it.
     fn put_rcpt(&mut self, old: Option<&RcptRecord>, new: RcptRecord) {
-        let due = cf(self.db, CF_DUE);
         if let Some(o) = old.filter(|o| !o.state.is_final()) {
-            self.batch.delete_cf(due, due_key(o.due_ms, &o.key));
+            index_due(&mut self.batch, self.db, o, false);
         }
         if !new.state.is_final() {
-            self.batch.put_cf(due, due_key(new.due_ms, &new.key), []);
+            index_due(&mut self.batch, self.db, &new, true);
         }
         self.rcpts.insert(new.key.clone(), new);
     }
@@ -368,8 +399,7 @@ impl<'a> Tx<'a> {
                 }
                 let r: RcptRecord = dec(&rv).map_err(corrupt)?;
                 if !r.state.is_final() {
-                    self.batch
-                        .delete_cf(cf(db, CF_DUE), due_key(r.due_ms, &r.key));
+                    index_due(&mut self.batch, db, &r, false);
                 }
                 self.batch.delete_cf(cf(db, CF_RCPTS), &rk);
             }

@@ -49,6 +49,9 @@ pub(crate) const CF_DKIM: &str = "dkim";
 pub(crate) const CF_FINISHED: &str = "finished";
 pub(crate) const CF_SUBMISSIONS: &str = "submissions";
 pub(crate) const CF_SETTINGS: &str = "settings";
+/// Unfinished recipients by queue (tenant, destination domain), then due time: derived from
+/// `rcpts` and kept by this node only, never in snapshots (rebuilt after installing one).
+pub(crate) const CF_QUEUE_DUE: &str = "queue_due";
 /// State that a snapshot carries, in this order. New column families go at the end: a
 /// snapshot from an older release lists fewer, and installing it empties the rest.
 const STATE_CFS: [&str; 10] = [
@@ -79,6 +82,9 @@ const K_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
 /// Present while a snapshot is being installed (the state is then partly replaced): open
 /// finishes the install from the current snapshot's file.
 const K_INSTALLING: &[u8] = b"installing";
+/// Present when `queue_due` matches `rcpts`: absent in a data directory of an earlier release
+/// and while a snapshot is installed, and then rebuilt at open.
+const K_QUEUE_INDEX: &[u8] = b"queue_index";
 
 /// Bytes of snapshot records written per RocksDB batch while installing.
 const INSTALL_BATCH: usize = 8 * 1024 * 1024;
@@ -87,6 +93,29 @@ type SErr = StorageError<NodeId>;
 
 /// What the state machine has applied: last log id and membership.
 type AppliedState = (Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>);
+
+/// A queue with recipients due: see [`QueueReader::ready_queues`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueHead {
+    /// Tenant (empty for mail relayed by IP address).
+    pub tenant: String,
+    /// Destination domain.
+    pub domain: String,
+    /// When its earliest unfinished recipient is due.
+    pub due_ms: i64,
+}
+
+/// Splits a `queue_due` key into tenant, domain and the rest (due time, recipient key).
+fn split_queue_key(k: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let mut rest = k;
+    let mut parts = [""; 2];
+    for p in &mut parts {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        *p = std::str::from_utf8(rest.get(4..4 + len)?).ok()?;
+        rest = &rest[4 + len..];
+    }
+    Some((parts[0], parts[1], rest))
+}
 
 /// A message's envelope with its body, when asked for.
 pub type MessageWithBody = (MessageRecord, Option<Vec<u8>>);
@@ -98,7 +127,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cfs = [CF_LOG, CF_RAFT, CF_SM]
+    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_QUEUE_DUE]
         .into_iter()
         .chain(STATE_CFS)
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
@@ -108,6 +137,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
             .map_err(|e| QueueError::Snapshot(e.to_string()))?,
     );
     recover_snapshot(&db, &files).map_err(|e| QueueError::Snapshot(e.to_string()))?;
+    if db.get_cf(cf(&db, CF_SM), K_QUEUE_INDEX)?.is_none() {
+        rebuild_queue_index(&db)?;
+    }
     Ok((
         LogStore { db: db.clone() },
         StateMachine {
@@ -153,6 +185,29 @@ fn recover_snapshot(db: &DB, files: &SnapshotFiles) -> Result<(), SErr> {
     files
         .remove_except(current.as_ref().map(|r| r.file.as_str()))
         .map_err(io_write)
+}
+
+/// Builds the `queue_due` index anew from the recipients, in bounded batches, and marks it
+/// built.
+fn rebuild_queue_index(db: &DB) -> Result<(), QueueError> {
+    let mut b = WriteBatch::default();
+    b.delete_range_cf(cf(db, CF_QUEUE_DUE), [].as_slice(), [0xFFu8; 64].as_slice());
+    for kv in db.iterator_cf(cf(db, CF_RCPTS), IteratorMode::Start) {
+        let (_, v) = kv?;
+        let r: RcptRecord = dec(&v).map_err(|source| QueueError::Corrupt {
+            cf: CF_RCPTS,
+            source,
+        })?;
+        if !r.state.is_final() {
+            b.put_cf(cf(db, CF_QUEUE_DUE), crate::apply::queue_due_key(&r), []);
+        }
+        if b.size_in_bytes() >= INSTALL_BATCH {
+            db.write(std::mem::take(&mut b))?;
+        }
+    }
+    b.put_cf(cf(db, CF_SM), K_QUEUE_INDEX, []);
+    db.write_opt(b, &synced())?;
+    Ok(())
 }
 
 /// The current snapshot, if there is one.
@@ -229,7 +284,10 @@ fn load_snapshot(db: &DB, path: &Path, meta: &SnapshotMeta<NodeId, BasicNode>) -
     b.put_cf(sm, K_MEMBERSHIP, enc(&meta.last_membership));
     b.put_cf(sm, K_COUNT, enc(&count));
     b.delete_cf(sm, K_INSTALLING);
-    db.write_opt(b, &synced()).map_err(io_write)
+    // The node's own index of the replaced state is stale: rebuilt next (or at open).
+    b.delete_cf(sm, K_QUEUE_INDEX);
+    db.write_opt(b, &synced()).map_err(io_write)?;
+    rebuild_queue_index(db).map_err(io_write)
 }
 
 /// Opens the snapshot file `path` for openraft to send.
@@ -927,6 +985,76 @@ impl QueueReader {
         Ok(out)
     }
 
+    /// Queues (a tenant's mail to one destination domain) whose earliest unfinished recipient
+    /// is due by `now_ms`, at most `limit`, in index order. One seek per queue, however many
+    /// recipients each holds.
+    pub fn ready_queues(&self, now_ms: i64, limit: usize) -> Result<Vec<QueueHead>, QueueError> {
+        let h = cf(&self.db, CF_QUEUE_DUE);
+        let mut out = Vec::new();
+        let mut it = self.db.raw_iterator_cf(h);
+        it.seek_to_first();
+        while out.len() < limit {
+            let Some(k) = it.key() else {
+                break;
+            };
+            let Some((tenant, domain, rest)) = split_queue_key(k) else {
+                // Not a key this release writes: step over it.
+                it.next();
+                continue;
+            };
+            let prefix_len = k.len() - rest.len();
+            let at = rest
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            if at <= now_ms.max(0) as u64 {
+                out.push(QueueHead {
+                    tenant: tenant.to_string(),
+                    domain: domain.to_string(),
+                    due_ms: at as i64,
+                });
+            }
+            // Past every key of this queue: its prefix, then more than any time and key.
+            let mut next = k[..prefix_len].to_vec();
+            next.extend_from_slice(&[0xFF; 9]);
+            it.seek(&next);
+        }
+        it.status()?;
+        Ok(out)
+    }
+
+    /// Up to `limit` unfinished recipients of one queue due by `now_ms`, earliest first.
+    pub fn queue_due(
+        &self,
+        tenant: &str,
+        domain: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RcptRecord>, QueueError> {
+        let prefix = crate::apply::queue_prefix(tenant, domain);
+        let rcpts = cf(&self.db, CF_RCPTS);
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(
+            cf(&self.db, CF_QUEUE_DUE),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, _) = kv?;
+            if out.len() >= limit || !k.starts_with(&prefix) || k.len() < prefix.len() + 8 {
+                break;
+            }
+            let rest = &k[prefix.len()..];
+            let at = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
+            if at > now_ms.max(0) as u64 {
+                break;
+            }
+            if let Some(r) = self.live_due(rcpts, at, &rest[8..])? {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// The recipient a `due` index entry (due time `at`, recipient key `key`) stands for, if
     /// the entry is live: the recipient exists, is not final and is due at that time. Entries
     /// left behind by an older release (a snapshot that claimed an older log position than
@@ -1407,5 +1535,146 @@ mod snapshot_file_tests {
             .unwrap()
             .count();
         assert_eq!(names, 1);
+    }
+}
+
+#[cfg(test)]
+mod queue_index_tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::types::{DeliveryOp, Disposition};
+
+    fn at(index: u64, req: Request) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(req),
+        }
+    }
+
+    fn message(tenant: &str, rcpts: &[&str]) -> NewMessage {
+        NewMessage {
+            tenant: tenant.into(),
+            mail_from: "app@example.com".into(),
+            rcpt_to: rcpts.iter().map(|r| r.to_string()).collect(),
+            data: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+            client_ip: String::new(),
+            helo: String::new(),
+            edge: String::new(),
+            smtputf8: false,
+            body_8bit: false,
+        }
+    }
+
+    fn index(db: &DB) -> Vec<Vec<u8>> {
+        db.iterator_cf(cf(db, CF_QUEUE_DUE), IteratorMode::Start)
+            .map(|kv| kv.unwrap().0.to_vec())
+            .collect()
+    }
+
+    /// Two tenants, three queues; one recipient delivered.
+    async fn queued() -> (tempfile::TempDir, StateMachine, QueueReader) {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, reader) = open(dir.path()).unwrap();
+        sm.apply([at(
+            1,
+            Request::Enqueue {
+                received_at_ms: 1_000,
+                messages: vec![
+                    message("a", &["1@x.test", "2@x.test", "3@y.test"]),
+                    message("a", &["4@X.test"]),
+                    message("b", &["5@z.test"]),
+                ],
+            },
+        )])
+        .await
+        .unwrap();
+        let first = reader.queue_due("a", "x.test", 1_000, 1).unwrap();
+        sm.apply([at(
+            2,
+            Request::Deliver {
+                now_ms: 2_000,
+                mta: "mx.test".into(),
+                ops: vec![DeliveryOp::Report {
+                    lease: None,
+                    rcpt: first[0].key.clone(),
+                    attempt: None,
+                    disposition: Disposition::Delivered,
+                }],
+            },
+        )])
+        .await
+        .unwrap();
+        (dir, sm, reader)
+    }
+
+    /// The index applies keep is exactly the one a rebuild makes, and it answers by queue.
+    #[tokio::test]
+    async fn queues_are_found_by_tenant_and_domain_and_the_index_matches_a_rebuild() {
+        let (_dir, sm, reader) = queued().await;
+        let kept = index(&sm.db);
+        assert_eq!(kept.len(), 4, "five recipients, one delivered");
+        rebuild_queue_index(&sm.db).unwrap();
+        assert_eq!(index(&sm.db), kept);
+
+        let heads: Vec<(String, String)> = reader
+            .ready_queues(5_000, 100)
+            .unwrap()
+            .into_iter()
+            .map(|q| (q.tenant, q.domain))
+            .collect();
+        let want = [("a", "x.test"), ("a", "y.test"), ("b", "z.test")];
+        assert_eq!(heads.len(), 3, "{heads:?}");
+        for (t, d) in want {
+            assert!(
+                heads.contains(&(t.into(), d.into())),
+                "{t}/{d} in {heads:?}"
+            );
+        }
+        assert_eq!(reader.ready_queues(5_000, 2).unwrap().len(), 2, "limit");
+        assert!(
+            reader.ready_queues(999, 100).unwrap().is_empty(),
+            "nothing due yet"
+        );
+        let x: Vec<String> = reader
+            .queue_due("a", "x.test", 5_000, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.address)
+            .collect();
+        assert_eq!(x, ["2@x.test", "4@X.test"]);
+        assert!(reader
+            .queue_due("b", "x.test", 5_000, 10)
+            .unwrap()
+            .is_empty());
+    }
+
+    /// A data directory of an earlier release has no such index: open builds it. A snapshot
+    /// does not carry it: installing one rebuilds it.
+    #[tokio::test]
+    async fn the_index_is_built_at_open_and_after_installing_a_snapshot() {
+        let (dir, mut sm, _reader) = queued().await;
+        let want = index(&sm.db);
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (_log, mut sm2, reader2) = open(other.path()).unwrap();
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(index(&sm2.db), want);
+        assert_eq!(reader2.ready_queues(5_000, 100).unwrap().len(), 3);
+
+        let db = &sm.db;
+        db.delete_range_cf(cf(db, CF_QUEUE_DUE), [].as_slice(), [0xFFu8; 64].as_slice())
+            .unwrap();
+        db.delete_cf(cf(db, CF_SM), K_QUEUE_INDEX).unwrap();
+        drop((sm, _reader));
+        let (_log, sm, _reader) = open(dir.path()).unwrap();
+        assert_eq!(index(&sm.db), want);
     }
 }
