@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod error;
 pub mod events;
+pub mod fair;
 pub mod ingest;
 pub mod network;
 pub mod node;

@@ -59,6 +59,8 @@ pub async fn run(
     let mut progressed = true;
     let purge_every = cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
     let mut last_purge_ms = i64::MIN;
+    // Where the next round starts in the fair order of queues.
+    let mut fair_cursor = 0usize;
     loop {
         // Reads below are synchronous: let the node's other tasks run between rounds.
         tokio::task::yield_now().await;
@@ -119,7 +121,7 @@ pub async fn run(
                 }
             }
         }
-        match round(&ctx, &senders, &cfg, &events, batch).await {
+        match round(&ctx, &senders, &cfg, &events, batch, &mut fair_cursor).await {
             Ok(p) => progressed = p,
             Err(e) => {
                 progressed = false;
@@ -162,6 +164,7 @@ async fn round(
     cfg: &DeliveryConfig,
     events: &EventLog,
     reports: Vec<SessionReport>,
+    cursor: &mut usize,
 ) -> Result<bool, crate::ClusterError> {
     let now = ctx.clock.now_ms();
     let mut ops = Vec::new();
@@ -176,8 +179,16 @@ async fn round(
     let mut planned = Vec::new();
     let mut expired = Vec::new();
     let free = senders.free();
-    let due = ctx.reader.due(now, cfg.batch)?;
-    let mut groups: BTreeMap<(String, String), Vec<RcptRecord>> = BTreeMap::new();
+    let due = crate::fair::select(
+        &ctx.reader,
+        now,
+        cfg.batch,
+        cfg.max_rcpts_per_assignment,
+        cursor,
+    )?;
+    // Groups of one message and domain, in the fair order the recipients came in.
+    let mut groups: Vec<((String, String), Vec<RcptRecord>)> = Vec::new();
+    let mut group_of: std::collections::HashMap<(String, String), usize> = Default::default();
     for r in due {
         if policy::expired(cfg, &r, now) {
             ops.push(DeliveryOp::Report {
@@ -188,10 +199,12 @@ async fn round(
             });
             expired.push(r);
         } else if free > 0 {
-            groups
-                .entry((r.message_id.clone(), r.domain.clone()))
-                .or_default()
-                .push(r);
+            let key = (r.message_id.clone(), r.domain.clone());
+            let i = *group_of.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(r);
         }
     }
     // Bodies waiting for senders to take them stay within the budget: a slow sender's backlog
