@@ -30,6 +30,9 @@ struct Args {
     /// Messages per connection before reconnecting.
     #[arg(long, default_value_t = 100)]
     per_connection: u64,
+    /// Recipient of every message.
+    #[arg(long, default_value = "rcpt@example.net")]
+    to: String,
     /// Label printed on the result line.
     #[arg(long, default_value = "skein-load")]
     label: String,
@@ -80,7 +83,11 @@ async fn session(
             }
             // PIPELINING: envelope and DATA in one write, as smtp-source does.
             wr.write_all(
-                b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<rcpt@example.net>\r\nDATA\r\n",
+                format!(
+                    "MAIL FROM:<sender@example.com>\r\nRCPT TO:<{}>\r\nDATA\r\n",
+                    args.to
+                )
+                .as_bytes(),
             )
             .await?;
             expect(&mut rd, 250).await?;
@@ -105,8 +112,11 @@ async fn session(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = "x".repeat(76) + "\r\n";
-    let mut body =
-        b"From: <sender@example.com>\r\nTo: <rcpt@example.net>\r\nSubject: load\r\n\r\n".to_vec();
+    let mut body = format!(
+        "From: <sender@example.com>\r\nTo: <{}>\r\nSubject: load\r\n\r\n",
+        args.to
+    )
+    .into_bytes();
     while body.len() + line.len() <= args.size {
         body.extend_from_slice(line.as_bytes());
     }

@@ -22,7 +22,8 @@ choosing addresses:
   anything else 250
 
 Options: --tls CERT KEY offers STARTTLS; --greeting-fail "421 ..." answers every connection
-with that reply and closes it (a host that refuses service).
+with that reply and closes it (a host that refuses service); --delay SECONDS makes every reply
+after DATA wait that long (a slow destination).
 """
 import argparse
 import asyncio
@@ -60,6 +61,9 @@ def rcpt_reply(address):
     return "250 2.1.5 OK"
 
 
+DELAY = 0.0
+
+
 class Handler:
     def __init__(self, server_addr):
         self.server_addr = server_addr
@@ -81,6 +85,8 @@ class Handler:
         locals_ = [r.split("@", 1)[0].lower() for r in envelope.rcpt_tos]
         if any(l.startswith("datafail-") for l in locals_):
             code, reply = 554, "554 5.6.0 message content rejected"
+        if DELAY:
+            await asyncio.sleep(DELAY)
         hold = 0
         for l in locals_:
             parts = l.split("-")
@@ -128,7 +134,11 @@ async def main():
     ap.add_argument("addrs", nargs="+", help="ADDRESS:PORT to listen on")
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     ap.add_argument("--greeting-fail")
+    ap.add_argument("--delay", type=float, default=0.0,
+                    help="seconds every reply after DATA waits (a slow destination)")
     args = ap.parse_args()
+    global DELAY
+    DELAY = args.delay
     ctx = None
     if args.tls:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -34,7 +34,9 @@ pub fn fair_order(heads: Vec<QueueHead>) -> Vec<QueueHead> {
 
 /// Up to `batch` recipients due by `now_ms`, taken queue by queue in [`fair_order`] starting
 /// at position `*cursor` (wrapping), each queue giving an equal share but at least `quantum`.
-/// `*cursor` moves past the queues served, so the next round starts where this one stopped.
+/// They come interleaved (the first of every queue served, then every second, ...), so when
+/// senders have room for only a few, those few go to different queues. `*cursor` moves past
+/// the queues served (by one when all were), so the next round starts elsewhere.
 pub fn select(
     reader: &QueueReader,
     now_ms: i64,
@@ -48,17 +50,24 @@ pub fn select(
     }
     let share = (batch / order.len()).max(quantum).max(1);
     let start = *cursor % order.len();
-    let mut out = Vec::new();
-    let mut served = 0;
+    let mut taken = 0;
+    let mut per_queue = Vec::new();
     for q in order.iter().cycle().skip(start).take(order.len()) {
-        if out.len() >= batch {
+        if taken >= batch {
             break;
         }
-        let take = share.min(batch - out.len());
-        out.extend(reader.queue_due(&q.tenant, &q.domain, now_ms, take)?);
-        served += 1;
+        let due = reader.queue_due(&q.tenant, &q.domain, now_ms, share.min(batch - taken))?;
+        taken += due.len();
+        per_queue.push(due.into_iter());
     }
-    *cursor = start + served;
+    let served = per_queue.len();
+    *cursor = start + if served < order.len() { served } else { 1 };
+    let mut out = Vec::with_capacity(taken);
+    while out.len() < taken {
+        for q in &mut per_queue {
+            out.extend(q.next());
+        }
+    }
     Ok(out)
 }
 
@@ -154,6 +163,19 @@ mod tests {
         assert_eq!(count("other.test"), 1, "the same tenant's other domain");
         assert!(count("slow.test") >= 50, "the backlog gets its share too");
         assert!(got.len() <= 100);
+        // Interleaved: senders with room for three get one of each queue.
+        let first: std::collections::BTreeSet<&str> =
+            got[..3].iter().map(|r| r.domain.as_str()).collect();
+        assert_eq!(first.len(), 3, "{first:?}");
+        // Every round starts at another queue, even when it served them all.
+        let starts: std::collections::BTreeSet<String> = (0..3)
+            .map(|_| {
+                select(&reader, 10_000, 100, 50, &mut cursor).unwrap()[0]
+                    .domain
+                    .clone()
+            })
+            .collect();
+        assert_eq!(starts.len(), 3, "{starts:?}");
 
         // A round too small for every queue: the next starts where it stopped.
         let mut cursor = 0;
