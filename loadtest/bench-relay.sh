@@ -4,11 +4,13 @@
 # runs first, in the same run. Rate = messages / (first submit .. last delivery), where "last
 # delivery" is the last `delivered` event Skein logs after the sink's 250 was committed.
 # Needs postfix (apt-get install postfix: smtp-source, smtp-sink) and a built workspace.
+# SKEIN_BIN=path runs another build of `skein`.
 # Usage: loadtest/bench-relay.sh [MESSAGES=20000] [SESSIONS=20] [SIZE=5120]
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 N=${1:-20000}; S=${2:-20}; L=${3:-5120}
 T="${CARGO_TARGET_DIR:-$HOME/.cache/skein/target}/debug"
+BIN="${SKEIN_BIN:-$T/skein}"
 shared="${SKEIN_SHARED:-$here/../shared}"
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 now() { date +%s.%N; }
@@ -25,7 +27,7 @@ bash "$shared/bench/postfix-relay.sh" "$N" "$S" "$L" | tail -1
 
 echo "== skein dev (single node)"
 smtp-sink -u postfix 127.0.0.2:2528 256 & sink=$!
-"$T/skein" dev --data-dir "$work/dev" --route example.net=127.0.0.2:2528 --events "$work/dev-events.jsonl" \
+"$BIN" dev --data-dir "$work/dev" --route example.net=127.0.0.2:2528 --events "$work/dev-events.jsonl" \
   >"$work/dev.log" 2>&1 &
 dev=$!; wait_port 127.0.0.1:2525; sleep 1
 t0=$(now)
@@ -38,12 +40,12 @@ members='[{ id = 1, addr = "127.0.0.11:7071" }, { id = 2, addr = "127.0.0.12:707
 for i in 1 2 3; do
   printf '[node]\nid = %d\nlisten = "127.0.0.1%d:7071"\ndata_dir = "%s/n%d"\ninitial_members = %s\n[node.delivery]\nevents = "%s/n%d-events.jsonl"\n' \
     "$i" "$i" "$work" "$i" "$members" "$work" "$i" >"$work/n$i.toml"
-  "$T/skein" node --config "$work/n$i.toml" >"$work/n$i.log" 2>&1 &
+  "$BIN" node --config "$work/n$i.toml" >"$work/n$i.log" 2>&1 &
 done
 printf '[edge]\nqueue = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nrelay_networks = ["127.0.0.0/8"]\n[[edge.listeners]]\naddress = "127.0.0.1:2525"\n' >"$work/edge.toml"
-"$T/skein" edge --config "$work/edge.toml" >"$work/edge.log" 2>&1 &
+"$BIN" edge --config "$work/edge.toml" >"$work/edge.log" 2>&1 &
 printf '[sender]\nname = "bench-sender"\ncluster = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nmax_in_flight = 256\nsource_ips = [{ ip = "127.0.0.21", ehlo = "out1.bench.test" }, { ip = "127.0.0.22", ehlo = "out2.bench.test" }]\nroutes = [{ domain = "example.net", to = "127.0.0.2:2528" }]\n' >"$work/sender.toml"
-"$T/skein" sender --config "$work/sender.toml" >"$work/sender.log" 2>&1 &
+"$BIN" sender --config "$work/sender.toml" >"$work/sender.log" 2>&1 &
 wait_port 127.0.0.1:2525; sleep 2
 t0=$(now)
 smtp-source -s "$S" -m "$N" -l "$L" -f a@example.com -t b@example.net 127.0.0.1:2525
