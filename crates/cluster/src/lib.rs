@@ -26,6 +26,7 @@ pub mod fair;
 pub mod ingest;
 pub mod network;
 pub mod node;
+pub mod plan;
 pub mod policy;
 pub mod propose;
 pub mod scheduler;

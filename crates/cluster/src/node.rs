@@ -262,6 +262,7 @@ pub async fn start(
         reports_rx,
         cfg.delivery.clone(),
         events,
+        fastrand::Rng::new(),
     ));
 
     let local_addr = listener

@@ -12,15 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skein_config::DeliveryConfig;
-use skein_proto::work::{Assignment, Outcome, Recipient, Report};
-use skein_queue::{
-    AttemptRecord, AttemptResult, DeliveryOp, Disposition, RcptRecord, Reply, Request, Response,
-};
+use skein_proto::work::{Assignment, Recipient};
+use skein_queue::{AttemptRecord, AttemptResult, Disposition, RcptRecord, Request, Response};
 use tokio::sync::mpsc;
 
 use crate::events::{Event, EventLog};
 use crate::node::{NodeCtx, Route};
-use crate::policy;
+use crate::plan::{self, Planned, ReportIn, RoundPlan};
 use crate::work::{Senders, SessionReport, Slot};
 
 /// Longest wait between rounds when nothing happens.
@@ -35,44 +33,47 @@ const PURGE_EVERY: Duration = Duration::from_secs(30);
 /// Finished messages forgotten per Raft entry.
 const PURGE_LIMIT: u32 = 1000;
 
-/// An assignment planned in this round, sent once its lease commits.
-struct Planned {
-    lease: u64,
-    slot: Slot,
-    message_id: String,
-    domain: String,
-    rcpts: Vec<(String, String)>,
-    expires_ms: i64,
-}
-
-/// Runs the scheduler until the node shuts down (the reports channel closes).
+/// Runs the scheduler until the node shuts down (the reports channel closes). `rng` is its
+/// only source of randomness (lease tokens, retry jitter).
 pub async fn run(
     ctx: Arc<NodeCtx>,
     senders: Arc<Senders>,
     mut reports: mpsc::Receiver<SessionReport>,
     cfg: DeliveryConfig,
     events: Arc<EventLog>,
+    rng: fastrand::Rng,
 ) {
+    let mut s = Scheduler {
+        ctx,
+        senders,
+        cfg,
+        events,
+        rng,
+        cursor: 0,
+        pending: Vec::new(),
+        unsent: Vec::new(),
+    };
     let mut was_leader = false;
     // Whether the last round changed anything: a round that did not (due work, but no sender
     // can take it) must not be repeated at once, or the loop would spin.
     let mut progressed = true;
-    let purge_every = cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
+    let purge_every = s.cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
     let mut last_purge_ms = i64::MIN;
-    // Where the next round starts in the fair order of queues.
-    let mut fair_cursor = 0usize;
     loop {
         // Reads below are synchronous: let the node's other tasks run between rounds.
         tokio::task::yield_now().await;
-        let leader = matches!(ctx.route(false), Ok(Route::Local));
+        let leader = matches!(s.ctx.route(false), Ok(Route::Local));
         if !leader {
             if was_leader {
                 tracing::info!("no longer leader: closing sender sessions");
-                senders.disconnect_all();
+                s.senders.disconnect_all();
             }
             was_leader = false;
-            // Reports queued here belong to sessions that are gone; their leases will lapse.
+            // Reports here belong to sessions that are gone (their senders report again to
+            // the new leader), and unsent leases lapse.
             while reports.try_recv().is_ok() {}
+            s.pending.clear();
+            s.unsent.clear();
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
@@ -82,10 +83,10 @@ pub async fn run(
         was_leader = true;
 
         // Wait for a report, a sender with room, or the next due time.
-        let mut batch = Vec::new();
-        let wait = match ctx.reader.next_due_ms() {
-            Ok(Some(at)) if progressed && senders.free() > 0 => {
-                let ms = (at - ctx.clock.now_ms()).clamp(0, IDLE_WAIT.as_millis() as i64);
+        let wait = match s.ctx.reader.next_due_ms() {
+            _ if !s.pending.is_empty() || !s.unsent.is_empty() => Duration::ZERO,
+            Ok(Some(at)) if progressed && s.senders.free() > 0 => {
+                let ms = (at - s.ctx.clock.now_ms()).clamp(0, IDLE_WAIT.as_millis() as i64);
                 Duration::from_millis(ms as u64)
             }
             // Nothing due, nobody to give it to, or nothing could be done last time: wait
@@ -95,23 +96,24 @@ pub async fn run(
         if !wait.is_zero() {
             tokio::select! {
                 r = reports.recv() => match r {
-                    Some(r) => batch.push(r),
+                    Some(r) => s.pending.push(r),
                     None => return,
                 },
-                _ = senders.changed.notified() => {}
-                _ = senders.drained() => {}
+                _ = s.senders.changed.notified() => {}
+                _ = s.senders.drained() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        while batch.len() < MAX_REPORTS_PER_ROUND {
+        // Reports a failed round kept come first; new ones fill the round up.
+        while s.pending.len() < MAX_REPORTS_PER_ROUND {
             match reports.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => s.pending.push(r),
                 Err(_) => break,
             }
         }
-        let now = ctx.clock.now_ms();
+        let now = s.ctx.clock.now_ms();
         if now.saturating_sub(last_purge_ms) >= purge_every {
-            match purge(&ctx, &cfg, now).await {
+            match purge(&s.ctx, &s.cfg, now).await {
                 // A full batch: there may be more, check again next round.
                 Ok(n) if n == PURGE_LIMIT => {}
                 Ok(_) => last_purge_ms = now,
@@ -121,14 +123,46 @@ pub async fn run(
                 }
             }
         }
-        match round(&ctx, &senders, &cfg, &events, batch, &mut fair_cursor).await {
+        match s.round().await {
             Ok(p) => progressed = p,
             Err(e) => {
                 progressed = false;
-                tracing::warn!(%e, "scheduling round failed");
+                tracing::warn!(%e, "scheduling round failed; its reports are kept for the next");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// The scheduler's state between rounds.
+struct Scheduler {
+    ctx: Arc<NodeCtx>,
+    senders: Arc<Senders>,
+    cfg: DeliveryConfig,
+    events: Arc<EventLog>,
+    rng: fastrand::Rng,
+    /// Where the next round starts in the fair order of queues.
+    cursor: usize,
+    /// Reports not yet committed: a round whose write fails keeps them for the next.
+    pending: Vec<SessionReport>,
+    /// Leases granted whose assignment could not be sent: released by the next round.
+    unsent: Vec<(u64, Vec<String>)>,
+}
+
+/// The senders as [`plan::due`] sees them.
+struct SenderSlots<'a>(&'a Senders);
+
+impl plan::Slots for SenderSlots<'_> {
+    fn any_free(&self) -> bool {
+        self.0.free() > 0
+    }
+
+    fn reserve(&mut self, lease: u64) -> Option<Slot> {
+        self.0.reserve(lease)
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.0.held_bytes()
     }
 }
 
@@ -157,148 +191,120 @@ async fn purge(ctx: &NodeCtx, cfg: &DeliveryConfig, now: i64) -> Result<u32, cra
     }
 }
 
-/// One round: reports in, leases out, one proposal. True if that changed anything.
-async fn round(
-    ctx: &NodeCtx,
-    senders: &Senders,
-    cfg: &DeliveryConfig,
-    events: &EventLog,
-    reports: Vec<SessionReport>,
-    cursor: &mut usize,
-) -> Result<bool, crate::ClusterError> {
-    let now = ctx.clock.now_ms();
-    let mut ops = Vec::new();
-    // (rcpt before, attempt, disposition) for the events of applied reports.
-    let mut reported: Vec<(RcptRecord, AttemptRecord, Disposition)> = Vec::new();
-    for SessionReport { conn, report } in reports {
-        senders.release(conn, report.lease);
-        report_ops(ctx, cfg, now, &report, &mut ops, &mut reported)?;
-    }
-
-    // Due recipients: expire the too old, lease the rest while senders have room.
-    let mut planned = Vec::new();
-    let mut expired = Vec::new();
-    let free = senders.free();
-    let due = crate::fair::select(
-        &ctx.reader,
-        now,
-        cfg.batch,
-        cfg.max_rcpts_per_assignment,
-        cursor,
-    )?;
-    // Groups of one message and domain, in the fair order the recipients came in.
-    let mut groups: Vec<((String, String), Vec<RcptRecord>)> = Vec::new();
-    let mut group_of: std::collections::HashMap<(String, String), usize> = Default::default();
-    for r in due {
-        if policy::expired(cfg, &r, now) {
-            ops.push(DeliveryOp::Report {
-                lease: None,
-                rcpt: r.key.clone(),
-                attempt: None,
-                disposition: Disposition::Expire,
-            });
-            expired.push(r);
-        } else if free > 0 {
-            let key = (r.message_id.clone(), r.domain.clone());
-            let i = *group_of.entry(key.clone()).or_insert_with(|| {
-                groups.push((key, Vec::new()));
-                groups.len() - 1
-            });
-            groups[i].1.push(r);
-        }
-    }
-    // Bodies waiting for senders to take them stay within the budget: a slow sender's backlog
-    // holds new work back instead of growing the leader's memory. One message always goes
-    // when nothing waits, however large.
-    let held = senders.held_bytes();
-    let mut room = cfg.assignment_memory.0.saturating_sub(held);
-    let mut starved = false;
-    'plan: for ((message_id, domain), rcpts) in groups {
-        let size = match ctx.reader.get_message(&message_id, false)? {
-            Some((m, _)) => m.size,
-            None => 0,
+impl Scheduler {
+    /// One round: reports in, leases out, one proposal. True if that changed anything.
+    async fn round(&mut self) -> Result<bool, crate::ClusterError> {
+        let (ctx, senders, cfg) = (&self.ctx, &self.senders, &self.cfg);
+        let now = ctx.clock.now_ms();
+        let mut plan = RoundPlan {
+            ops: plan::release(now, &self.unsent),
+            ..RoundPlan::default()
         };
-        for chunk in rcpts.chunks(cfg.max_rcpts_per_assignment) {
-            if size > room && (held > 0 || !planned.is_empty()) {
-                starved = true;
-                continue 'plan;
-            }
-            room = room.saturating_sub(size);
-            let lease = fastrand::u64(1..);
-            let Some(slot) = senders.reserve(lease) else {
-                break 'plan;
-            };
-            let expires_ms = now + cfg.lease.0.as_millis() as i64;
-            ops.push(DeliveryOp::Lease {
-                lease,
-                sender: slot.sender.clone(),
-                source_ip: slot.source_ip.clone(),
-                expires_ms,
-                rcpts: chunk.iter().map(|r| r.key.clone()).collect(),
-            });
-            planned.push(Planned {
-                lease,
-                slot,
-                message_id: message_id.clone(),
-                domain: domain.clone(),
-                rcpts: chunk
-                    .iter()
-                    .map(|r| (r.key.clone(), r.address.clone()))
-                    .collect(),
-                expires_ms,
+        let mut inputs = Vec::with_capacity(self.pending.len());
+        for r in &self.pending {
+            senders.release(r.conn, r.report.lease);
+            let records = r
+                .report
+                .rcpts
+                .iter()
+                .map(|x| ctx.reader.rcpt(&x.key))
+                .collect::<Result<Vec<_>, _>>()?;
+            inputs.push(ReportIn {
+                report: r.report.clone(),
+                sender: r.sender.clone(),
+                records,
             });
         }
-    }
-    senders.set_starved(starved);
-    if ops.is_empty() {
-        return Ok(false);
-    }
-    tracing::debug!(
-        ops = ops.len(),
-        leases = planned.len(),
-        reported = reported.len(),
-        expired = expired.len(),
-        free,
-        "scheduling round"
-    );
+        plan::reports(cfg, now, &mut self.rng, inputs, &mut plan);
 
-    let resp = ctx
-        .propose(Request::Deliver {
-            now_ms: now,
-            mta: cfg.mta_name.clone(),
+        let due = crate::fair::select(
+            &ctx.reader,
+            now,
+            cfg.batch,
+            cfg.max_rcpts_per_assignment,
+            &mut self.cursor,
+        )?;
+        let reader = &ctx.reader;
+        let size_of = |id: &str| match reader.get_message(id, false) {
+            Ok(Some((m, _))) => m.size,
+            _ => 0,
+        };
+        plan::due(
+            cfg,
+            now,
+            &mut self.rng,
+            due,
+            size_of,
+            &mut SenderSlots(senders),
+            &mut plan,
+        );
+        senders.set_starved(plan.starved);
+        if plan.ops.is_empty() {
+            self.pending.clear();
+            return Ok(false);
+        }
+        tracing::debug!(
+            ops = plan.ops.len(),
+            leases = plan.planned.len(),
+            reported = plan.reported.len(),
+            expired = plan.expired.len(),
+            released = self.unsent.len(),
+            "scheduling round"
+        );
+
+        let RoundPlan {
             ops,
-        })
-        .await;
-    let (leased, applied, dsns) = match resp {
-        Ok(r) => match r.data {
-            Response::Delivered {
-                leased,
-                applied,
-                dsns,
-            } => (leased, applied, dsns),
-            other => {
+            planned,
+            reported,
+            expired,
+            ..
+        } = plan;
+        let resp = ctx
+            .propose(Request::Deliver {
+                now_ms: now,
+                mta: cfg.mta_name.clone(),
+                ops,
+            })
+            .await;
+        let (leased, applied, dsns) = match resp {
+            Ok(r) => match r.data {
+                Response::Delivered {
+                    leased,
+                    applied,
+                    dsns,
+                } => (leased, applied, dsns),
+                other => {
+                    release_all(senders, &planned);
+                    return Err(crate::ClusterError::Raft(format!(
+                        "unexpected response {other:?}"
+                    )));
+                }
+            },
+            Err(e) => {
+                // Reports and releases stay for the next round: applying them twice is
+                // harmless (a report about a recipient that moved on is skipped).
                 release_all(senders, &planned);
-                return Err(crate::ClusterError::Raft(format!(
-                    "unexpected response {other:?}"
-                )));
+                return Err(e);
             }
-        },
-        Err(e) => {
-            release_all(senders, &planned);
-            return Err(e);
-        }
-    };
+        };
+        self.pending.clear();
+        self.unsent.clear();
 
-    let granted: BTreeMap<u64, Vec<String>> = leased.into_iter().collect();
-    let progressed = !applied.is_empty() || granted.values().any(|k| !k.is_empty());
-    for p in planned {
-        let keys = granted.get(&p.lease).cloned().unwrap_or_default();
-        if keys.is_empty() || !send(ctx, senders, &p, &keys)? {
-            senders.release(p.slot.conn, p.lease);
+        let granted: BTreeMap<u64, Vec<String>> = leased.into_iter().collect();
+        let progressed = !applied.is_empty() || granted.values().any(|k| !k.is_empty());
+        for p in planned {
+            let keys = granted.get(&p.lease).cloned().unwrap_or_default();
+            if keys.is_empty() {
+                senders.release(p.slot.conn, p.lease);
+            } else if !send(ctx, senders, &p, &keys)? {
+                senders.release(p.slot.conn, p.lease);
+                self.unsent.push((p.lease, keys));
+            }
         }
+        self.events
+            .write(&round_events(ctx, now, &applied, reported, expired, &dsns));
+        Ok(progressed)
     }
-    events.write(&round_events(ctx, now, &applied, reported, expired, &dsns));
-    Ok(progressed)
 }
 
 fn release_all(senders: &Senders, planned: &[Planned]) {
@@ -341,66 +347,6 @@ fn send(
         expires_ms: p.expires_ms,
     };
     Ok(senders.send(p.slot.conn, a))
-}
-
-/// The Report ops for one sender report.
-fn report_ops(
-    ctx: &NodeCtx,
-    cfg: &DeliveryConfig,
-    now: i64,
-    report: &Report,
-    ops: &mut Vec<DeliveryOp>,
-    reported: &mut Vec<(RcptRecord, AttemptRecord, Disposition)>,
-) -> Result<(), crate::ClusterError> {
-    for r in &report.rcpts {
-        let Some(rec) = ctx.reader.rcpt(&r.key)? else {
-            continue;
-        };
-        let result = match Outcome::try_from(r.outcome) {
-            Ok(Outcome::Delivered) => AttemptResult::Delivered,
-            Ok(Outcome::Permanent) => AttemptResult::Permanent,
-            Ok(Outcome::Throttled) => AttemptResult::Throttled,
-            // An unknown outcome from a newer or broken sender: try again.
-            Ok(Outcome::Transient | Outcome::Unspecified) | Err(_) => AttemptResult::Transient,
-        };
-        let reply = Reply {
-            code: u16::try_from(r.code).unwrap_or(0),
-            enhanced: clip(&r.enhanced, 16),
-            text: clip(&r.text, 1000),
-        };
-        let disposition = policy::disposition(cfg, &rec, result, &reply, now, fastrand::f64());
-        let sender = match &rec.state {
-            skein_queue::RcptState::Leased(l) => l.sender.clone(),
-            _ => String::new(),
-        };
-        let attempt = AttemptRecord {
-            at_ms: if report.finished_ms > 0 {
-                report.finished_ms
-            } else {
-                now
-            },
-            sender,
-            source_ip: clip(&report.source_ip, 64),
-            mx: clip(&report.mx, 300),
-            reply,
-            result,
-        };
-        ops.push(DeliveryOp::Report {
-            lease: Some(report.lease),
-            rcpt: r.key.clone(),
-            attempt: Some(attempt.clone()),
-            disposition: disposition.clone(),
-        });
-        reported.push((rec, attempt, disposition));
-    }
-    Ok(())
-}
-
-fn clip(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s[..i].to_string(),
-        None => s.to_string(),
-    }
 }
 
 /// Events for what a round's entry applied.

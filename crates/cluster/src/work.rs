@@ -231,6 +231,8 @@ impl Senders {
 pub struct SessionReport {
     /// Session id.
     pub conn: u64,
+    /// The sender that opened the session (its hello).
+    pub sender: String,
     /// The report.
     pub report: Report,
 }
@@ -342,7 +344,11 @@ impl Work for WorkService {
                         msg: Some(Msg::Report(report)),
                     })) => {
                         if reports
-                            .send(SessionReport { conn: id, report })
+                            .send(SessionReport {
+                                conn: id,
+                                sender: hello.sender.clone(),
+                                report,
+                            })
                             .await
                             .is_err()
                         {

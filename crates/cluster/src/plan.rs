@@ -1,0 +1,486 @@
+//! What one scheduling round decides, as pure functions of what the round read: the reports
+//! and due recipients in, the [`DeliveryOp`]s to propose and the assignments to send once
+//! they commit out. No I/O, no clock, no global randomness (the caller passes the time and a
+//! seeded [`fastrand::Rng`]), so every decision is unit-tested and replayable.
+//!
+//! The scheduler (`crate::scheduler`) reads the inputs, runs these, proposes one
+//! [`skein_queue::Request::Deliver`] and sends the assignments whose leases were granted.
+
+use skein_config::DeliveryConfig;
+use skein_proto::work::{Outcome, Report};
+use skein_queue::{AttemptRecord, AttemptResult, DeliveryOp, Disposition, RcptRecord, Reply};
+
+use crate::policy;
+use crate::work::Slot;
+
+/// An assignment planned in a round, sent once its lease commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// The lease token.
+    pub lease: u64,
+    /// The sender slot reserved for it.
+    pub slot: Slot,
+    /// The message.
+    pub message_id: String,
+    /// The destination domain.
+    pub domain: String,
+    /// (recipient key, address) pairs.
+    pub rcpts: Vec<(String, String)>,
+    /// When the lease lapses.
+    pub expires_ms: i64,
+}
+
+/// What a round decided.
+#[derive(Debug, Default)]
+pub struct RoundPlan {
+    /// The operations to propose, in order.
+    pub ops: Vec<DeliveryOp>,
+    /// Assignments to send once their leases commit.
+    pub planned: Vec<Planned>,
+    /// (recipient before, attempt, disposition) of each report op, for events.
+    pub reported: Vec<(RcptRecord, AttemptRecord, Disposition)>,
+    /// Recipients expired without an attempt.
+    pub expired: Vec<RcptRecord>,
+    /// Whether the assignment memory budget held work back.
+    pub starved: bool,
+}
+
+/// One sender report as the round read it.
+#[derive(Debug)]
+pub struct ReportIn {
+    /// The report.
+    pub report: Report,
+    /// The name of the sender whose session sent it.
+    pub sender: String,
+    /// The current record of each of `report.rcpts` (same order), `None` when gone.
+    pub records: Vec<Option<RcptRecord>>,
+}
+
+/// Adds the report ops for `reports` to `plan`. Attempt times and the reporting sender are
+/// the leader's: the round's time and the session's name, never what a sender's clock or a
+/// lease record says.
+pub fn reports(
+    cfg: &DeliveryConfig,
+    now_ms: i64,
+    rng: &mut fastrand::Rng,
+    reports: Vec<ReportIn>,
+    plan: &mut RoundPlan,
+) {
+    for ReportIn {
+        report,
+        sender,
+        records,
+    } in reports
+    {
+        for (r, rec) in report.rcpts.iter().zip(records) {
+            let Some(rec) = rec else {
+                continue;
+            };
+            let result = match Outcome::try_from(r.outcome) {
+                Ok(Outcome::Delivered) => AttemptResult::Delivered,
+                Ok(Outcome::Permanent) => AttemptResult::Permanent,
+                Ok(Outcome::Throttled) => AttemptResult::Throttled,
+                // An unknown outcome from a newer or broken sender: try again.
+                Ok(Outcome::Transient | Outcome::Unspecified) | Err(_) => AttemptResult::Transient,
+            };
+            let reply = Reply {
+                code: u16::try_from(r.code).unwrap_or(0),
+                enhanced: clip(&r.enhanced, 16),
+                text: clip(&r.text, 1000),
+            };
+            let disposition = policy::disposition(cfg, &rec, result, &reply, now_ms, rng.f64());
+            let attempt = AttemptRecord {
+                at_ms: now_ms,
+                sender: clip(&sender, 64),
+                source_ip: clip(&report.source_ip, 64),
+                mx: clip(&report.mx, 300),
+                reply,
+                result,
+            };
+            plan.ops.push(DeliveryOp::Report {
+                lease: Some(report.lease),
+                rcpt: r.key.clone(),
+                attempt: Some(attempt.clone()),
+                disposition: disposition.clone(),
+            });
+            plan.reported.push((rec, attempt, disposition));
+        }
+    }
+}
+
+/// The ops that give back leases whose assignment never reached a sender: the recipients are
+/// due again at once, with no attempt counted, instead of waiting for the lease to lapse.
+pub fn release(now_ms: i64, unsent: &[(u64, Vec<String>)]) -> Vec<DeliveryOp> {
+    unsent
+        .iter()
+        .flat_map(|(lease, keys)| {
+            keys.iter().map(move |k| DeliveryOp::Report {
+                lease: Some(*lease),
+                rcpt: k.clone(),
+                attempt: None,
+                disposition: Disposition::Retry {
+                    at_ms: now_ms,
+                    counted: false,
+                },
+            })
+        })
+        .collect()
+}
+
+/// The senders' side of a round, as [`due`] sees it.
+pub trait Slots {
+    /// Whether any sender has room at all.
+    fn any_free(&self) -> bool;
+    /// Reserves a slot for lease `lease`, if a sender can take it.
+    fn reserve(&mut self, lease: u64) -> Option<Slot>;
+    /// Body bytes of assignments sent but not yet taken by their senders.
+    fn held_bytes(&self) -> u64;
+}
+
+/// Adds to `plan` what to do with `due` recipients (in the order to serve them): expire the
+/// ones past the maximum age; lease the rest, one assignment per message and domain (at most
+/// `max_rcpts_per_assignment` recipients each), while senders have room and bodies waiting for
+/// senders stay within `assignment_memory`. `size_of` gives a message's
+/// size. A group that finds no slot or no room is skipped, not the rest of the round; one
+/// message always goes when nothing is held, however large.
+pub fn due(
+    cfg: &DeliveryConfig,
+    now_ms: i64,
+    rng: &mut fastrand::Rng,
+    due: Vec<RcptRecord>,
+    mut size_of: impl FnMut(&str) -> u64,
+    slots: &mut impl Slots,
+    plan: &mut RoundPlan,
+) {
+    let free = slots.any_free();
+    let held = slots.held_bytes();
+    // Groups of one message and domain, in the order their first recipient came.
+    let mut groups: Vec<((String, String), Vec<RcptRecord>)> = Vec::new();
+    let mut group_of: std::collections::HashMap<(String, String), usize> = Default::default();
+    for r in due {
+        if policy::expired(cfg, &r, now_ms) {
+            plan.ops.push(DeliveryOp::Report {
+                lease: None,
+                rcpt: r.key.clone(),
+                attempt: None,
+                disposition: Disposition::Expire,
+            });
+            plan.expired.push(r);
+        } else if free {
+            let key = (r.message_id.clone(), r.domain.clone());
+            let i = *group_of.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[i].1.push(r);
+        }
+    }
+    let mut room = cfg.assignment_memory.0.saturating_sub(held);
+    let expires_ms = now_ms + cfg.lease.0.as_millis() as i64;
+    'group: for ((message_id, domain), rcpts) in groups {
+        let size = size_of(&message_id);
+        for chunk in rcpts.chunks(cfg.max_rcpts_per_assignment) {
+            if size > room && (held > 0 || !plan.planned.is_empty()) {
+                plan.starved = true;
+                continue 'group;
+            }
+            let lease = rng.u64(1..);
+            let Some(slot) = slots.reserve(lease) else {
+                continue 'group;
+            };
+            room = room.saturating_sub(size);
+            plan.ops.push(DeliveryOp::Lease {
+                lease,
+                sender: slot.sender.clone(),
+                source_ip: slot.source_ip.clone(),
+                expires_ms,
+                rcpts: chunk.iter().map(|r| r.key.clone()).collect(),
+            });
+            plan.planned.push(Planned {
+                lease,
+                slot,
+                message_id: message_id.clone(),
+                domain: domain.clone(),
+                rcpts: chunk
+                    .iter()
+                    .map(|r| (r.key.clone(), r.address.clone()))
+                    .collect(),
+                expires_ms,
+            });
+        }
+    }
+}
+
+/// `s` cut to at most `max` characters.
+fn clip(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_string(),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use skein_core::{ByteSize, HumanDuration};
+    use skein_proto::work::RecipientResult;
+    use skein_queue::{Lease, RcptState};
+
+    use super::*;
+
+    const NOW: i64 = 1_000_000_000;
+
+    fn cfg() -> DeliveryConfig {
+        DeliveryConfig {
+            max_rcpts_per_assignment: 2,
+            assignment_memory: ByteSize(1_000),
+            lease: HumanDuration(Duration::from_secs(60)),
+            ..DeliveryConfig::default()
+        }
+    }
+
+    fn rcpt(message: &str, n: usize, domain: &str) -> RcptRecord {
+        RcptRecord {
+            key: format!("{message}{n:04X}"),
+            message_id: message.into(),
+            address: format!("r{n}@{domain}"),
+            domain: domain.into(),
+            tenant: String::new(),
+            state: RcptState::Queued,
+            attempts: 0,
+            due_ms: NOW - 10,
+            received_at_ms: NOW - 1_000,
+            last_reply: None,
+            history: Vec::new(),
+            final_at_ms: None,
+        }
+    }
+
+    /// Senders with `free` slots, one of them refusing lease number `refuse` (1-based).
+    struct Fake {
+        free: usize,
+        calls: usize,
+        refuse: Option<usize>,
+        held: u64,
+    }
+
+    impl Slots for Fake {
+        fn any_free(&self) -> bool {
+            self.free > 0
+        }
+
+        fn reserve(&mut self, lease: u64) -> Option<Slot> {
+            self.calls += 1;
+            if self.free == 0 || Some(self.calls) == self.refuse {
+                return None;
+            }
+            self.free -= 1;
+            Some(Slot {
+                conn: 1,
+                sender: "s1".into(),
+                source_ip: "127.0.0.9".into(),
+                ehlo: format!("out{lease}.test"),
+            })
+        }
+
+        fn held_bytes(&self) -> u64 {
+            self.held
+        }
+    }
+
+    fn senders(free: usize) -> Fake {
+        Fake {
+            free,
+            calls: 0,
+            refuse: None,
+            held: 0,
+        }
+    }
+
+    /// [`super::due`] with the test configuration and a fixed seed.
+    fn plan_due(
+        due: Vec<RcptRecord>,
+        size_of: impl FnMut(&str) -> u64,
+        slots: &mut Fake,
+    ) -> RoundPlan {
+        let mut plan = RoundPlan::default();
+        let mut rng = fastrand::Rng::with_seed(7);
+        super::due(&cfg(), NOW, &mut rng, due, size_of, slots, &mut plan);
+        plan
+    }
+
+    fn leased(plan: &RoundPlan) -> Vec<Vec<String>> {
+        plan.ops
+            .iter()
+            .filter_map(|op| match op {
+                DeliveryOp::Lease { rcpts, .. } => Some(rcpts.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn recipients_are_grouped_by_message_and_domain_in_order_and_chunked() {
+        let due = vec![
+            rcpt("B", 0, "x.test"),
+            rcpt("A", 0, "x.test"),
+            rcpt("B", 1, "x.test"),
+            rcpt("B", 2, "x.test"),
+            rcpt("B", 3, "y.test"),
+        ];
+        let plan = plan_due(due, |_| 10, &mut senders(10));
+        assert_eq!(
+            leased(&plan),
+            [
+                vec!["B0000", "B0001"],
+                vec!["B0002"],
+                vec!["A0000"],
+                vec!["B0003"]
+            ]
+        );
+        let p = &plan.planned[0];
+        assert_eq!(p.expires_ms, NOW + 60_000);
+        assert_eq!(p.rcpts[1], ("B0001".into(), "r1@x.test".into()));
+        // Same seed, same decisions (lease ids included).
+        let due = vec![rcpt("B", 0, "x.test"), rcpt("A", 0, "x.test")];
+        let again = plan_due(due.clone(), |_| 10, &mut senders(10));
+        let third = plan_due(due, |_| 10, &mut senders(10));
+        assert_eq!(again.ops, third.ops);
+    }
+
+    #[test]
+    fn too_old_recipients_expire_and_no_senders_means_no_leases() {
+        let mut old = rcpt("A", 0, "x.test");
+        old.received_at_ms = NOW - 6 * 24 * 3600 * 1000;
+        let plan = plan_due(vec![old, rcpt("B", 0, "x.test")], |_| 10, &mut senders(0));
+        assert_eq!(plan.expired.len(), 1);
+        assert!(matches!(
+            &plan.ops[..],
+            [DeliveryOp::Report {
+                lease: None,
+                disposition: Disposition::Expire,
+                ..
+            }]
+        ));
+        assert!(plan.planned.is_empty());
+    }
+
+    /// A group no sender takes is skipped; the groups after it are still served.
+    #[test]
+    fn a_refused_group_does_not_end_the_round() {
+        let due = vec![
+            rcpt("A", 0, "x.test"),
+            rcpt("B", 0, "x.test"),
+            rcpt("C", 0, "x.test"),
+        ];
+        let mut slots = Fake {
+            refuse: Some(1),
+            ..senders(10)
+        };
+        let plan = plan_due(due, |_| 10, &mut slots);
+        assert_eq!(leased(&plan), [vec!["B0000"], vec!["C0000"]]);
+    }
+
+    /// Bodies held for senders stay within the budget: smaller messages still fit, and one
+    /// message goes when nothing is held however large it is.
+    #[test]
+    fn the_assignment_budget_holds_back_what_does_not_fit() {
+        let due = vec![
+            rcpt("A", 0, "x.test"),
+            rcpt("B", 0, "x.test"),
+            rcpt("C", 0, "x.test"),
+        ];
+        let size = |id: &str| if id == "B" { 900 } else { 400 };
+        let plan = plan_due(due.clone(), size, &mut senders(10));
+        assert_eq!(leased(&plan), [vec!["A0000"], vec!["C0000"]]);
+        assert!(plan.starved);
+
+        // 800 already held: only 200 left, nothing fits.
+        let mut busy = Fake {
+            held: 800,
+            ..senders(10)
+        };
+        let plan = plan_due(due, size, &mut busy);
+        assert!(plan.planned.is_empty());
+        assert!(plan.starved);
+
+        // Nothing held: a message larger than the whole budget still goes, alone.
+        let due = vec![rcpt("D", 0, "x.test"), rcpt("E", 0, "x.test")];
+        let plan = plan_due(due, |_| 5_000, &mut senders(10));
+        assert_eq!(leased(&plan), [vec!["D0000"]]);
+    }
+
+    #[test]
+    fn reports_carry_the_leaders_time_and_the_reporting_session() {
+        let mut rec = rcpt("A", 0, "x.test");
+        rec.state = RcptState::Leased(Lease {
+            id: 5,
+            sender: "someone-else".into(),
+            source_ip: "127.0.0.9".into(),
+            expires_ms: NOW + 1,
+        });
+        let report = Report {
+            lease: 5,
+            rcpts: vec![
+                RecipientResult {
+                    key: "A0000".into(),
+                    outcome: Outcome::Transient as i32,
+                    code: 451,
+                    enhanced: "4.3.0".into(),
+                    text: "try later ".repeat(200),
+                },
+                RecipientResult {
+                    key: "GONE".into(),
+                    outcome: Outcome::Delivered as i32,
+                    ..Default::default()
+                },
+            ],
+            source_ip: "127.0.0.9".into(),
+            mx: "mx.x.test".into(),
+            // A sender whose clock is a day off.
+            finished_ms: NOW - 86_400_000,
+        };
+        let mut plan = RoundPlan::default();
+        let mut rng = fastrand::Rng::with_seed(3);
+        super::reports(
+            &cfg(),
+            NOW,
+            &mut rng,
+            vec![ReportIn {
+                report,
+                sender: "sender-a".into(),
+                records: vec![Some(rec), None],
+            }],
+            &mut plan,
+        );
+        assert_eq!(plan.ops.len(), 1, "the recipient that is gone is skipped");
+        let (_, attempt, disposition) = &plan.reported[0];
+        assert_eq!(attempt.at_ms, NOW);
+        assert_eq!(attempt.sender, "sender-a");
+        assert_eq!(attempt.reply.code, 451);
+        assert_eq!(attempt.reply.text.chars().count(), 1000);
+        assert!(matches!(
+            disposition,
+            Disposition::Retry { at_ms, counted: true } if *at_ms > NOW
+        ));
+    }
+
+    #[test]
+    fn unsent_leases_are_released_at_once_without_an_attempt() {
+        let ops = release(NOW, &[(9, vec!["A0000".into(), "A0001".into()])]);
+        assert_eq!(ops.len(), 2);
+        assert_eq!(
+            ops[1],
+            DeliveryOp::Report {
+                lease: Some(9),
+                rcpt: "A0001".into(),
+                attempt: None,
+                disposition: Disposition::Retry {
+                    at_ms: NOW,
+                    counted: false
+                },
+            }
+        );
+    }
+}
