@@ -17,7 +17,7 @@ use tonic::Status;
 
 use crate::error::ClusterError;
 use crate::events::{Event, EventLog};
-use crate::node::{NodeCtx, Route, FORWARDED};
+use crate::route::{Cluster, Route, FORWARDED};
 
 /// Most recipients in one message.
 pub const MAX_RECIPIENTS: usize = 10_000;
@@ -334,17 +334,21 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
 /// The Ingest service of one node.
 #[derive(Clone)]
 pub struct IngestService {
-    ctx: Arc<NodeCtx>,
+    ctx: Arc<Cluster>,
+    /// Group commit (used while leader).
+    batcher: Batcher,
     /// Message bytes held in Enqueue calls, at most (one permit per byte).
     memory: Arc<Semaphore>,
     memory_limit: u64,
 }
 
 impl IngestService {
-    /// Serves `ctx`'s node, holding at most `memory` message bytes in Enqueue calls at once.
-    pub fn new(ctx: Arc<NodeCtx>, memory: u64) -> Self {
+    /// Serves `ctx`'s node, committing through `batcher` while it leads, holding at most
+    /// `memory` message bytes in Enqueue calls at once.
+    pub fn new(ctx: Arc<Cluster>, batcher: Batcher, memory: u64) -> Self {
         Self {
             ctx,
+            batcher,
             memory: Arc::new(Semaphore::new(
                 usize::try_from(memory).unwrap_or(Semaphore::MAX_PERMITS),
             )),
@@ -434,7 +438,7 @@ impl Ingest for IngestService {
                     id: r.submission_id,
                     message,
                 };
-                match self.ctx.batcher.enqueue(msg, self.ctx.commit_timeout).await {
+                match self.batcher.enqueue(msg, self.ctx.commit_timeout).await {
                     Ok((id, log_index)) => {
                         return Ok(tonic::Response::new(EnqueueResponse { id, log_index }))
                     }

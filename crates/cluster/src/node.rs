@@ -1,164 +1,31 @@
-//! Starting and running a queue node.
+//! Starting and running a queue node: the wiring of store, Raft, services and scheduler.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHasher, SaltString};
-use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Raft, SnapshotPolicy};
 use skein_config::{NodeConfig, TenantSeed};
 use skein_core::SharedClock;
 use skein_proto::admin::admin_server::AdminServer;
 use skein_proto::ingest::ingest_server::IngestServer;
 use skein_proto::raft::raft_server::RaftServer;
 use skein_proto::work::work_server::WorkServer;
-use skein_queue::{NodeId, QueueReader, Request, Response, TenantRecord, TypeConfig};
+use skein_queue::NodeId;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::admin::AdminService;
 use crate::error::ClusterError;
 use crate::ingest::{Batcher, IngestService, MAX_MESSAGE_BYTES};
 use crate::network::{Channels, Network, RaftService, MAX_RAFT_MESSAGE};
-
-/// gRPC metadata key set on calls a node forwards to the leader, so they are never forwarded
-/// twice (a stale leader hint must not bounce a request around the cluster).
-pub const FORWARDED: &str = "x-skein-forwarded";
-
-/// Where a write or linearizable read must run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// This node is the leader.
-    Local,
-    /// Forward to the leader at this address.
-    Forward(String),
-}
-
-/// Everything the services of one node share.
-pub struct NodeCtx {
-    /// This node's id.
-    pub id: NodeId,
-    /// This node's advertised address.
-    pub addr: String,
-    /// The Raft instance.
-    pub raft: Raft<TypeConfig>,
-    /// Reads over the applied state.
-    pub reader: QueueReader,
-    /// Group commit (used while leader).
-    pub batcher: Batcher,
-    /// How long a commit may take.
-    pub commit_timeout: Duration,
-    /// The clock.
-    pub clock: SharedClock,
-    channels: Channels,
-}
-
-impl std::fmt::Debug for NodeCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCtx")
-            .field("id", &self.id)
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl NodeCtx {
-    /// Where a leader-only request goes now. A request that was already forwarded once is
-    /// refused with `LeaderChanged` rather than forwarded again.
-    pub fn route(&self, already_forwarded: bool) -> Result<Route, ClusterError> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        match m.current_leader {
-            Some(l) if l == self.id && m.state == ServerState::Leader => Ok(Route::Local),
-            Some(_) if already_forwarded => Err(ClusterError::LeaderChanged),
-            Some(l) => match m.membership_config.membership().get_node(&l) {
-                Some(n) => Ok(Route::Forward(n.addr.clone())),
-                None => Err(ClusterError::NoLeader),
-            },
-            None => Err(ClusterError::NoLeader),
-        }
-    }
-
-    /// A gRPC channel to another node.
-    pub fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
-        self.channels.get(addr).map_err(|e| ClusterError::Forward {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        })
-    }
-
-    /// Proposes `cmd` (leader only) and waits for it to apply, at most `commit_timeout`.
-    pub async fn propose(
-        &self,
-        cmd: Request,
-    ) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClusterError> {
-        crate::propose::propose(&self.raft, cmd, self.commit_timeout).await
-    }
-
-    /// Lets the cluster write this release's replicated format (leader only); returns the
-    /// cluster's format. Only once every node runs this release (or a newer one).
-    pub async fn finalize_format(&self) -> Result<u32, ClusterError> {
-        match self
-            .propose(Request::SetFormat {
-                version: skein_queue::FORMAT,
-            })
-            .await?
-            .data
-        {
-            Response::Format(v) => Ok(v),
-            other => Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
-        }
-    }
-
-    /// Creates a tenant through Raft (leader only).
-    pub async fn create_tenant_local(
-        &self,
-        name: &str,
-        username: &str,
-        password: &str,
-    ) -> Result<TenantRecord, ClusterError> {
-        let password = password.to_string();
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|e| ClusterError::Raft(e.to_string()))??;
-        let rec = TenantRecord {
-            name: name.to_string(),
-            username: username.to_string(),
-            password_hash: hash,
-            enabled: true,
-            dsn: true,
-            created_at_ms: self.clock.now_ms(),
-        };
-        let r = self.propose(Request::CreateTenant(rec.clone())).await?;
-        match r.data {
-            Response::TenantCreated => Ok(rec),
-            Response::TenantExists => Err(ClusterError::AlreadyExists {
-                what: format!("tenant {name:?} or username {username:?}"),
-            }),
-            other => Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
-        }
-    }
-}
-
-/// Hashes a password with argon2id and a random salt (PHC string).
-pub fn hash_password(password: &str) -> Result<String, ClusterError> {
-    let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| ClusterError::Invalid {
-            field: "password",
-            reason: e.to_string(),
-        })
-}
+use crate::route::{Cluster, Route};
 
 /// A running node.
 pub struct NodeHandle {
-    /// Shared state (for in-process callers such as `skein dev`).
-    pub ctx: Arc<NodeCtx>,
+    /// The node's way to the cluster (for in-process callers such as `skein dev`).
+    pub cluster: Arc<Cluster>,
     /// The address the gRPC server listens on.
     pub local_addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -171,7 +38,7 @@ impl NodeHandle {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        let _ = self.ctx.raft.shutdown().await;
+        let _ = self.cluster.raft.shutdown().await;
         let _ = (&mut self.server).await;
     }
 
@@ -242,24 +109,23 @@ pub async fn start(
         reader.clone(),
         events.clone(),
     );
-    let ctx = Arc::new(NodeCtx {
+    let cluster = Arc::new(Cluster {
         id: cfg.id,
         addr: cfg.advertise_addr().to_string(),
         raft: raft.clone(),
         reader,
-        batcher,
         commit_timeout: cfg.commit_timeout.0,
         clock,
         channels,
     });
 
-    let senders = Arc::new(crate::work::Senders::default());
-    let (reports_tx, reports_rx) = tokio::sync::mpsc::channel(4096);
-    let work = crate::work::WorkService::new(ctx.clone(), senders.clone(), reports_tx);
+    let sessions = Arc::new(crate::scheduler::Sessions::default());
+    let (inputs_tx, inputs_rx) = tokio::sync::mpsc::channel(4096);
+    let work = crate::work::WorkService::new(cluster.clone(), sessions.clone(), inputs_tx);
     tokio::spawn(crate::scheduler::run(
-        ctx.clone(),
-        senders,
-        reports_rx,
+        cluster.clone(),
+        sessions,
+        inputs_rx,
         cfg.delivery.clone(),
         events,
         fastrand::Rng::new(),
@@ -281,16 +147,20 @@ pub async fn start(
     );
     let server = tonic::transport::Server::builder()
         .add_service(
-            RaftServer::new(RaftService::new(raft.clone(), ctx.clock.clone()))
+            RaftServer::new(RaftService::new(raft.clone(), cluster.clock.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
         .add_service(
-            IngestServer::new(IngestService::new(ctx.clone(), cfg.ingest_memory.0))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
+            IngestServer::new(IngestService::new(
+                cluster.clone(),
+                batcher,
+                cfg.ingest_memory.0,
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(
-            AdminServer::new(AdminService::new(ctx.clone()))
+            AdminServer::new(AdminService::new(cluster.clone()))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(
@@ -326,7 +196,7 @@ pub async fn start(
             match raft.initialize(members).await {
                 // A new cluster: every founder runs this release, so it writes its format.
                 Ok(()) => {
-                    tokio::spawn(finalize_new_cluster(ctx.clone()));
+                    tokio::spawn(finalize_new_cluster(cluster.clone()));
                 }
                 // Another path initialized it first: not an error.
                 Err(e) => tracing::warn!(%e, "initialize"),
@@ -334,10 +204,10 @@ pub async fn start(
         }
     }
     if !cfg.tenants.is_empty() {
-        tokio::spawn(seed_tenants(ctx.clone(), cfg.tenants.clone()));
+        tokio::spawn(seed_tenants(cluster.clone(), cfg.tenants.clone()));
     }
     Ok(NodeHandle {
-        ctx,
+        cluster,
         local_addr,
         stop: Some(stop),
         server,
@@ -345,7 +215,7 @@ pub async fn start(
 }
 
 /// Raises a newly founded cluster's format to this release's, once it has a leader.
-async fn finalize_new_cluster(ctx: Arc<NodeCtx>) {
+async fn finalize_new_cluster(ctx: Arc<Cluster>) {
     loop {
         let res = match ctx.route(false) {
             Ok(Route::Local) => ctx.finalize_format().await,
@@ -366,15 +236,16 @@ async fn finalize_new_cluster(ctx: Arc<NodeCtx>) {
 }
 
 /// Creates the configured tenants once a leader exists (from whichever node has them).
-async fn seed_tenants(ctx: Arc<NodeCtx>, seeds: Vec<TenantSeed>) {
+async fn seed_tenants(ctx: Arc<Cluster>, seeds: Vec<TenantSeed>) {
     for seed in seeds {
         let username = seed.username.clone().unwrap_or_else(|| seed.name.clone());
         loop {
             let res = match ctx.route(false) {
-                Ok(Route::Local) => ctx
-                    .create_tenant_local(&seed.name, &username, &seed.password)
-                    .await
-                    .map(|_| ()),
+                Ok(Route::Local) => {
+                    crate::admin::create_tenant(&ctx, &seed.name, &username, &seed.password)
+                        .await
+                        .map(|_| ())
+                }
                 Ok(Route::Forward(addr)) => {
                     crate::admin::forward_create_tenant(
                         &ctx,

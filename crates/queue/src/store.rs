@@ -69,6 +69,9 @@ const STATE_CFS: [&str; 10] = [
 
 /// Key of the cluster's format version in the `settings` column family (absent: 1).
 const K_FORMAT: &[u8] = b"format";
+/// Key of the latest command time applied, in `settings` (format 3): command times never go
+/// backwards, whatever the clock of the leader that proposed them.
+const K_CLOCK: &[u8] = b"clock";
 
 const K_VOTE: &[u8] = b"vote";
 const K_PURGED: &[u8] = b"last_purged";
@@ -747,24 +750,36 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         EntryPayload::Blank | EntryPayload::Membership(_) => return Ok(Response::None),
         EntryPayload::Normal(req) => req,
     };
+    let format = stored_format(db).map_err(std::io::Error::other)?;
+    // From format 3 a command's time is at least the latest one applied before it: after a
+    // failover to a leader whose clock is behind, hours and days still only move forward.
+    let time = |t: i64, tx: &mut Tx<'_>| -> std::io::Result<i64> {
+        if format < 3 {
+            return Ok(t);
+        }
+        let high = stored_clock(db).map_err(std::io::Error::other)?;
+        if t > high {
+            tx.put(CF_SETTINGS, K_CLOCK, enc(&t));
+        }
+        Ok(t.max(high))
+    };
     Ok(match req {
         Request::Enqueue {
             received_at_ms,
             messages,
-        } => enqueue(tx, index, *received_at_ms, messages, &[], 0)?,
+        } => {
+            let at = time(*received_at_ms, tx)?;
+            enqueue(tx, index, at, messages, &[], 0)?
+        }
         Request::EnqueueOnce {
             received_at_ms,
             dedup_window_ms,
             messages,
             submissions,
-        } => enqueue(
-            tx,
-            index,
-            *received_at_ms,
-            messages,
-            submissions,
-            *dedup_window_ms,
-        )?,
+        } => {
+            let at = time(*received_at_ms, tx)?;
+            enqueue(tx, index, at, messages, submissions, *dedup_window_ms)?
+        }
         Request::SetFormat { version } => {
             let now = stored_format(db).map_err(std::io::Error::other)?;
             let version = now.max(*version);
@@ -793,9 +808,9 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             Response::DkimKey(tx.remove_dkim_key(tenant, domain)?)
         }
         Request::Deliver { now_ms, mta, ops } => {
-            tx.now_ms = *now_ms;
-            let format = stored_format(db).map_err(std::io::Error::other)?;
-            tx.deliver(index, *now_ms, mta, ops.clone(), format)?
+            let now_ms = time(*now_ms, tx)?;
+            tx.now_ms = now_ms;
+            tx.deliver(index, now_ms, mta, ops.clone(), format)?
         }
     })
 }
@@ -868,6 +883,17 @@ fn stored_format(db: &DB) -> Result<u32, QueueError> {
             source,
         }),
         None => Ok(1),
+    }
+}
+
+/// The latest command time applied (format 3; 0 before).
+fn stored_clock(db: &DB) -> Result<i64, QueueError> {
+    match db.get_cf(cf(db, CF_SETTINGS), K_CLOCK)? {
+        Some(v) => dec(&v).map_err(|source| QueueError::Corrupt {
+            cf: CF_SETTINGS,
+            source,
+        }),
+        None => Ok(0),
     }
 }
 
@@ -1109,6 +1135,12 @@ impl QueueReader {
     /// that began on release 0.1.0 stays at 1 until an operator finalizes its upgrade).
     pub fn format(&self) -> Result<u32, QueueError> {
         stored_format(&self.db)
+    }
+
+    /// The latest command time applied (0 before format 3, or before any command). A leader
+    /// schedules at no earlier time than this, whatever its own clock says.
+    pub fn clock_ms(&self) -> Result<i64, QueueError> {
+        stored_clock(&self.db)
     }
 
     /// When the earliest unfinished recipient is due, if any.

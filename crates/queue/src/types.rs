@@ -128,10 +128,11 @@ pub enum Request {
 
 /// The newest replicated format this release reads and, once the cluster's format says so,
 /// writes. 1: release 0.1.0. 2: [`Request::EnqueueOnce`] and [`Request::SetFormat`]; a
-/// `Delivered` report applies under any lease of a recipient that is not final. Behaviour
+/// `Delivered` report applies under any lease of a recipient that is not final. 3: command
+/// times never go backwards (each is raised to the latest applied before it). Behaviour
 /// that changes how an existing command applies is decided by the replicated format, never
 /// by the release, so replicas of different releases apply every entry alike.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end

@@ -444,3 +444,53 @@ async fn a_late_delivery_counts_under_a_newer_lease_from_format_2() {
         }
     }
 }
+
+/// From format 3 command time never goes backwards: a leader whose clock is behind the last
+/// one's (a failover to a skewed host) still enqueues and schedules at the latest time
+/// applied, so receipt times, leases and hour buckets only move forward. Formats 1 and 2
+/// apply times as proposed, and stay so.
+#[tokio::test]
+async fn command_time_never_goes_backwards_from_format_3() {
+    for format in [2, 3] {
+        let mut f = Fixture::new();
+        f.apply(Request::SetFormat { version: format }).await;
+        let first = f
+            .enqueue(10_000, message("app@acme.test", &["a@example.test"]))
+            .await;
+        let a = format!("{first}0000");
+        // The next leader's clock is 7 s behind.
+        let second = f
+            .enqueue(3_000, message("app@acme.test", &["b@example.test"]))
+            .await;
+        let (m, _) = f.reader.get_message(&second, false).unwrap().unwrap();
+        let want = if format >= 3 { 10_000 } else { 3_000 };
+        assert_eq!(m.received_at_ms, want, "format {format}");
+        let r = f
+            .deliver(
+                4_000,
+                vec![DeliveryOp::Report {
+                    lease: None,
+                    rcpt: a.clone(),
+                    attempt: None,
+                    disposition: Disposition::Bounce { suppress: false },
+                }],
+            )
+            .await;
+        assert!(
+            matches!(&r, Response::Delivered { applied, .. } if applied.len() == 1),
+            "{r:?}"
+        );
+        let rec = f.reader.rcpt(&a).unwrap().unwrap();
+        let want = if format >= 3 { 10_000 } else { 4_000 };
+        assert_eq!(rec.final_at_ms, Some(want), "format {format}");
+        assert_eq!(
+            f.reader.clock_ms().unwrap(),
+            if format >= 3 { 10_000 } else { 0 }
+        );
+        // A later time raises the mark.
+        f.deliver(12_000, Vec::new()).await;
+        if format >= 3 {
+            assert_eq!(f.reader.clock_ms().unwrap(), 12_000);
+        }
+    }
+}

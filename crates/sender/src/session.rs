@@ -303,18 +303,21 @@ impl SessionCtx<'_> {
         let shared = self.shared.clone();
         let slots = self.slots.clone();
         let clock = self.clock.clone();
+        // Stop at the lease's end: after that the queue gives the work to someone else. The
+        // lease is timed on this host's monotonic clock from now (receipt), so a wall clock
+        // that is off or jumps changes nothing; a leader before `lease_ms` only gives the end
+        // on its own clock.
+        let left = if a.lease_ms > 0 {
+            a.lease_ms
+        } else {
+            (a.expires_ms - clock.now_ms()).max(0) as u64
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(left);
         tokio::spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else {
                 return;
             };
-            // Stop at the lease's end: after that the queue gives the work to someone else.
-            let left = (a.expires_ms - clock.now_ms()).max(0) as u64;
-            let report = match tokio::time::timeout(
-                Duration::from_millis(left),
-                deliverer.deliver(&a),
-            )
-            .await
-            {
+            let report = match tokio::time::timeout_at(deadline, deliverer.deliver(&a)).await {
                 Ok(r) => r,
                 Err(_) => lapsed(&a, clock.now_ms()),
             };

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use skein_queue::{QueueHead, QueueReader, RcptRecord};
+use skein_queue::{QueueHead, RcptRecord};
+
+use super::view::QueueView;
 
 /// Most ready queues one round looks at.
 pub const MAX_READY_QUEUES: usize = 100_000;
@@ -36,15 +38,19 @@ pub fn fair_order(heads: Vec<QueueHead>) -> Vec<QueueHead> {
 /// at position `*cursor` (wrapping), each queue giving an equal share but at least `quantum`.
 /// They come interleaved (the first of every queue served, then every second, ...), so when
 /// senders have room for only a few, those few go to different queues. `*cursor` moves past
-/// the queues served (by one when all were), so the next round starts elsewhere.
+/// the queues served (by one when all were), so the next round starts elsewhere. Queues for
+/// which `blocked(tenant, domain)` holds are passed over without reading them.
 pub fn select(
-    reader: &QueueReader,
+    reader: &impl QueueView,
     now_ms: i64,
     batch: usize,
     quantum: usize,
     cursor: &mut usize,
+    blocked: impl Fn(&str, &str) -> bool,
 ) -> Result<Vec<RcptRecord>, skein_queue::QueueError> {
-    let order = fair_order(reader.ready_queues(now_ms, MAX_READY_QUEUES)?);
+    let mut heads = reader.ready_queues(now_ms, MAX_READY_QUEUES)?;
+    heads.retain(|h| !blocked(&h.tenant, &h.domain));
+    let order = fair_order(heads);
     if order.is_empty() {
         return Ok(Vec::new());
     }
@@ -157,7 +163,7 @@ mod tests {
         assert!(earliest.iter().all(|r| r.domain == "slow.test"));
 
         let mut cursor = 0;
-        let got = select(&reader, 10_000, 100, 50, &mut cursor).unwrap();
+        let got = select(&reader, 10_000, 100, 50, &mut cursor, |_, _| false).unwrap();
         let count = |d: &str| got.iter().filter(|r| r.domain == d).count();
         assert_eq!(count("fast.test"), 1, "the other tenant's message");
         assert_eq!(count("other.test"), 1, "the same tenant's other domain");
@@ -170,7 +176,7 @@ mod tests {
         // Every round starts at another queue, even when it served them all.
         let starts: std::collections::BTreeSet<String> = (0..3)
             .map(|_| {
-                select(&reader, 10_000, 100, 50, &mut cursor).unwrap()[0]
+                select(&reader, 10_000, 100, 50, &mut cursor, |_, _| false).unwrap()[0]
                     .domain
                     .clone()
             })
@@ -181,7 +187,7 @@ mod tests {
         let mut cursor = 0;
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..3 {
-            for r in select(&reader, 10_000, 1, 1, &mut cursor).unwrap() {
+            for r in select(&reader, 10_000, 1, 1, &mut cursor, |_, _| false).unwrap() {
                 seen.insert(r.domain);
             }
         }

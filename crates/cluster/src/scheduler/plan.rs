@@ -3,15 +3,27 @@
 //! they commit out. No I/O, no clock, no global randomness (the caller passes the time and a
 //! seeded [`fastrand::Rng`]), so every decision is unit-tested and replayable.
 //!
-//! The scheduler (`crate::scheduler`) reads the inputs, runs these, proposes one
+//! The planner ([`super::planner`]) reads the inputs and runs these; the driver proposes one
 //! [`skein_queue::Request::Deliver`] and sends the assignments whose leases were granted.
 
 use skein_config::DeliveryConfig;
 use skein_proto::work::{Outcome, Report};
 use skein_queue::{AttemptRecord, AttemptResult, DeliveryOp, Disposition, RcptRecord, Reply};
 
-use crate::policy;
-use crate::work::Slot;
+use super::policy;
+
+/// A slot reserved on a sender for one assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Session id.
+    pub conn: u64,
+    /// Sender name.
+    pub sender: String,
+    /// Source IP chosen.
+    pub source_ip: String,
+    /// Its EHLO name.
+    pub ehlo: String,
+}
 
 /// An assignment planned in a round, sent once its lease commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +70,9 @@ pub struct ReportIn {
 
 /// Adds the report ops for `reports` to `plan`. Attempt times and the reporting sender are
 /// the leader's: the round's time and the session's name, never what a sender's clock or a
-/// lease record says.
+/// lease record says. Only the sender holding a recipient's lease may report anything but a
+/// delivery about it; a delivery counts from whoever made it while the recipient is not
+/// final (sending it again would be a duplicate).
 pub fn reports(
     cfg: &DeliveryConfig,
     now_ms: i64,
@@ -83,6 +97,19 @@ pub fn reports(
                 // An unknown outcome from a newer or broken sender: try again.
                 Ok(Outcome::Transient | Outcome::Unspecified) | Err(_) => AttemptResult::Transient,
             };
+            let holder = match &rec.state {
+                skein_queue::RcptState::Leased(l) => l.id == report.lease && l.sender == sender,
+                _ => false,
+            };
+            if result != AttemptResult::Delivered && !holder {
+                tracing::debug!(
+                    rcpt = %r.key,
+                    lease = report.lease,
+                    %sender,
+                    "report from a session not holding the lease: ignored"
+                );
+                continue;
+            }
             let reply = Reply {
                 code: u16::try_from(r.code).unwrap_or(0),
                 enhanced: clip(&r.enhanced, 16),
@@ -140,7 +167,8 @@ pub trait Slots {
 /// Adds to `plan` what to do with `due` recipients (in the order to serve them): expire the
 /// ones past the maximum age; lease the rest, one assignment per message and domain (at most
 /// `max_rcpts_per_assignment` recipients each), while senders have room and bodies waiting for
-/// senders stay within `assignment_memory`. `size_of` gives a message's
+/// senders stay within `assignment_memory`. Groups (message and domain, in the order of their
+/// first recipient) take turns, one assignment each per turn. `size_of` gives a message's
 /// size. A group that finds no slot or no room is skipped, not the rest of the round; one
 /// message always goes when nothing is held, however large.
 pub fn due(
@@ -177,16 +205,33 @@ pub fn due(
     }
     let mut room = cfg.assignment_memory.0.saturating_sub(held);
     let expires_ms = now_ms + cfg.lease.0.as_millis() as i64;
-    'group: for ((message_id, domain), rcpts) in groups {
-        let size = size_of(&message_id);
-        for chunk in rcpts.chunks(cfg.max_rcpts_per_assignment) {
+    // Assignments in turns: the first chunk of every group, then every second, ... so a
+    // message to thousands of recipients of one domain cannot take every slot ahead of the
+    // groups after it.
+    let mut groups: Vec<(String, String, u64, std::vec::IntoIter<Vec<RcptRecord>>)> = groups
+        .into_iter()
+        .map(|((message_id, domain), rcpts)| {
+            let size = size_of(&message_id);
+            let chunks: Vec<Vec<RcptRecord>> = rcpts
+                .chunks(cfg.max_rcpts_per_assignment)
+                .map(<[RcptRecord]>::to_vec)
+                .collect();
+            (message_id, domain, size, chunks.into_iter())
+        })
+        .collect();
+    while !groups.is_empty() {
+        groups.retain_mut(|(message_id, domain, size, chunks)| {
+            let Some(chunk) = chunks.next() else {
+                return false;
+            };
+            let (message_id, domain, size) = (&*message_id, &*domain, *size);
             if size > room && (held > 0 || !plan.planned.is_empty()) {
                 plan.starved = true;
-                continue 'group;
+                return false;
             }
             let lease = rng.u64(1..);
             let Some(slot) = slots.reserve(lease) else {
-                continue 'group;
+                return false;
             };
             room = room.saturating_sub(size);
             plan.ops.push(DeliveryOp::Lease {
@@ -199,15 +244,16 @@ pub fn due(
             plan.planned.push(Planned {
                 lease,
                 slot,
-                message_id: message_id.clone(),
-                domain: domain.clone(),
+                message_id: message_id.to_string(),
+                domain: domain.to_string(),
                 rcpts: chunk
                     .iter()
                     .map(|r| (r.key.clone(), r.address.clone()))
                     .collect(),
                 expires_ms,
             });
-        }
+            true
+        });
     }
 }
 
@@ -334,10 +380,11 @@ mod tests {
             leased(&plan),
             [
                 vec!["B0000", "B0001"],
-                vec!["B0002"],
                 vec!["A0000"],
-                vec!["B0003"]
-            ]
+                vec!["B0003"],
+                vec!["B0002"]
+            ],
+            "the groups' first chunks first, then their second ones"
         );
         let p = &plan.planned[0];
         assert_eq!(p.expires_ms, NOW + 60_000);
@@ -416,7 +463,7 @@ mod tests {
         let mut rec = rcpt("A", 0, "x.test");
         rec.state = RcptState::Leased(Lease {
             id: 5,
-            sender: "someone-else".into(),
+            sender: "sender-a".into(),
             source_ip: "127.0.0.9".into(),
             expires_ms: NOW + 1,
         });
@@ -463,6 +510,56 @@ mod tests {
         assert!(matches!(
             disposition,
             Disposition::Retry { at_ms, counted: true } if *at_ms > NOW
+        ));
+    }
+
+    /// A failure reported by a session that does not hold the lease (another sender, or a
+    /// stale token) is ignored; a delivery counts from whoever made it, recorded under the
+    /// reporting session's name.
+    #[test]
+    fn only_the_lease_holder_reports_failures_but_any_delivery_counts() {
+        let mut rec = rcpt("A", 0, "x.test");
+        rec.state = RcptState::Leased(Lease {
+            id: 5,
+            sender: "sender-a".into(),
+            source_ip: "127.0.0.9".into(),
+            expires_ms: NOW + 1,
+        });
+        let one = |lease: u64, outcome: Outcome, sender: &str| ReportIn {
+            report: Report {
+                lease,
+                rcpts: vec![RecipientResult {
+                    key: "A0000".into(),
+                    outcome: outcome as i32,
+                    code: 550,
+                    enhanced: "5.1.1".into(),
+                    text: "no such user".into(),
+                }],
+                ..Default::default()
+            },
+            sender: sender.into(),
+            records: vec![Some(rec.clone())],
+        };
+        let mut plan = RoundPlan::default();
+        let mut rng = fastrand::Rng::with_seed(3);
+        super::reports(
+            &cfg(),
+            NOW,
+            &mut rng,
+            vec![
+                one(5, Outcome::Permanent, "intruder"),
+                one(4, Outcome::Permanent, "sender-a"),
+                one(4, Outcome::Delivered, "sender-b"),
+            ],
+            &mut plan,
+        );
+        assert_eq!(plan.reported.len(), 1, "{:?}", plan.reported);
+        let (_, attempt, disposition) = &plan.reported[0];
+        assert_eq!(*disposition, Disposition::Delivered);
+        assert_eq!(attempt.sender, "sender-b");
+        assert!(matches!(
+            &plan.ops[..],
+            [DeliveryOp::Report { lease: Some(4), .. }]
         ));
     }
 

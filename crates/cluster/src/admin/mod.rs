@@ -1,4 +1,13 @@
-//! `skein.admin.v1.Admin`.
+//! `skein.admin.v1.Admin`: cluster status and membership, messages, tenants, suppressions and
+//! DKIM keys. Records become API messages in [`convert`]; requests are checked in [`check`].
+
+mod check;
+mod convert;
+mod tenants;
+
+use check::*;
+use convert::*;
+pub(crate) use tenants::{create_tenant, forward_create_tenant, forward_finalize};
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,16 +18,13 @@ use skein_config::node::{check_tenant_name, is_host_port};
 use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
-use skein_queue::{
-    AttemptResult, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, Request as Command,
-    Response as Applied, SuppressionRecord, TenantRecord,
-};
+use skein_queue::{Request as Command, Response as Applied, SuppressionRecord};
 use tonic::{Request, Response, Status};
 
 use crate::error::ClusterError;
 use crate::ingest::forward_status;
-use crate::node::{NodeCtx, Route, FORWARDED};
 use crate::propose::deadline;
+use crate::route::{Cluster, Route, FORWARDED};
 
 /// How long `AddLearner` waits for the new learner to catch up before answering.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
@@ -28,12 +34,12 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 /// The Admin service of one node.
 #[derive(Clone)]
 pub struct AdminService {
-    ctx: Arc<NodeCtx>,
+    ctx: Arc<Cluster>,
 }
 
 impl AdminService {
     /// Serves `ctx`'s node.
-    pub fn new(ctx: Arc<NodeCtx>) -> Self {
+    pub fn new(ctx: Arc<Cluster>) -> Self {
         Self { ctx }
     }
 
@@ -104,218 +110,6 @@ fn fwd<T>(inner: T, limit: Duration) -> Request<T> {
         .insert(FORWARDED, "1".parse().expect("ascii"));
     r.set_timeout(limit);
     r
-}
-
-fn to_proto(m: MessageRecord, data: Option<Vec<u8>>) -> Message {
-    Message {
-        recipients: Vec::new(),
-        dsn_for: m.dsn_for.unwrap_or_default(),
-        remaining: m.remaining,
-        id: m.id,
-        tenant: m.tenant,
-        mail_from: m.mail_from,
-        rcpt_to: m.rcpt_to,
-        size: m.size,
-        received_at_ms: m.received_at_ms,
-        client_ip: m.client_ip,
-        helo: m.helo,
-        edge: m.edge,
-        log_index: m.log_index,
-        data: data.unwrap_or_default(),
-    }
-}
-
-fn tenant_proto(t: TenantRecord) -> Tenant {
-    Tenant {
-        name: t.name,
-        username: t.username,
-        enabled: t.enabled,
-        created_at_ms: t.created_at_ms,
-        dsn: t.dsn,
-    }
-}
-
-fn rcpt_proto(r: RcptRecord) -> RecipientStatus {
-    let (sender, source_ip) = match &r.state {
-        RcptState::Leased(l) => (l.sender.clone(), l.source_ip.clone()),
-        _ => Default::default(),
-    };
-    RecipientStatus {
-        address: r.address,
-        state: r.state.name().into(),
-        attempts: r.attempts,
-        due_ms: if r.state.is_final() { 0 } else { r.due_ms },
-        final_at_ms: r.final_at_ms.unwrap_or(0),
-        sender,
-        source_ip,
-        history: r
-            .history
-            .into_iter()
-            .map(|a| Attempt {
-                at_ms: a.at_ms,
-                sender: a.sender,
-                source_ip: a.source_ip,
-                mx: a.mx,
-                code: u32::from(a.reply.code),
-                enhanced: a.reply.enhanced,
-                text: a.reply.text,
-                result: match a.result {
-                    AttemptResult::Delivered => "delivered",
-                    AttemptResult::Transient => "transient",
-                    AttemptResult::Permanent => "permanent",
-                    AttemptResult::Throttled => "throttled",
-                }
-                .into(),
-            })
-            .collect(),
-    }
-}
-
-fn suppression_proto(s: SuppressionRecord) -> Suppression {
-    Suppression {
-        tenant: s.tenant,
-        address: s.address,
-        reason: s.reason,
-        at_ms: s.at_ms,
-    }
-}
-
-fn dkim_key_proto(k: DkimKeyRecord) -> DkimKey {
-    DkimKey {
-        dns_name: format!("{}._domainkey.{}", k.selector, k.domain),
-        tenant: k.tenant,
-        domain: k.domain,
-        selector: k.selector,
-        algorithm: k.algorithm,
-        dns_record: k.dns_record,
-        created_at_ms: k.created_at_ms,
-    }
-}
-
-fn invalid(field: &'static str, reason: impl ToString) -> Status {
-    ClusterError::Invalid {
-        field,
-        reason: reason.to_string(),
-    }
-    .into()
-}
-
-/// A page size: 1-1000, 0 for the default of 100.
-fn page_limit(n: u32) -> Result<usize, Status> {
-    match n {
-        0 => Ok(100),
-        1..=1000 => Ok(n as usize),
-        n => Err(invalid("limit", format!("{n} is over 1000"))),
-    }
-}
-
-/// Longest PEM private key accepted (an 8192-bit RSA key is about 6.5 KB).
-const MAX_PRIVATE_KEY: usize = 16 * 1024;
-
-/// Checks a SetDkimKey request and builds the record (generating a key when asked).
-fn dkim_record(r: &SetDkimKeyRequest, now_ms: i64) -> Result<DkimKeyRecord, Status> {
-    check_tenant_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
-    let domain = skein_dkim::check_domain(&r.domain).map_err(|e| invalid("domain", e))?;
-    skein_dkim::check_selector(&r.selector).map_err(|e| invalid("selector", e))?;
-    let pem = match (r.private_key.is_empty(), r.generate.as_str()) {
-        (true, "ed25519") => skein_dkim::generate_ed25519().map_err(|e| invalid("generate", e))?,
-        (true, "") => return Err(invalid("private_key", "give a PEM key or set generate")),
-        (true, other) => {
-            return Err(invalid(
-                "generate",
-                format!("{other:?}: only \"ed25519\" can be generated; pass RSA keys as PEM"),
-            ))
-        }
-        (false, "") if r.private_key.len() > MAX_PRIVATE_KEY => {
-            return Err(invalid("private_key", "longer than 16 KiB"))
-        }
-        (false, "") => r.private_key.clone(),
-        (false, _) => {
-            return Err(invalid(
-                "generate",
-                "give either a key or generate, not both",
-            ))
-        }
-    };
-    let key = skein_dkim::PrivateKey::from_pem(&pem).map_err(|e| invalid("private_key", e))?;
-    Ok(DkimKeyRecord {
-        tenant: r.tenant.clone(),
-        domain,
-        selector: r.selector.clone(),
-        algorithm: key.algorithm().to_string(),
-        dns_record: key.dns_record(),
-        private_key: pem,
-        created_at_ms: now_ms,
-    })
-}
-
-/// A tenant name in a suppression request: a tenant's, or empty for mail relayed without AUTH.
-fn check_suppression_tenant(tenant: &str) -> Result<(), Status> {
-    if tenant.is_empty() {
-        return Ok(());
-    }
-    check_tenant_name(tenant).map_err(|e| invalid("tenant", e))
-}
-
-fn check_address(address: &str) -> Result<(), Status> {
-    let ok = (3..=320).contains(&address.len())
-        && address.contains('@')
-        && !address.starts_with('@')
-        && !address.ends_with('@')
-        && !address
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(
-            "address",
-            format!("{address:?} is not an email address"),
-        ))
-    }
-}
-
-/// Creates a tenant by forwarding to the leader at `addr`.
-pub(crate) async fn forward_create_tenant(
-    ctx: &NodeCtx,
-    addr: &str,
-    name: &str,
-    username: &str,
-    password: &str,
-) -> Result<(), ClusterError> {
-    let mut c = AdminClient::new(ctx.channel(addr)?);
-    let req = CreateTenantRequest {
-        name: name.into(),
-        username: username.into(),
-        password: password.into(),
-    };
-    let limit = ctx.commit_timeout + FORWARD_MARGIN;
-    match skein_proto::call_within(limit, c.create_tenant(fwd(req, limit))).await {
-        Ok(_) => Ok(()),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => Err(ClusterError::AlreadyExists {
-            what: name.to_string(),
-        }),
-        Err(s) => Err(ClusterError::Forward {
-            addr: addr.into(),
-            message: s.message().into(),
-        }),
-    }
-}
-
-/// Finalizes the format through the leader at `addr`.
-pub(crate) async fn forward_finalize(ctx: &NodeCtx, addr: &str) -> Result<u32, ClusterError> {
-    let mut c = AdminClient::new(ctx.channel(addr)?);
-    let limit = ctx.commit_timeout + FORWARD_MARGIN;
-    skein_proto::call_within(
-        limit,
-        c.finalize_upgrade(fwd(FinalizeUpgradeRequest {}, limit)),
-    )
-    .await
-    .map(|r| r.into_inner().format)
-    .map_err(|s| ClusterError::Forward {
-        addr: addr.into(),
-        message: s.message().into(),
-    })
 }
 
 /// Runs `$local` on the leader, or forwards the call to it; a forwarded call gives up after
@@ -558,10 +352,7 @@ impl Admin for AdminService {
         }
         forward_or!(self, req, create_tenant, {
             let r = req.into_inner();
-            let t = self
-                .ctx
-                .create_tenant_local(&r.name, &username, &r.password)
-                .await?;
+            let t = create_tenant(&self.ctx, &r.name, &username, &r.password).await?;
             Ok(Response::new(tenant_proto(t)))
         })
     }

@@ -1,0 +1,102 @@
+//! The way to the cluster shared by every service of a node: where leader-only calls go
+//! ([`Cluster::route`]), channels to other nodes, and proposals with a deadline.
+
+use std::time::Duration;
+
+use openraft::{Raft, ServerState};
+use skein_core::SharedClock;
+use skein_queue::{NodeId, QueueReader, Request, Response, TypeConfig};
+use tonic::transport::Channel;
+
+use crate::error::ClusterError;
+use crate::network::Channels;
+
+/// gRPC metadata key set on calls a node forwards to the leader, so they are never forwarded
+/// twice (a stale leader hint must not bounce a request around the cluster).
+pub const FORWARDED: &str = "x-skein-forwarded";
+
+/// Where a write or linearizable read must run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node is the leader.
+    Local,
+    /// Forward to the leader at this address.
+    Forward(String),
+}
+
+/// One node's place in the cluster: its Raft, the state it applied, and the way to the leader.
+/// Admin, Ingest, Work and the scheduler all reach the cluster through it.
+pub struct Cluster {
+    /// This node's id.
+    pub id: NodeId,
+    /// This node's advertised address.
+    pub addr: String,
+    /// The Raft instance.
+    pub raft: Raft<TypeConfig>,
+    /// Reads over the applied state.
+    pub reader: QueueReader,
+    /// How long a commit may take.
+    pub commit_timeout: Duration,
+    /// The clock.
+    pub clock: SharedClock,
+    /// Connections to other nodes.
+    pub(crate) channels: Channels,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Where a leader-only request goes now. A request that was already forwarded once is
+    /// refused with `LeaderChanged` rather than forwarded again.
+    pub fn route(&self, already_forwarded: bool) -> Result<Route, ClusterError> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.id && m.state == ServerState::Leader => Ok(Route::Local),
+            Some(_) if already_forwarded => Err(ClusterError::LeaderChanged),
+            Some(l) => match m.membership_config.membership().get_node(&l) {
+                Some(n) => Ok(Route::Forward(n.addr.clone())),
+                None => Err(ClusterError::NoLeader),
+            },
+            None => Err(ClusterError::NoLeader),
+        }
+    }
+
+    /// A gRPC channel to another node.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ClusterError> {
+        self.channels.get(addr).map_err(|e| ClusterError::Forward {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Proposes `cmd` (leader only) and waits for it to apply, at most `commit_timeout`.
+    pub async fn propose(
+        &self,
+        cmd: Request,
+    ) -> Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClusterError> {
+        crate::propose::propose(&self.raft, cmd, self.commit_timeout).await
+    }
+
+    /// Lets the cluster write this release's replicated format (leader only); returns the
+    /// cluster's format. Only once every node runs this release (or a newer one).
+    pub async fn finalize_format(&self) -> Result<u32, ClusterError> {
+        match self
+            .propose(Request::SetFormat {
+                version: skein_queue::FORMAT,
+            })
+            .await?
+            .data
+        {
+            Response::Format(v) => Ok(v),
+            other => Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
+        }
+    }
+}

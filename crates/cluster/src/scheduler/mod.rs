@@ -1,0 +1,297 @@
+//! The scheduler: runs on the leader, turns due recipients into leased assignments for
+//! connected senders and senders' reports into state changes.
+//!
+//! - [`planner`]: every decision, without I/O: the senders table, pending reports, unsent
+//!   leases, queues held back, the fair cursor. [`plan`] holds its pure round functions,
+//!   [`fair`] the order queues are served in, [`policy`] retries, expiry and suppression.
+//! - [`sessions`]: the senders' streams, the only way assignments leave.
+//! - this module: the driver, which feeds the planner, proposes what it planned (one
+//!   [`Request::Deliver`] entry per round, so a busy cluster commits many outcomes and leases
+//!   per fsync), sends assignments once their lease committed, and writes the events.
+//!
+//! A new leader needs nothing from the old one: leases are replicated, and those whose sender
+//! vanished come due again when they lapse. Leadership is followed through Raft's metrics.
+
+pub mod events;
+pub mod fair;
+pub mod plan;
+pub mod planner;
+pub mod policy;
+pub mod sessions;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_config::DeliveryConfig;
+use skein_proto::work::{Assignment, Recipient};
+use skein_queue::{Request, Response};
+use tokio::sync::{mpsc, watch};
+
+pub use planner::{Input, Planner, SessionReport};
+pub use sessions::Sessions;
+
+use crate::events::EventLog;
+use crate::route::Cluster;
+use planner::{Round, Send};
+
+/// Longest wait between rounds when nothing happens.
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Longest time between checks for finished messages to forget.
+const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// Finished messages forgotten per Raft entry.
+const PURGE_LIMIT: u32 = 1000;
+
+/// Runs the scheduler until the node shuts down (the inputs channel closes). `rng` is its only
+/// source of randomness (lease tokens, retry jitter).
+pub async fn run(
+    cluster: Arc<Cluster>,
+    sessions: Arc<Sessions>,
+    mut inputs: mpsc::Receiver<Input>,
+    cfg: DeliveryConfig,
+    events: Arc<EventLog>,
+    mut rng: fastrand::Rng,
+) {
+    let purge_every = cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
+    let mut planner = Planner::new(cfg);
+    let mut leadership = leadership(&cluster);
+    let mut leading = false;
+    // Whether the last round changed anything: a round that did not (due work, but no sender
+    // can take it) must not be repeated at once, or the loop would spin.
+    let mut progressed = true;
+    let mut last_purge_ms = i64::MIN;
+    loop {
+        // Reads below are synchronous: let the node's other tasks run between rounds.
+        tokio::task::yield_now().await;
+        let leader = *leadership.borrow_and_update();
+        if !leader {
+            if leading {
+                tracing::info!("no longer leader: closing sender sessions");
+                sessions.disconnect_all();
+                planner.reset();
+            }
+            leading = false;
+            // Sessions opened here meanwhile belong to no leader: their senders retry.
+            tokio::select! {
+                i = inputs.recv() => match i {
+                    Some(_) => sessions.disconnect_all(),
+                    None => return,
+                },
+                r = leadership.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        if !leading {
+            tracing::info!("leading: scheduler running");
+            leading = true;
+            progressed = true;
+        }
+
+        // Wait for an input, a change of leadership, room in the senders' backlog, or the
+        // next due time.
+        let wait = match cluster.reader.next_due_ms() {
+            _ if planner.busy() => Duration::ZERO,
+            Ok(Some(at)) if progressed && planner.free() > 0 => {
+                let ms = (at - cluster.clock.now_ms()).clamp(0, IDLE_WAIT.as_millis() as i64);
+                Duration::from_millis(ms as u64)
+            }
+            // Nothing due, nobody to give it to, or nothing could be done last time: wait
+            // for an input, a drained backlog, or the next check of maximum ages.
+            _ => IDLE_WAIT,
+        };
+        if !wait.is_zero() {
+            tokio::select! {
+                i = inputs.recv() => match i {
+                    Some(i) => planner.input(i),
+                    None => return,
+                },
+                _ = leadership.changed() => continue,
+                _ = sessions.drained() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Reports a failed round kept come first; new inputs fill the round up.
+        while planner.wants_reports() {
+            match inputs.try_recv() {
+                Ok(i) => planner.input(i),
+                Err(_) => break,
+            }
+        }
+        let now = cluster.clock.now_ms();
+        if now.saturating_sub(last_purge_ms) >= purge_every {
+            match purge(&cluster, planner.cfg(), now).await {
+                // A full batch: there may be more, check again next round.
+                Ok(n) if n == PURGE_LIMIT => {}
+                Ok(_) => last_purge_ms = now,
+                Err(e) => {
+                    last_purge_ms = now;
+                    tracing::warn!(%e, "purging finished messages failed");
+                }
+            }
+        }
+        match round(&cluster, &sessions, &events, &mut planner, &mut rng).await {
+            Ok(p) => progressed = p,
+            Err(e) => {
+                progressed = false;
+                tracing::warn!(%e, "scheduling round failed; its reports are kept for the next");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Whether this node leads, updated from Raft's metrics whenever that changes (and only
+/// then: the metrics themselves change with every entry).
+fn leadership(cluster: &Cluster) -> watch::Receiver<bool> {
+    let mut metrics = cluster.raft.metrics();
+    let id = cluster.id;
+    let leads = move |m: &openraft::RaftMetrics<u64, openraft::BasicNode>| {
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(id)
+    };
+    let (tx, rx) = watch::channel(leads(&metrics.borrow()));
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            let now = leads(&metrics.borrow_and_update());
+            tx.send_if_modified(|v| std::mem::replace(v, now) != now);
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// One round: plan, propose, send. True if it changed anything.
+async fn round(
+    cluster: &Cluster,
+    sessions: &Sessions,
+    events: &EventLog,
+    planner: &mut Planner,
+    rng: &mut fastrand::Rng,
+) -> Result<bool, crate::ClusterError> {
+    let r = planner.plan(
+        cluster.clock.now_ms(),
+        rng,
+        &cluster.reader,
+        sessions.held_bytes(),
+    )?;
+    sessions.set_starved(r.plan.starved);
+    if r.ops.is_empty() {
+        planner.committed(r, Vec::new());
+        return Ok(false);
+    }
+    tracing::debug!(
+        ops = r.ops.len(),
+        leases = r.plan.planned.len(),
+        reported = r.plan.reported.len(),
+        expired = r.plan.expired.len(),
+        "scheduling round"
+    );
+    let Round { now_ms, ops, .. } = &r;
+    let proposed = cluster
+        .propose(Request::Deliver {
+            now_ms: *now_ms,
+            mta: planner.cfg().mta_name.clone(),
+            ops: ops.clone(),
+        })
+        .await;
+    let (leased, applied, dsns) = match proposed.map(|w| w.data) {
+        Ok(Response::Delivered {
+            leased,
+            applied,
+            dsns,
+        }) => (leased, applied, dsns),
+        Ok(other) => {
+            planner.failed(r);
+            return Err(crate::ClusterError::Raft(format!(
+                "unexpected response {other:?}"
+            )));
+        }
+        Err(e) => {
+            planner.failed(r);
+            return Err(e);
+        }
+    };
+    let progressed = !applied.is_empty() || leased.iter().any(|(_, k)| !k.is_empty());
+    let now_ms = r.now_ms;
+    let reported = r.plan.reported.clone();
+    let expired = r.plan.expired.clone();
+    for s in planner.committed(r, leased) {
+        if !send(cluster, sessions, &s)? {
+            planner.not_sent(s);
+        }
+    }
+    events.write(&events::round_events(
+        &cluster.reader,
+        now_ms,
+        &applied,
+        reported,
+        expired,
+        &dsns,
+    ));
+    Ok(progressed)
+}
+
+/// Forgets messages that finished more than `keep_finished` ago, at most [`PURGE_LIMIT`];
+/// proposes nothing when there are none.
+async fn purge(
+    cluster: &Cluster,
+    cfg: &DeliveryConfig,
+    now: i64,
+) -> Result<u32, crate::ClusterError> {
+    let before_ms = now.saturating_sub(cfg.keep_finished.0.as_millis() as i64);
+    match cluster.reader.oldest_finished_ms()? {
+        Some(at) if at < before_ms => {}
+        _ => return Ok(0),
+    }
+    let r = cluster
+        .propose(Request::Purge {
+            before_ms,
+            limit: PURGE_LIMIT,
+        })
+        .await?;
+    match r.data {
+        Response::Purged(n) => {
+            tracing::debug!(purged = n, before_ms, "forgot finished messages");
+            Ok(n)
+        }
+        other => Err(crate::ClusterError::Raft(format!(
+            "unexpected response {other:?}"
+        ))),
+    }
+}
+
+/// Builds and sends the assignment for the granted recipients of a planned one; false if its
+/// session is gone.
+fn send(cluster: &Cluster, sessions: &Sessions, s: &Send) -> Result<bool, crate::ClusterError> {
+    let (p, keys) = (&s.planned, &s.keys);
+    let Some((msg, Some(body))) = cluster.reader.get_message(&p.message_id, true)? else {
+        tracing::warn!(id = %p.message_id, "leased recipients of a message without a body");
+        return Ok(false);
+    };
+    let a = Assignment {
+        lease: p.lease,
+        message_id: msg.id,
+        tenant: msg.tenant,
+        mail_from: msg.mail_from,
+        domain: p.domain.clone(),
+        rcpts: p
+            .rcpts
+            .iter()
+            .filter(|(k, _)| keys.contains(k))
+            .map(|(key, address)| Recipient {
+                key: key.clone(),
+                address: address.clone(),
+            })
+            .collect(),
+        source_ip: p.slot.source_ip.clone(),
+        ehlo: p.slot.ehlo.clone(),
+        data: body,
+        smtputf8: msg.smtputf8,
+        body_8bit: msg.body_8bit,
+        expires_ms: p.expires_ms,
+        // Set as the assignment leaves its session's channel.
+        lease_ms: 0,
+    };
+    Ok(sessions.send(p.slot.conn, a))
+}

@@ -1,0 +1,754 @@
+//! The planner: everything the scheduler decides, as a state machine without I/O.
+//!
+//! It owns the table of connected senders (their source IPs and free slots), the reports not
+//! yet committed, the leases whose assignment never reached a sender, the fair cursor over the
+//! queues and the queues held back until a time. The driver (`super::run`) feeds it
+//! [`Input`]s, asks it for a [`Round`] (the operations to propose, read through a
+//! [`QueueView`]), proposes them, and tells it how that ended: [`Planner::committed`] answers
+//! with the assignments to send, [`Planner::failed`] keeps the reports for the next round.
+//! Time and randomness come from the caller, so every decision replays from a seed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use skein_config::DeliveryConfig;
+use skein_proto::work::{Hello, Report};
+use skein_queue::{DeliveryOp, QueueError};
+
+use super::plan::{self, Planned, ReportIn, RoundPlan, Slot};
+use super::view::QueueView;
+
+/// Reports taken into one round.
+pub const MAX_REPORTS_PER_ROUND: usize = 4096;
+// Each report is about one message and each due recipient of a round about at most one:
+// the DSNs one round's entry can generate must fit in the 65,536 positions of its ids.
+const _: () = assert!(MAX_REPORTS_PER_ROUND + skein_config::delivery::MAX_BATCH <= 65_536);
+
+/// A sender's report, tagged with its session.
+#[derive(Debug, Clone)]
+pub struct SessionReport {
+    /// Session id.
+    pub conn: u64,
+    /// The sender that opened the session (its hello).
+    pub sender: String,
+    /// The report.
+    pub report: Report,
+}
+
+/// What happens around the planner.
+#[derive(Debug)]
+pub enum Input {
+    /// A sender opened session `conn` with a (validated) hello.
+    Joined {
+        /// Session id.
+        conn: u64,
+        /// Its hello.
+        hello: Hello,
+    },
+    /// Session `conn` ended.
+    Left {
+        /// Session id.
+        conn: u64,
+    },
+    /// The sender of session `conn` is shutting down: no more work for it.
+    Draining {
+        /// Session id.
+        conn: u64,
+    },
+    /// A sender reported an assignment's outcome.
+    Report(SessionReport),
+}
+
+/// One connected sender as the planner counts it.
+#[derive(Debug)]
+struct Session {
+    name: String,
+    ips: Vec<(String, String)>,
+    max_in_flight: usize,
+    in_flight: HashSet<u64>,
+    next_ip: usize,
+}
+
+/// A planned round: the operations to propose as one entry, and what to do once it commits.
+#[derive(Debug)]
+pub struct Round {
+    /// The round's time (never before the latest command time applied).
+    pub now_ms: i64,
+    /// Operations to propose, in order.
+    pub ops: Vec<DeliveryOp>,
+    /// Reports and due recipients as decided, for the events of what applies.
+    pub plan: RoundPlan,
+    /// Reports the round took (the first of [`Planner`]'s pending ones).
+    reports: usize,
+    /// Unsent leases it releases.
+    released: usize,
+}
+
+/// An assignment to send: its plan and the recipients whose lease was granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    /// The planned assignment.
+    pub planned: Planned,
+    /// Keys of the recipients the entry leased (a subset of `planned.rcpts`).
+    pub keys: Vec<String>,
+}
+
+/// The scheduler's state on a leader, between and within rounds.
+#[derive(Debug)]
+pub struct Planner {
+    cfg: DeliveryConfig,
+    sessions: BTreeMap<u64, Session>,
+    cursor: usize,
+    pending: Vec<SessionReport>,
+    unsent: Vec<(u64, Vec<String>)>,
+    blocked: HashMap<(String, String), i64>,
+}
+
+impl Planner {
+    /// A planner with no senders and nothing pending.
+    pub fn new(cfg: DeliveryConfig) -> Self {
+        Self {
+            cfg,
+            sessions: BTreeMap::new(),
+            cursor: 0,
+            pending: Vec::new(),
+            unsent: Vec::new(),
+            blocked: HashMap::new(),
+        }
+    }
+
+    /// The delivery configuration.
+    pub fn cfg(&self) -> &DeliveryConfig {
+        &self.cfg
+    }
+
+    /// Takes in what happened.
+    pub fn input(&mut self, input: Input) {
+        match input {
+            Input::Joined { conn, hello } => {
+                let s = Session {
+                    name: hello.sender,
+                    ips: hello
+                        .source_ips
+                        .into_iter()
+                        .map(|s| (s.ip, s.ehlo))
+                        .collect(),
+                    max_in_flight: hello.max_in_flight as usize,
+                    // Work from an earlier session occupies its slots until reported.
+                    in_flight: hello.active_leases.into_iter().collect(),
+                    next_ip: 0,
+                };
+                self.sessions.insert(conn, s);
+            }
+            Input::Left { conn } => {
+                self.sessions.remove(&conn);
+            }
+            Input::Draining { conn } => {
+                if let Some(s) = self.sessions.get_mut(&conn) {
+                    s.max_in_flight = 0;
+                }
+            }
+            Input::Report(r) => {
+                // The sender has room again at once; the outcome commits with the next round.
+                self.free_slot(r.conn, r.report.lease);
+                self.pending.push(r);
+            }
+        }
+    }
+
+    /// Whether reports or releases wait for a round.
+    pub fn busy(&self) -> bool {
+        !self.pending.is_empty() || !self.unsent.is_empty()
+    }
+
+    /// Whether another report fits in the next round.
+    pub fn wants_reports(&self) -> bool {
+        self.pending.len() < MAX_REPORTS_PER_ROUND
+    }
+
+    /// Free assignment slots over all senders.
+    pub fn free(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| !s.ips.is_empty())
+            .map(|s| s.max_in_flight.saturating_sub(s.in_flight.len()))
+            .sum()
+    }
+
+    /// Connected senders.
+    pub fn senders(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Holds queue (`tenant`, `domain`) back until `until_ms`: rounds pass over it without
+    /// reading it, and serve the other queues as if it were not there.
+    pub fn block(&mut self, tenant: &str, domain: &str, until_ms: i64) {
+        let e = self
+            .blocked
+            .entry((tenant.to_string(), domain.to_string()))
+            .or_insert(until_ms);
+        *e = (*e).max(until_ms);
+    }
+
+    /// Plans a round at `now_ms` (raised to the latest command time applied): the pending
+    /// reports and unsent leases, then due recipients for the free slots. `held_bytes` is the
+    /// body bytes of assignments sent but not yet taken by their senders. Slots are reserved
+    /// until [`Planner::committed`] or [`Planner::failed`] says how the round ended.
+    pub fn plan(
+        &mut self,
+        now_ms: i64,
+        rng: &mut fastrand::Rng,
+        view: &impl QueueView,
+        held_bytes: u64,
+    ) -> Result<Round, QueueError> {
+        let now_ms = now_ms.max(view.clock_ms()?);
+        self.blocked.retain(|_, until| *until > now_ms);
+        let mut plan = RoundPlan {
+            ops: plan::release(now_ms, &self.unsent),
+            ..RoundPlan::default()
+        };
+        let reports = self.pending.len().min(MAX_REPORTS_PER_ROUND);
+        let mut inputs = Vec::with_capacity(reports);
+        for r in &self.pending[..reports] {
+            let records = r
+                .report
+                .rcpts
+                .iter()
+                .map(|x| view.rcpt(&x.key))
+                .collect::<Result<Vec<_>, _>>()?;
+            inputs.push(ReportIn {
+                report: r.report.clone(),
+                sender: r.sender.clone(),
+                records,
+            });
+        }
+        plan::reports(&self.cfg, now_ms, rng, inputs, &mut plan);
+        // A destination that asked to slow down gets nothing more from this tenant for the
+        // throttle delay, rather than a stream of attempts it will refuse.
+        let throttle = self.cfg.throttle_delay.0.as_millis() as i64;
+        for (rec, attempt, _) in &plan.reported {
+            if attempt.result == skein_queue::AttemptResult::Throttled {
+                self.block(&rec.tenant, &rec.domain, now_ms + throttle);
+            }
+        }
+
+        let blocked = &self.blocked;
+        // With no free slot the round still reads due recipients: those past the maximum
+        // age expire whether or not a sender is there.
+        let due = super::fair::select(
+            view,
+            now_ms,
+            self.cfg.batch,
+            self.cfg.max_rcpts_per_assignment,
+            &mut self.cursor,
+            |t, d| blocked.contains_key(&(t.to_string(), d.to_string())),
+        )?;
+        plan::due(
+            &self.cfg,
+            now_ms,
+            rng,
+            due,
+            |id| view.message_size(id),
+            &mut Slots {
+                sessions: &mut self.sessions,
+                held: held_bytes,
+            },
+            &mut plan,
+        );
+        Ok(Round {
+            now_ms,
+            ops: std::mem::take(&mut plan.ops),
+            plan,
+            reports,
+            released: self.unsent.len(),
+        })
+    }
+
+    /// The round's entry committed, granting `leased` (lease, recipient keys): its reports and
+    /// releases are done, and the assignments with granted recipients are to be sent. A lease
+    /// granted nothing (every recipient moved on) frees its slot.
+    pub fn committed(&mut self, round: Round, leased: Vec<(u64, Vec<String>)>) -> Vec<Send> {
+        self.pending.drain(..round.reports.min(self.pending.len()));
+        self.unsent.drain(..round.released.min(self.unsent.len()));
+        let mut granted: HashMap<u64, Vec<String>> = leased.into_iter().collect();
+        let mut out = Vec::new();
+        for p in round.plan.planned {
+            match granted.remove(&p.lease) {
+                Some(keys) if !keys.is_empty() => out.push(Send { planned: p, keys }),
+                _ => self.free_slot(p.slot.conn, p.lease),
+            }
+        }
+        out
+    }
+
+    /// The round's entry did not commit: its slots are freed, and its reports and releases
+    /// stay for the next round (applying them twice is harmless: the queue skips a report
+    /// about a recipient that moved on).
+    pub fn failed(&mut self, round: Round) {
+        for p in round.plan.planned {
+            self.free_slot(p.slot.conn, p.lease);
+        }
+    }
+
+    /// An assignment whose lease committed could not be sent (its session is gone): the slot
+    /// is freed and the next round gives the recipients back at once.
+    pub fn not_sent(&mut self, s: Send) {
+        self.free_slot(s.planned.slot.conn, s.planned.lease);
+        self.unsent.push((s.planned.lease, s.keys));
+    }
+
+    /// This node stopped leading: sessions, pending reports and unsent leases belong to the
+    /// next leader (senders reconnect and report again; unsent leases lapse).
+    pub fn reset(&mut self) {
+        self.sessions.clear();
+        self.pending.clear();
+        self.unsent.clear();
+        self.blocked.clear();
+    }
+
+    fn free_slot(&mut self, conn: u64, lease: u64) {
+        if let Some(s) = self.sessions.get_mut(&conn) {
+            s.in_flight.remove(&lease);
+        }
+    }
+}
+
+/// The sessions as [`plan::due`] reserves slots on them.
+struct Slots<'a> {
+    sessions: &'a mut BTreeMap<u64, Session>,
+    held: u64,
+}
+
+impl plan::Slots for Slots<'_> {
+    fn any_free(&self) -> bool {
+        self.sessions
+            .values()
+            .any(|s| !s.ips.is_empty() && s.in_flight.len() < s.max_in_flight)
+    }
+
+    /// The sender with the most room (the lowest session id among equals), rotating through
+    /// its source IPs.
+    fn reserve(&mut self, lease: u64) -> Option<Slot> {
+        let (&conn, s) = self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| s.in_flight.len() < s.max_in_flight && !s.ips.is_empty())
+            .max_by_key(|(id, s)| (s.max_in_flight - s.in_flight.len(), std::cmp::Reverse(**id)))?;
+        let (ip, ehlo) = s.ips[s.next_ip % s.ips.len()].clone();
+        s.next_ip = s.next_ip.wrapping_add(1);
+        s.in_flight.insert(lease);
+        Some(Slot {
+            conn,
+            sender: s.name.clone(),
+            source_ip: ip,
+            ehlo,
+        })
+    }
+
+    fn held_bytes(&self) -> u64 {
+        self.held
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use skein_core::HumanDuration;
+    use skein_proto::work::{Outcome, RecipientResult, SourceIp};
+    use skein_queue::{Disposition, Lease, QueueHead, RcptRecord, RcptState};
+
+    use super::*;
+
+    const NOW: i64 = 1_000_000_000;
+
+    /// The queue in memory: recipients by queue and due time, message sizes, the clock mark.
+    #[derive(Default)]
+    struct MemView {
+        queues: BTreeMap<(String, String), BTreeMap<(i64, String), RcptRecord>>,
+        clock: i64,
+    }
+
+    impl MemView {
+        fn add(&mut self, tenant: &str, domain: &str, message: &str, n: usize) {
+            let q = self
+                .queues
+                .entry((tenant.into(), domain.into()))
+                .or_default();
+            for i in 0..n {
+                let r = RcptRecord {
+                    key: format!("{message}{i:05X}"),
+                    message_id: message.into(),
+                    address: format!("r{i}@{domain}"),
+                    domain: domain.into(),
+                    tenant: tenant.into(),
+                    state: RcptState::Queued,
+                    attempts: 0,
+                    due_ms: NOW - 1_000 + i as i64 % 500,
+                    received_at_ms: NOW - 2_000,
+                    last_reply: None,
+                    history: Vec::new(),
+                    final_at_ms: None,
+                };
+                q.insert((r.due_ms, r.key.clone()), r);
+            }
+        }
+
+        /// Applies granted leases the way the queue would: leased recipients leave the index.
+        fn lease(&mut self, leased: &[(u64, Vec<String>)], sender: &str) {
+            for (id, keys) in leased {
+                for q in self.queues.values_mut() {
+                    let hits: Vec<_> = q
+                        .iter()
+                        .filter(|(_, r)| keys.contains(&r.key))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in hits {
+                        let mut r = q.remove(&k).unwrap();
+                        r.state = RcptState::Leased(Lease {
+                            id: *id,
+                            sender: sender.into(),
+                            source_ip: "127.0.0.9".into(),
+                            expires_ms: NOW + 60_000,
+                        });
+                        q.insert((i64::MAX, r.key.clone()), r);
+                    }
+                }
+            }
+        }
+    }
+
+    impl QueueView for MemView {
+        fn ready_queues(&self, now_ms: i64, limit: usize) -> Result<Vec<QueueHead>, QueueError> {
+            Ok(self
+                .queues
+                .iter()
+                .filter_map(|((t, d), q)| {
+                    let (&(due, _), _) = q.iter().next()?;
+                    (due <= now_ms).then(|| QueueHead {
+                        tenant: t.clone(),
+                        domain: d.clone(),
+                        due_ms: due,
+                    })
+                })
+                .take(limit)
+                .collect())
+        }
+
+        fn queue_due(
+            &self,
+            tenant: &str,
+            domain: &str,
+            now_ms: i64,
+            limit: usize,
+        ) -> Result<Vec<RcptRecord>, QueueError> {
+            let Some(q) = self.queues.get(&(tenant.to_string(), domain.to_string())) else {
+                return Ok(Vec::new());
+            };
+            Ok(q.values()
+                .take_while(|r| r.due_ms <= now_ms && !matches!(r.state, RcptState::Leased(_)))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+
+        fn rcpt(&self, key: &str) -> Result<Option<RcptRecord>, QueueError> {
+            Ok(self
+                .queues
+                .values()
+                .flat_map(|q| q.values())
+                .find(|r| r.key == key)
+                .cloned())
+        }
+
+        fn message_size(&self, _id: &str) -> u64 {
+            1_000
+        }
+
+        fn clock_ms(&self) -> Result<i64, QueueError> {
+            Ok(self.clock)
+        }
+    }
+
+    fn cfg() -> DeliveryConfig {
+        DeliveryConfig {
+            max_rcpts_per_assignment: 10,
+            lease: HumanDuration(Duration::from_secs(60)),
+            ..DeliveryConfig::default()
+        }
+    }
+
+    fn joined(conn: u64, name: &str, slots: u32) -> Input {
+        Input::Joined {
+            conn,
+            hello: Hello {
+                sender: name.into(),
+                source_ips: vec![SourceIp {
+                    ip: "127.0.0.9".into(),
+                    ehlo: "out.test".into(),
+                }],
+                max_in_flight: slots,
+                active_leases: Vec::new(),
+            },
+        }
+    }
+
+    /// What the entry would grant: every planned lease, whole.
+    fn grant(r: &Round) -> Vec<(u64, Vec<String>)> {
+        r.plan
+            .planned
+            .iter()
+            .map(|p| (p.lease, p.rcpts.iter().map(|(k, _)| k.clone()).collect()))
+            .collect()
+    }
+
+    fn domains(r: &Round) -> Vec<String> {
+        r.plan.planned.iter().map(|p| p.domain.clone()).collect()
+    }
+
+    fn report(conn: u64, sender: &str, lease: u64, key: &str, outcome: Outcome) -> Input {
+        Input::Report(SessionReport {
+            conn,
+            sender: sender.into(),
+            report: Report {
+                lease,
+                rcpts: vec![RecipientResult {
+                    key: key.into(),
+                    outcome: outcome as i32,
+                    code: 421,
+                    enhanced: "4.7.0".into(),
+                    text: "slow down".into(),
+                }],
+                ..Default::default()
+            },
+        })
+    }
+
+    fn report_ops(r: &Round) -> usize {
+        r.ops
+            .iter()
+            .filter(|op| matches!(op, DeliveryOp::Report { .. }))
+            .count()
+    }
+
+    /// A tenant with 100,000 recipients due does not delay another tenant's one: it goes in
+    /// the first round, among the first assignments.
+    #[test]
+    fn a_backlog_of_100k_does_not_delay_another_tenant() {
+        let mut view = MemView::default();
+        view.add("big", "slow.test", "B", 100_000);
+        view.add("small", "fast.test", "S", 1);
+        let mut p = Planner::new(cfg());
+        p.input(joined(1, "s1", 4));
+        let mut rng = fastrand::Rng::with_seed(1);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        let d = domains(&r);
+        assert_eq!(d.len(), 4, "every slot used");
+        assert!(d[..2].contains(&"fast.test".to_string()), "{d:?}");
+        assert_eq!(p.free(), 0, "slots are reserved while the round is out");
+    }
+
+    /// A queue held back is passed over, and the others are served as if it were not there;
+    /// a "slow down" reply holds its queue back for the throttle delay.
+    #[test]
+    fn a_blocked_queue_is_skipped_without_blocking_others() {
+        let mut view = MemView::default();
+        view.add("t", "a.test", "A", 50);
+        view.add("t", "b.test", "B", 50);
+        view.add("t", "c.test", "C", 50);
+        let mut p = Planner::new(cfg());
+        p.input(joined(1, "s1", 100));
+        let mut rng = fastrand::Rng::with_seed(2);
+        p.block("t", "a.test", NOW + 1_000);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        let d = domains(&r);
+        assert!(!d.contains(&"a.test".to_string()), "{d:?}");
+        assert_eq!(d.len(), 10, "b and c: 50 each in chunks of 10");
+        let leased = grant(&r);
+        let sends = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        // b.test says "slow down" for one of its recipients.
+        let b = sends.iter().find(|s| s.planned.domain == "b.test").unwrap();
+        p.input(report(
+            1,
+            "s1",
+            b.planned.lease,
+            &b.keys[0],
+            Outcome::Throttled,
+        ));
+        view.add("t", "b.test", "B2", 5);
+        view.add("t", "c.test", "C2", 5);
+        view.add("t", "b.test", "B3", 5);
+        let r = p.plan(NOW + 10, &mut rng, &view, 0).unwrap();
+        let d = domains(&r);
+        assert!(d.contains(&"c.test".to_string()), "{d:?}");
+        assert!(!d.contains(&"b.test".to_string()), "b.test waits: {d:?}");
+        assert!(
+            !d.contains(&"a.test".to_string()),
+            "a.test still waits: {d:?}"
+        );
+        let leased = grant(&r);
+        p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        // Once a's time is up it is served again; b waits for the throttle delay (60 s).
+        let r = p.plan(NOW + 2_000, &mut rng, &view, 0).unwrap();
+        let d = domains(&r);
+        assert!(d.contains(&"a.test".to_string()), "{d:?}");
+        assert!(!d.contains(&"b.test".to_string()), "{d:?}");
+        p.failed(r);
+        let r = p.plan(NOW + 61_000, &mut rng, &view, 0).unwrap();
+        assert!(domains(&r).contains(&"b.test".to_string()));
+    }
+
+    /// A round whose write fails keeps its reports for the next, and frees its slots; once a
+    /// round commits they are gone.
+    #[test]
+    fn a_failed_write_keeps_reports() {
+        let mut view = MemView::default();
+        view.add("t", "a.test", "A", 1);
+        let mut p = Planner::new(cfg());
+        p.input(joined(1, "s1", 5));
+        let mut rng = fastrand::Rng::with_seed(3);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        let leased = grant(&r);
+        let sends = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        assert_eq!(p.free(), 4);
+        let s = &sends[0];
+        p.input(report(
+            1,
+            "s1",
+            s.planned.lease,
+            &s.keys[0],
+            Outcome::Transient,
+        ));
+        assert_eq!(p.free(), 5, "the report frees its slot at once");
+        assert!(p.busy());
+
+        let r = p.plan(NOW + 1, &mut rng, &view, 0).unwrap();
+        assert_eq!(report_ops(&r), 1);
+        p.failed(r);
+        assert!(p.busy(), "kept");
+        let r = p.plan(NOW + 2, &mut rng, &view, 0).unwrap();
+        assert_eq!(report_ops(&r), 1, "proposed again");
+        p.committed(r, Vec::new());
+        assert!(!p.busy());
+        let r = p.plan(NOW + 3, &mut rng, &view, 0).unwrap();
+        assert_eq!(report_ops(&r), 0);
+    }
+
+    /// An assignment whose lease committed but whose session was gone is given back in the
+    /// next round: due at once, no attempt counted.
+    #[test]
+    fn a_lost_assignment_is_released() {
+        let mut view = MemView::default();
+        view.add("t", "a.test", "A", 3);
+        let mut p = Planner::new(cfg());
+        p.input(joined(1, "s1", 5));
+        let mut rng = fastrand::Rng::with_seed(4);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        let leased = grant(&r);
+        let mut sends = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        assert_eq!(sends.len(), 1);
+        let lost = sends.pop().unwrap();
+        let (lease, keys) = (lost.planned.lease, lost.keys.clone());
+        p.not_sent(lost);
+        assert_eq!(p.free(), 5, "its slot is free again");
+        let r = p.plan(NOW + 5, &mut rng, &view, 0).unwrap();
+        let released: Vec<_> = r
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                DeliveryOp::Report {
+                    lease: Some(l),
+                    rcpt,
+                    attempt: None,
+                    disposition:
+                        Disposition::Retry {
+                            at_ms,
+                            counted: false,
+                        },
+                } if *l == lease && *at_ms == NOW + 5 => Some(rcpt.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(released, keys);
+        p.committed(r, Vec::new());
+        assert!(!p.busy());
+    }
+
+    /// Leadership lost while a round's entry is out: the planner forgets sessions, reports
+    /// and releases (they belong to the next leader), and the round ending afterwards changes
+    /// nothing. Leading again, it plans the same work anew.
+    #[test]
+    fn leadership_loss_mid_round() {
+        let mut view = MemView::default();
+        view.add("t", "a.test", "A", 3);
+        let mut p = Planner::new(cfg());
+        p.input(joined(1, "s1", 5));
+        p.input(report(1, "s1", 77, "A00000", Outcome::Transient));
+        let mut rng = fastrand::Rng::with_seed(5);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert_eq!(r.plan.planned.len(), 1);
+        p.reset();
+        p.failed(r);
+        assert_eq!((p.free(), p.senders(), p.busy()), (0, 0, false));
+        let r = p.plan(NOW + 1, &mut rng, &view, 0).unwrap();
+        assert!(r.ops.is_empty(), "no senders, nothing pending: {:?}", r.ops);
+        p.committed(r, Vec::new());
+        p.input(joined(2, "s1", 5));
+        let r = p.plan(NOW + 2, &mut rng, &view, 0).unwrap();
+        assert_eq!(r.plan.planned.len(), 1);
+        assert_eq!(r.plan.planned[0].slot.conn, 2);
+    }
+
+    /// The same seed, inputs and view give the same decisions, lease tokens included.
+    #[test]
+    fn decisions_replay_from_a_seed() {
+        let run = |seed: u64| {
+            let mut view = MemView::default();
+            view.add("t", "a.test", "A", 30);
+            view.add("u", "b.test", "B", 30);
+            let mut p = Planner::new(cfg());
+            p.input(joined(1, "s1", 3));
+            p.input(joined(2, "s2", 2));
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut ops = Vec::new();
+            for i in 0..3 {
+                let r = p.plan(NOW + i, &mut rng, &view, 0).unwrap();
+                ops.extend(r.ops.clone());
+                let leased = grant(&r);
+                for s in p.committed(r, leased.clone()) {
+                    p.input(report(
+                        s.planned.slot.conn,
+                        &s.planned.slot.sender,
+                        s.planned.lease,
+                        &s.keys[0],
+                        Outcome::Transient,
+                    ));
+                }
+                view.lease(&leased, "s1");
+            }
+            ops
+        };
+        assert_eq!(run(9), run(9));
+        assert_ne!(run(9), run(10), "lease tokens come from the seed");
+    }
+
+    /// A round never runs at a time before the latest command time applied.
+    #[test]
+    fn round_time_never_goes_backwards() {
+        let view = MemView {
+            clock: NOW + 5_000,
+            ..MemView::default()
+        };
+        let mut p = Planner::new(cfg());
+        let mut rng = fastrand::Rng::with_seed(6);
+        assert_eq!(p.plan(NOW, &mut rng, &view, 0).unwrap().now_ms, NOW + 5_000);
+        assert_eq!(
+            p.plan(NOW + 9_000, &mut rng, &view, 0).unwrap().now_ms,
+            NOW + 9_000
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! What the planner reads of the queue: ready queues, their due recipients, recipient records
+//! and message sizes. [`QueueReader`] is the real one; tests use an in-memory one.
+
+use skein_queue::{QueueError, QueueHead, QueueReader, RcptRecord};
+
+/// Reads over the applied queue state, as the planner needs them.
+pub trait QueueView {
+    /// The first due entry of every queue with a recipient due by `now_ms`, at most `limit`.
+    fn ready_queues(&self, now_ms: i64, limit: usize) -> Result<Vec<QueueHead>, QueueError>;
+    /// Up to `limit` recipients of one queue due by `now_ms`, earliest first.
+    fn queue_due(
+        &self,
+        tenant: &str,
+        domain: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RcptRecord>, QueueError>;
+    /// A recipient's current record.
+    fn rcpt(&self, key: &str) -> Result<Option<RcptRecord>, QueueError>;
+    /// A message's size in bytes (0 when it is gone).
+    fn message_size(&self, id: &str) -> u64;
+    /// The latest command time applied (command time never goes backwards).
+    fn clock_ms(&self) -> Result<i64, QueueError>;
+}
+
+impl QueueView for QueueReader {
+    fn ready_queues(&self, now_ms: i64, limit: usize) -> Result<Vec<QueueHead>, QueueError> {
+        QueueReader::ready_queues(self, now_ms, limit)
+    }
+
+    fn queue_due(
+        &self,
+        tenant: &str,
+        domain: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RcptRecord>, QueueError> {
+        QueueReader::queue_due(self, tenant, domain, now_ms, limit)
+    }
+
+    fn rcpt(&self, key: &str) -> Result<Option<RcptRecord>, QueueError> {
+        QueueReader::rcpt(self, key)
+    }
+
+    fn message_size(&self, id: &str) -> u64 {
+        match self.get_message(id, false) {
+            Ok(Some((m, _))) => m.size,
+            _ => 0,
+        }
+    }
+
+    fn clock_ms(&self) -> Result<i64, QueueError> {
+        QueueReader::clock_ms(self)
+    }
+}
