@@ -109,15 +109,15 @@ pub async fn start(
         reader.clone(),
         events.clone(),
     );
-    let cluster = Arc::new(Cluster {
-        id: cfg.id,
-        addr: cfg.advertise_addr().to_string(),
-        raft: raft.clone(),
+    let cluster = Arc::new(Cluster::new(
+        cfg.id,
+        cfg.advertise_addr().to_string(),
+        raft.clone(),
         reader,
-        commit_timeout: cfg.commit_timeout.0,
+        cfg.commit_timeout.0,
         clock,
         channels,
-    });
+    ));
 
     let sessions = Arc::new(crate::scheduler::Sessions::default());
     let (inputs_tx, inputs_rx) = tokio::sync::mpsc::channel(4096);

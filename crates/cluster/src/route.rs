@@ -40,7 +40,7 @@ pub struct Cluster {
     /// The clock.
     pub clock: SharedClock,
     /// Connections to other nodes.
-    pub(crate) channels: Channels,
+    channels: Channels,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -53,6 +53,29 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
+    /// Node `id`, advertised at `addr`, on `raft` and the state `reader` reads; proposals
+    /// wait at most `commit_timeout`; calls to other nodes go through `channels` (shared with
+    /// Raft's network).
+    pub fn new(
+        id: NodeId,
+        addr: String,
+        raft: Raft<TypeConfig>,
+        reader: QueueReader,
+        commit_timeout: Duration,
+        clock: SharedClock,
+        channels: Channels,
+    ) -> Self {
+        Self {
+            id,
+            addr,
+            raft,
+            reader,
+            commit_timeout,
+            clock,
+            channels,
+        }
+    }
+
     /// Where a leader-only request goes now. A request that was already forwarded once is
     /// refused with `LeaderChanged` rather than forwarded again.
     pub fn route(&self, already_forwarded: bool) -> Result<Route, ClusterError> {

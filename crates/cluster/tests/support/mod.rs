@@ -1,6 +1,7 @@
-//! An in-process cluster for liveness tests: real openraft instances on real RocksDB stores
-//! (one temporary directory each), joined by an in-memory transport whose links can be cut
-//! on demand, each with its own group-commit [`Batcher`].
+//! An in-process cluster: real openraft instances on real RocksDB stores (one temporary
+//! directory each), joined by an in-memory transport whose links can be cut on demand, each
+//! with its own group-commit [`Batcher`] and its own scheduler, which senders reach through
+//! [`Node::sessions`] and [`Node::inputs`] as the Work service would.
 //!
 //! Faults are deterministic: a cut link fails every call at once (as a dead peer does), so a
 //! test decides exactly which node sees what.
@@ -18,6 +19,9 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use skein_cluster::events::EventLog;
 use skein_cluster::ingest::{Batcher, Submission};
+use skein_cluster::network::Channels;
+use skein_cluster::scheduler::{Input, Sessions};
+use skein_config::DeliveryConfig;
 use skein_core::{SharedClock, SystemClock};
 use skein_queue::{NewMessage, NodeId, QueueReader, Request, TypeConfig, FORMAT};
 
@@ -146,6 +150,12 @@ pub struct Node {
     pub batcher: Batcher,
     /// Reads over its applied state.
     pub reader: QueueReader,
+    /// Its scheduler's sender sessions.
+    #[allow(dead_code)] // not every test binary has senders
+    pub sessions: Arc<Sessions>,
+    /// Its scheduler's inputs.
+    #[allow(dead_code)]
+    pub inputs: tokio::sync::mpsc::Sender<Input>,
 }
 
 /// A cluster of `n` in-process nodes, ids 1..=n.
@@ -221,12 +231,32 @@ impl Cluster {
                 reader.clone(),
                 Arc::new(EventLog::open(None).expect("no event log")),
             );
+            let sessions = Arc::new(Sessions::default());
+            let (inputs, inputs_rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(skein_cluster::scheduler::run(
+                Arc::new(skein_cluster::route::Cluster::new(
+                    id,
+                    format!("node-{id}"),
+                    raft.clone(),
+                    reader.clone(),
+                    COMMIT_TIMEOUT,
+                    clock.clone(),
+                    Channels::default(),
+                )),
+                sessions.clone(),
+                inputs_rx,
+                DeliveryConfig::default(),
+                Arc::new(EventLog::open(None).expect("no event log")),
+                fastrand::Rng::with_seed(id),
+            ));
             nodes.insert(
                 id,
                 Node {
                     raft,
                     batcher,
                     reader,
+                    sessions,
+                    inputs,
                 },
             );
             dirs.push(dir);
