@@ -427,6 +427,18 @@ async fn finished_messages_are_forgotten_after_keep_finished() -> anyhow::Result
             .unwrap_or_default();
         assert!(line.contains(state), "{id} {state}: {list}");
     }
+    // The deferred one is the only recipient left queued, for x.test, relayed by IP.
+    let (ok, queues, err) = skeinctl(&grpc_addr, &["queues"])?;
+    assert!(ok, "{err}");
+    let rows: Vec<Vec<&str>> = queues
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 1, "{queues}");
+    assert_eq!(rows[0][..3], ["-", "x.test", "1"], "{queues}");
+    assert!(queues.contains("next in"), "deferred a minute: {queues}");
+    let (ok, none, _) = skeinctl(&grpc_addr, &["queues", "--tenant", "acme"])?;
+    assert!(ok && none.trim().is_empty(), "{none}");
     // Kept for keep_finished, then gone; the deferred message stays.
     wait_for("the delivered message to be forgotten", FINISH, || async {
         let gone = message_status(&grpc_addr, &done)

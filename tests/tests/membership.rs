@@ -39,16 +39,18 @@ async fn learner_joins_is_promoted_and_a_node_is_removed() -> anyhow::Result<()>
 
     // A new cluster writes this release's format at once (a cluster upgraded from an older
     // release waits for `skeinctl finalize-upgrade`, which is idempotent).
-    wait_for("format 2", Duration::from_secs(10), || async {
+    // This release's replicated format (skein_queue::FORMAT).
+    let release = 3;
+    wait_for("this release's format", Duration::from_secs(10), || async {
         let s = status(&c.addrs[follower]).await.ok()?;
-        (s.format == 2 && s.release_format == 2).then_some(())
+        (s.format == release && s.release_format == release).then_some(())
     })
     .await?;
     let (ok, out, err) = skeinctl(&c.addrs[follower], &["finalize-upgrade"])?;
     assert!(ok, "{err}");
-    assert_eq!(out.trim(), "the cluster writes format 2");
+    assert_eq!(out.trim(), format!("the cluster writes format {release}"));
     let (ok, out, _) = skeinctl(&c.addrs[follower], &["status"])?;
-    assert!(ok && out.contains("format 2"), "{out}");
+    assert!(ok && out.contains(&format!("format {release}")), "{out}");
 
     // A resent submission (same submission id) is stored once and answered with its first id.
     let once = EnqueueRequest {

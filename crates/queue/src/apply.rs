@@ -15,8 +15,8 @@ use crate::records::{
 };
 use crate::store::CF_TENANTS;
 use crate::store::{
-    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_QUEUE_DUE, CF_RCPTS,
-    CF_SUBMISSIONS, CF_SUPPRESS,
+    cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_QUEUE_DUE,
+    CF_QUEUE_STATS, CF_RCPTS, CF_SUBMISSIONS, CF_SUPPRESS,
 };
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
 
@@ -53,18 +53,6 @@ pub(crate) fn queue_due_key(r: &RcptRecord) -> Vec<u8> {
     let mut k = queue_prefix(&r.tenant, &r.domain);
     k.extend_from_slice(&due_key(r.due_ms, &r.key));
     k
-}
-
-/// Adds (`live`) or removes an unfinished recipient's entries in both due indexes.
-pub(crate) fn index_due(batch: &mut WriteBatch, db: &DB, r: &RcptRecord, live: bool) {
-    let (due, queue_due) = (due_key(r.due_ms, &r.key), queue_due_key(r));
-    if live {
-        batch.put_cf(cf(db, CF_DUE), due, []);
-        batch.put_cf(cf(db, CF_QUEUE_DUE), queue_due, []);
-    } else {
-        batch.delete_cf(cf(db, CF_DUE), due);
-        batch.delete_cf(cf(db, CF_QUEUE_DUE), queue_due);
-    }
 }
 
 /// Key in the finished index: when the message's last recipient became final, then its id.
@@ -132,6 +120,8 @@ pub(crate) struct Tx<'a> {
     rcpts: HashMap<String, RcptRecord>,
     /// Submissions stored by this entry (its writes are not readable until it commits).
     submissions: HashMap<Vec<u8>, Submitted>,
+    /// Change of each touched queue's count of unfinished recipients, by queue prefix.
+    queue_counts: HashMap<Vec<u8>, i64>,
     /// Messages added by this entry.
     pub(crate) added: u64,
     /// Messages removed by this entry.
@@ -148,6 +138,7 @@ impl<'a> Tx<'a> {
             msgs: HashMap::new(),
             rcpts: HashMap::new(),
             submissions: HashMap::new(),
+            queue_counts: HashMap::new(),
             added: 0,
             removed: 0,
             now_ms: 0,
@@ -170,7 +161,39 @@ impl<'a> Tx<'a> {
         for (k, r) in self.rcpts.drain() {
             self.batch.put_cf(cf(db, CF_RCPTS), k.as_bytes(), enc(&r));
         }
+        for (queue, delta) in self.queue_counts.drain().filter(|(_, d)| *d != 0) {
+            let h = cf(db, CF_QUEUE_STATS);
+            // A count that cannot be read is rebuilt at the next open; never fail the entry.
+            let now: u64 = db
+                .get_cf(h, &queue)
+                .ok()
+                .flatten()
+                .and_then(|v| dec(&v).ok())
+                .unwrap_or(0);
+            match now.saturating_add_signed(delta) {
+                0 => self.batch.delete_cf(h, &queue),
+                n => self.batch.put_cf(h, &queue, enc(&n)),
+            }
+        }
         self.batch
+    }
+
+    /// Adds (`live`) or removes an unfinished recipient's entries in both due indexes, and
+    /// counts it in (or out of) its queue.
+    fn index_due(&mut self, r: &RcptRecord, live: bool) {
+        let (db, batch) = (self.db, &mut self.batch);
+        let (due, queue_due) = (due_key(r.due_ms, &r.key), queue_due_key(r));
+        if live {
+            batch.put_cf(cf(db, CF_DUE), due, []);
+            batch.put_cf(cf(db, CF_QUEUE_DUE), queue_due, []);
+        } else {
+            batch.delete_cf(cf(db, CF_DUE), due);
+            batch.delete_cf(cf(db, CF_QUEUE_DUE), queue_due);
+        }
+        *self
+            .queue_counts
+            .entry(queue_prefix(&r.tenant, &r.domain))
+            .or_default() += if live { 1 } else { -1 };
     }
 
     fn get<T: for<'de> serde::Deserialize<'de>>(
@@ -205,10 +228,10 @@ impl<'a> Tx<'a> {
     /// Stores `new`, moving its entry in the due index from where `old` had it.
     fn put_rcpt(&mut self, old: Option<&RcptRecord>, new: RcptRecord) {
         if let Some(o) = old.filter(|o| !o.state.is_final()) {
-            index_due(&mut self.batch, self.db, o, false);
+            self.index_due(o, false);
         }
         if !new.state.is_final() {
-            index_due(&mut self.batch, self.db, &new, true);
+            self.index_due(&new, true);
         }
         self.rcpts.insert(new.key.clone(), new);
     }
@@ -399,7 +422,7 @@ impl<'a> Tx<'a> {
                 }
                 let r: RcptRecord = dec(&rv).map_err(corrupt)?;
                 if !r.state.is_final() {
-                    index_due(&mut self.batch, db, &r, false);
+                    self.index_due(&r, false);
                 }
                 self.batch.delete_cf(cf(db, CF_RCPTS), &rk);
             }

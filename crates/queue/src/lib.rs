@@ -29,7 +29,7 @@ pub use records::{
     domain_of, rcpt_key, AttemptRecord, AttemptResult, DkimKeyRecord, Lease, MessageRecord,
     RcptRecord, RcptState, Reply, SuppressionRecord, TenantRecord,
 };
-pub use store::{open, LogStore, QueueHead, QueueReader, StateMachine};
+pub use store::{open, LogStore, QueueHead, QueueReader, QueueStats, StateMachine};
 pub use types::{
     DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig, FORMAT,
 };

@@ -52,6 +52,9 @@ pub(crate) const CF_SETTINGS: &str = "settings";
 /// Unfinished recipients by queue (tenant, destination domain), then due time: derived from
 /// `rcpts` and kept by this node only, never in snapshots (rebuilt after installing one).
 pub(crate) const CF_QUEUE_DUE: &str = "queue_due";
+/// Unfinished recipients per queue (key: the queue's prefix in `queue_due`; value: the count,
+/// postcard u64): derived like `queue_due`, kept and rebuilt with it.
+pub(crate) const CF_QUEUE_STATS: &str = "queue_stats";
 /// State that a snapshot carries, in this order. New column families go at the end: a
 /// snapshot from an older release lists fewer, and installing it empties the rest.
 const STATE_CFS: [&str; 10] = [
@@ -85,9 +88,10 @@ const K_SNAPSHOT_FILE: &[u8] = b"snapshot_file";
 /// Present while a snapshot is being installed (the state is then partly replaced): open
 /// finishes the install from the current snapshot's file.
 const K_INSTALLING: &[u8] = b"installing";
-/// Present when `queue_due` matches `rcpts`: absent in a data directory of an earlier release
-/// and while a snapshot is installed, and then rebuilt at open.
-const K_QUEUE_INDEX: &[u8] = b"queue_index";
+/// Present when `queue_due` and `queue_stats` match `rcpts`: absent in a data directory of an
+/// earlier release and while a snapshot is installed, and then rebuilt at open. (Release
+/// 0.1.x's mark, `queue_index`, stood for `queue_due` alone.)
+const K_QUEUE_INDEX: &[u8] = b"queue_index_2";
 
 /// Bytes of snapshot records written per RocksDB batch while installing.
 const INSTALL_BATCH: usize = 8 * 1024 * 1024;
@@ -106,6 +110,19 @@ pub struct QueueHead {
     pub domain: String,
     /// When its earliest unfinished recipient is due.
     pub due_ms: i64,
+}
+
+/// A queue with unfinished recipients: see [`QueueReader::queues`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Tenant (empty for mail relayed by IP address).
+    pub tenant: String,
+    /// Destination domain.
+    pub domain: String,
+    /// Unfinished recipients (queued, deferred or leased).
+    pub recipients: u64,
+    /// When the first of them in due order is due (a leased one: when its lease lapses).
+    pub first_due_ms: Option<i64>,
 }
 
 /// Splits a `queue_due` key into tenant, domain and the rest (due time, recipient key).
@@ -130,7 +147,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_QUEUE_DUE]
+    let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_QUEUE_DUE, CF_QUEUE_STATS]
         .into_iter()
         .chain(STATE_CFS)
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
@@ -190,11 +207,18 @@ fn recover_snapshot(db: &DB, files: &SnapshotFiles) -> Result<(), SErr> {
         .map_err(io_write)
 }
 
-/// Builds the `queue_due` index anew from the recipients, in bounded batches, and marks it
-/// built.
+/// Builds the `queue_due` index and the `queue_stats` counts anew from the recipients, in
+/// bounded batches, and marks them built.
 fn rebuild_queue_index(db: &DB) -> Result<(), QueueError> {
     let mut b = WriteBatch::default();
     b.delete_range_cf(cf(db, CF_QUEUE_DUE), [].as_slice(), [0xFFu8; 64].as_slice());
+    db.write(std::mem::take(&mut b))?;
+    // Keys in `queue_stats` are exactly the queues' prefixes: delete them one by one.
+    for kv in db.iterator_cf(cf(db, CF_QUEUE_STATS), IteratorMode::Start) {
+        let (k, _) = kv?;
+        b.delete_cf(cf(db, CF_QUEUE_STATS), k);
+    }
+    let mut counts: std::collections::BTreeMap<Vec<u8>, u64> = Default::default();
     for kv in db.iterator_cf(cf(db, CF_RCPTS), IteratorMode::Start) {
         let (_, v) = kv?;
         let r: RcptRecord = dec(&v).map_err(|source| QueueError::Corrupt {
@@ -203,10 +227,16 @@ fn rebuild_queue_index(db: &DB) -> Result<(), QueueError> {
         })?;
         if !r.state.is_final() {
             b.put_cf(cf(db, CF_QUEUE_DUE), crate::apply::queue_due_key(&r), []);
+            *counts
+                .entry(crate::apply::queue_prefix(&r.tenant, &r.domain))
+                .or_default() += 1;
         }
         if b.size_in_bytes() >= INSTALL_BATCH {
             db.write(std::mem::take(&mut b))?;
         }
+    }
+    for (k, n) in counts {
+        b.put_cf(cf(db, CF_QUEUE_STATS), k, enc(&n));
     }
     b.put_cf(cf(db, CF_SM), K_QUEUE_INDEX, []);
     db.write_opt(b, &synced())?;
@@ -1050,6 +1080,60 @@ impl QueueReader {
         Ok(out)
     }
 
+    /// Queues with unfinished recipients, in (tenant, domain) order starting after `after`,
+    /// at most `limit`: each with its count and when its earliest recipient is due. One read
+    /// and one seek per queue, however many recipients each holds.
+    pub fn queues(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<QueueStats>, QueueError> {
+        let start = after.map(|(t, d)| {
+            let mut k = crate::apply::queue_prefix(t, d);
+            k.push(0);
+            k
+        });
+        let mode = match &start {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for kv in self.db.iterator_cf(cf(&self.db, CF_QUEUE_STATS), mode) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = kv?;
+            let Some((tenant, domain, _)) = split_queue_key(&k) else {
+                continue;
+            };
+            let recipients: u64 = dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_QUEUE_STATS,
+                source,
+            })?;
+            let first = self
+                .db
+                .iterator_cf(
+                    cf(&self.db, CF_QUEUE_DUE),
+                    IteratorMode::From(&k, Direction::Forward),
+                )
+                .next()
+                .transpose()?;
+            let oldest_due_ms = first
+                .filter(|(fk, _)| fk.starts_with(&k) && fk.len() >= k.len() + 8)
+                .map(|(fk, _)| {
+                    u64::from_be_bytes(fk[k.len()..k.len() + 8].try_into().unwrap_or_default())
+                        as i64
+                });
+            out.push(QueueStats {
+                tenant: tenant.to_string(),
+                domain: domain.to_string(),
+                recipients,
+                first_due_ms: oldest_due_ms,
+            });
+        }
+        Ok(out)
+    }
+
     /// Up to `limit` unfinished recipients of one queue due by `now_ms`, earliest first.
     pub fn queue_due(
         &self,
@@ -1640,14 +1724,43 @@ mod queue_index_tests {
         (dir, sm, reader)
     }
 
-    /// The index applies keep is exactly the one a rebuild makes, and it answers by queue.
+    fn stats(reader: &QueueReader) -> Vec<(String, String, u64, Option<i64>)> {
+        reader
+            .queues(None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|q| (q.tenant, q.domain, q.recipients, q.first_due_ms))
+            .collect()
+    }
+
+    /// The index and counts applies keep are exactly the ones a rebuild makes, and they
+    /// answer by queue.
     #[tokio::test]
     async fn queues_are_found_by_tenant_and_domain_and_the_index_matches_a_rebuild() {
         let (_dir, sm, reader) = queued().await;
         let kept = index(&sm.db);
         assert_eq!(kept.len(), 4, "five recipients, one delivered");
+        let counted = stats(&reader);
+        let q = |t: &str, d: &str, n: u64| (t.to_string(), d.to_string(), n, Some(1_000));
+        assert_eq!(
+            counted,
+            [
+                q("a", "x.test", 2),
+                q("a", "y.test", 1),
+                q("b", "z.test", 1)
+            ]
+        );
         rebuild_queue_index(&sm.db).unwrap();
         assert_eq!(index(&sm.db), kept);
+        assert_eq!(stats(&reader), counted);
+        // Paging: after a queue, the ones that follow it.
+        let next: Vec<String> = reader
+            .queues(Some(("a", "x.test")), 1)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.domain)
+            .collect();
+        assert_eq!(next, ["y.test"]);
 
         let heads: Vec<(String, String)> = reader
             .ready_queues(5_000, 100)
@@ -1681,6 +1794,64 @@ mod queue_index_tests {
             .is_empty());
     }
 
+    /// A lease moves a recipient's due time but keeps it counted; its last recipient becoming
+    /// final removes the queue.
+    #[tokio::test]
+    async fn counts_follow_leases_and_final_outcomes() {
+        let (_dir, mut sm, reader) = queued().await;
+        let z = reader.queue_due("b", "z.test", 5_000, 1).unwrap()[0]
+            .key
+            .clone();
+        let deliver = |index: u64, now_ms: i64, ops: Vec<DeliveryOp>| {
+            at(
+                index,
+                Request::Deliver {
+                    now_ms,
+                    mta: "mx.test".into(),
+                    ops,
+                },
+            )
+        };
+        sm.apply([deliver(
+            3,
+            5_000,
+            vec![DeliveryOp::Lease {
+                lease: 9,
+                sender: "s".into(),
+                source_ip: "127.0.0.9".into(),
+                expires_ms: 65_000,
+                rcpts: vec![z.clone()],
+            }],
+        )])
+        .await
+        .unwrap();
+        let b = |r: &QueueReader| stats(r).into_iter().find(|q| q.0 == "b" && q.1 == "z.test");
+        assert_eq!(
+            b(&reader),
+            Some(("b".into(), "z.test".into(), 1, Some(65_000)))
+        );
+        sm.apply([deliver(
+            4,
+            6_000,
+            vec![DeliveryOp::Report {
+                lease: Some(9),
+                rcpt: z,
+                attempt: None,
+                disposition: Disposition::Bounce { suppress: false },
+            }],
+        )])
+        .await
+        .unwrap();
+        assert_eq!(b(&reader), None);
+        // Its bounce goes back to the sender: a DSN in a queue of its own.
+        assert!(stats(&reader)
+            .iter()
+            .any(|q| q.0 == "b" && q.1 == "example.com"));
+        let counted = stats(&reader);
+        rebuild_queue_index(&sm.db).unwrap();
+        assert_eq!(stats(&reader), counted);
+    }
+
     /// A data directory of an earlier release has no such index: open builds it. A snapshot
     /// does not carry it: installing one rebuilds it.
     #[tokio::test]
@@ -1700,13 +1871,19 @@ mod queue_index_tests {
             .unwrap();
         assert_eq!(index(&sm2.db), want);
         assert_eq!(reader2.ready_queues(5_000, 100).unwrap().len(), 3);
+        assert_eq!(stats(&reader2).len(), 3);
 
         let db = &sm.db;
         db.delete_range_cf(cf(db, CF_QUEUE_DUE), [].as_slice(), [0xFFu8; 64].as_slice())
             .unwrap();
         db.delete_cf(cf(db, CF_SM), K_QUEUE_INDEX).unwrap();
+        for q in ["a", "b"] {
+            let k = crate::apply::queue_prefix(q, if q == "a" { "x.test" } else { "z.test" });
+            db.delete_cf(cf(db, CF_QUEUE_STATS), k).unwrap();
+        }
         drop((sm, _reader));
-        let (_log, sm, _reader) = open(dir.path()).unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
         assert_eq!(index(&sm.db), want);
+        assert_eq!(stats(&reader).len(), 3);
     }
 }

@@ -49,6 +49,19 @@ enum Cmd {
         #[arg(long)]
         local: bool,
     },
+    /// Queues: each tenant's unfinished mail per destination domain, with counts.
+    Queues {
+        /// Only this tenant's ("" for mail relayed by IP address).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Start after this queue (both flags; from a previous page).
+        #[arg(long, default_value = "", requires = "after_domain")]
+        after_tenant: String,
+        #[arg(long, default_value = "")]
+        after_domain: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Show one message (with --data, its content).
     Message {
         id: String,
@@ -291,6 +304,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(status)?
                 .into_inner();
             println!("node {id} removed (log index {})", r.log_index);
+        }
+        Cmd::Queues {
+            tenant,
+            after_tenant,
+            after_domain,
+            limit,
+        } => {
+            let r = c
+                .list_queues(ListQueuesRequest {
+                    tenant,
+                    after_tenant,
+                    after_domain,
+                    limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            for q in &r.queues {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "tenant": q.tenant, "domain": q.domain,
+                            "recipients": q.recipients, "first_due_ms": q.first_due_ms,
+                        })
+                    );
+                } else {
+                    let due = match (q.first_due_ms - now) / 1000 {
+                        s if s <= 0 => "due now".to_string(),
+                        s => format!("next in {s}s"),
+                    };
+                    let tenant = if q.tenant.is_empty() { "-" } else { &q.tenant };
+                    println!("{tenant:<16} {:<32} {:>8} {due}", q.domain, q.recipients);
+                }
+            }
+            if r.more && !cli.json {
+                println!(
+                    "(more: --after-tenant {:?} --after-domain {})",
+                    r.next_after_tenant, r.next_after_domain
+                );
+            }
         }
         Cmd::Messages {
             after,

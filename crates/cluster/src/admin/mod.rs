@@ -301,6 +301,51 @@ impl Admin for AdminService {
         })
     }
 
+    async fn list_queues(
+        &self,
+        req: Request<ListQueuesRequest>,
+    ) -> Result<Response<ListQueuesResponse>, Status> {
+        let limit = page_limit(req.get_ref().limit)?;
+        forward_or!(self, req, list_queues, {
+            self.linearize().await?;
+            let r = req.get_ref();
+            let after = match (
+                &r.tenant,
+                r.after_tenant.is_empty() && r.after_domain.is_empty(),
+            ) {
+                (_, false) => Some((r.after_tenant.as_str(), r.after_domain.as_str())),
+                // A tenant's queues start right after its name with an empty domain.
+                (Some(t), true) => Some((t.as_str(), "")),
+                (None, true) => None,
+            };
+            let mut queues = self
+                .ctx
+                .reader
+                .queues(after, limit + 1)
+                .map_err(ClusterError::from)?;
+            if let Some(t) = &r.tenant {
+                queues.retain(|q| &q.tenant == t);
+            }
+            let more = queues.len() > limit;
+            queues.truncate(limit);
+            let last = queues.last().filter(|_| more);
+            Ok(Response::new(ListQueuesResponse {
+                more,
+                next_after_tenant: last.map(|q| q.tenant.clone()).unwrap_or_default(),
+                next_after_domain: last.map(|q| q.domain.clone()).unwrap_or_default(),
+                queues: queues
+                    .into_iter()
+                    .map(|q| QueueInfo {
+                        tenant: q.tenant,
+                        domain: q.domain,
+                        recipients: q.recipients,
+                        first_due_ms: q.first_due_ms.unwrap_or(0),
+                    })
+                    .collect(),
+            }))
+        })
+    }
+
     async fn get_message(
         &self,
         req: Request<GetMessageRequest>,
