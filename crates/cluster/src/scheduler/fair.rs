@@ -39,7 +39,10 @@ pub fn fair_order(heads: Vec<QueueHead>) -> Vec<QueueHead> {
 /// They come interleaved (the first of every queue served, then every second, ...), so when
 /// senders have room for only a few, those few go to different queues. `*cursor` moves past
 /// the queues served (by one when all were), so the next round starts elsewhere. Queues for
-/// which `blocked(tenant, domain)` holds are passed over without reading them.
+/// which `blocked(tenant, domain)` holds are passed over without reading them, and so are those
+/// for which `at_share(tenant, domain, ready)` holds, `ready` being the number of queues left
+/// with due work (a queue holding its share of the senders' slots waits while others have
+/// work; alone, it may have them all).
 pub fn select(
     reader: &impl QueueView,
     now_ms: i64,
@@ -47,9 +50,12 @@ pub fn select(
     quantum: usize,
     cursor: &mut usize,
     blocked: impl Fn(&str, &str) -> bool,
+    at_share: impl Fn(&str, &str, usize) -> bool,
 ) -> Result<Vec<RcptRecord>, skein_queue::QueueError> {
     let mut heads = reader.ready_queues(now_ms, MAX_READY_QUEUES)?;
     heads.retain(|h| !blocked(&h.tenant, &h.domain));
+    let ready = heads.len();
+    heads.retain(|h| !at_share(&h.tenant, &h.domain, ready));
     let order = fair_order(heads);
     if order.is_empty() {
         return Ok(Vec::new());
@@ -163,7 +169,16 @@ mod tests {
         assert!(earliest.iter().all(|r| r.domain == "slow.test"));
 
         let mut cursor = 0;
-        let got = select(&reader, 10_000, 100, 50, &mut cursor, |_, _| false).unwrap();
+        let got = select(
+            &reader,
+            10_000,
+            100,
+            50,
+            &mut cursor,
+            |_, _| false,
+            |_, _, _| false,
+        )
+        .unwrap();
         let count = |d: &str| got.iter().filter(|r| r.domain == d).count();
         assert_eq!(count("fast.test"), 1, "the other tenant's message");
         assert_eq!(count("other.test"), 1, "the same tenant's other domain");
@@ -176,7 +191,16 @@ mod tests {
         // Every round starts at another queue, even when it served them all.
         let starts: std::collections::BTreeSet<String> = (0..3)
             .map(|_| {
-                select(&reader, 10_000, 100, 50, &mut cursor, |_, _| false).unwrap()[0]
+                select(
+                    &reader,
+                    10_000,
+                    100,
+                    50,
+                    &mut cursor,
+                    |_, _| false,
+                    |_, _, _| false,
+                )
+                .unwrap()[0]
                     .domain
                     .clone()
             })
@@ -187,7 +211,17 @@ mod tests {
         let mut cursor = 0;
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..3 {
-            for r in select(&reader, 10_000, 1, 1, &mut cursor, |_, _| false).unwrap() {
+            for r in select(
+                &reader,
+                10_000,
+                1,
+                1,
+                &mut cursor,
+                |_, _| false,
+                |_, _, _| false,
+            )
+            .unwrap()
+            {
                 seen.insert(r.domain);
             }
         }

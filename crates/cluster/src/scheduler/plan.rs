@@ -34,6 +34,8 @@ pub struct Planned {
     pub slot: Slot,
     /// The message.
     pub message_id: String,
+    /// The message's tenant.
+    pub tenant: String,
     /// The destination domain.
     pub domain: String,
     /// (recipient key, address) pairs.
@@ -225,6 +227,7 @@ pub fn due(
                 return false;
             };
             let (message_id, domain, size) = (&*message_id, &*domain, *size);
+            let tenant = chunk[0].tenant.clone();
             if size > room && (held > 0 || !plan.planned.is_empty()) {
                 plan.starved = true;
                 return false;
@@ -245,6 +248,7 @@ pub fn due(
                 lease,
                 slot,
                 message_id: message_id.to_string(),
+                tenant,
                 domain: domain.to_string(),
                 rcpts: chunk
                     .iter()

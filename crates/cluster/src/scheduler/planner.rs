@@ -101,6 +101,9 @@ pub struct Planner {
     pending: Vec<SessionReport>,
     unsent: Vec<(u64, Vec<String>)>,
     blocked: HashMap<(String, String), i64>,
+    /// The queue of each assignment out with a sender, and how many each queue has out.
+    out: HashMap<u64, (String, String)>,
+    out_per_queue: HashMap<(String, String), usize>,
 }
 
 impl Planner {
@@ -113,6 +116,8 @@ impl Planner {
             pending: Vec::new(),
             unsent: Vec::new(),
             blocked: HashMap::new(),
+            out: HashMap::new(),
+            out_per_queue: HashMap::new(),
         }
     }
 
@@ -140,7 +145,12 @@ impl Planner {
                 self.sessions.insert(conn, s);
             }
             Input::Left { conn } => {
-                self.sessions.remove(&conn);
+                // Its leases come back reported on a new session, or lapse.
+                if let Some(s) = self.sessions.remove(&conn) {
+                    for lease in s.in_flight {
+                        self.returned(lease);
+                    }
+                }
             }
             Input::Draining { conn } => {
                 if let Some(s) = self.sessions.get_mut(&conn) {
@@ -150,6 +160,7 @@ impl Planner {
             Input::Report(r) => {
                 // The sender has room again at once; the outcome commits with the next round.
                 self.free_slot(r.conn, r.report.lease);
+                self.returned(r.report.lease);
                 self.pending.push(r);
             }
         }
@@ -232,8 +243,18 @@ impl Planner {
         }
 
         let blocked = &self.blocked;
-        // With no free slot the round still reads due recipients: those past the maximum
-        // age expire whether or not a sender is there.
+        // Max-min fair slots: while other queues have due work, a queue with its share of
+        // all slots out (a slow destination, say) gets no more, so the slots it frees go to
+        // the others. With no free slot the round still reads every due queue: recipients
+        // past the maximum age expire whether or not a sender is there.
+        let slots: usize = self
+            .sessions
+            .values()
+            .filter(|s| !s.ips.is_empty())
+            .map(|s| s.max_in_flight)
+            .sum();
+        let out = &self.out_per_queue;
+        let free = self.free() > 0;
         let due = super::fair::select(
             view,
             now_ms,
@@ -241,6 +262,12 @@ impl Planner {
             self.cfg.max_rcpts_per_assignment,
             &mut self.cursor,
             |t, d| blocked.contains_key(&(t.to_string(), d.to_string())),
+            |t, d, ready| {
+                free && ready > 1
+                    && out
+                        .get(&(t.to_string(), d.to_string()))
+                        .is_some_and(|&n| n * ready >= slots)
+            },
         )?;
         plan::due(
             &self.cfg,
@@ -273,7 +300,12 @@ impl Planner {
         let mut out = Vec::new();
         for p in round.plan.planned {
             match granted.remove(&p.lease) {
-                Some(keys) if !keys.is_empty() => out.push(Send { planned: p, keys }),
+                Some(keys) if !keys.is_empty() => {
+                    let queue = (p.tenant.clone(), p.domain.clone());
+                    *self.out_per_queue.entry(queue.clone()).or_default() += 1;
+                    self.out.insert(p.lease, queue);
+                    out.push(Send { planned: p, keys });
+                }
                 _ => self.free_slot(p.slot.conn, p.lease),
             }
         }
@@ -293,6 +325,7 @@ impl Planner {
     /// is freed and the next round gives the recipients back at once.
     pub fn not_sent(&mut self, s: Send) {
         self.free_slot(s.planned.slot.conn, s.planned.lease);
+        self.returned(s.planned.lease);
         self.unsent.push((s.planned.lease, s.keys));
     }
 
@@ -303,6 +336,21 @@ impl Planner {
         self.pending.clear();
         self.unsent.clear();
         self.blocked.clear();
+        self.out.clear();
+        self.out_per_queue.clear();
+    }
+
+    /// Assignment `lease` is no longer out with a sender: its queue has one fewer out.
+    fn returned(&mut self, lease: u64) {
+        let Some(queue) = self.out.remove(&lease) else {
+            return;
+        };
+        if let Some(n) = self.out_per_queue.get_mut(&queue) {
+            *n -= 1;
+            if *n == 0 {
+                self.out_per_queue.remove(&queue);
+            }
+        }
     }
 
     fn free_slot(&mut self, conn: u64, lease: u64) {
@@ -546,6 +594,64 @@ mod tests {
         assert_eq!(d.len(), 4, "every slot used");
         assert!(d[..2].contains(&"fast.test".to_string()), "{d:?}");
         assert_eq!(p.free(), 0, "slots are reserved while the round is out");
+    }
+
+    /// A slow destination that took every slot while it was alone gets none of those it
+    /// frees while another queue has work and it holds its share (half of the slots for
+    /// two queues): the other queue's mail goes out at the first free slot.
+    #[test]
+    fn a_queue_holding_its_share_of_slots_waits_while_others_have_work() {
+        let mut view = MemView::default();
+        for i in 0..30 {
+            view.add("t", "slow.test", &format!("S{i:02}"), 1);
+        }
+        let cfg = DeliveryConfig {
+            max_rcpts_per_assignment: 1,
+            ..cfg()
+        };
+        let mut p = Planner::new(cfg);
+        p.input(joined(1, "s1", 10));
+        let mut rng = fastrand::Rng::with_seed(8);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert_eq!(
+            domains(&r),
+            vec!["slow.test"; 10],
+            "alone, it may have them all"
+        );
+        let leased = grant(&r);
+        let mut out = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        for i in 0..10 {
+            view.add("t", "fast.test", &format!("F{i:02}"), 1);
+        }
+        for round in 1..=5 {
+            // One slow assignment finishes: one slot frees.
+            let s = out.remove(0);
+            assert_eq!(s.planned.domain, "slow.test");
+            p.input(report(
+                1,
+                "s1",
+                s.planned.lease,
+                &s.keys[0],
+                Outcome::Delivered,
+            ));
+            let r = p.plan(NOW + round, &mut rng, &view, 0).unwrap();
+            assert_eq!(domains(&r), ["fast.test"], "round {round}");
+            let leased = grant(&r);
+            p.committed(r, leased.clone());
+            view.lease(&leased, "s1");
+        }
+        // Five slow and five fast out: each at its share; the next free slot goes to either.
+        let s = out.remove(0);
+        p.input(report(
+            1,
+            "s1",
+            s.planned.lease,
+            &s.keys[0],
+            Outcome::Delivered,
+        ));
+        let r = p.plan(NOW + 9, &mut rng, &view, 0).unwrap();
+        assert_eq!(r.plan.planned.len(), 1);
     }
 
     /// A queue held back is passed over, and the others are served as if it were not there;
