@@ -13,12 +13,14 @@ use crate::records::{
     domain_of, rcpt_key, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, SuppressionRecord,
     TenantRecord, MAX_HISTORY,
 };
-use crate::store::CF_TENANTS;
+use crate::shaping;
 use crate::store::{
     cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_QUEUE_DUE,
     CF_QUEUE_STATS, CF_RCPTS, CF_SUBMISSIONS, CF_SUPPRESS,
 };
+use crate::store::{CF_SHAPING, CF_TENANTS};
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
+use skein_shaping::IpMode;
 
 type Res<T> = Result<T, std::io::Error>;
 
@@ -122,6 +124,9 @@ pub(crate) struct Tx<'a> {
     submissions: HashMap<Vec<u8>, Submitted>,
     /// Change of each touched queue's count of unfinished recipients, by queue prefix.
     queue_counts: HashMap<Vec<u8>, i64>,
+    /// `shaping` records and counters written by this entry (encoded), readable before it
+    /// commits.
+    shaping: HashMap<Vec<u8>, Vec<u8>>,
     /// Messages added by this entry.
     pub(crate) added: u64,
     /// Messages removed by this entry.
@@ -139,6 +144,7 @@ impl<'a> Tx<'a> {
             rcpts: HashMap::new(),
             submissions: HashMap::new(),
             queue_counts: HashMap::new(),
+            shaping: HashMap::new(),
             added: 0,
             removed: 0,
             now_ms: 0,
@@ -160,6 +166,9 @@ impl<'a> Tx<'a> {
         }
         for (k, r) in self.rcpts.drain() {
             self.batch.put_cf(cf(db, CF_RCPTS), k.as_bytes(), enc(&r));
+        }
+        for (k, v) in self.shaping.drain() {
+            self.batch.put_cf(cf(db, CF_SHAPING), k, v);
         }
         for (queue, delta) in self.queue_counts.drain().filter(|(_, d)| *d != 0) {
             let h = cf(db, CF_QUEUE_STATS);
@@ -481,6 +490,186 @@ impl<'a> Tx<'a> {
         Ok(existed)
     }
 
+    /// Leases up to `limit` of `rcpts` (those due, or whose lease lapsed) under `l`; returns
+    /// the keys leased.
+    fn lease_rcpts(
+        &mut self,
+        l: &crate::records::Lease,
+        rcpts: Vec<String>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Res<Vec<String>> {
+        let mut granted = Vec::new();
+        for key in rcpts {
+            if granted.len() >= limit {
+                break;
+            }
+            let Some(old) = self.rcpt(&key)? else {
+                continue;
+            };
+            let leasable = match &old.state {
+                RcptState::Queued | RcptState::Deferred => old.due_ms <= now_ms,
+                RcptState::Leased(l) => l.expires_ms <= now_ms,
+                _ => false,
+            };
+            if !leasable {
+                continue;
+            }
+            let mut new = old.clone();
+            new.state = RcptState::Leased(l.clone());
+            new.due_ms = l.expires_ms;
+            self.put_rcpt(Some(&old), new);
+            granted.push(key);
+        }
+        Ok(granted)
+    }
+
+    /// [`DeliveryOp::LeaseShaped`]: leases only what the IP's daily cap and its hourly limit
+    /// for `provider` leave at `now_ms`, and counts it against both. An IP without a record,
+    /// or paused, leases nothing.
+    fn lease_shaped(
+        &mut self,
+        l: &crate::records::Lease,
+        provider: &str,
+        rcpts: Vec<String>,
+        now_ms: i64,
+    ) -> Res<Vec<String>> {
+        let db = self.db;
+        let io = std::io::Error::other;
+        let ip_key = shaping::key(shaping::IP, &l.source_ip);
+        let Some(ip) = self.shaping_get::<skein_shaping::IpRecord>(&ip_key)? else {
+            return Ok(Vec::new());
+        };
+        let schedule = shaping::schedule(db, &ip.schedule)
+            .map_err(io)?
+            .unwrap_or_default();
+        let today = schedule.day(now_ms);
+        let hour = skein_shaping::hour(now_ms);
+        let providers = shaping::providers(db).map_err(io)?;
+        let hourly = providers
+            .iter()
+            .find(|p| p.name == provider)
+            .or_else(|| {
+                providers
+                    .iter()
+                    .find(|p| p.name == skein_shaping::DEFAULT_PROVIDER)
+            })
+            .map_or(0, |p| p.hourly(ip.is_warm(&schedule, today)));
+        let (day_key, hour_key) = (
+            shaping::day_key(&ip.ip, today),
+            shaping::hour_key(&ip.ip, provider, hour),
+        );
+        let sent_today = self.shaping_get::<u64>(&day_key)?.unwrap_or(0);
+        let sent_hour = self.shaping_get::<u64>(&hour_key)?.unwrap_or(0);
+        let room = ip
+            .daily_cap(&schedule, today)
+            .saturating_sub(sent_today)
+            .min(hourly.saturating_sub(sent_hour));
+        let granted = self.lease_rcpts(
+            l,
+            rcpts,
+            usize::try_from(room).unwrap_or(usize::MAX),
+            now_ms,
+        )?;
+        if !granted.is_empty() {
+            let n = granted.len() as u64;
+            self.shaping_put(&day_key, &(sent_today + n));
+            self.shaping_put(&hour_key, &(sent_hour + n));
+            self.shaping_put(&ip_key, &ip.sent_on(&schedule, today));
+        }
+        Ok(granted)
+    }
+
+    fn shaping_get<T: for<'de> serde::Deserialize<'de>>(&self, k: &[u8]) -> Res<Option<T>> {
+        match self.shaping.get(k) {
+            Some(v) => Ok(Some(dec(v).map_err(corrupt)?)),
+            None => self.get(CF_SHAPING, k),
+        }
+    }
+
+    fn shaping_put<T: serde::Serialize>(&mut self, k: &[u8], v: &T) {
+        self.shaping.insert(k.to_vec(), enc(v));
+    }
+
+    /// Applies a [`crate::Request::Shaping`] at `now_ms`.
+    pub(crate) fn shaping(
+        &mut self,
+        now_ms: i64,
+        cmd: shaping::ShapingCommand,
+    ) -> Res<shaping::ShapingOutcome> {
+        use shaping::{ShapingCommand as C, ShapingOutcome as O};
+        let io = std::io::Error::other;
+        Ok(match cmd {
+            C::AddIp(r) => {
+                let k = shaping::key(shaping::IP, &r.ip);
+                if self.shaping_get::<skein_shaping::IpRecord>(&k)?.is_some() {
+                    return Ok(O::IpExists);
+                }
+                if shaping::schedule(self.db, &r.schedule)
+                    .map_err(io)?
+                    .is_none()
+                {
+                    return Ok(O::ScheduleNotFound);
+                }
+                self.shaping_put(&k, &r);
+                O::Done
+            }
+            C::RemoveIp { ip } => {
+                let k = shaping::key(shaping::IP, &ip);
+                if self.shaping_get::<skein_shaping::IpRecord>(&k)?.is_none() {
+                    return Ok(O::IpNotFound);
+                }
+                self.shaping.remove(&k);
+                self.batch.delete_cf(cf(self.db, CF_SHAPING), &k);
+                O::Done
+            }
+            C::SetIpMode { ip, mode, reason } => {
+                let k = shaping::key(shaping::IP, &ip);
+                let Some(mut r) = self.shaping_get::<skein_shaping::IpRecord>(&k)? else {
+                    return Ok(O::IpNotFound);
+                };
+                shaping::set_mode(&mut r, mode);
+                r.reason = reason;
+                self.shaping_put(&k, &r);
+                O::Done
+            }
+            C::RestartWarmup { ip, reason } => {
+                let k = shaping::key(shaping::IP, &ip);
+                let Some(mut r) = self.shaping_get::<skein_shaping::IpRecord>(&k)? else {
+                    return Ok(O::IpNotFound);
+                };
+                let s = shaping::schedule(self.db, &r.schedule)
+                    .map_err(io)?
+                    .unwrap_or_default();
+                r.start_day = s.day(now_ms);
+                r.sending_days = 0;
+                r.last_sent_day = None;
+                shaping::set_mode(&mut r, IpMode::Warming);
+                r.reason = reason;
+                self.shaping_put(&k, &r);
+                O::Done
+            }
+            C::PutSchedule(s) => {
+                self.shaping_put(&shaping::key(shaping::SCHEDULE, &s.name), &s);
+                O::Done
+            }
+            C::PutProvider(p) => {
+                self.shaping_put(&shaping::key(shaping::PROVIDER, &p.name), &p);
+                O::Done
+            }
+            C::SetTenantPool { tenant, pool } => {
+                let k = shaping::key(shaping::TENANT_POOL, &tenant);
+                if pool.is_empty() || pool == skein_shaping::DEFAULT_POOL {
+                    self.shaping.remove(&k);
+                    self.batch.delete_cf(cf(self.db, CF_SHAPING), &k);
+                } else {
+                    self.shaping_put(&k, &pool);
+                }
+                O::Done
+            }
+        })
+    }
+
     /// Applies a [`crate::Request::Deliver`] committed at log `index`.
     pub(crate) fn deliver(
         &mut self,
@@ -503,30 +692,30 @@ impl<'a> Tx<'a> {
                     expires_ms,
                     rcpts,
                 } => {
-                    let mut granted = Vec::new();
-                    for key in rcpts {
-                        let Some(old) = self.rcpt(&key)? else {
-                            continue;
-                        };
-                        let leasable = match &old.state {
-                            RcptState::Queued | RcptState::Deferred => old.due_ms <= now_ms,
-                            RcptState::Leased(l) => l.expires_ms <= now_ms,
-                            _ => false,
-                        };
-                        if !leasable {
-                            continue;
-                        }
-                        let mut new = old.clone();
-                        new.state = RcptState::Leased(crate::records::Lease {
-                            id: lease,
-                            sender: sender.clone(),
-                            source_ip: source_ip.clone(),
-                            expires_ms,
-                        });
-                        new.due_ms = expires_ms;
-                        self.put_rcpt(Some(&old), new);
-                        granted.push(key);
-                    }
+                    let l = crate::records::Lease {
+                        id: lease,
+                        sender,
+                        source_ip,
+                        expires_ms,
+                    };
+                    let granted = self.lease_rcpts(&l, rcpts, usize::MAX, now_ms)?;
+                    leased.push((lease, granted));
+                }
+                DeliveryOp::LeaseShaped {
+                    lease,
+                    sender,
+                    source_ip,
+                    provider,
+                    expires_ms,
+                    rcpts,
+                } => {
+                    let l = crate::records::Lease {
+                        id: lease,
+                        sender,
+                        source_ip,
+                        expires_ms,
+                    };
+                    let granted = self.lease_shaped(&l, &provider, rcpts, now_ms)?;
                     leased.push((lease, granted));
                 }
                 DeliveryOp::Report {

@@ -11,6 +11,8 @@
 //!   column family indexes every unfinished recipient by the time it is next due (its next
 //!   attempt, or its lease's expiry), so the scheduler never scans the whole queue.
 //! - [`dsn`]: the RFC 3464 bounce messages generated when recipients fail.
+//! - [`shaping`]: the sending limits (IPs, schedules, providers, tenants' pools) and the
+//!   counters that hold them, in the `shaping` column family (format 4).
 //! - [`QueueReader`]: read-only queries over a node's applied state, for the Admin API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@
 mod apply;
 pub mod dsn;
 pub mod records;
+pub mod shaping;
 mod snapfile;
 pub mod store;
 pub mod types;
@@ -29,6 +32,8 @@ pub use records::{
     domain_of, rcpt_key, AttemptRecord, AttemptResult, DkimKeyRecord, Lease, MessageRecord,
     RcptRecord, RcptState, Reply, SuppressionRecord, TenantRecord,
 };
+pub use shaping::{IpStatus, ShapingCommand, ShapingOutcome, ShapingState};
+pub use skein_shaping;
 pub use store::{open, LogStore, QueueHead, QueueReader, QueueStats, StateMachine};
 pub use types::{
     DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig, FORMAT,

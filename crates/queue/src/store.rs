@@ -55,9 +55,12 @@ pub(crate) const CF_QUEUE_DUE: &str = "queue_due";
 /// Unfinished recipients per queue (key: the queue's prefix in `queue_due`; value: the count,
 /// postcard u64): derived like `queue_due`, kept and rebuilt with it.
 pub(crate) const CF_QUEUE_STATS: &str = "queue_stats";
+/// Sending limits (format 4): IP records, schedules, providers, tenants' pools, and the
+/// counters of what each IP sent per day and per provider per hour. See [`crate::shaping`].
+pub(crate) const CF_SHAPING: &str = "shaping";
 /// State that a snapshot carries, in this order. New column families go at the end: a
 /// snapshot from an older release lists fewer, and installing it empties the rest.
-const STATE_CFS: [&str; 10] = [
+const STATE_CFS: [&str; 11] = [
     CF_MESSAGES,
     CF_BODIES,
     CF_TENANTS,
@@ -68,7 +71,11 @@ const STATE_CFS: [&str; 10] = [
     CF_FINISHED,
     CF_SUBMISSIONS,
     CF_SETTINGS,
+    CF_SHAPING,
 ];
+/// Column families release 0.1.0 knew: a snapshot lists only these while the later ones are
+/// empty, so nodes of that release can still install it during a rolling upgrade.
+const V1_STATE_CFS: usize = 10;
 
 /// Key of the cluster's format version in the `settings` column family (absent: 1).
 const K_FORMAT: &[u8] = b"format";
@@ -258,8 +265,18 @@ fn write_content(
     message_count: u64,
     out: &mut impl std::io::Write,
 ) -> Result<(), SErr> {
-    put_varint(out, STATE_CFS.len() as u64).map_err(io_write)?;
-    for name in STATE_CFS {
+    // Trailing column families are listed only from the first one that holds anything.
+    let mut listed = STATE_CFS.len();
+    while listed > V1_STATE_CFS
+        && snap
+            .iterator_cf(cf(db, STATE_CFS[listed - 1]), IteratorMode::Start)
+            .next()
+            .is_none()
+    {
+        listed -= 1;
+    }
+    put_varint(out, listed as u64).map_err(io_write)?;
+    for name in &STATE_CFS[..listed] {
         // The count comes first in the encoding: one pass to count, one to write.
         let mut n = 0u64;
         for kv in snap.iterator_cf(cf(db, name), IteratorMode::Start) {
@@ -837,6 +854,10 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         Request::RemoveDkimKey { tenant, domain } => {
             Response::DkimKey(tx.remove_dkim_key(tenant, domain)?)
         }
+        Request::Shaping { at_ms, cmd } => {
+            let at = time(*at_ms, tx)?;
+            Response::Shaped(tx.shaping(at, cmd.clone())?)
+        }
         Request::Deliver { now_ms, mta, ops } => {
             let now_ms = time(*now_ms, tx)?;
             tx.now_ms = now_ms;
@@ -1221,6 +1242,21 @@ impl QueueReader {
         stored_format(&self.db)
     }
 
+    /// The sending limits and counters at `now_ms`.
+    pub fn shaping(&self, now_ms: i64) -> Result<crate::ShapingState, QueueError> {
+        crate::shaping::state(&self.db, now_ms)
+    }
+
+    /// Whether any IP record exists (until one does, senders' own IPs send without limits).
+    pub fn shaping_on(&self) -> Result<bool, QueueError> {
+        crate::shaping::any_ip(&self.db)
+    }
+
+    /// Every warm-up schedule, the shipped default included.
+    pub fn schedules(&self) -> Result<Vec<skein_shaping::Schedule>, QueueError> {
+        crate::shaping::schedules(&self.db)
+    }
+
     /// The latest command time applied (0 before format 3, or before any command). A leader
     /// schedules at no earlier time than this, whatever its own clock says.
     pub fn clock_ms(&self) -> Result<i64, QueueError> {
@@ -1511,7 +1547,9 @@ mod snapshot_file_tests {
         let (dir, mut sm) = filled(5, 300).await;
         let snap = build(&mut sm).await;
         let data = bytes(snap.snapshot).await;
-        assert_eq!(data, enc(&(state(&sm.db), 5u64)));
+        // Column families added since 0.1.0 are not listed while empty.
+        let v1 = state(&sm.db)[..V1_STATE_CFS].to_vec();
+        assert_eq!(data, enc(&(v1, 5u64)));
         let _: V1Content = dec(&data).unwrap();
         // Served from the file, not the database; older files are gone.
         let current = sm.get_current_snapshot().await.unwrap().unwrap();

@@ -124,15 +124,24 @@ pub enum Request {
         /// The format version.
         version: u32,
     },
+    /// A change to the sending limits (format 4). `at_ms` is the leader's time, for changes
+    /// that start something today (a warm-up).
+    Shaping {
+        /// Leader's clock.
+        at_ms: i64,
+        /// The change.
+        cmd: crate::shaping::ShapingCommand,
+    },
 }
 
 /// The newest replicated format this release reads and, once the cluster's format says so,
 /// writes. 1: release 0.1.0. 2: [`Request::EnqueueOnce`] and [`Request::SetFormat`]; a
 /// `Delivered` report applies under any lease of a recipient that is not final. 3: command
-/// times never go backwards (each is raised to the latest applied before it). Behaviour
+/// times never go backwards (each is raised to the latest applied before it). 4: sending limits
+/// ([`Request::Shaping`], [`DeliveryOp::LeaseShaped`], the `shaping` column family). Behaviour
 /// that changes how an existing command applies is decided by the replicated format, never
 /// by the release, so replicas of different releases apply every entry alike.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end
@@ -167,6 +176,23 @@ pub enum DeliveryOp {
         attempt: Option<AttemptRecord>,
         /// What happens next.
         disposition: Disposition,
+    },
+    /// [`DeliveryOp::Lease`] within the sending limits (format 4): granted only for as many
+    /// recipients as the IP's cap for the day and its limit for `provider` this hour leave,
+    /// and counted against both.
+    LeaseShaped {
+        /// Token the sender's reports must carry.
+        lease: u64,
+        /// Sender node name.
+        sender: String,
+        /// Source IP to use: one of the cluster's IP records.
+        source_ip: String,
+        /// The provider the recipients' domain belongs to.
+        provider: String,
+        /// Lease expiry.
+        expires_ms: i64,
+        /// Recipient keys.
+        rcpts: Vec<String>,
     },
 }
 
@@ -234,6 +260,8 @@ pub enum Response {
         /// Ids of the DSN messages generated.
         dsns: Vec<String>,
     },
+    /// How a [`Request::Shaping`] applied.
+    Shaped(crate::shaping::ShapingOutcome),
 }
 
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex

@@ -1,0 +1,246 @@
+//! Sending limits in the state machine (format 4): shaped leases are granted only within the
+//! IP's daily cap and its hourly limit for the provider, counted as they are granted, and the
+//! limits travel in snapshots.
+
+mod common;
+
+use common::{read_data, snapshot_data, Fixture};
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use skein_queue::skein_shaping::{
+    IpMode, IpRecord, Provider, Schedule, Step, DAY_MS, DEFAULT_POOL, HOUR_MS,
+};
+use skein_queue::{DeliveryOp, NewMessage, Request, Response, ShapingCommand, ShapingOutcome};
+
+const T0: i64 = 1_800_000_000_000 - 1_800_000_000_000 % DAY_MS;
+
+fn message(n: usize, domain: &str) -> NewMessage {
+    NewMessage {
+        tenant: "acme".into(),
+        mail_from: "app@acme.test".into(),
+        rcpt_to: (0..n).map(|i| format!("r{i}@{domain}")).collect(),
+        data: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        client_ip: "127.0.0.1".into(),
+        helo: "c".into(),
+        edge: "e".into(),
+        smtputf8: false,
+        body_8bit: false,
+    }
+}
+
+fn ip(addr: &str) -> IpRecord {
+    IpRecord {
+        ip: addr.into(),
+        hostname: "mta.example.com".into(),
+        pool: DEFAULT_POOL.into(),
+        schedule: "tiny".into(),
+        mode: IpMode::Warming,
+        resume_to: IpMode::Warming,
+        start_day: T0 / DAY_MS,
+        sending_days: 0,
+        last_sent_day: None,
+        reason: String::new(),
+        added_at_ms: T0,
+    }
+}
+
+impl Fixture {
+    async fn shape(&mut self, cmd: ShapingCommand) -> ShapingOutcome {
+        match self.apply(Request::Shaping { at_ms: T0, cmd }).await {
+            Response::Shaped(o) => o,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    /// Leases `keys` from `ip` for `provider` at `now`; returns how many were granted.
+    async fn lease(
+        &mut self,
+        lease: u64,
+        ip: &str,
+        provider: &str,
+        keys: &[String],
+        now: i64,
+    ) -> usize {
+        let r = self
+            .apply(Request::Deliver {
+                now_ms: now,
+                mta: "relay.test".into(),
+                ops: vec![DeliveryOp::LeaseShaped {
+                    lease,
+                    sender: "s1".into(),
+                    source_ip: ip.into(),
+                    provider: provider.into(),
+                    expires_ms: now + 1,
+                    rcpts: keys.to_vec(),
+                }],
+            })
+            .await;
+        match r {
+            Response::Delivered { leased, .. } => leased[0].1.len(),
+            r => panic!("{r:?}"),
+        }
+    }
+}
+
+async fn setup() -> (Fixture, Vec<String>) {
+    let mut f = Fixture::new();
+    f.apply(Request::SetFormat { version: 4 }).await;
+    let tiny = Schedule {
+        name: "tiny".into(),
+        steps: vec![
+            Step {
+                from_day: 1,
+                daily: 5,
+            },
+            Step {
+                from_day: 2,
+                daily: 8,
+            },
+        ],
+        ..Schedule::default()
+    };
+    assert_eq!(
+        f.shape(ShapingCommand::PutSchedule(tiny)).await,
+        ShapingOutcome::Done
+    );
+    let gmail = Provider {
+        warming_hourly: 3,
+        warm_hourly: 6,
+        ..skein_queue::skein_shaping::default_providers()[0].clone()
+    };
+    assert_eq!(gmail.name, "gmail");
+    f.shape(ShapingCommand::PutProvider(gmail)).await;
+    assert_eq!(
+        f.shape(ShapingCommand::AddIp(ip("192.0.2.1"))).await,
+        ShapingOutcome::Done
+    );
+    assert_eq!(
+        f.shape(ShapingCommand::AddIp(ip("192.0.2.1"))).await,
+        ShapingOutcome::IpExists
+    );
+    let id = match f
+        .apply(Request::Enqueue {
+            received_at_ms: T0,
+            messages: vec![message(40, "gmail.com")],
+        })
+        .await
+    {
+        Response::Enqueued { ids, .. } => ids[0].clone(),
+        r => panic!("{r:?}"),
+    };
+    let keys = (0..40).map(|i| format!("{id}{i:04X}")).collect();
+    (f, keys)
+}
+
+/// Within an hour the provider's limit binds (3 while warming); across hours the day's cap
+/// (5 on day 1, then 8 on day 2, when the IP is warm and its limit is 6 an hour).
+#[tokio::test]
+async fn leases_stay_within_the_daily_cap_and_the_hourly_limit() {
+    let (mut f, keys) = setup().await;
+    let t = T0 + 60_000;
+    assert_eq!(f.lease(1, "192.0.2.1", "gmail", &keys[0..10], t).await, 3);
+    assert_eq!(
+        f.lease(2, "192.0.2.1", "gmail", &keys[10..20], t + 1).await,
+        0,
+        "hour spent"
+    );
+    // Another provider still has room this hour, within the day.
+    assert_eq!(
+        f.lease(3, "192.0.2.1", "default", &keys[10..20], t + 2)
+            .await,
+        2,
+        "day: 5"
+    );
+    assert_eq!(
+        f.lease(4, "192.0.2.1", "gmail", &keys[20..30], t + HOUR_MS)
+            .await,
+        0,
+        "day spent"
+    );
+    let st = f.reader.shaping(t + HOUR_MS).unwrap();
+    assert_eq!(st.ips[0].sent_today, 5);
+    assert_eq!(st.ips[0].cap, 5);
+    // Day 2: warm (the last step), 8 a day, 6 an hour to Gmail.
+    let d2 = T0 + DAY_MS + 60_000;
+    assert_eq!(f.lease(5, "192.0.2.1", "gmail", &keys[20..40], d2).await, 6);
+    assert_eq!(
+        f.lease(6, "192.0.2.1", "gmail", &keys[26..40], d2 + HOUR_MS)
+            .await,
+        2
+    );
+    let st = f.reader.shaping(d2 + HOUR_MS).unwrap();
+    assert!(st.ips[0].warm);
+    assert_eq!((st.ips[0].sent_today, st.ips[0].cap), (8, 8));
+    assert_eq!(st.ips[0].sent_this_hour.get("gmail"), Some(&2));
+    assert_eq!(st.ips[0].record.sending_days, 2);
+}
+
+/// Paused and unknown IPs lease nothing; resuming restores the mode it had.
+#[tokio::test]
+async fn paused_and_unknown_ips_lease_nothing() {
+    let (mut f, keys) = setup().await;
+    let pause = ShapingCommand::SetIpMode {
+        ip: "192.0.2.1".into(),
+        mode: IpMode::Paused,
+        reason: "complaints".into(),
+    };
+    assert_eq!(f.shape(pause).await, ShapingOutcome::Done);
+    assert_eq!(
+        f.lease(1, "192.0.2.1", "gmail", &keys[0..3], T0 + 1).await,
+        0
+    );
+    assert_eq!(
+        f.lease(2, "192.0.2.9", "gmail", &keys[0..3], T0 + 2).await,
+        0
+    );
+    let st = f.reader.shaping(T0).unwrap();
+    assert_eq!(st.ips[0].record.reason, "complaints");
+    assert_eq!(st.ips[0].record.resume_to, IpMode::Warming);
+    f.shape(ShapingCommand::SetIpMode {
+        ip: "192.0.2.1".into(),
+        mode: IpMode::Warming,
+        reason: String::new(),
+    })
+    .await;
+    assert_eq!(
+        f.lease(3, "192.0.2.1", "gmail", &keys[0..3], T0 + 3).await,
+        3
+    );
+    assert_eq!(
+        f.shape(ShapingCommand::RemoveIp {
+            ip: "192.0.2.9".into()
+        })
+        .await,
+        ShapingOutcome::IpNotFound
+    );
+}
+
+/// The limits and counters travel in snapshots: a node that installs one goes on counting
+/// from the same numbers.
+#[tokio::test]
+async fn limits_and_counters_travel_in_snapshots() {
+    let (mut f, keys) = setup().await;
+    assert_eq!(
+        f.lease(1, "192.0.2.1", "gmail", &keys[0..10], T0 + 5).await,
+        3
+    );
+    let snap =
+        f.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    let bytes = read_data(snap.snapshot).await;
+    let mut g = Fixture::new();
+    let data = snapshot_data(&mut g.sm, &bytes).await;
+    g.sm.install_snapshot(&snap.meta, data).await.unwrap();
+    g.index = f.index;
+    assert_eq!(
+        g.reader.shaping(T0 + 5).unwrap(),
+        f.reader.shaping(T0 + 5).unwrap()
+    );
+    assert_eq!(
+        g.lease(2, "192.0.2.1", "gmail", &keys[3..10], T0 + 6).await,
+        0,
+        "hour spent there too"
+    );
+}
