@@ -57,6 +57,8 @@ pub struct RoundPlan {
     pub expired: Vec<RcptRecord>,
     /// Whether the assignment memory budget held work back.
     pub starved: bool,
+    /// Queues (tenant, domain) whose pool spent its budget, and until when.
+    pub spent: Vec<(String, String, i64)>,
 }
 
 /// One sender report as the round read it.
@@ -156,12 +158,36 @@ pub fn release(now_ms: i64, unsent: &[(u64, Vec<String>)]) -> Vec<DeliveryOp> {
         .collect()
 }
 
+/// What [`Slots::reserve`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// A slot for the first `n` recipients (fewer than asked when the IP's budget is short),
+    /// with the provider they count against when sending limits apply.
+    Slot {
+        /// The slot.
+        slot: Slot,
+        /// The provider, when sending limits apply.
+        provider: Option<String>,
+        /// Recipients it may take.
+        n: usize,
+    },
+    /// No sender with room can take it now.
+    NoSlot,
+    /// Every IP of its pool has spent its budget for this provider: nothing before `until_ms`
+    /// (the next hour or day boundary).
+    Spent {
+        /// When a budget renews.
+        until_ms: i64,
+    },
+}
+
 /// The senders' side of a round, as [`due`] sees it.
 pub trait Slots {
     /// Whether any sender has room at all.
     fn any_free(&self) -> bool;
-    /// Reserves a slot for lease `lease`, if a sender can take it.
-    fn reserve(&mut self, lease: u64) -> Option<Slot>;
+    /// Reserves a slot for lease `lease`, for up to `n` recipients of `tenant`'s mail to
+    /// `domain`.
+    fn reserve(&mut self, lease: u64, tenant: &str, domain: &str, n: usize) -> Reserved;
     /// Body bytes of assignments sent but not yet taken by their senders.
     fn held_bytes(&self) -> u64;
 }
@@ -233,16 +259,34 @@ pub fn due(
                 return false;
             }
             let lease = rng.u64(1..);
-            let Some(slot) = slots.reserve(lease) else {
-                return false;
+            let (slot, provider, n) = match slots.reserve(lease, &tenant, domain, chunk.len()) {
+                Reserved::Slot { slot, provider, n } => (slot, provider, n.min(chunk.len())),
+                Reserved::NoSlot => return false,
+                Reserved::Spent { until_ms } => {
+                    plan.spent
+                        .push((tenant.clone(), domain.to_string(), until_ms));
+                    return false;
+                }
             };
+            let chunk = &chunk[..n];
             room = room.saturating_sub(size);
-            plan.ops.push(DeliveryOp::Lease {
-                lease,
-                sender: slot.sender.clone(),
-                source_ip: slot.source_ip.clone(),
-                expires_ms,
-                rcpts: chunk.iter().map(|r| r.key.clone()).collect(),
+            let rcpts = chunk.iter().map(|r| r.key.clone()).collect();
+            plan.ops.push(match provider {
+                None => DeliveryOp::Lease {
+                    lease,
+                    sender: slot.sender.clone(),
+                    source_ip: slot.source_ip.clone(),
+                    expires_ms,
+                    rcpts,
+                },
+                Some(provider) => DeliveryOp::LeaseShaped {
+                    lease,
+                    sender: slot.sender.clone(),
+                    source_ip: slot.source_ip.clone(),
+                    provider,
+                    expires_ms,
+                    rcpts,
+                },
             });
             plan.planned.push(Planned {
                 lease,
@@ -320,18 +364,22 @@ mod tests {
             self.free > 0
         }
 
-        fn reserve(&mut self, lease: u64) -> Option<Slot> {
+        fn reserve(&mut self, lease: u64, _: &str, _: &str, n: usize) -> Reserved {
             self.calls += 1;
             if self.free == 0 || Some(self.calls) == self.refuse {
-                return None;
+                return Reserved::NoSlot;
             }
             self.free -= 1;
-            Some(Slot {
-                conn: 1,
-                sender: "s1".into(),
-                source_ip: "127.0.0.9".into(),
-                ehlo: format!("out{lease}.test"),
-            })
+            Reserved::Slot {
+                slot: Slot {
+                    conn: 1,
+                    sender: "s1".into(),
+                    source_ip: "127.0.0.9".into(),
+                    ehlo: format!("out{lease}.test"),
+                },
+                provider: None,
+                n,
+            }
         }
 
         fn held_bytes(&self) -> u64 {

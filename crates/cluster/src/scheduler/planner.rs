@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use skein_config::DeliveryConfig;
 use skein_proto::work::{Hello, Report};
-use skein_queue::{DeliveryOp, QueueError};
+use skein_queue::{DeliveryOp, QueueError, ShapingState};
 
-use super::plan::{self, Planned, ReportIn, RoundPlan, Slot};
+use super::plan::{self, Planned, ReportIn, Reserved, RoundPlan, Slot};
 use super::view::QueueView;
 
 /// Reports taken into one round.
@@ -132,10 +132,11 @@ impl Planner {
             Input::Joined { conn, hello } => {
                 let s = Session {
                     name: hello.sender,
+                    // Addresses in one spelling, as IP records keep them.
                     ips: hello
                         .source_ips
                         .into_iter()
-                        .map(|s| (s.ip, s.ehlo))
+                        .map(|s| (canonical_ip(&s.ip), s.ehlo))
                         .collect(),
                     max_in_flight: hello.max_in_flight as usize,
                     // Work from an earlier session occupies its slots until reported.
@@ -242,6 +243,7 @@ impl Planner {
             }
         }
 
+        let shaping = view.shaping(now_ms)?;
         let blocked = &self.blocked;
         // Max-min fair slots: while other queues have due work, a queue with its share of
         // all slots out (a slow destination, say) gets no more, so the slots it frees go to
@@ -278,9 +280,18 @@ impl Planner {
             &mut Slots {
                 sessions: &mut self.sessions,
                 held: held_bytes,
+                shaping: shaping.as_ref(),
+                day_tally: HashMap::new(),
+                hour_tally: HashMap::new(),
+                now_ms,
             },
             &mut plan,
         );
+        // A queue whose pool spent its budget waits for the next hour or day without being
+        // read, and without an attempt counted.
+        for (tenant, domain, until) in std::mem::take(&mut plan.spent) {
+            self.block(&tenant, &domain, until);
+        }
         Ok(Round {
             now_ms,
             ops: std::mem::take(&mut plan.ops),
@@ -364,6 +375,123 @@ impl Planner {
 struct Slots<'a> {
     sessions: &'a mut BTreeMap<u64, Session>,
     held: u64,
+    /// The sending limits, when the cluster has IP records.
+    shaping: Option<&'a ShapingState>,
+    /// What this round planned so far, per IP and per (IP, provider): caps hold within the
+    /// round too.
+    day_tally: HashMap<String, u64>,
+    hour_tally: HashMap<(String, String), u64>,
+    now_ms: i64,
+}
+
+/// `ip` in the one spelling IP records use (`::1`, not `0:0::1`); as given if not an address.
+pub fn canonical_ip(ip: &str) -> String {
+    ip.parse::<std::net::IpAddr>()
+        .map_or_else(|_| ip.to_string(), |a| a.to_string())
+}
+
+/// How long a queue whose pool has no IP that can send waits before it is looked at again.
+const NO_IP_RETRY_MS: i64 = 60_000;
+
+impl Slots<'_> {
+    /// The session with the most room among those `fits`, the lowest id among equals.
+    fn session(&mut self, fits: impl Fn(&Session) -> bool) -> Option<(u64, &mut Session)> {
+        self.sessions
+            .iter_mut()
+            .filter(|(_, s)| s.in_flight.len() < s.max_in_flight && !s.ips.is_empty() && fits(s))
+            .max_by_key(|(id, s)| (s.max_in_flight - s.in_flight.len(), std::cmp::Reverse(**id)))
+            .map(|(id, s)| (*id, s))
+    }
+
+    /// Within the sending limits: the IP of the tenant's pool with the most budget left for
+    /// the day and for the domain's provider this hour, among those a sender with room
+    /// announced.
+    fn reserve_shaped(
+        &mut self,
+        st: &ShapingState,
+        lease: u64,
+        tenant: &str,
+        domain: &str,
+        n: usize,
+    ) -> Reserved {
+        let pool = st
+            .tenant_pools
+            .get(tenant)
+            .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+        let provider = skein_shaping::classify(&st.providers, domain, None);
+        let mut best: Option<(u64, &skein_queue::IpStatus)> = None;
+        let mut renews: Option<i64> = None;
+        let mut budget_left = false;
+        for ip in st.ips.iter().filter(|i| i.record.pool == pool) {
+            if ip.record.mode == skein_shaping::IpMode::Paused {
+                continue;
+            }
+            let addr = &ip.record.ip;
+            let day_left = ip
+                .cap
+                .saturating_sub(ip.sent_today)
+                .saturating_sub(self.day_tally.get(addr).copied().unwrap_or(0));
+            let hour_left = provider
+                .hourly(ip.warm)
+                .saturating_sub(ip.sent_this_hour.get(&provider.name).copied().unwrap_or(0))
+                .saturating_sub(
+                    self.hour_tally
+                        .get(&(addr.clone(), provider.name.clone()))
+                        .copied()
+                        .unwrap_or(0),
+                );
+            if day_left == 0 || hour_left == 0 {
+                let at = if day_left == 0 {
+                    ip.schedule.day_start_ms(ip.today + 1)
+                } else {
+                    (st.hour + 1) * skein_shaping::HOUR_MS
+                };
+                renews = Some(renews.map_or(at, |r| r.min(at)));
+                continue;
+            }
+            let left = day_left.min(hour_left);
+            budget_left = true;
+            let announced = self.sessions.values().any(|s| {
+                s.in_flight.len() < s.max_in_flight && s.ips.iter().any(|(a, _)| a == addr)
+            });
+            if announced && best.is_none_or(|(b, _)| left > b) {
+                best = Some((left, ip));
+            }
+        }
+        let Some((left, ip)) = best else {
+            return match renews {
+                // Budget left, but no sender with room has that IP: wait for a slot.
+                _ if budget_left => Reserved::NoSlot,
+                Some(until_ms) => Reserved::Spent { until_ms },
+                // No IP in the pool can send (none, or all paused): look again in a minute.
+                None => Reserved::Spent {
+                    until_ms: self.now_ms + NO_IP_RETRY_MS,
+                },
+            };
+        };
+        let addr = ip.record.ip.clone();
+        let Some((conn, s)) = self.session(|s| s.ips.iter().any(|(a, _)| *a == addr)) else {
+            return Reserved::NoSlot;
+        };
+        s.in_flight.insert(lease);
+        let slot = Slot {
+            conn,
+            sender: s.name.clone(),
+            source_ip: addr.clone(),
+            ehlo: ip.record.hostname.clone(),
+        };
+        let n = n.min(usize::try_from(left).unwrap_or(usize::MAX));
+        *self.day_tally.entry(addr.clone()).or_default() += n as u64;
+        *self
+            .hour_tally
+            .entry((addr, provider.name.clone()))
+            .or_default() += n as u64;
+        Reserved::Slot {
+            slot,
+            provider: Some(provider.name.clone()),
+            n,
+        }
+    }
 }
 
 impl plan::Slots for Slots<'_> {
@@ -373,23 +501,28 @@ impl plan::Slots for Slots<'_> {
             .any(|s| !s.ips.is_empty() && s.in_flight.len() < s.max_in_flight)
     }
 
-    /// The sender with the most room (the lowest session id among equals), rotating through
-    /// its source IPs.
-    fn reserve(&mut self, lease: u64) -> Option<Slot> {
-        let (&conn, s) = self
-            .sessions
-            .iter_mut()
-            .filter(|(_, s)| s.in_flight.len() < s.max_in_flight && !s.ips.is_empty())
-            .max_by_key(|(id, s)| (s.max_in_flight - s.in_flight.len(), std::cmp::Reverse(**id)))?;
+    /// Without sending limits, the sender with the most room (the lowest session id among
+    /// equals), rotating through its source IPs; with them, see `reserve_shaped`.
+    fn reserve(&mut self, lease: u64, tenant: &str, domain: &str, n: usize) -> Reserved {
+        if let Some(st) = self.shaping {
+            return self.reserve_shaped(st, lease, tenant, domain, n);
+        }
+        let Some((conn, s)) = self.session(|_| true) else {
+            return Reserved::NoSlot;
+        };
         let (ip, ehlo) = s.ips[s.next_ip % s.ips.len()].clone();
         s.next_ip = s.next_ip.wrapping_add(1);
         s.in_flight.insert(lease);
-        Some(Slot {
-            conn,
-            sender: s.name.clone(),
-            source_ip: ip,
-            ehlo,
-        })
+        Reserved::Slot {
+            slot: Slot {
+                conn,
+                sender: s.name.clone(),
+                source_ip: ip,
+                ehlo,
+            },
+            provider: None,
+            n,
+        }
     }
 
     fn held_bytes(&self) -> u64 {
@@ -515,6 +648,10 @@ mod tests {
 
         fn clock_ms(&self) -> Result<i64, QueueError> {
             Ok(self.clock)
+        }
+
+        fn shaping(&self, _now_ms: i64) -> Result<Option<ShapingState>, QueueError> {
+            Ok(None)
         }
     }
 

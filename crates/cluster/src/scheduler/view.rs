@@ -1,7 +1,7 @@
 //! What the planner reads of the queue: ready queues, their due recipients, recipient records
 //! and message sizes. [`QueueReader`] is the real one; tests use an in-memory one.
 
-use skein_queue::{QueueError, QueueHead, QueueReader, RcptRecord};
+use skein_queue::{QueueError, QueueHead, QueueReader, RcptRecord, ShapingState};
 
 /// Reads over the applied queue state, as the planner needs them.
 pub trait QueueView {
@@ -21,6 +21,9 @@ pub trait QueueView {
     fn message_size(&self, id: &str) -> u64;
     /// The latest command time applied (command time never goes backwards).
     fn clock_ms(&self) -> Result<i64, QueueError>;
+    /// The sending limits and counters at `now_ms`, or `None` while the cluster has no IP
+    /// records (senders' own IPs then send without limits).
+    fn shaping(&self, now_ms: i64) -> Result<Option<ShapingState>, QueueError>;
 }
 
 impl QueueView for QueueReader {
@@ -51,5 +54,12 @@ impl QueueView for QueueReader {
 
     fn clock_ms(&self) -> Result<i64, QueueError> {
         QueueReader::clock_ms(self)
+    }
+
+    fn shaping(&self, now_ms: i64) -> Result<Option<ShapingState>, QueueError> {
+        if !self.shaping_on()? {
+            return Ok(None);
+        }
+        QueueReader::shaping(self, now_ms).map(Some)
     }
 }
