@@ -27,6 +27,12 @@ pub enum ClusterError {
         /// Why.
         reason: String,
     },
+    /// The cluster is not in a state that allows the request.
+    #[error("{reason}")]
+    FailedPrecondition {
+        /// What has to change first.
+        reason: String,
+    },
     /// The thing asked for does not exist.
     #[error("{what} not found")]
     NotFound {
@@ -78,6 +84,7 @@ impl ClusterError {
             Self::Invalid { .. } => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::FailedPrecondition { .. } => Code::FailedPrecondition,
             Self::Raft(_) | Self::Storage(_) => Code::Internal,
         }
     }

@@ -119,7 +119,11 @@ impl Work for WorkService {
             }
         };
         validate_hello(&hello)?;
-        let (id, rx) = self.sessions.open(hello.max_in_flight as usize + 16);
+        let ips: Vec<String> = hello.source_ips.iter().map(|s| s.ip.clone()).collect();
+        let (id, rx) = self
+            .sessions
+            .open(hello.max_in_flight as usize + 16, &hello.sender, &ips)
+            .map_err(Status::already_exists)?;
         tracing::info!(sender = %hello.sender, ips = hello.source_ips.len(), "sender connected");
         let name = hello.sender.clone();
         if self

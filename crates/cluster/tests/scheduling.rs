@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 
 /// A sender session opened on `node`'s scheduler, as the Work service opens one.
 async fn connect(node: &Node, slots: u32, active: Vec<u64>) -> (u64, mpsc::Receiver<Outbound>) {
-    let (conn, rx) = node.sessions.open(slots as usize + 16);
+    let (conn, rx) = node
+        .sessions
+        .open(slots as usize + 16, "s1", &["127.0.0.9".into()])
+        .expect("no other sender has the IP");
     node.inputs
         .send(Input::Joined {
             conn,

@@ -8,6 +8,9 @@ use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::*;
 use tonic::transport::Channel;
 
+#[path = "skeinctl/shaping.rs"]
+mod shaping;
+
 #[derive(Parser)]
 #[command(name = "skeinctl", version, about = "Administer a Skein cluster")]
 struct Cli {
@@ -77,6 +80,18 @@ enum Cmd {
     /// Tenants' DKIM keys (edges sign a tenant's mail with the key of its From: domain).
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// Source IPs: add, remove, pause, resume, warm-up, show today's use.
+    #[command(subcommand)]
+    Ip(shaping::IpCmd),
+    /// Which pool of IPs a tenant's mail goes out from.
+    #[command(subcommand)]
+    Pool(shaping::PoolCmd),
+    /// Warm-up schedules (daily caps by warm-up day).
+    #[command(subcommand)]
+    Schedule(shaping::ScheduleCmd),
+    /// Receiving providers: domain and MX rules, hourly limits per IP.
+    #[command(subcommand)]
+    Provider(shaping::ProviderCmd),
 }
 
 #[derive(Subcommand)]
@@ -228,6 +243,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut c = AdminClient::new(ch).max_decoding_message_size(80 << 20);
     let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
     match cli.cmd {
+        Cmd::Ip(cmd) => shaping::ip(&mut c, cmd, cli.json).await?,
+        Cmd::Pool(cmd) => shaping::pool(&mut c, cmd).await?,
+        Cmd::Schedule(cmd) => shaping::schedule(&mut c, cmd, cli.json).await?,
+        Cmd::Provider(cmd) => shaping::provider(&mut c, cmd, cli.json).await?,
         Cmd::FinalizeUpgrade => {
             let r = c
                 .finalize_upgrade(FinalizeUpgradeRequest {})

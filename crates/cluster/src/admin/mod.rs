@@ -3,6 +3,7 @@
 
 mod check;
 mod convert;
+mod shaping;
 mod tenants;
 
 use check::*;
@@ -18,7 +19,9 @@ use skein_config::node::{check_tenant_name, is_host_port};
 use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
-use skein_queue::{Request as Command, Response as Applied, SuppressionRecord};
+use skein_queue::{
+    Request as Command, Response as Applied, ShapingCommand, ShapingOutcome, SuppressionRecord,
+};
 use tonic::{Request, Response, Status};
 
 use crate::error::ClusterError;
@@ -593,5 +596,220 @@ impl Admin for AdminService {
                 .collect();
             Ok(Response::new(ListTenantsResponse { tenants }))
         })
+    }
+
+    async fn add_ip(&self, req: Request<AddIpRequest>) -> Result<Response<IpInfo>, Status> {
+        let schedule = shaping::schedule_name(req.get_ref())?;
+        shaping::check_ip(&req.get_ref().ip)?;
+        forward_or!(self, req, add_ip, {
+            self.shaping_allowed()?;
+            let r = req.get_ref();
+            let s = self
+                .ctx
+                .reader
+                .schedules()
+                .map_err(ClusterError::from)?
+                .into_iter()
+                .find(|s| s.name == schedule)
+                .ok_or_else(|| {
+                    shaping::outcome(ShapingOutcome::ScheduleNotFound, "", &schedule).unwrap_err()
+                })?;
+            let rec = shaping::ip_record(r, &s, self.ctx.clock.now_ms())?;
+            let ip = rec.ip.clone();
+            let o = self.shape(ShapingCommand::AddIp(rec)).await?;
+            shaping::outcome(o, &ip, &schedule)?;
+            Ok(Response::new(self.ip_info(&ip)?))
+        })
+    }
+
+    async fn remove_ip(&self, req: Request<IpRef>) -> Result<Response<RemoveIpResponse>, Status> {
+        let ip = shaping::check_ip(&req.get_ref().ip)?;
+        forward_or!(self, req, remove_ip, {
+            self.shaping_allowed()?;
+            let o = self
+                .shape(ShapingCommand::RemoveIp { ip: ip.clone() })
+                .await?;
+            shaping::outcome(o, &ip, "")?;
+            Ok(Response::new(RemoveIpResponse {}))
+        })
+    }
+
+    async fn set_ip_state(
+        &self,
+        req: Request<SetIpStateRequest>,
+    ) -> Result<Response<IpInfo>, Status> {
+        let ip = shaping::check_ip(&req.get_ref().ip)?;
+        forward_or!(self, req, set_ip_state, {
+            self.shaping_allowed()?;
+            self.linearize().await?;
+            let st = self
+                .ctx
+                .reader
+                .shaping(self.ctx.clock.now_ms())
+                .map_err(ClusterError::from)?;
+            let Some(current) = st.ips.iter().find(|i| i.record.ip == ip) else {
+                return Err(ClusterError::NotFound {
+                    what: format!("IP {ip}"),
+                }
+                .into());
+            };
+            let cmd = shaping::ip_state_command(req.get_ref(), &current.record)?;
+            let o = self.shape(cmd).await?;
+            shaping::outcome(o, &ip, "")?;
+            Ok(Response::new(self.ip_info(&ip)?))
+        })
+    }
+
+    async fn list_ips(
+        &self,
+        req: Request<ListIpsRequest>,
+    ) -> Result<Response<ListIpsResponse>, Status> {
+        forward_or!(self, req, list_ips, {
+            self.linearize().await?;
+            let st = self
+                .ctx
+                .reader
+                .shaping(self.ctx.clock.now_ms())
+                .map_err(ClusterError::from)?;
+            let pool = &req.get_ref().pool;
+            let ips = st
+                .ips
+                .iter()
+                .filter(|i| pool.is_empty() || &i.record.pool == pool)
+                .map(|i| shaping::ip_info(i, &st))
+                .collect();
+            Ok(Response::new(ListIpsResponse { ips }))
+        })
+    }
+
+    async fn set_tenant_pool(
+        &self,
+        req: Request<SetTenantPoolRequest>,
+    ) -> Result<Response<SetTenantPoolResponse>, Status> {
+        let pool = shaping::pool(&req.get_ref().pool)?;
+        forward_or!(self, req, set_tenant_pool, {
+            self.shaping_allowed()?;
+            let tenant = req.get_ref().tenant.clone();
+            let known = tenant.is_empty()
+                || self
+                    .ctx
+                    .reader
+                    .tenants()
+                    .map_err(ClusterError::from)?
+                    .iter()
+                    .any(|t| t.name == tenant);
+            if !known {
+                return Err(ClusterError::NotFound {
+                    what: format!("tenant {tenant:?}"),
+                }
+                .into());
+            }
+            self.shape(ShapingCommand::SetTenantPool {
+                tenant,
+                pool: pool.clone(),
+            })
+            .await?;
+            Ok(Response::new(SetTenantPoolResponse {}))
+        })
+    }
+
+    async fn put_schedule(
+        &self,
+        req: Request<WarmupSchedule>,
+    ) -> Result<Response<WarmupSchedule>, Status> {
+        let s = shaping::schedule(req.get_ref())?;
+        forward_or!(self, req, put_schedule, {
+            self.shaping_allowed()?;
+            self.shape(ShapingCommand::PutSchedule(s.clone())).await?;
+            Ok(Response::new(shaping::schedule_proto(s.clone())))
+        })
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<ListSchedulesRequest>,
+    ) -> Result<Response<ListSchedulesResponse>, Status> {
+        forward_or!(self, req, list_schedules, {
+            self.linearize().await?;
+            let schedules = self
+                .ctx
+                .reader
+                .schedules()
+                .map_err(ClusterError::from)?
+                .into_iter()
+                .map(shaping::schedule_proto)
+                .collect();
+            Ok(Response::new(ListSchedulesResponse { schedules }))
+        })
+    }
+
+    async fn put_provider(
+        &self,
+        req: Request<ProviderLimits>,
+    ) -> Result<Response<ProviderLimits>, Status> {
+        let p = shaping::provider(req.get_ref())?;
+        forward_or!(self, req, put_provider, {
+            self.shaping_allowed()?;
+            self.shape(ShapingCommand::PutProvider(p.clone())).await?;
+            Ok(Response::new(shaping::provider_proto(p.clone())))
+        })
+    }
+
+    async fn list_providers(
+        &self,
+        req: Request<ListProvidersRequest>,
+    ) -> Result<Response<ListProvidersResponse>, Status> {
+        forward_or!(self, req, list_providers, {
+            self.linearize().await?;
+            let providers = self
+                .ctx
+                .reader
+                .shaping(self.ctx.clock.now_ms())
+                .map_err(ClusterError::from)?
+                .providers
+                .into_iter()
+                .map(shaping::provider_proto)
+                .collect();
+            Ok(Response::new(ListProvidersResponse { providers }))
+        })
+    }
+}
+
+impl AdminService {
+    /// Sending-limit changes need format 4 on every node.
+    fn shaping_allowed(&self) -> Result<(), Status> {
+        let format = self.ctx.reader.format().map_err(ClusterError::from)?;
+        Ok(shaping::check_format(format)?)
+    }
+
+    /// Proposes a sending-limit change on this node (the leader).
+    async fn shape(&self, cmd: ShapingCommand) -> Result<ShapingOutcome, Status> {
+        match self
+            .write(Command::Shaping {
+                at_ms: self.ctx.clock.now_ms(),
+                cmd,
+            })
+            .await?
+        {
+            Applied::Shaped(o) => Ok(o),
+            other => Err(ClusterError::Raft(format!("unexpected response {other:?}")).into()),
+        }
+    }
+
+    /// One IP as the API shows it now.
+    fn ip_info(&self, ip: &str) -> Result<IpInfo, Status> {
+        let st = self
+            .ctx
+            .reader
+            .shaping(self.ctx.clock.now_ms())
+            .map_err(ClusterError::from)?;
+        let i =
+            st.ips
+                .iter()
+                .find(|i| i.record.ip == ip)
+                .ok_or_else(|| ClusterError::NotFound {
+                    what: format!("IP {ip}"),
+                })?;
+        Ok(shaping::ip_info(i, &st))
     }
 }

@@ -101,6 +101,10 @@ pub struct Planner {
     pending: Vec<SessionReport>,
     unsent: Vec<(u64, Vec<String>)>,
     blocked: HashMap<(String, String), i64>,
+    /// Queues whose pool spent its budget, until when; forgotten when the limits change.
+    held: HashMap<(String, String), i64>,
+    /// The limits (records, not counters) the holds were decided under.
+    limits: Option<Limits>,
     /// The queue of each assignment out with a sender, and how many each queue has out.
     out: HashMap<u64, (String, String)>,
     out_per_queue: HashMap<(String, String), usize>,
@@ -116,6 +120,8 @@ impl Planner {
             pending: Vec::new(),
             unsent: Vec::new(),
             blocked: HashMap::new(),
+            held: HashMap::new(),
+            limits: None,
             out: HashMap::new(),
             out_per_queue: HashMap::new(),
         }
@@ -244,7 +250,15 @@ impl Planner {
         }
 
         let shaping = view.shaping(now_ms)?;
-        let blocked = &self.blocked;
+        // An operator's change (an IP added, resumed or warmed, a limit raised) may free
+        // what the old limits held: look again at once.
+        let limits = shaping.as_ref().map(Limits::of);
+        if limits != self.limits {
+            self.held.clear();
+            self.limits = limits;
+        }
+        self.held.retain(|_, until| *until > now_ms);
+        let (blocked, held) = (&self.blocked, &self.held);
         // Max-min fair slots: while other queues have due work, a queue with its share of
         // all slots out (a slow destination, say) gets no more, so the slots it frees go to
         // the others. With no free slot the round still reads every due queue: recipients
@@ -263,7 +277,10 @@ impl Planner {
             self.cfg.batch,
             self.cfg.max_rcpts_per_assignment,
             &mut self.cursor,
-            |t, d| blocked.contains_key(&(t.to_string(), d.to_string())),
+            |t, d| {
+                let q = (t.to_string(), d.to_string());
+                blocked.contains_key(&q) || held.contains_key(&q)
+            },
             |t, d, ready| {
                 free && ready > 1
                     && out
@@ -290,7 +307,8 @@ impl Planner {
         // A queue whose pool spent its budget waits for the next hour or day without being
         // read, and without an attempt counted.
         for (tenant, domain, until) in std::mem::take(&mut plan.spent) {
-            self.block(&tenant, &domain, until);
+            let e = self.held.entry((tenant, domain)).or_insert(until);
+            *e = (*e).max(until);
         }
         Ok(Round {
             now_ms,
@@ -347,6 +365,8 @@ impl Planner {
         self.pending.clear();
         self.unsent.clear();
         self.blocked.clear();
+        self.held.clear();
+        self.limits = None;
         self.out.clear();
         self.out_per_queue.clear();
     }
@@ -382,6 +402,36 @@ struct Slots<'a> {
     day_tally: HashMap<String, u64>,
     hour_tally: HashMap<(String, String), u64>,
     now_ms: i64,
+}
+
+/// The sending limits as operators set them (not the counters): holds decided under one set
+/// of limits do not outlive a change to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Limits {
+    ips: Vec<(String, String, skein_shaping::IpMode, u64)>,
+    providers: Vec<skein_shaping::Provider>,
+    pools: std::collections::BTreeMap<String, String>,
+}
+
+impl Limits {
+    fn of(st: &ShapingState) -> Self {
+        Self {
+            ips: st
+                .ips
+                .iter()
+                .map(|i| {
+                    (
+                        i.record.ip.clone(),
+                        i.record.pool.clone(),
+                        i.record.mode,
+                        i.cap,
+                    )
+                })
+                .collect(),
+            providers: st.providers.clone(),
+            pools: st.tenant_pools.clone(),
+        }
+    }
 }
 
 /// `ip` in the one spelling IP records use (`::1`, not `0:0::1`); as given if not an address.

@@ -67,6 +67,9 @@ pub type Outbound = Result<Held, Status>;
 #[derive(Debug, Default)]
 pub struct Sessions {
     channels: Mutex<HashMap<u64, mpsc::Sender<Outbound>>>,
+    /// Which session announced each source IP (one spelling: see `canonical_ip`), and its
+    /// sender's name.
+    announced: Mutex<HashMap<String, (u64, String)>>,
     next_id: AtomicU64,
     backlog: Arc<Backlog>,
 }
@@ -76,22 +79,57 @@ impl Sessions {
         self.channels.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens a session whose channel holds `capacity` assignments; returns its id and the
-    /// receiving end of its channel.
-    pub fn open(&self, capacity: usize) -> (u64, mpsc::Receiver<Outbound>) {
+    /// Opens a session for sender `name`, which can bind `ips`, whose channel holds
+    /// `capacity` assignments; returns its id and the receiving end of its channel. Refused,
+    /// naming the other sender, when another sender's open session announced one of the IPs: an
+    /// address can be bound by one host only, and two senders counting one IP's budget would
+    /// send past it.
+    pub fn open(
+        &self,
+        capacity: usize,
+        name: &str,
+        ips: &[String],
+    ) -> Result<(u64, mpsc::Receiver<Outbound>), String> {
+        let ips: Vec<String> = ips
+            .iter()
+            .map(|ip| super::planner::canonical_ip(ip))
+            .collect();
+        let mut announced = self.announced.lock().unwrap_or_else(|p| p.into_inner());
+        // The same sender reconnecting (its old stream not yet seen to end) takes them over.
+        if let Some((ip, (_, other))) = ips
+            .iter()
+            .find_map(|ip| announced.get(ip).map(|o| (ip, o)))
+            .filter(|(_, (_, other))| other != name)
+        {
+            return Err(format!(
+                "source IP {ip} is already announced by sender {other:?}: each IP belongs to one \
+                 sender"
+            ));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        for ip in ips {
+            announced.insert(ip, (id, name.to_string()));
+        }
         let (tx, rx) = mpsc::channel(capacity);
         self.lock().insert(id, tx);
-        (id, rx)
+        Ok((id, rx))
     }
 
     /// Forgets session `id` (its stream ended).
     pub fn close(&self, id: u64) {
         self.lock().remove(&id);
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (conn, _)| *conn != id);
     }
 
     /// Ends every session (this node stopped leading): senders reconnect to the new leader.
     pub fn disconnect_all(&self) {
+        self.announced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let all: Vec<_> = self.lock().drain().map(|(_, tx)| tx).collect();
         for tx in all {
             let _ = tx.try_send(Err(Status::unavailable("leader changed")));
@@ -160,7 +198,7 @@ mod tests {
     #[tokio::test]
     async fn held_bytes_follow_assignments_until_taken_or_dropped() {
         let sessions = Sessions::default();
-        let (id, rx) = sessions.open(16);
+        let (id, rx) = sessions.open(16, "s1", &[]).unwrap();
         assert!(sessions.send(id, assignment(1, 1000)));
         assert!(sessions.send(id, assignment(2, 500)));
         assert_eq!(sessions.held_bytes(), 1500);
@@ -181,11 +219,35 @@ mod tests {
         assert!(!sessions.send(id, assignment(3, 1)), "closed");
     }
 
+    /// One IP, one sender: a second session announcing an IP another holds is refused,
+    /// whatever the spelling, until the first one closes.
+    #[test]
+    fn an_ip_announced_twice_is_refused() {
+        let sessions = Sessions::default();
+        let (a, _rx) = sessions
+            .open(4, "s1", &["2001:db8::1".into(), "192.0.2.1".into()])
+            .unwrap();
+        let e = sessions
+            .open(4, "s2", &["2001:db8:0::1".into()])
+            .unwrap_err();
+        assert!(e.contains("2001:db8::1") && e.contains("\"s1\""), "{e}");
+        assert!(sessions.open(4, "s2", &["192.0.2.2".into()]).is_ok());
+        // s1 reconnecting before its old session is seen to end takes its IPs over.
+        let (b, _rx2) = sessions.open(4, "s1", &["192.0.2.1".into()]).unwrap();
+        sessions.close(a);
+        assert!(
+            sessions.open(4, "s3", &["192.0.2.1".into()]).is_err(),
+            "still s1's"
+        );
+        sessions.close(b);
+        assert!(sessions.open(4, "s3", &["192.0.2.1".into()]).is_ok());
+    }
+
     /// While the backlog holds work back, each assignment that leaves wakes the scheduler.
     #[tokio::test]
     async fn a_starved_scheduler_hears_of_each_drained_assignment() {
         let sessions = Arc::new(Sessions::default());
-        let (id, mut rx) = sessions.open(16);
+        let (id, mut rx) = sessions.open(16, "s1", &[]).unwrap();
         sessions.send(id, assignment(1, 10));
         sessions.set_starved(true);
         let waiter = {
