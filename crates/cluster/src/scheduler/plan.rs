@@ -77,11 +77,15 @@ pub struct ReportIn {
 /// lease record says. Only the sender holding a recipient's lease may report anything but a
 /// delivery about it; a delivery counts from whoever made it while the recipient is not
 /// final (sending it again would be a duplicate).
+///
+/// With sending limits (`shaped`), a "slow down" backs off the IP for that provider instead
+/// (the caller's business), and the recipient is due again at once: another IP may take it.
 pub fn reports(
     cfg: &DeliveryConfig,
     now_ms: i64,
     rng: &mut fastrand::Rng,
     reports: Vec<ReportIn>,
+    shaped: bool,
     plan: &mut RoundPlan,
 ) {
     for ReportIn {
@@ -119,7 +123,15 @@ pub fn reports(
                 enhanced: clip(&r.enhanced, 16),
                 text: clip(&r.text, 1000),
             };
-            let disposition = policy::disposition(cfg, &rec, result, &reply, now_ms, rng.f64());
+            let mut disposition = policy::disposition(cfg, &rec, result, &reply, now_ms, rng.f64());
+            if shaped && result == AttemptResult::Throttled {
+                if let Disposition::Retry { .. } = disposition {
+                    disposition = Disposition::Retry {
+                        at_ms: now_ms,
+                        counted: false,
+                    };
+                }
+            }
             let attempt = AttemptRecord {
                 at_ms: now_ms,
                 sender: clip(&sender, 64),
@@ -551,6 +563,7 @@ mod tests {
                 sender: "sender-a".into(),
                 records: vec![Some(rec), None],
             }],
+            false,
             &mut plan,
         );
         assert_eq!(plan.ops.len(), 1, "the recipient that is gone is skipped");
@@ -603,6 +616,7 @@ mod tests {
                 one(4, Outcome::Permanent, "sender-a"),
                 one(4, Outcome::Delivered, "sender-b"),
             ],
+            false,
             &mut plan,
         );
         assert_eq!(plan.reported.len(), 1, "{:?}", plan.reported);

@@ -101,6 +101,10 @@ pub struct Planner {
     pending: Vec<SessionReport>,
     unsent: Vec<(u64, Vec<String>)>,
     blocked: HashMap<(String, String), i64>,
+    /// How many of `pending` (from the front) a round has taken feedback from already.
+    pending_seen: usize,
+    /// (IP, provider) pairs backing off after "slow down" replies.
+    backoff: HashMap<(String, String), Backoff>,
     /// Queues whose pool spent its budget, until when; forgotten when the limits change.
     held: HashMap<(String, String), i64>,
     /// The limits (records, not counters) the holds were decided under.
@@ -120,6 +124,8 @@ impl Planner {
             pending: Vec::new(),
             unsent: Vec::new(),
             blocked: HashMap::new(),
+            pending_seen: 0,
+            backoff: HashMap::new(),
             held: HashMap::new(),
             limits: None,
             out: HashMap::new(),
@@ -239,17 +245,47 @@ impl Planner {
                 records,
             });
         }
-        plan::reports(&self.cfg, now_ms, rng, inputs, &mut plan);
-        // A destination that asked to slow down gets nothing more from this tenant for the
-        // throttle delay, rather than a stream of attempts it will refuse.
+        let shaping = view.shaping(now_ms)?;
+        plan::reports(&self.cfg, now_ms, rng, inputs, shaping.is_some(), &mut plan);
         let throttle = self.cfg.throttle_delay.0.as_millis() as i64;
-        for (rec, attempt, _) in &plan.reported {
-            if attempt.result == skein_queue::AttemptResult::Throttled {
-                self.block(&rec.tenant, &rec.domain, now_ms + throttle);
+        // A report kept after a failed write is planned again: its feedback counts once.
+        let seen = self.pending_seen.min(reports);
+        self.pending_seen = reports;
+        let fresh: std::collections::HashSet<String> = self.pending[seen..reports]
+            .iter()
+            .flat_map(|r| r.report.rcpts.iter().map(|x| x.key.clone()))
+            .collect();
+        for (rec, attempt, _) in plan
+            .reported
+            .iter()
+            .filter(|(rec, _, _)| fresh.contains(rec.key.as_str()))
+        {
+            let throttled = attempt.result == skein_queue::AttemptResult::Throttled;
+            match &shaping {
+                // A provider that asked an IP to slow down gets nothing more from that IP for
+                // a while, doubling with each repeat; other IPs and providers carry on.
+                Some(st) => {
+                    let provider = skein_shaping::classify(&st.providers, &rec.domain, None);
+                    let key = (attempt.source_ip.clone(), provider.name.clone());
+                    if throttled {
+                        let b = self.backoff.entry(key).or_insert(Backoff {
+                            until_ms: now_ms,
+                            level: 0,
+                        });
+                        let delay =
+                            throttle.saturating_mul(1 << b.level.min(MAX_BACKOFF_DOUBLINGS));
+                        b.until_ms = b.until_ms.max(now_ms + delay);
+                        b.level = b.level.saturating_add(1);
+                    } else if attempt.result == skein_queue::AttemptResult::Delivered {
+                        self.backoff.remove(&key);
+                    }
+                }
+                // Without sending limits, the tenant's queue for that domain waits instead.
+                None if throttled => self.block(&rec.tenant, &rec.domain, now_ms + throttle),
+                None => {}
             }
         }
 
-        let shaping = view.shaping(now_ms)?;
         // An operator's change (an IP added, resumed or warmed, a limit raised) may free
         // what the old limits held: look again at once.
         let limits = shaping.as_ref().map(Limits::of);
@@ -298,6 +334,7 @@ impl Planner {
                 sessions: &mut self.sessions,
                 held: held_bytes,
                 shaping: shaping.as_ref(),
+                backoff: &self.backoff,
                 day_tally: HashMap::new(),
                 hour_tally: HashMap::new(),
                 now_ms,
@@ -323,7 +360,9 @@ impl Planner {
     /// releases are done, and the assignments with granted recipients are to be sent. A lease
     /// granted nothing (every recipient moved on) frees its slot.
     pub fn committed(&mut self, round: Round, leased: Vec<(u64, Vec<String>)>) -> Vec<Send> {
-        self.pending.drain(..round.reports.min(self.pending.len()));
+        let done = round.reports.min(self.pending.len());
+        self.pending.drain(..done);
+        self.pending_seen = self.pending_seen.saturating_sub(done);
         self.unsent.drain(..round.released.min(self.unsent.len()));
         let mut granted: HashMap<u64, Vec<String>> = leased.into_iter().collect();
         let mut out = Vec::new();
@@ -363,9 +402,11 @@ impl Planner {
     pub fn reset(&mut self) {
         self.sessions.clear();
         self.pending.clear();
+        self.pending_seen = 0;
         self.unsent.clear();
         self.blocked.clear();
         self.held.clear();
+        self.backoff.clear();
         self.limits = None;
         self.out.clear();
         self.out_per_queue.clear();
@@ -397,11 +438,25 @@ struct Slots<'a> {
     held: u64,
     /// The sending limits, when the cluster has IP records.
     shaping: Option<&'a ShapingState>,
+    /// (IP, provider) pairs backing off.
+    backoff: &'a HashMap<(String, String), Backoff>,
     /// What this round planned so far, per IP and per (IP, provider): caps hold within the
     /// round too.
     day_tally: HashMap<String, u64>,
     hour_tally: HashMap<(String, String), u64>,
     now_ms: i64,
+}
+
+/// How long an (IP, provider) pair waits after a "slow down": the throttle delay, doubled for
+/// each repeat without a delivery in between, at most this many times (60 s → 64 min).
+const MAX_BACKOFF_DOUBLINGS: u32 = 6;
+
+/// An (IP, provider) pair backing off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    until_ms: i64,
+    /// "Slow down" replies since its last delivery.
+    level: u32,
 }
 
 /// The sending limits as operators set them (not the counters): holds decided under one set
@@ -490,11 +545,18 @@ impl Slots<'_> {
                         .copied()
                         .unwrap_or(0),
                 );
-            if day_left == 0 || hour_left == 0 {
+            let backing_off = self
+                .backoff
+                .get(&(addr.clone(), provider.name.clone()))
+                .map(|b| b.until_ms)
+                .filter(|&until| until > self.now_ms);
+            if day_left == 0 || hour_left == 0 || backing_off.is_some() {
                 let at = if day_left == 0 {
                     ip.schedule.day_start_ms(ip.today + 1)
-                } else {
+                } else if hour_left == 0 {
                     (st.hour + 1) * skein_shaping::HOUR_MS
+                } else {
+                    backing_off.unwrap_or(self.now_ms)
                 };
                 renews = Some(renews.map_or(at, |r| r.min(at)));
                 continue;
@@ -598,6 +660,7 @@ mod tests {
     struct MemView {
         queues: BTreeMap<(String, String), BTreeMap<(i64, String), RcptRecord>>,
         clock: i64,
+        shaping: Option<ShapingState>,
     }
 
     impl MemView {
@@ -700,8 +763,11 @@ mod tests {
             Ok(self.clock)
         }
 
-        fn shaping(&self, _now_ms: i64) -> Result<Option<ShapingState>, QueueError> {
-            Ok(None)
+        fn shaping(&self, now_ms: i64) -> Result<Option<ShapingState>, QueueError> {
+            Ok(self.shaping.clone().map(|mut st| {
+                st.hour = now_ms / skein_shaping::HOUR_MS;
+                st
+            }))
         }
     }
 
@@ -839,6 +905,173 @@ mod tests {
         ));
         let r = p.plan(NOW + 9, &mut rng, &view, 0).unwrap();
         assert_eq!(r.plan.planned.len(), 1);
+    }
+
+    /// Two warm IPs with plenty of budget, the shipped providers.
+    fn two_ips() -> ShapingState {
+        let ip = |addr: &str| skein_queue::IpStatus {
+            record: skein_shaping::IpRecord {
+                ip: addr.into(),
+                hostname: format!("mta-{addr}.test"),
+                pool: skein_shaping::DEFAULT_POOL.into(),
+                schedule: skein_shaping::DEFAULT_SCHEDULE.into(),
+                mode: skein_shaping::IpMode::Warm,
+                resume_to: skein_shaping::IpMode::Warm,
+                start_day: 0,
+                sending_days: 0,
+                last_sent_day: None,
+                reason: String::new(),
+                added_at_ms: 0,
+            },
+            schedule: skein_shaping::Schedule::default(),
+            today: NOW / skein_shaping::DAY_MS,
+            cap: 100_000,
+            sent_today: 0,
+            warm: true,
+            sent_this_hour: BTreeMap::new(),
+        };
+        ShapingState {
+            ips: vec![ip("192.0.2.1"), ip("192.0.2.2")],
+            providers: skein_shaping::default_providers(),
+            tenant_pools: BTreeMap::new(),
+            hour: 0,
+        }
+    }
+
+    fn ips_for(r: &Round, domain: &str) -> std::collections::BTreeSet<String> {
+        r.plan
+            .planned
+            .iter()
+            .filter(|p| p.domain == domain)
+            .map(|p| p.slot.source_ip.clone())
+            .collect()
+    }
+
+    /// A "slow down" from Gmail to one IP backs off that IP for Gmail only, the throttle
+    /// delay doubling with each repeat; the recipient is due again at once (another IP may
+    /// take it), not counted; the other IP and the other providers carry on.
+    #[test]
+    fn a_throttled_ip_backs_off_for_that_provider_only() {
+        let (a, b) = ("192.0.2.1".to_string(), "192.0.2.2".to_string());
+        let mut view = MemView {
+            shaping: Some(two_ips()),
+            ..MemView::default()
+        };
+        for i in 0..10 {
+            view.add("t", "gmail.com", &format!("G{i}"), 1);
+            view.add("t", "yahoo.com", &format!("Y{i}"), 1);
+        }
+        let cfg = DeliveryConfig {
+            max_rcpts_per_assignment: 1,
+            ..cfg()
+        };
+        let mut p = Planner::new(cfg);
+        p.input(Input::Joined {
+            conn: 1,
+            hello: Hello {
+                sender: "s1".into(),
+                source_ips: [&a, &b]
+                    .iter()
+                    .map(|ip| SourceIp {
+                        ip: ip.to_string(),
+                        ehlo: "x.test".into(),
+                    })
+                    .collect(),
+                max_in_flight: 1_000,
+                active_leases: Vec::new(),
+            },
+        });
+        let mut rng = fastrand::Rng::with_seed(11);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert_eq!(ips_for(&r, "gmail.com").len(), 2, "both IPs send");
+        assert!(r
+            .ops
+            .iter()
+            .all(|op| matches!(op, DeliveryOp::LeaseShaped { .. })));
+        let leased = grant(&r);
+        let sends = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        let throttle = |s: &Send| {
+            let mut i = report(1, "s1", s.planned.lease, &s.keys[0], Outcome::Throttled);
+            if let Input::Report(r) = &mut i {
+                r.report.source_ip = s.planned.slot.source_ip.clone();
+            }
+            i
+        };
+        let from_a = sends
+            .iter()
+            .find(|s| s.planned.domain == "gmail.com" && s.planned.slot.source_ip == a)
+            .unwrap();
+        p.input(throttle(from_a));
+        for i in 0..10 {
+            view.add("t", "gmail.com", &format!("H{i}"), 1);
+            view.add("t", "yahoo.com", &format!("Z{i}"), 1);
+        }
+        let r = p.plan(NOW + 1_000, &mut rng, &view, 0).unwrap();
+        let again = r.ops.iter().find_map(|op| match op {
+            DeliveryOp::Report {
+                disposition: Disposition::Retry { at_ms, counted },
+                ..
+            } => Some((*at_ms, *counted)),
+            _ => None,
+        });
+        assert_eq!(
+            again,
+            Some((NOW + 1_000, false)),
+            "due at once, not counted"
+        );
+        assert_eq!(
+            ips_for(&r, "gmail.com"),
+            [b.clone()].into(),
+            "A backs off for Gmail"
+        );
+        assert_eq!(ips_for(&r, "yahoo.com").len(), 2, "but not for Yahoo");
+        let leased = grant(&r);
+        let sends = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        // After the throttle delay (60 s) A sends to Gmail again; a second "slow down" then
+        // keeps it away for twice as long.
+        for i in 0..10 {
+            view.add("t", "gmail.com", &format!("I{i}"), 1);
+        }
+        let r = p.plan(NOW + 62_000, &mut rng, &view, 0).unwrap();
+        assert!(
+            ips_for(&r, "gmail.com").contains(&a),
+            "{:?}",
+            ips_for(&r, "gmail.com")
+        );
+        let leased = grant(&r);
+        let more = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        let _ = sends;
+        let from_a = more
+            .iter()
+            .find(|s| s.planned.domain == "gmail.com" && s.planned.slot.source_ip == a)
+            .unwrap();
+        p.input(throttle(from_a));
+        for i in 0..10 {
+            view.add("t", "gmail.com", &format!("J{i}"), 1);
+        }
+        // The round that takes the report (at t) starts the backoff: 120 s from t this time.
+        let t = NOW + 63_000;
+        let r = p.plan(t, &mut rng, &view, 0).unwrap();
+        assert_eq!(ips_for(&r, "gmail.com"), [b.clone()].into());
+        p.failed(r);
+        let r = p.plan(t + 61_000, &mut rng, &view, 0).unwrap();
+        assert_eq!(
+            ips_for(&r, "gmail.com"),
+            [b.clone()].into(),
+            "120 s this time"
+        );
+        p.failed(r);
+        let r = p.plan(t + 121_000, &mut rng, &view, 0).unwrap();
+        assert!(
+            ips_for(&r, "gmail.com").contains(&a),
+            "{:?} {:?} {:?}",
+            ips_for(&r, "gmail.com"),
+            p.backoff,
+            p.held
+        );
     }
 
     /// A queue held back is passed over, and the others are served as if it were not there;
