@@ -153,5 +153,60 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
         (v["sent_today"].as_u64(), v["state"].as_str()),
         (Some(5), Some("warm"))
     );
+
+    // A suspended domain's mail waits; resumed, it goes.
+    let e = ctl_err(&g, &["suspend", "planet", "mars"])?;
+    assert!(
+        e.contains("InvalidArgument") && e.contains("one of tenant, domain"),
+        "{e}"
+    );
+    let out = ctl(
+        &g,
+        &[
+            "suspend",
+            "domain",
+            "Capped.Test",
+            "--for",
+            "1h",
+            "--reason",
+            "incident 42",
+        ],
+    )?;
+    assert!(
+        out.contains("capped.test") && out.contains("until 2") && out.contains("incident 42"),
+        "{out}"
+    );
+    let port = rig.smtp.to_string();
+    let one = |rcpt: &str| -> anyhow::Result<String> {
+        let s = submit(&[
+            "--host",
+            ip,
+            "--port",
+            &port,
+            "--mail-from",
+            "app@routed.test",
+            "--rcpt",
+            rcpt,
+        ])?;
+        s[0].id
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("not accepted"))
+    };
+    let late = one("late@capped.test")?;
+    let other = one("x@other.test")?;
+    wait_final(&g, &other, FINISH).await?;
+    assert!(
+        rig.sink.messages_for("late@capped.test").is_empty(),
+        "suspended"
+    );
+    assert!(ctl(&g, &["suspensions"])?.contains("capped.test"));
+    ctl(&g, &["resume", "domain", "capped.test"])?;
+    assert_eq!(
+        wait_final(&g, &late, FINISH).await?.recipients[0].state,
+        "delivered"
+    );
+    let e = ctl_err(&g, &["resume", "domain", "capped.test"])?;
+    assert!(e.contains("NotFound"), "{e}");
+    assert!(ctl(&g, &["suspensions"])?.trim().is_empty());
     Ok(())
 }

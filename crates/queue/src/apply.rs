@@ -540,6 +540,15 @@ impl<'a> Tx<'a> {
         let Some(ip) = self.shaping_get::<skein_shaping::IpRecord>(&ip_key)? else {
             return Ok(Vec::new());
         };
+        let suspended = self
+            .shaping_get::<skein_shaping::Suspension>(&shaping::suspension_key(
+                skein_shaping::SuspendKind::Ip,
+                &ip.ip,
+            ))?
+            .is_some_and(|s| s.active(now_ms));
+        if suspended {
+            return Ok(Vec::new());
+        }
         let schedule = shaping::schedule(db, &ip.schedule)
             .map_err(io)?
             .unwrap_or_default();
@@ -655,6 +664,20 @@ impl<'a> Tx<'a> {
             }
             C::PutProvider(p) => {
                 self.shaping_put(&shaping::key(shaping::PROVIDER, &p.name), &p);
+                O::Done
+            }
+            C::Suspend(sus) => {
+                let k = shaping::suspension_key(sus.kind, &sus.name);
+                self.shaping_put(&k, &sus);
+                O::Done
+            }
+            C::Resume { kind, name } => {
+                let k = shaping::suspension_key(kind, &name);
+                if self.shaping_get::<skein_shaping::Suspension>(&k)?.is_none() {
+                    return Ok(O::NotSuspended);
+                }
+                self.shaping.remove(&k);
+                self.batch.delete_cf(cf(self.db, CF_SHAPING), &k);
                 O::Done
             }
             C::SetTenantPool { tenant, pool } => {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use rocksdb::{Direction, IteratorMode, DB};
 use serde::{Deserialize, Serialize};
-use skein_shaping::{IpMode, IpRecord, Provider, Schedule};
+use skein_shaping::{IpMode, IpRecord, Provider, Schedule, SuspendKind, Suspension};
 
 use crate::store::{cf, dec, CF_SHAPING};
 use crate::QueueError;
@@ -58,6 +58,16 @@ pub enum ShapingCommand {
         /// Pool name.
         pool: String,
     },
+    /// Suspends sending for a tenant, domain, provider, pool or IP (replacing a suspension of
+    /// the same thing).
+    Suspend(Suspension),
+    /// Lifts a suspension.
+    Resume {
+        /// What it covered.
+        kind: SuspendKind,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// How a [`ShapingCommand`] applied.
@@ -71,6 +81,8 @@ pub enum ShapingOutcome {
     IpNotFound,
     /// No schedule of the name the IP names.
     ScheduleNotFound,
+    /// Nothing of that kind and name was suspended.
+    NotSuspended,
 }
 
 pub(crate) const IP: u8 = b'I';
@@ -79,6 +91,14 @@ pub(crate) const PROVIDER: u8 = b'P';
 pub(crate) const TENANT_POOL: u8 = b'T';
 pub(crate) const DAY_COUNT: u8 = b'D';
 pub(crate) const HOUR_COUNT: u8 = b'H';
+pub(crate) const SUSPENSION: u8 = b'U';
+
+/// Key of a suspension: `U`, its kind, its name.
+pub(crate) fn suspension_key(kind: SuspendKind, name: &str) -> Vec<u8> {
+    let mut k = vec![SUSPENSION, kind as u8];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 /// `kind` + `name`.
 pub(crate) fn key(kind: u8, name: &str) -> Vec<u8> {
@@ -191,6 +211,8 @@ pub struct ShapingState {
     pub providers: Vec<Provider>,
     /// Tenants' pools (tenants not listed use the default pool).
     pub tenant_pools: BTreeMap<String, String>,
+    /// Operators' suspensions in force.
+    pub suspensions: Vec<Suspension>,
     /// The hour it describes.
     pub hour: i64,
 }
@@ -239,8 +261,17 @@ pub(crate) fn state(db: &DB, now_ms: i64) -> Result<ShapingState, QueueError> {
         ips,
         providers,
         tenant_pools,
+        suspensions: suspensions(db, now_ms)?,
         hour,
     })
+}
+
+/// The suspensions in force at `now_ms`.
+pub(crate) fn suspensions(db: &DB, now_ms: i64) -> Result<Vec<Suspension>, QueueError> {
+    Ok(all::<Suspension>(db, SUSPENSION)?
+        .into_iter()
+        .filter(|s| s.active(now_ms))
+        .collect())
 }
 
 /// Every stored schedule, with the shipped default unless replaced.

@@ -1252,6 +1252,11 @@ impl QueueReader {
         crate::shaping::any_ip(&self.db)
     }
 
+    /// Operators' suspensions in force at `now_ms`.
+    pub fn suspensions(&self, now_ms: i64) -> Result<Vec<skein_shaping::Suspension>, QueueError> {
+        crate::shaping::suspensions(&self.db, now_ms)
+    }
+
     /// Every warm-up schedule, the shipped default included.
     pub fn schedules(&self) -> Result<Vec<skein_shaping::Schedule>, QueueError> {
         crate::shaping::schedules(&self.db)

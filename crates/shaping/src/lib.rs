@@ -429,6 +429,69 @@ fn default_class() -> &'static Provider {
     })
 }
 
+/// What an operator's suspension covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SuspendKind {
+    /// A tenant's mail ("" for mail relayed by IP address).
+    Tenant,
+    /// Mail to a recipient domain.
+    Domain,
+    /// Mail to a provider's domains.
+    Provider,
+    /// Mail sent from a pool's IPs.
+    Pool,
+    /// One source IP.
+    Ip,
+}
+
+impl SuspendKind {
+    /// Its name in the API and CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tenant => "tenant",
+            Self::Domain => "domain",
+            Self::Provider => "provider",
+            Self::Pool => "pool",
+            Self::Ip => "ip",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Tenant,
+            Self::Domain,
+            Self::Provider,
+            Self::Pool,
+            Self::Ip,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// An operator's suspension: nothing covered is sent until `until_ms` (or until resumed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// What it covers.
+    pub kind: SuspendKind,
+    /// The tenant, domain, provider, pool or IP.
+    pub name: String,
+    /// When it ends by itself, Unix ms; `None` until resumed.
+    pub until_ms: Option<i64>,
+    /// Why.
+    pub reason: String,
+    /// When it was set.
+    pub at_ms: i64,
+}
+
+impl Suspension {
+    /// Whether it holds at `now_ms`.
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.until_ms.is_none_or(|u| u > now_ms)
+    }
+}
+
 /// The hour (hours since 1970-01-01 UTC) that `t_ms` falls in.
 pub fn hour(t_ms: i64) -> i64 {
     t_ms.div_euclid(HOUR_MS)

@@ -92,6 +92,21 @@ enum Cmd {
     /// Receiving providers: domain and MX rules, hourly limits per IP.
     #[command(subcommand)]
     Provider(shaping::ProviderCmd),
+    /// Stop sending for a tenant, domain, provider, pool or IP (mail waits in the queue).
+    Suspend {
+        /// tenant, domain, provider, pool or ip.
+        kind: String,
+        name: String,
+        /// For how long ("2h", "30m"); until resumed when not given.
+        #[arg(long = "for")]
+        duration: Option<skein_core::HumanDuration>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a suspension.
+    Resume { kind: String, name: String },
+    /// Suspensions in force.
+    Suspensions,
 }
 
 #[derive(Subcommand)]
@@ -247,6 +262,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Pool(cmd) => shaping::pool(&mut c, cmd).await?,
         Cmd::Schedule(cmd) => shaping::schedule(&mut c, cmd, cli.json).await?,
         Cmd::Provider(cmd) => shaping::provider(&mut c, cmd, cli.json).await?,
+        Cmd::Suspend {
+            kind,
+            name,
+            duration,
+            reason,
+        } => {
+            let r = SuspendRequest {
+                kind,
+                name,
+                for_seconds: duration.map_or(0, |d| d.0.as_secs().max(1)),
+                reason,
+            };
+            shaping::suspend(&mut c, r, cli.json).await?
+        }
+        Cmd::Resume { kind, name } => shaping::resume(&mut c, kind, name).await?,
+        Cmd::Suspensions => shaping::suspensions(&mut c, cli.json).await?,
         Cmd::FinalizeUpgrade => {
             let r = c
                 .finalize_upgrade(FinalizeUpgradeRequest {})

@@ -755,6 +755,52 @@ impl Admin for AdminService {
         })
     }
 
+    async fn suspend(
+        &self,
+        req: Request<SuspendRequest>,
+    ) -> Result<Response<SuspensionInfo>, Status> {
+        shaping::suspension(req.get_ref(), 0)?;
+        forward_or!(self, req, suspend, {
+            Ok(Response::new(self.suspend_local(req.get_ref()).await?))
+        })
+    }
+
+    async fn resume(
+        &self,
+        req: Request<ResumeRequest>,
+    ) -> Result<Response<ResumeResponse>, Status> {
+        let (kind, name) = shaping::suspended(&req.get_ref().kind, &req.get_ref().name)?;
+        forward_or!(self, req, resume, {
+            self.shaping_allowed()?;
+            let o = self
+                .shape(ShapingCommand::Resume {
+                    kind,
+                    name: name.clone(),
+                })
+                .await?;
+            shaping::outcome(o, "", &format!("{} {name}", kind.as_str()))?;
+            Ok(Response::new(ResumeResponse {}))
+        })
+    }
+
+    async fn list_suspensions(
+        &self,
+        req: Request<ListSuspensionsRequest>,
+    ) -> Result<Response<ListSuspensionsResponse>, Status> {
+        forward_or!(self, req, list_suspensions, {
+            self.linearize().await?;
+            let suspensions = self
+                .ctx
+                .reader
+                .suspensions(self.ctx.clock.now_ms())
+                .map_err(ClusterError::from)?
+                .into_iter()
+                .map(shaping::suspension_proto)
+                .collect();
+            Ok(Response::new(ListSuspensionsResponse { suspensions }))
+        })
+    }
+
     async fn list_providers(
         &self,
         req: Request<ListProvidersRequest>,
@@ -776,6 +822,13 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
+    async fn suspend_local(&self, r: &SuspendRequest) -> Result<SuspensionInfo, Status> {
+        self.shaping_allowed()?;
+        let sus = shaping::suspension(r, self.ctx.clock.now_ms())?;
+        self.shape(ShapingCommand::Suspend(sus.clone())).await?;
+        Ok(shaping::suspension_proto(sus))
+    }
+
     /// Sending-limit changes need format 4 on every node.
     fn shaping_allowed(&self) -> Result<(), Status> {
         let format = self.ctx.reader.format().map_err(ClusterError::from)?;

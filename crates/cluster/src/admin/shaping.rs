@@ -3,7 +3,9 @@
 
 use skein_proto::admin::*;
 use skein_queue::{IpStatus, ShapingCommand, ShapingOutcome, ShapingState};
-use skein_shaping::{check_name, IpMode, IpRecord, Provider, Schedule, Step};
+use skein_shaping::{
+    check_name, IpMode, IpRecord, Provider, Schedule, Step, SuspendKind, Suspension,
+};
 
 use crate::ClusterError;
 
@@ -132,6 +134,9 @@ pub(super) fn outcome(o: ShapingOutcome, ip: &str, schedule: &str) -> Result<(),
         ShapingOutcome::IpNotFound => Err(ClusterError::NotFound {
             what: format!("IP {ip}"),
         }),
+        ShapingOutcome::NotSuspended => Err(ClusterError::NotFound {
+            what: format!("suspension of {schedule}"),
+        }),
         ShapingOutcome::ScheduleNotFound => Err(invalid(
             "schedule",
             format!("no schedule named {schedule:?} (skeinctl schedule list)"),
@@ -247,4 +252,65 @@ pub(super) fn provider_proto(p: Provider) -> ProviderLimits {
 /// A pool name for SetTenantPool (`""` or `default`: the default pool).
 pub(super) fn pool(name: &str) -> Result<String, ClusterError> {
     name_or_default("pool", name)
+}
+
+/// The kind and name a Suspend or Resume request names, checked.
+pub(super) fn suspended(kind: &str, name: &str) -> Result<(SuspendKind, String), ClusterError> {
+    let k = SuspendKind::parse(kind).ok_or_else(|| {
+        invalid(
+            "kind",
+            format!("{kind:?}: one of tenant, domain, provider, pool, ip"),
+        )
+    })?;
+    let name = match k {
+        SuspendKind::Ip => check_ip(name)?,
+        SuspendKind::Domain => {
+            let d = name.trim_end_matches('.').to_ascii_lowercase();
+            if d.is_empty() || d.len() > 253 || d.contains(|c: char| c.is_whitespace() || c == '@')
+            {
+                return Err(invalid("name", format!("{name:?} is not a domain")));
+            }
+            d
+        }
+        SuspendKind::Tenant => {
+            if name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(invalid("name", format!("{name:?} is not a tenant name")));
+            }
+            name.to_string()
+        }
+        SuspendKind::Provider | SuspendKind::Pool => {
+            check_name("name", name).map_err(|e| invalid("name", e.reason))?;
+            name.to_string()
+        }
+    };
+    Ok((k, name))
+}
+
+/// A suspension as the API shows it.
+pub(super) fn suspension_proto(s: Suspension) -> SuspensionInfo {
+    SuspensionInfo {
+        kind: s.kind.as_str().into(),
+        name: s.name,
+        until_ms: s.until_ms.unwrap_or(0),
+        reason: s.reason,
+        at_ms: s.at_ms,
+    }
+}
+
+/// The suspension a Suspend request makes at `now_ms`.
+pub(super) fn suspension(r: &SuspendRequest, now_ms: i64) -> Result<Suspension, ClusterError> {
+    let (kind, name) = suspended(&r.kind, &r.name)?;
+    if r.for_seconds > 10 * 365 * 86_400 {
+        return Err(invalid(
+            "for_seconds",
+            "at most ten years (0: until resumed)",
+        ));
+    }
+    Ok(Suspension {
+        kind,
+        name,
+        until_ms: (r.for_seconds > 0).then(|| now_ms + r.for_seconds as i64 * 1000),
+        reason: clip(&r.reason),
+        at_ms: now_ms,
+    })
 }

@@ -295,6 +295,7 @@ impl Planner {
         }
         self.held.retain(|_, until| *until > now_ms);
         let (blocked, held) = (&self.blocked, &self.held);
+        let stopped = Stopped::new(view.suspensions(now_ms)?, shaping.as_ref());
         // Max-min fair slots: while other queues have due work, a queue with its share of
         // all slots out (a slow destination, say) gets no more, so the slots it frees go to
         // the others. With no free slot the round still reads every due queue: recipients
@@ -315,7 +316,7 @@ impl Planner {
             &mut self.cursor,
             |t, d| {
                 let q = (t.to_string(), d.to_string());
-                blocked.contains_key(&q) || held.contains_key(&q)
+                blocked.contains_key(&q) || held.contains_key(&q) || stopped.queue(t, d)
             },
             |t, d, ready| {
                 free && ready > 1
@@ -334,6 +335,7 @@ impl Planner {
                 sessions: &mut self.sessions,
                 held: held_bytes,
                 shaping: shaping.as_ref(),
+                stopped: &stopped,
                 backoff: &self.backoff,
                 day_tally: HashMap::new(),
                 hour_tally: HashMap::new(),
@@ -440,6 +442,8 @@ struct Slots<'a> {
     shaping: Option<&'a ShapingState>,
     /// (IP, provider) pairs backing off.
     backoff: &'a HashMap<(String, String), Backoff>,
+    /// Operators' suspensions.
+    stopped: &'a Stopped,
     /// What this round planned so far, per IP and per (IP, provider): caps hold within the
     /// round too.
     day_tally: HashMap<String, u64>,
@@ -459,6 +463,63 @@ struct Backoff {
     level: u32,
 }
 
+/// Operators' suspensions, as the planner asks about them.
+#[derive(Debug, Default)]
+pub(crate) struct Stopped {
+    set: std::collections::HashSet<(skein_shaping::SuspendKind, String)>,
+    providers: Vec<skein_shaping::Provider>,
+    pools: std::collections::BTreeMap<String, String>,
+}
+
+impl Stopped {
+    fn new(suspensions: Vec<skein_shaping::Suspension>, st: Option<&ShapingState>) -> Self {
+        let set: std::collections::HashSet<_> =
+            suspensions.into_iter().map(|s| (s.kind, s.name)).collect();
+        let uses_providers = set
+            .iter()
+            .any(|(k, _)| *k == skein_shaping::SuspendKind::Provider);
+        Self {
+            providers: match st {
+                Some(st) => st.providers.clone(),
+                None if uses_providers => skein_shaping::default_providers(),
+                None => Vec::new(),
+            },
+            pools: st.map(|st| st.tenant_pools.clone()).unwrap_or_default(),
+            set,
+        }
+    }
+
+    fn has(&self, kind: skein_shaping::SuspendKind, name: &str) -> bool {
+        !self.set.is_empty() && self.set.contains(&(kind, name.to_string()))
+    }
+
+    /// Whether queue (`tenant`, `domain`) is suspended: its tenant, its domain, the
+    /// domain's provider or the tenant's pool.
+    fn queue(&self, tenant: &str, domain: &str) -> bool {
+        use skein_shaping::SuspendKind as K;
+        if self.set.is_empty() {
+            return false;
+        }
+        let pool = self
+            .pools
+            .get(tenant)
+            .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+        self.has(K::Tenant, tenant)
+            || self.has(K::Domain, domain)
+            || self.has(K::Pool, pool)
+            || (!self.providers.is_empty()
+                && self.has(
+                    K::Provider,
+                    &skein_shaping::classify(&self.providers, domain, None).name,
+                ))
+    }
+
+    /// Whether source IP `ip` is suspended.
+    fn ip(&self, ip: &str) -> bool {
+        self.has(skein_shaping::SuspendKind::Ip, ip)
+    }
+}
+
 /// The sending limits as operators set them (not the counters): holds decided under one set
 /// of limits do not outlive a change to them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -466,6 +527,7 @@ struct Limits {
     ips: Vec<(String, String, skein_shaping::IpMode, u64)>,
     providers: Vec<skein_shaping::Provider>,
     pools: std::collections::BTreeMap<String, String>,
+    suspensions: Vec<skein_shaping::Suspension>,
 }
 
 impl Limits {
@@ -485,6 +547,7 @@ impl Limits {
                 .collect(),
             providers: st.providers.clone(),
             pools: st.tenant_pools.clone(),
+            suspensions: st.suspensions.clone(),
         }
     }
 }
@@ -528,7 +591,7 @@ impl Slots<'_> {
         let mut renews: Option<i64> = None;
         let mut budget_left = false;
         for ip in st.ips.iter().filter(|i| i.record.pool == pool) {
-            if ip.record.mode == skein_shaping::IpMode::Paused {
+            if ip.record.mode == skein_shaping::IpMode::Paused || self.stopped.ip(&ip.record.ip) {
                 continue;
             }
             let addr = &ip.record.ip;
@@ -619,11 +682,18 @@ impl plan::Slots for Slots<'_> {
         if let Some(st) = self.shaping {
             return self.reserve_shaped(st, lease, tenant, domain, n);
         }
-        let Some((conn, s)) = self.session(|_| true) else {
+        let stopped = self.stopped;
+        let Some((conn, s)) = self.session(|s| s.ips.iter().any(|(ip, _)| !stopped.ip(ip))) else {
             return Reserved::NoSlot;
         };
-        let (ip, ehlo) = s.ips[s.next_ip % s.ips.len()].clone();
-        s.next_ip = s.next_ip.wrapping_add(1);
+        // The next of its IPs not suspended.
+        let (ip, ehlo) = loop {
+            let (ip, ehlo) = s.ips[s.next_ip % s.ips.len()].clone();
+            s.next_ip = s.next_ip.wrapping_add(1);
+            if !stopped.ip(&ip) {
+                break (ip, ehlo);
+            }
+        };
         s.in_flight.insert(lease);
         Reserved::Slot {
             slot: Slot {
@@ -661,6 +731,7 @@ mod tests {
         queues: BTreeMap<(String, String), BTreeMap<(i64, String), RcptRecord>>,
         clock: i64,
         shaping: Option<ShapingState>,
+        suspended: Vec<skein_shaping::Suspension>,
     }
 
     impl MemView {
@@ -761,6 +832,15 @@ mod tests {
 
         fn clock_ms(&self) -> Result<i64, QueueError> {
             Ok(self.clock)
+        }
+
+        fn suspensions(&self, now_ms: i64) -> Result<Vec<skein_shaping::Suspension>, QueueError> {
+            Ok(self
+                .suspended
+                .iter()
+                .filter(|s| s.active(now_ms))
+                .cloned()
+                .collect())
         }
 
         fn shaping(&self, now_ms: i64) -> Result<Option<ShapingState>, QueueError> {
@@ -934,6 +1014,7 @@ mod tests {
             ips: vec![ip("192.0.2.1"), ip("192.0.2.2")],
             providers: skein_shaping::default_providers(),
             tenant_pools: BTreeMap::new(),
+            suspensions: Vec::new(),
             hour: 0,
         }
     }
@@ -1072,6 +1153,60 @@ mod tests {
             p.backoff,
             p.held
         );
+    }
+
+    /// Operators' suspensions hold back what they cover, with or without IP records: a
+    /// tenant, a domain, a provider's domains, a source IP; one with an end lifts by itself.
+    #[test]
+    fn suspensions_hold_back_what_they_cover() {
+        use skein_shaping::{SuspendKind as K, Suspension};
+        let sus = |kind, name: &str, until_ms| Suspension {
+            kind,
+            name: name.into(),
+            until_ms,
+            reason: "test".into(),
+            at_ms: NOW,
+        };
+        let mut view = MemView::default();
+        view.add("t", "a.test", "A", 2);
+        view.add("t", "gmail.com", "G", 2);
+        view.add("u", "b.test", "B", 2);
+        view.add("v", "c.test", "C", 2);
+        view.suspended = vec![
+            sus(K::Domain, "a.test", Some(NOW + 1_000)),
+            sus(K::Provider, "gmail", None),
+            sus(K::Tenant, "u", None),
+            sus(K::Ip, "127.0.0.9", None),
+        ];
+        let mut p = Planner::new(cfg());
+        p.input(Input::Joined {
+            conn: 1,
+            hello: Hello {
+                sender: "s1".into(),
+                source_ips: ["127.0.0.9", "127.0.0.10"]
+                    .iter()
+                    .map(|ip| SourceIp {
+                        ip: ip.to_string(),
+                        ehlo: "x.test".into(),
+                    })
+                    .collect(),
+                max_in_flight: 100,
+                active_leases: Vec::new(),
+            },
+        });
+        let mut rng = fastrand::Rng::with_seed(12);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert_eq!(domains(&r), ["c.test"]);
+        assert_eq!(
+            r.plan.planned[0].slot.source_ip, "127.0.0.10",
+            "not the suspended IP"
+        );
+        p.failed(r);
+        // The domain's suspension ends by itself.
+        let r = p.plan(NOW + 1_000, &mut rng, &view, 0).unwrap();
+        let mut d = domains(&r);
+        d.sort();
+        assert_eq!(d, ["a.test", "c.test"]);
     }
 
     /// A queue held back is passed over, and the others are served as if it were not there;

@@ -2,6 +2,7 @@
 //! and message sizes. [`QueueReader`] is the real one; tests use an in-memory one.
 
 use skein_queue::{QueueError, QueueHead, QueueReader, RcptRecord, ShapingState};
+use skein_shaping::Suspension;
 
 /// Reads over the applied queue state, as the planner needs them.
 pub trait QueueView {
@@ -24,6 +25,8 @@ pub trait QueueView {
     /// The sending limits and counters at `now_ms`, or `None` while the cluster has no IP
     /// records (senders' own IPs then send without limits).
     fn shaping(&self, now_ms: i64) -> Result<Option<ShapingState>, QueueError>;
+    /// Operators' suspensions in force at `now_ms` (with or without IP records).
+    fn suspensions(&self, now_ms: i64) -> Result<Vec<Suspension>, QueueError>;
 }
 
 impl QueueView for QueueReader {
@@ -61,5 +64,9 @@ impl QueueView for QueueReader {
             return Ok(None);
         }
         QueueReader::shaping(self, now_ms).map(Some)
+    }
+
+    fn suspensions(&self, now_ms: i64) -> Result<Vec<Suspension>, QueueError> {
+        QueueReader::suspensions(self, now_ms)
     }
 }

@@ -403,6 +403,75 @@ pub async fn provider(c: &mut Client, cmd: ProviderCmd, json: bool) -> anyhow::R
     Ok(())
 }
 
+fn print_suspension(s: &SuspensionInfo, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "kind": s.kind, "name": s.name, "until_ms": s.until_ms, "reason": s.reason,
+                "at_ms": s.at_ms,
+            })
+        );
+    } else {
+        let until = match s.until_ms {
+            0 => "until resumed".to_string(),
+            ms => format!("until {}", ms_utc(ms)),
+        };
+        println!("{:<8} {:<32} {until}  {}", s.kind, s.name, s.reason);
+    }
+}
+
+/// Unix ms as `YYYY-MM-DD HH:MM UTC`.
+fn ms_utc(ms: i64) -> String {
+    let (days, rem) = (
+        ms.div_euclid(86_400_000),
+        ms.rem_euclid(86_400_000) / 60_000,
+    );
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 60, rem % 60)
+}
+
+/// Runs `suspend`.
+pub async fn suspend(c: &mut Client, r: SuspendRequest, json: bool) -> anyhow::Result<()> {
+    let s = c.suspend(r).await.map_err(status)?.into_inner();
+    print_suspension(&s, json);
+    Ok(())
+}
+
+/// Runs `resume`.
+pub async fn resume(c: &mut Client, kind: String, name: String) -> anyhow::Result<()> {
+    c.resume(ResumeRequest {
+        kind: kind.clone(),
+        name: name.clone(),
+    })
+    .await
+    .map_err(status)?;
+    println!("resumed {kind} {name}");
+    Ok(())
+}
+
+/// Runs `suspensions`.
+pub async fn suspensions(c: &mut Client, json: bool) -> anyhow::Result<()> {
+    let r = c
+        .list_suspensions(ListSuspensionsRequest {})
+        .await
+        .map_err(status)?
+        .into_inner();
+    for s in &r.suspensions {
+        print_suspension(s, json);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,5 +482,13 @@ mod tests {
         assert_eq!((s.from_day, s.daily), (4, 5_000));
         assert!(step("4").unwrap_err().to_string().contains("DAY:DAILY"));
         assert!(step("x:1").unwrap_err().to_string().contains("day number"));
+    }
+
+    #[test]
+    fn times_print_as_utc_dates() {
+        assert_eq!(ms_utc(0), "1970-01-01 00:00 UTC");
+        // 2026-11-30 09:57 UTC.
+        assert_eq!(ms_utc(1_796_032_620_000), "2026-11-30 09:57 UTC");
+        assert_eq!(ms_utc(951_782_400_000), "2000-02-29 00:00 UTC");
     }
 }
