@@ -30,9 +30,9 @@ struct Args {
     /// Messages per connection before reconnecting.
     #[arg(long, default_value_t = 100)]
     per_connection: u64,
-    /// Recipient of every message.
-    #[arg(long, default_value = "rcpt@example.net")]
-    to: String,
+    /// Recipients, comma-separated: message n goes to the (n mod count)-th.
+    #[arg(long, default_value = "rcpt@example.net", value_delimiter = ',')]
+    to: Vec<String>,
     /// Label printed on the result line.
     #[arg(long, default_value = "skein-load")]
     label: String,
@@ -77,17 +77,15 @@ async fn session(
         wr.write_all(b"EHLO load.test\r\n").await?;
         expect(&mut rd, 250).await?;
         for _ in 0..args.per_connection {
-            if next.fetch_add(1, Ordering::Relaxed) >= args.messages {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            if n >= args.messages {
                 let _ = wr.write_all(b"QUIT\r\n").await;
                 break 'conn;
             }
+            let to = &args.to[(n % args.to.len() as u64) as usize];
             // PIPELINING: envelope and DATA in one write, as smtp-source does.
             wr.write_all(
-                format!(
-                    "MAIL FROM:<sender@example.com>\r\nRCPT TO:<{}>\r\nDATA\r\n",
-                    args.to
-                )
-                .as_bytes(),
+                format!("MAIL FROM:<sender@example.com>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes(),
             )
             .await?;
             expect(&mut rd, 250).await?;
@@ -112,11 +110,10 @@ async fn session(
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let line = "x".repeat(76) + "\r\n";
-    let mut body = format!(
-        "From: <sender@example.com>\r\nTo: <{}>\r\nSubject: load\r\n\r\n",
-        args.to
-    )
-    .into_bytes();
+    anyhow::ensure!(!args.to.is_empty(), "--to needs a recipient");
+    let mut body =
+        b"From: <sender@example.com>\r\nTo: <undisclosed-recipients:;>\r\nSubject: load\r\n\r\n"
+            .to_vec();
     while body.len() + line.len() <= args.size {
         body.extend_from_slice(line.as_bytes());
     }

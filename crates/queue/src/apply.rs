@@ -127,6 +127,11 @@ pub(crate) struct Tx<'a> {
     /// `shaping` records and counters written by this entry (encoded), readable before it
     /// commits.
     shaping: HashMap<Vec<u8>, Vec<u8>>,
+    /// Providers and schedules read by this entry's shaped leases.
+    providers: Option<Vec<skein_shaping::Provider>>,
+    /// Whether the cluster has IP records (read once per entry).
+    shaping_on: Option<bool>,
+    schedules: HashMap<String, skein_shaping::Schedule>,
     /// Messages added by this entry.
     pub(crate) added: u64,
     /// Messages removed by this entry.
@@ -145,6 +150,9 @@ impl<'a> Tx<'a> {
             submissions: HashMap::new(),
             queue_counts: HashMap::new(),
             shaping: HashMap::new(),
+            providers: None,
+            shaping_on: None,
+            schedules: HashMap::new(),
             added: 0,
             removed: 0,
             now_ms: 0,
@@ -549,12 +557,20 @@ impl<'a> Tx<'a> {
         if suspended {
             return Ok(Vec::new());
         }
-        let schedule = shaping::schedule(db, &ip.schedule)
-            .map_err(io)?
-            .unwrap_or_default();
+        // Limits do not change within a Deliver entry: read them once per entry.
+        if !self.schedules.contains_key(&ip.schedule) {
+            let s = shaping::schedule(db, &ip.schedule)
+                .map_err(io)?
+                .unwrap_or_default();
+            self.schedules.insert(ip.schedule.clone(), s);
+        }
+        let schedule = self.schedules[&ip.schedule].clone();
         let today = schedule.day(now_ms);
         let hour = skein_shaping::hour(now_ms);
-        let providers = shaping::providers(db).map_err(io)?;
+        if self.providers.is_none() {
+            self.providers = Some(shaping::providers(db).map_err(io)?);
+        }
+        let providers = self.providers.as_deref().unwrap_or_default();
         let hourly = providers
             .iter()
             .find(|p| p.name == provider)
@@ -721,7 +737,20 @@ impl<'a> Tx<'a> {
                         source_ip,
                         expires_ms,
                     };
-                    let granted = self.lease_rcpts(&l, rcpts, usize::MAX, now_ms)?;
+                    // Once the cluster has IP records, only shaped leases send (a leader that
+                    // had not yet seen the first record must not send past its limits).
+                    let limited = format >= 4 && {
+                        if self.shaping_on.is_none() {
+                            self.shaping_on =
+                                Some(shaping::any_ip(self.db).map_err(std::io::Error::other)?);
+                        }
+                        self.shaping_on == Some(true)
+                    };
+                    let granted = if limited {
+                        Vec::new()
+                    } else {
+                        self.lease_rcpts(&l, rcpts, usize::MAX, now_ms)?
+                    };
                     leased.push((lease, granted));
                 }
                 DeliveryOp::LeaseShaped {

@@ -244,3 +244,32 @@ async fn limits_and_counters_travel_in_snapshots() {
         "hour spent there too"
     );
 }
+
+/// Once the cluster has an IP record, an unshaped lease (from a leader that had not yet seen
+/// the record) grants nothing: every lease counts against the limits.
+#[tokio::test]
+async fn with_ip_records_only_shaped_leases_send() {
+    let (mut f, keys) = setup().await;
+    let r = f
+        .apply(Request::Deliver {
+            now_ms: T0 + 10,
+            mta: "relay.test".into(),
+            ops: vec![DeliveryOp::Lease {
+                lease: 9,
+                sender: "s1".into(),
+                source_ip: "192.0.2.1".into(),
+                expires_ms: T0 + 60_000,
+                rcpts: keys[0..3].to_vec(),
+            }],
+        })
+        .await;
+    assert!(
+        matches!(&r, Response::Delivered { leased, .. } if leased[0].1.is_empty()),
+        "{r:?}"
+    );
+    assert_eq!(
+        f.lease(10, "192.0.2.1", "gmail", &keys[0..3], T0 + 20)
+            .await,
+        3
+    );
+}

@@ -101,6 +101,8 @@ pub struct Planner {
     pending: Vec<SessionReport>,
     unsent: Vec<(u64, Vec<String>)>,
     blocked: HashMap<(String, String), i64>,
+    /// The sending limits and counters last read, and what was planned since.
+    shaping_cache: Option<ShapingCache>,
     /// How many of `pending` (from the front) a round has taken feedback from already.
     pending_seen: usize,
     /// (IP, provider) pairs backing off after "slow down" replies.
@@ -125,6 +127,7 @@ impl Planner {
             unsent: Vec::new(),
             blocked: HashMap::new(),
             pending_seen: 0,
+            shaping_cache: None,
             backoff: HashMap::new(),
             held: HashMap::new(),
             limits: None,
@@ -245,7 +248,29 @@ impl Planner {
                 records,
             });
         }
-        let shaping = view.shaping(now_ms)?;
+        // The limits and counters are read at most every SHAPING_REFRESH_MS (and at each new
+        // hour); in between, what this leader planned is tallied on top of them. The state
+        // machine re-checks every lease, so a stale read can only grant less, never more.
+        let stale = self.shaping_cache.as_ref().is_none_or(|c| {
+            now_ms - c.fetched_ms >= SHAPING_REFRESH_MS
+                || now_ms < c.fetched_ms
+                || skein_shaping::hour(now_ms) != skein_shaping::hour(c.fetched_ms)
+        });
+        if stale {
+            self.shaping_cache = Some(ShapingCache {
+                fetched_ms: now_ms,
+                state: view.shaping(now_ms)?,
+                day_tally: HashMap::new(),
+                hour_tally: HashMap::new(),
+            });
+        }
+        let cache = self.shaping_cache.take().expect("just filled");
+        let ShapingCache {
+            fetched_ms,
+            state: shaping,
+            mut day_tally,
+            mut hour_tally,
+        } = cache;
         plan::reports(&self.cfg, now_ms, rng, inputs, shaping.is_some(), &mut plan);
         let throttle = self.cfg.throttle_delay.0.as_millis() as i64;
         // A report kept after a failed write is planned again: its feedback counts once.
@@ -337,12 +362,18 @@ impl Planner {
                 shaping: shaping.as_ref(),
                 stopped: &stopped,
                 backoff: &self.backoff,
-                day_tally: HashMap::new(),
-                hour_tally: HashMap::new(),
+                day_tally: &mut day_tally,
+                hour_tally: &mut hour_tally,
                 now_ms,
             },
             &mut plan,
         );
+        self.shaping_cache = Some(ShapingCache {
+            fetched_ms,
+            state: shaping,
+            day_tally,
+            hour_tally,
+        });
         // A queue whose pool spent its budget waits for the next hour or day without being
         // read, and without an attempt counted.
         for (tenant, domain, until) in std::mem::take(&mut plan.spent) {
@@ -405,6 +436,7 @@ impl Planner {
         self.sessions.clear();
         self.pending.clear();
         self.pending_seen = 0;
+        self.shaping_cache = None;
         self.unsent.clear();
         self.blocked.clear();
         self.held.clear();
@@ -446,9 +478,21 @@ struct Slots<'a> {
     stopped: &'a Stopped,
     /// What this round planned so far, per IP and per (IP, provider): caps hold within the
     /// round too.
+    day_tally: &'a mut HashMap<String, u64>,
+    hour_tally: &'a mut HashMap<(String, String), u64>,
+    now_ms: i64,
+}
+
+/// How long the planner plans on one read of the sending limits and counters.
+const SHAPING_REFRESH_MS: i64 = 1_000;
+
+/// The sending limits and counters as last read, and what was planned on top of them since.
+#[derive(Debug)]
+struct ShapingCache {
+    fetched_ms: i64,
+    state: Option<ShapingState>,
     day_tally: HashMap<String, u64>,
     hour_tally: HashMap<(String, String), u64>,
-    now_ms: i64,
 }
 
 /// How long an (IP, provider) pair waits after a "slow down": the throttle delay, doubled for
