@@ -753,6 +753,9 @@ impl<'a> Tx<'a> {
                     };
                     leased.push((lease, granted));
                 }
+                DeliveryOp::LearnMx { domain, mx } => {
+                    self.shaping_put(&shaping::key(shaping::LEARNED_MX, &domain), &mx);
+                }
                 DeliveryOp::LeaseShaped {
                     lease,
                     sender,

@@ -92,6 +92,7 @@ pub(crate) const TENANT_POOL: u8 = b'T';
 pub(crate) const DAY_COUNT: u8 = b'D';
 pub(crate) const HOUR_COUNT: u8 = b'H';
 pub(crate) const SUSPENSION: u8 = b'U';
+pub(crate) const LEARNED_MX: u8 = b'M';
 
 /// Key of a suspension: `U`, its kind, its name.
 pub(crate) fn suspension_key(kind: SuspendKind, name: &str) -> Vec<u8> {
@@ -213,6 +214,8 @@ pub struct ShapingState {
     pub tenant_pools: BTreeMap<String, String>,
     /// Operators' suspensions in force.
     pub suspensions: Vec<Suspension>,
+    /// The MX host senders reached for each domain they delivered to.
+    pub mx: BTreeMap<String, String>,
     /// The hour it describes.
     pub hour: i64,
 }
@@ -262,6 +265,7 @@ pub(crate) fn state(db: &DB, now_ms: i64) -> Result<ShapingState, QueueError> {
         providers,
         tenant_pools,
         suspensions: suspensions(db, now_ms)?,
+        mx: learned_mx(db)?,
         hour,
     })
 }
@@ -272,6 +276,38 @@ pub(crate) fn suspensions(db: &DB, now_ms: i64) -> Result<Vec<Suspension>, Queue
         .into_iter()
         .filter(|s| s.active(now_ms))
         .collect())
+}
+
+/// Every domain's learned MX host.
+pub(crate) fn learned_mx(db: &DB) -> Result<BTreeMap<String, String>, QueueError> {
+    let mut out = BTreeMap::new();
+    for kv in db.iterator_cf(
+        cf(db, CF_SHAPING),
+        IteratorMode::From(&[LEARNED_MX], Direction::Forward),
+    ) {
+        let (k, v) = kv?;
+        if k.first() != Some(&LEARNED_MX) {
+            break;
+        }
+        let mx: String = dec(&v).map_err(|source| QueueError::Corrupt {
+            cf: CF_SHAPING,
+            source,
+        })?;
+        out.insert(String::from_utf8_lossy(&k[1..]).into_owned(), mx);
+    }
+    Ok(out)
+}
+
+impl ShapingState {
+    /// The provider receiving `domain`'s mail: by domain rule, else by the MX host senders
+    /// reached for it, else the default class.
+    pub fn provider(&self, domain: &str) -> &Provider {
+        skein_shaping::classify(
+            &self.providers,
+            domain,
+            self.mx.get(domain).map(String::as_str),
+        )
+    }
 }
 
 /// Every stored schedule, with the shipped default unless replaced.

@@ -177,6 +177,15 @@ pub enum DeliveryOp {
         /// What happens next.
         disposition: Disposition,
     },
+    /// Records the MX host a sender reached for `domain` (format 4), so providers are also
+    /// recognised by MX (a custom domain hosted at Gmail counts as Gmail) on every node, a new
+    /// leader included. Classification is decided again from it whenever rules change.
+    LearnMx {
+        /// Recipient domain.
+        domain: String,
+        /// The MX host (lower-case, no trailing dot).
+        mx: String,
+    },
     /// [`DeliveryOp::Lease`] within the sending limits (format 4): granted only for as many
     /// recipients as the IP's cap for the day and its limit for `provider` this hour leave,
     /// and counted against both.

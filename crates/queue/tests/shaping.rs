@@ -273,3 +273,26 @@ async fn with_ip_records_only_shaped_leases_send() {
         3
     );
 }
+
+/// A learned MX host classifies a domain on every node from then on; a domain rule still wins.
+#[tokio::test]
+async fn learned_mx_hosts_classify_domains() {
+    let (mut f, _) = setup().await;
+    let learn = |domain: &str, mx: &str| DeliveryOp::LearnMx {
+        domain: domain.into(),
+        mx: mx.into(),
+    };
+    f.apply(Request::Deliver {
+        now_ms: T0,
+        mta: "relay.test".into(),
+        ops: vec![
+            learn("hosted.test", "aspmx.l.google.com"),
+            learn("aol.com", "mx-aol.mail.gm0.yahoodns.net"),
+        ],
+    })
+    .await;
+    let st = f.reader.shaping(T0).unwrap();
+    assert_eq!(st.provider("hosted.test").name, "gmail");
+    assert_eq!(st.provider("aol.com").name, "aol", "the domain rule wins");
+    assert_eq!(st.provider("other.test").name, "default");
+}

@@ -267,7 +267,7 @@ impl Planner {
         let cache = self.shaping_cache.take().expect("just filled");
         let ShapingCache {
             fetched_ms,
-            state: shaping,
+            state: mut shaping,
             mut day_tally,
             mut hour_tally,
         } = cache;
@@ -286,11 +286,21 @@ impl Planner {
             .filter(|(rec, _, _)| fresh.contains(rec.key.as_str()))
         {
             let throttled = attempt.result == skein_queue::AttemptResult::Throttled;
+            // The MX host a sender reached for a domain: providers are known by it too.
+            if let (Some(st), Some(mx)) = (shaping.as_mut(), mx_host(&attempt.mx)) {
+                if st.mx.get(&rec.domain) != Some(&mx) {
+                    st.mx.insert(rec.domain.clone(), mx.clone());
+                    plan.ops.push(DeliveryOp::LearnMx {
+                        domain: rec.domain.clone(),
+                        mx,
+                    });
+                }
+            }
             match &shaping {
                 // A provider that asked an IP to slow down gets nothing more from that IP for
                 // a while, doubling with each repeat; other IPs and providers carry on.
                 Some(st) => {
-                    let provider = skein_shaping::classify(&st.providers, &rec.domain, None);
+                    let provider = st.provider(&rec.domain);
                     let key = (attempt.source_ip.clone(), provider.name.clone());
                     if throttled {
                         let b = self.backoff.entry(key).or_insert(Backoff {
@@ -483,6 +493,12 @@ struct Slots<'a> {
     now_ms: i64,
 }
 
+/// The host of a report's `mx` ("host address"), lower-case without a trailing dot.
+fn mx_host(mx: &str) -> Option<String> {
+    let host = mx.split_whitespace().next()?.trim_end_matches('.');
+    (!host.is_empty() && host.len() <= 253 && host.contains('.')).then(|| host.to_ascii_lowercase())
+}
+
 /// How long the planner plans on one read of the sending limits and counters.
 const SHAPING_REFRESH_MS: i64 = 1_000;
 
@@ -513,6 +529,7 @@ pub(crate) struct Stopped {
     set: std::collections::HashSet<(skein_shaping::SuspendKind, String)>,
     providers: Vec<skein_shaping::Provider>,
     pools: std::collections::BTreeMap<String, String>,
+    mx: std::collections::BTreeMap<String, String>,
 }
 
 impl Stopped {
@@ -529,6 +546,7 @@ impl Stopped {
                 None => Vec::new(),
             },
             pools: st.map(|st| st.tenant_pools.clone()).unwrap_or_default(),
+            mx: st.map(|st| st.mx.clone()).unwrap_or_default(),
             set,
         }
     }
@@ -554,7 +572,12 @@ impl Stopped {
             || (!self.providers.is_empty()
                 && self.has(
                     K::Provider,
-                    &skein_shaping::classify(&self.providers, domain, None).name,
+                    &skein_shaping::classify(
+                        &self.providers,
+                        domain,
+                        self.mx.get(domain).map(String::as_str),
+                    )
+                    .name,
                 ))
     }
 
@@ -630,7 +653,7 @@ impl Slots<'_> {
             .tenant_pools
             .get(tenant)
             .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
-        let provider = skein_shaping::classify(&st.providers, domain, None);
+        let provider = st.provider(domain);
         let mut best: Option<(u64, &skein_queue::IpStatus)> = None;
         let mut renews: Option<i64> = None;
         let mut budget_left = false;
@@ -1059,6 +1082,7 @@ mod tests {
             providers: skein_shaping::default_providers(),
             tenant_pools: BTreeMap::new(),
             suspensions: Vec::new(),
+            mx: BTreeMap::new(),
             hour: 0,
         }
     }
@@ -1197,6 +1221,69 @@ mod tests {
             p.backoff,
             p.held
         );
+    }
+
+    /// A custom domain's mail counts as the default class until a sender reports reaching
+    /// Google's MX for it: the round learns that (a replicated op) and from then on leases it
+    /// against Gmail's limits.
+    #[test]
+    fn providers_are_learned_from_the_mx_senders_reach() {
+        let mut view = MemView {
+            shaping: Some(two_ips()),
+            ..MemView::default()
+        };
+        for i in 0..4 {
+            view.add("t", "hosted.test", &format!("H{i}"), 1);
+        }
+        let cfg = DeliveryConfig {
+            max_rcpts_per_assignment: 1,
+            ..cfg()
+        };
+        let mut p = Planner::new(cfg);
+        p.input(Input::Joined {
+            conn: 1,
+            hello: Hello {
+                sender: "s1".into(),
+                source_ips: vec![SourceIp {
+                    ip: "192.0.2.1".into(),
+                    ehlo: "x.test".into(),
+                }],
+                max_in_flight: 1,
+                active_leases: Vec::new(),
+            },
+        });
+        let provider_of = |r: &Round| -> Vec<String> {
+            r.ops
+                .iter()
+                .filter_map(|op| match op {
+                    DeliveryOp::LeaseShaped { provider, .. } => Some(provider.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut rng = fastrand::Rng::with_seed(13);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert_eq!(provider_of(&r), ["default"]);
+        let leased = grant(&r);
+        let sends = p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        let s = &sends[0];
+        let mut done = report(1, "s1", s.planned.lease, &s.keys[0], Outcome::Delivered);
+        if let Input::Report(r) = &mut done {
+            r.report.mx = "ASPMX.L.Google.com. 127.0.0.5:25".into();
+            r.report.source_ip = "192.0.2.1".into();
+        }
+        p.input(done);
+        let r = p.plan(NOW + 1, &mut rng, &view, 0).unwrap();
+        assert!(
+            r.ops.contains(&DeliveryOp::LearnMx {
+                domain: "hosted.test".into(),
+                mx: "aspmx.l.google.com".into(),
+            }),
+            "{:?}",
+            r.ops
+        );
+        assert_eq!(provider_of(&r), ["gmail"]);
     }
 
     /// Operators' suspensions hold back what they cover, with or without IP records: a
