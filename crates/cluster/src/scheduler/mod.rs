@@ -71,10 +71,20 @@ pub async fn run(
                 planner.reset();
             }
             leading = false;
-            // Sessions opened here meanwhile belong to no leader: their senders retry.
+            // A session opened just as this node became leader (before the watch says so) is
+            // kept; one opened by a node that is not leading is ended, and its sender retries.
+            // Reports from ended sessions are dropped: their senders report to the leader.
             tokio::select! {
                 i = inputs.recv() => match i {
-                    Some(_) => sessions.disconnect_all(),
+                    Some(i @ Input::Joined { .. }) => {
+                        if matches!(cluster.route(false), Ok(crate::route::Route::Local)) {
+                            planner.input(i);
+                        } else {
+                            sessions.disconnect_all();
+                        }
+                    }
+                    Some(i @ (Input::Left { .. } | Input::Draining { .. })) => planner.input(i),
+                    Some(Input::Report(_)) => {}
                     None => return,
                 },
                 r = leadership.changed() => if r.is_err() { return },
