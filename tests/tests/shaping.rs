@@ -346,3 +346,77 @@ async fn caps_hold_across_senders_and_a_leader_killed_mid_hour() -> anyhow::Resu
     drop(senders);
     Ok(())
 }
+
+/// A provider's limit on connections at once per IP holds at the destination: six messages
+/// whose DATA the sink holds for two seconds each go out two at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.99";
+    let rig = DevWithSink::start(dir.path(), ip, "127.0.0.100", "", "", &[]).await?;
+    let g = rig.grpc.clone();
+    wait_for("format 4", FINISH, || async {
+        (status(&g).await.ok()?.format >= 4).then_some(())
+    })
+    .await?;
+    let out = ctl(
+        &g,
+        &[
+            "provider",
+            "set",
+            "slowprov",
+            "--domains",
+            "slow.test",
+            "--warming-hourly",
+            "1000",
+            "--warm-hourly",
+            "1000",
+            "--max-connections",
+            "2",
+            "--max-per-connection",
+            "100",
+        ],
+    )?;
+    assert!(out.contains("2 connections"), "{out}");
+    ctl(
+        &g,
+        &[
+            "ip",
+            "add",
+            "127.0.0.1",
+            "--hostname",
+            "mta1.skein.test",
+            "--warm",
+        ],
+    )?;
+    let port = rig.smtp.to_string();
+    for i in 0..6 {
+        let rcpt = format!("hold-2-{i}@slow.test");
+        submit(&[
+            "--host",
+            ip,
+            "--port",
+            &port,
+            "--mail-from",
+            "app@routed.test",
+            "--rcpt",
+            &rcpt,
+        ])?;
+    }
+    wait_for("six deliveries", Duration::from_secs(40), || async {
+        (rig.sink.of("message").len() >= 6).then_some(())
+    })
+    .await?;
+    // Held DATA at once, from the sink's own event order.
+    let (mut now, mut most) = (0i32, 0i32);
+    for e in rig.sink.events() {
+        match e["event"].as_str() {
+            Some("held") => now += 1,
+            Some("message") => now -= 1,
+            _ => {}
+        }
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "two connections at once, and both used");
+    Ok(())
+}

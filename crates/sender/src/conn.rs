@@ -19,6 +19,8 @@ use tokio::time::{timeout, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use crate::gate::Permit;
+
 /// Bytes written per write call, each with its own timeout (the RFC's "data block").
 const WRITE_CHUNK: usize = 64 * 1024;
 /// How long to wait for the reply to QUIT before just closing.
@@ -112,6 +114,8 @@ pub struct Endpoint {
     pub ehlo: String,
     /// STARTTLS policy.
     pub tls: TlsWish,
+    /// The provider it counts against, when the leader's sending limits apply ("" if not).
+    pub provider: String,
 }
 
 impl Endpoint {
@@ -135,6 +139,10 @@ pub struct Connection {
     /// Transactions completed on it.
     pub transactions: u32,
     idle_since: Instant,
+    /// Its right to be open, under a (source IP, provider) limit.
+    permit: Option<Permit>,
+    /// Most transactions it may carry (its provider's limit).
+    max_transactions: u32,
 }
 
 impl std::fmt::Debug for Connection {
@@ -195,6 +203,8 @@ impl Connection {
             tls,
             transactions: 0,
             idle_since: Instant::now(),
+            permit: None,
+            max_transactions: u32::MAX,
         };
         match c.pump().await? {
             ClientEvent::Ready => Ok(c),
@@ -202,6 +212,15 @@ impl Connection {
                 stage: Stage::Ehlo,
                 message: format!("unexpected {other:?} while opening"),
             }),
+        }
+    }
+
+    /// Puts it under a (source IP, provider) limit: it holds `permit` while open and carries
+    /// at most `max_transactions` transactions (0: no limit of its own).
+    pub fn limit(&mut self, permit: Permit, max_transactions: u32) {
+        self.permit = Some(permit);
+        if max_transactions > 0 {
+            self.max_transactions = max_transactions;
         }
     }
 
@@ -396,9 +415,14 @@ impl Pool {
         None
     }
 
-    /// Returns a connection after a transaction: kept if it may take more, else closed.
+    /// Returns a connection after a transaction: kept if it may take more, else closed (also
+    /// when a delivery waits for its provider's connection limit).
     pub async fn put(&self, c: Connection) {
-        if !c.reusable() || c.transactions >= self.max_transactions {
+        let wanted = c.permit.as_ref().is_some_and(|p| p.gate.contended());
+        if !c.reusable()
+            || c.transactions >= self.max_transactions.min(c.max_transactions)
+            || wanted
+        {
             if c.reusable() {
                 c.quit().await;
             }
@@ -417,6 +441,14 @@ impl Pool {
         if let Some(c) = surplus {
             c.quit().await;
         }
+    }
+
+    /// Takes an idle connection from `source` counting against `provider`, to any host.
+    pub fn evict(&self, source: IpAddr, provider: &str) -> Option<Connection> {
+        let mut idle = self.lock();
+        idle.iter_mut()
+            .filter(|(e, _)| e.source == source && e.provider == provider)
+            .find_map(|(_, list)| list.pop())
     }
 
     /// Closes connections idle for longer than the idle timeout, politely; runs forever.

@@ -17,6 +17,7 @@ use skein_smtp::outcome::{classify, classify_reply, Class, Failure, Scope, Stage
 
 use crate::conn::{Connection, Endpoint, Pool, Timeouts};
 use crate::dns::Resolver;
+use crate::gate::{self, Gate, Gates};
 use crate::SenderError;
 
 /// Delivers assignments.
@@ -28,7 +29,12 @@ pub struct Deliverer {
     tls: Arc<ClientConfig>,
     timeouts: Timeouts,
     clock: SharedClock,
+    gates: Arc<Gates>,
 }
+
+/// How long a delivery waits for its provider's connection limit before giving up on this
+/// attempt (reported as a local "slow down", not counted).
+const GATE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn outcome(c: Class) -> Outcome {
     match c {
@@ -64,6 +70,7 @@ impl Deliverer {
             pool,
             tls: crate::tls::client_config()?,
             clock,
+            gates: Arc::default(),
         })
     }
 
@@ -140,6 +147,10 @@ impl Deliverer {
             body: a.data.to_vec(),
             smtputf8: a.smtputf8,
         };
+        // The leader's limit on connections at once from this IP to this provider.
+        let gate = (a.max_connections > 0 && !a.provider.is_empty())
+            .then(|| self.gates.get(source, &a.provider, a.max_connections));
+        let limit = gate.as_ref().map(|g| (g, a.max_per_connection));
         let mut last = (String::new(), verdict_failure("no host to try".into()));
         for target in targets {
             for peer in &target.addrs {
@@ -149,9 +160,10 @@ impl Deliverer {
                     host: target.host.clone(),
                     ehlo: a.ehlo.clone(),
                     tls,
+                    provider: a.provider.clone(),
                 };
                 let mx = endpoint.describe();
-                match self.on(endpoint, tx.clone()).await {
+                match self.on(endpoint, tx.clone(), limit).await {
                     Ok(result) => {
                         let v = result
                             .rcpts
@@ -180,7 +192,14 @@ impl Deliverer {
     /// before answering MAIL, so nothing of this transaction can have been accepted (once the
     /// message was sent, a broken connection may have delivered it, and that attempt is
     /// reported as it is, deferred, rather than sent again at once).
-    async fn on(&self, endpoint: Endpoint, tx: Transaction) -> Result<TransactionResult, Failure> {
+    /// A new connection under a provider's limit first needs a permit: an idle connection of
+    /// the same source IP and provider is closed for it, or it waits (at most [`GATE_WAIT`]).
+    async fn on(
+        &self,
+        endpoint: Endpoint,
+        tx: Transaction,
+        limit: Option<(&Arc<Gate>, u32)>,
+    ) -> Result<TransactionResult, Failure> {
         if let Some(mut c) = self.pool.take(&endpoint) {
             match c.send(tx.clone()).await {
                 Ok(r) if !stale(&r) => {
@@ -200,7 +219,40 @@ impl Deliverer {
                 }
             }
         }
+        let permit = match limit {
+            None => None,
+            Some((g, per_connection)) => {
+                let p = match gate::try_permit(g) {
+                    Some(p) => Some(p),
+                    None => {
+                        if let Some(idle) = self.pool.evict(endpoint.source, &endpoint.provider) {
+                            idle.quit().await;
+                        }
+                        gate::permit(g, GATE_WAIT).await
+                    }
+                };
+                let Some(p) = p else {
+                    return Err(Failure::Reply {
+                        stage: Stage::Mail,
+                        reply: skein_smtp::client::RemoteReply {
+                            code: 451,
+                            enhanced: Some("4.7.0".into()),
+                            lines: vec![format!(
+                                "local limit: {} connections at once from {} to {}",
+                                g.max(),
+                                endpoint.source,
+                                endpoint.provider
+                            )],
+                        },
+                    });
+                };
+                Some((p, per_connection))
+            }
+        };
         let mut c = Connection::open(endpoint, self.timeouts, self.tls.clone()).await?;
+        if let Some((p, per_connection)) = permit {
+            c.limit(p, per_connection);
+        }
         let r = c.send(tx).await;
         self.pool.put(c).await;
         r

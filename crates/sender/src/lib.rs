@@ -16,6 +16,7 @@ pub mod conn;
 pub mod deliver;
 pub mod dns;
 pub mod error;
+pub mod gate;
 pub mod session;
 pub mod tls;
 

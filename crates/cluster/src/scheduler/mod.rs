@@ -302,6 +302,13 @@ fn send(cluster: &Cluster, sessions: &Sessions, s: &Send) -> Result<bool, crate:
         expires_ms: p.expires_ms,
         // Set as the assignment leaves its session's channel.
         lease_ms: 0,
+        provider: p
+            .provider
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        max_connections: p.provider.as_ref().map_or(0, |p| p.max_connections),
+        max_per_connection: p.provider.as_ref().map_or(0, |p| p.max_per_connection),
     };
     Ok(sessions.send(p.slot.conn, a))
 }

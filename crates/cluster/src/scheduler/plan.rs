@@ -25,6 +25,17 @@ pub struct Slot {
     pub ehlo: String,
 }
 
+/// The provider an assignment counts against, with its limits for one source IP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRef {
+    /// The provider's name.
+    pub name: String,
+    /// Connections open at once from the IP.
+    pub max_connections: u32,
+    /// Messages per connection.
+    pub max_per_connection: u32,
+}
+
 /// An assignment planned in a round, sent once its lease commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Planned {
@@ -42,6 +53,8 @@ pub struct Planned {
     pub rcpts: Vec<(String, String)>,
     /// When the lease lapses.
     pub expires_ms: i64,
+    /// The provider it counts against, when sending limits apply.
+    pub provider: Option<ProviderRef>,
 }
 
 /// What a round decided.
@@ -179,7 +192,7 @@ pub enum Reserved {
         /// The slot.
         slot: Slot,
         /// The provider, when sending limits apply.
-        provider: Option<String>,
+        provider: Option<ProviderRef>,
         /// Recipients it may take.
         n: usize,
     },
@@ -283,7 +296,7 @@ pub fn due(
             let chunk = &chunk[..n];
             room = room.saturating_sub(size);
             let rcpts = chunk.iter().map(|r| r.key.clone()).collect();
-            plan.ops.push(match provider {
+            plan.ops.push(match &provider {
                 None => DeliveryOp::Lease {
                     lease,
                     sender: slot.sender.clone(),
@@ -291,11 +304,11 @@ pub fn due(
                     expires_ms,
                     rcpts,
                 },
-                Some(provider) => DeliveryOp::LeaseShaped {
+                Some(p) => DeliveryOp::LeaseShaped {
                     lease,
                     sender: slot.sender.clone(),
                     source_ip: slot.source_ip.clone(),
-                    provider,
+                    provider: p.name.clone(),
                     expires_ms,
                     rcpts,
                 },
@@ -311,6 +324,7 @@ pub fn due(
                     .map(|r| (r.key.clone(), r.address.clone()))
                     .collect(),
                 expires_ms,
+                provider,
             });
             true
         });

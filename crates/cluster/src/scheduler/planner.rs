@@ -730,7 +730,11 @@ impl Slots<'_> {
             .or_default() += n as u64;
         Reserved::Slot {
             slot,
-            provider: Some(provider.name.clone()),
+            provider: Some(plan::ProviderRef {
+                name: provider.name.clone(),
+                max_connections: provider.max_connections,
+                max_per_connection: provider.max_per_connection,
+            }),
             n,
         }
     }
