@@ -763,6 +763,19 @@ impl DevWithSink {
         edge: &str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with(dir, ip, sink_ip, "", delivery, edge, args).await
+    }
+
+    /// Like [`DevWithSink::start`], with extra TOML lines `node` in `[node]`.
+    pub async fn start_with(
+        dir: &Path,
+        ip: &str,
+        sink_ip: &str,
+        node: &str,
+        delivery: &str,
+        edge: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let (grpc, smtp) = (free_port(ip), free_port(ip));
         let grpc = format!("{ip}:{grpc}");
         let sink_addr = format!("{sink_ip}:{}", free_port(sink_ip));
@@ -771,7 +784,7 @@ impl DevWithSink {
         std::fs::write(
             &cfg,
             format!(
-                "[node]\nlisten = \"{grpc}\"\ndata_dir = \"{data}\"\n\
+                "[node]\nlisten = \"{grpc}\"\ndata_dir = \"{data}\"\n{node}\n\
                  [node.delivery]\n{delivery}\n\
                  [edge]\nhostname = \"dev.skein.test\"\nrelay_networks = [\"127.0.0.0/8\"]\n\
                  plaintext_auth_networks = [\"127.0.0.0/8\"]\n{edge}\n\

@@ -420,3 +420,82 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
     assert_eq!(most, 2, "two connections at once, and both used");
     Ok(())
 }
+
+/// Day boundaries in a running node, with a manual clock: three a day from the IP, so three
+/// of five go today; a day later (the clock advanced by skeinctl) the other two go. A node on
+/// the system clock refuses to be moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.93";
+    let rig = DevWithSink::start_with(
+        dir.path(),
+        ip,
+        "127.0.0.94",
+        "clock = \"manual\"",
+        "",
+        "",
+        &[],
+    )
+    .await?;
+    let g = rig.grpc.clone();
+    wait_for("format 4", FINISH, || async {
+        (status(&g).await.ok()?.format >= 4).then_some(())
+    })
+    .await?;
+    ctl(&g, &["schedule", "set", "tiny", "1:3", "2:10"])?;
+    ctl(
+        &g,
+        &[
+            "ip",
+            "add",
+            "127.0.0.1",
+            "--hostname",
+            "mta1.skein.test",
+            "--schedule",
+            "tiny",
+        ],
+    )?;
+    let port = rig.smtp.to_string();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let rcpt = format!("d{i}@daily.test");
+        let s = submit(&[
+            "--host",
+            ip,
+            "--port",
+            &port,
+            "--mail-from",
+            "app@routed.test",
+            "--rcpt",
+            &rcpt,
+        ])?;
+        ids.push(s[0].id.clone().expect("accepted"));
+    }
+    wait_for("three deliveries", FINISH, || async {
+        (rig.sink.of("message").len() >= 3).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rig.sink.of("message").len(), 3, "day 1: the cap");
+    let out = ctl(&g, &["clock", "advance", "1d"])?;
+    assert!(out.contains("clock at"), "{out}");
+    for id in &ids {
+        assert_eq!(
+            wait_final(&g, id, FINISH).await?.recipients[0].state,
+            "delivered"
+        );
+    }
+    let out = ctl(&g, &["ip", "show"])?;
+    assert!(out.contains("day 2") && out.contains("today 2/10"), "{out}");
+
+    let b = dir.path().join("b");
+    std::fs::create_dir_all(&b)?;
+    let other = DevWithSink::start(&b, "127.0.0.91", "127.0.0.92", "", "", &[]).await?;
+    let e = ctl_err(&other.grpc, &["clock", "advance", "1h"])?;
+    assert!(
+        e.contains("FailedPrecondition") && e.contains("system clock"),
+        "{e}"
+    );
+    Ok(())
+}

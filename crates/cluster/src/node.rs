@@ -81,6 +81,15 @@ pub async fn start(
         field: "node.data_dir",
         reason: format!("{}: {e}", cfg.data_dir.display()),
     })?;
+    // A manual clock starts at the given clock's time and moves only by AdvanceClock.
+    let manual = (cfg.clock == skein_config::node::ClockMode::Manual).then(|| {
+        tracing::warn!("clock = \"manual\": time moves only by AdvanceClock (tests only)");
+        Arc::new(skein_core::ManualClock::new(clock.now_ms()))
+    });
+    let clock: SharedClock = match &manual {
+        Some(m) => m.clone(),
+        None => clock,
+    };
     let (log, sm, reader) = skein_queue::open(&cfg.data_dir)?;
     let channels = Channels::default();
     let raft = Raft::new(
@@ -160,7 +169,7 @@ pub async fn start(
             .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(
-            AdminServer::new(AdminService::new(cluster.clone()))
+            AdminServer::new(AdminService::new(cluster.clone(), manual))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(

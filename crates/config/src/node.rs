@@ -45,6 +45,21 @@ pub struct NodeConfig {
     pub tenants: Vec<TenantSeed>,
     /// Scheduler policy.
     pub delivery: DeliveryConfig,
+    /// `"system"` (default), or `"manual"` for tests and simulations: the node's clock starts
+    /// at the system time and moves only by the Admin `AdvanceClock` call (`skeinctl clock
+    /// advance`), so hour and day boundaries can be crossed in seconds. Never in production.
+    pub clock: ClockMode,
+}
+
+/// Where a node's time comes from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockMode {
+    /// The operating system's clock.
+    #[default]
+    System,
+    /// Moves only when an operator advances it.
+    Manual,
 }
 
 /// A voting member of the initial cluster.
@@ -114,6 +129,7 @@ impl Default for NodeConfig {
             ingest_memory: ByteSize(512_000_000),
             tenants: Vec::new(),
             delivery: DeliveryConfig::default(),
+            clock: ClockMode::System,
         }
     }
 }

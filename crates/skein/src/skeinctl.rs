@@ -107,6 +107,15 @@ enum Cmd {
     Resume { kind: String, name: String },
     /// Suspensions in force.
     Suspensions,
+    /// A test node's manual clock (`[node] clock = "manual"`).
+    #[command(subcommand)]
+    Clock(ClockCmd),
+}
+
+#[derive(Subcommand)]
+enum ClockCmd {
+    /// Move the node's clock forward ("1h", "1d"...). Call every node of a cluster.
+    Advance { by: skein_core::HumanDuration },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +287,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Resume { kind, name } => shaping::resume(&mut c, kind, name).await?,
         Cmd::Suspensions => shaping::suspensions(&mut c, cli.json).await?,
+        Cmd::Clock(ClockCmd::Advance { by }) => {
+            let r = c
+                .advance_clock(AdvanceClockRequest {
+                    ms: by.0.as_millis() as u64,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("clock at {} ms", r.now_ms);
+        }
         Cmd::FinalizeUpgrade => {
             let r = c
                 .finalize_upgrade(FinalizeUpgradeRequest {})

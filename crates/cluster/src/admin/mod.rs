@@ -14,6 +14,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use skein_core::Clock as _;
+
 use openraft::{BasicNode, ChangeMembers};
 use skein_config::node::{check_tenant_name, is_host_port};
 use skein_proto::admin::admin_client::AdminClient;
@@ -38,12 +40,14 @@ const FORWARD_MARGIN: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct AdminService {
     ctx: Arc<Cluster>,
+    /// The node's clock when it runs on a manual one (`clock = "manual"`).
+    manual: Option<Arc<skein_core::ManualClock>>,
 }
 
 impl AdminService {
-    /// Serves `ctx`'s node.
-    pub fn new(ctx: Arc<Cluster>) -> Self {
-        Self { ctx }
+    /// Serves `ctx`'s node; `manual` is its clock when it runs on a manual one.
+    pub fn new(ctx: Arc<Cluster>, manual: Option<Arc<skein_core::ManualClock>>) -> Self {
+        Self { ctx, manual }
     }
 
     fn members(&self) -> Vec<Member> {
@@ -753,6 +757,32 @@ impl Admin for AdminService {
             self.shape(ShapingCommand::PutProvider(p.clone())).await?;
             Ok(Response::new(shaping::provider_proto(p.clone())))
         })
+    }
+
+    async fn advance_clock(
+        &self,
+        req: Request<AdvanceClockRequest>,
+    ) -> Result<Response<AdvanceClockResponse>, Status> {
+        let Some(clock) = &self.manual else {
+            return Err(ClusterError::FailedPrecondition {
+                reason: "this node runs on the system clock (set [node] clock = \"manual\" \
+                         to move time by hand, in tests only)"
+                    .into(),
+            }
+            .into());
+        };
+        let ms = req.get_ref().ms;
+        if ms > 400 * 86_400_000 {
+            return Err(ClusterError::Invalid {
+                field: "ms",
+                reason: "at most 400 days at a time".into(),
+            }
+            .into());
+        }
+        clock.advance(Duration::from_millis(ms));
+        Ok(Response::new(AdvanceClockResponse {
+            now_ms: clock.now_ms(),
+        }))
     }
 
     async fn suspend(

@@ -251,14 +251,18 @@ impl Planner {
         // The limits and counters are read at most every SHAPING_REFRESH_MS (and at each new
         // hour); in between, what this leader planned is tallied on top of them. The state
         // machine re-checks every lease, so a stale read can only grant less, never more.
+        // (Also every SHAPING_REFRESH_ROUNDS rounds: a clock that stands still, in tests,
+        // must not freeze the limits.)
         let stale = self.shaping_cache.as_ref().is_none_or(|c| {
             now_ms - c.fetched_ms >= SHAPING_REFRESH_MS
                 || now_ms < c.fetched_ms
+                || c.rounds >= SHAPING_REFRESH_ROUNDS
                 || skein_shaping::hour(now_ms) != skein_shaping::hour(c.fetched_ms)
         });
         if stale {
             self.shaping_cache = Some(ShapingCache {
                 fetched_ms: now_ms,
+                rounds: 0,
                 state: view.shaping(now_ms)?,
                 day_tally: HashMap::new(),
                 hour_tally: HashMap::new(),
@@ -267,6 +271,7 @@ impl Planner {
         let cache = self.shaping_cache.take().expect("just filled");
         let ShapingCache {
             fetched_ms,
+            rounds,
             state: mut shaping,
             mut day_tally,
             mut hour_tally,
@@ -380,6 +385,7 @@ impl Planner {
         );
         self.shaping_cache = Some(ShapingCache {
             fetched_ms,
+            rounds: rounds + 1,
             state: shaping,
             day_tally,
             hour_tally,
@@ -501,11 +507,14 @@ fn mx_host(mx: &str) -> Option<String> {
 
 /// How long the planner plans on one read of the sending limits and counters.
 const SHAPING_REFRESH_MS: i64 = 1_000;
+/// How many rounds, at most, it plans on one read.
+const SHAPING_REFRESH_ROUNDS: u32 = 16;
 
 /// The sending limits and counters as last read, and what was planned on top of them since.
 #[derive(Debug)]
 struct ShapingCache {
     fetched_ms: i64,
+    rounds: u32,
     state: Option<ShapingState>,
     day_tally: HashMap<String, u64>,
     hour_tally: HashMap<(String, String), u64>,
