@@ -499,3 +499,92 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Operators' actions on queued mail: retry a deferred domain now (not counted as an extra
+/// attempt), bounce a retired domain's mail with a DSN that says why; bad scopes refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.89";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.90",
+        "retry_first = \"1h\"",
+        "",
+        &[],
+    )
+    .await?;
+    let g = rig.grpc.clone();
+    let port = rig.smtp.to_string();
+    let one = |rcpt: &str| -> anyhow::Result<String> {
+        let s = submit(&[
+            "--host",
+            ip,
+            "--port",
+            &port,
+            "--mail-from",
+            "app@routed.test",
+            "--rcpt",
+            rcpt,
+        ])?;
+        s[0].id
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("not accepted"))
+    };
+    let later = one("defer-1-a@later.test")?;
+    let retired = one("defer-9-b@retired.test")?;
+    for id in [&later, &retired] {
+        wait_for("a deferral", FINISH, || async {
+            let m = message_status(&g, id).await.ok()?;
+            (m.recipients[0].state == "deferred").then_some(())
+        })
+        .await?;
+    }
+
+    let e = ctl_err(&g, &["retry"])?;
+    assert!(
+        e.contains("InvalidArgument") && e.contains("name a message id"),
+        "{e}"
+    );
+    let e = ctl_err(&g, &["bounce", "--domain", "retired.test", "--reason", " "])?;
+    assert!(e.contains("InvalidArgument") && e.contains("reason"), "{e}");
+    let e = ctl_err(&g, &["retry", "--message", "00000000DEADBEEF"])?;
+    assert!(e.contains("NotFound"), "{e}");
+
+    let out = ctl(&g, &["retry", "--domain", "later.test"])?;
+    assert!(out.contains("1 recipients due now"), "{out}");
+    let m = wait_final(&g, &later, FINISH).await?;
+    assert_eq!(m.recipients[0].state, "delivered");
+    assert_eq!(
+        m.recipients[0].attempts, 2,
+        "the retry is the second attempt, no more"
+    );
+
+    let out = ctl(
+        &g,
+        &[
+            "bounce",
+            "--domain",
+            "retired.test",
+            "--reason",
+            "domain retired",
+        ],
+    )?;
+    assert!(out.contains("1 recipients bounced"), "{out}");
+    let m = wait_final(&g, &retired, FINISH).await?;
+    assert_eq!(m.recipients[0].state, "bounced");
+    let dsn = wait_for("the DSN", FINISH, || async {
+        rig.sink
+            .messages_for("app@routed.test")
+            .into_iter()
+            .find(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
+    })
+    .await?;
+    let text = dsn["data"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("bounced by the operator: domain retired"),
+        "{text}"
+    );
+    Ok(())
+}

@@ -169,8 +169,12 @@ pub async fn start(
             .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(
-            AdminServer::new(AdminService::new(cluster.clone(), manual))
-                .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
+            AdminServer::new(AdminService::new(
+                cluster.clone(),
+                manual,
+                cfg.delivery.mta_name.clone(),
+            ))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(
             WorkServer::new(work)

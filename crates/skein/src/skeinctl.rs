@@ -107,9 +107,46 @@ enum Cmd {
     Resume { kind: String, name: String },
     /// Suspensions in force.
     Suspensions,
+    /// Try queued mail again now (a message, or a tenant's and/or a domain's queues).
+    Retry {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Bounce queued mail (a DSN to each return path says why).
+    Bounce {
+        #[command(flatten)]
+        scope: Scope,
+        /// Why: it goes into the DSNs.
+        #[arg(long)]
+        reason: String,
+    },
     /// A test node's manual clock (`[node] clock = "manual"`).
     #[command(subcommand)]
     Clock(ClockCmd),
+}
+
+/// Which queued mail an action covers.
+#[derive(clap::Args)]
+struct Scope {
+    /// One message (queue id).
+    #[arg(long, default_value = "")]
+    message: String,
+    /// A tenant's queues ("" for mail relayed by IP address).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Queues for this recipient domain.
+    #[arg(long, default_value = "")]
+    domain: String,
+}
+
+impl From<Scope> for QueueScope {
+    fn from(s: Scope) -> Self {
+        QueueScope {
+            message_id: s.message,
+            tenant: s.tenant,
+            domain: s.domain,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -287,6 +324,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Resume { kind, name } => shaping::resume(&mut c, kind, name).await?,
         Cmd::Suspensions => shaping::suspensions(&mut c, cli.json).await?,
+        Cmd::Retry { scope } => {
+            let r = c
+                .retry_now(QueueScope::from(scope))
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "{} recipients due now{}",
+                r.recipients,
+                if r.more {
+                    " (more remain: run again)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Cmd::Bounce { scope, reason } => {
+            let r = c
+                .bounce_queued(BounceQueuedRequest {
+                    scope: Some(scope.into()),
+                    reason,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "{} recipients bounced{}",
+                r.recipients,
+                if r.more {
+                    " (more remain: run again)"
+                } else {
+                    ""
+                }
+            );
+        }
         Cmd::Clock(ClockCmd::Advance { by }) => {
             let r = c
                 .advance_clock(AdvanceClockRequest {

@@ -3,6 +3,7 @@
 
 mod check;
 mod convert;
+mod queue_actions;
 mod shaping;
 mod tenants;
 
@@ -42,12 +43,19 @@ pub struct AdminService {
     ctx: Arc<Cluster>,
     /// The node's clock when it runs on a manual one (`clock = "manual"`).
     manual: Option<Arc<skein_core::ManualClock>>,
+    /// This MTA's name, for the DSNs of operators' bounces.
+    mta: String,
 }
 
 impl AdminService {
-    /// Serves `ctx`'s node; `manual` is its clock when it runs on a manual one.
-    pub fn new(ctx: Arc<Cluster>, manual: Option<Arc<skein_core::ManualClock>>) -> Self {
-        Self { ctx, manual }
+    /// Serves `ctx`'s node; `manual` is its clock when it runs on a manual one, `mta` the
+    /// name DSNs give.
+    pub fn new(
+        ctx: Arc<Cluster>,
+        manual: Option<Arc<skein_core::ManualClock>>,
+        mta: String,
+    ) -> Self {
+        Self { ctx, manual, mta }
     }
 
     fn members(&self) -> Vec<Member> {
@@ -756,6 +764,54 @@ impl Admin for AdminService {
             self.shaping_allowed()?;
             self.shape(ShapingCommand::PutProvider(p.clone())).await?;
             Ok(Response::new(shaping::provider_proto(p.clone())))
+        })
+    }
+
+    async fn retry_now(
+        &self,
+        req: Request<QueueScope>,
+    ) -> Result<Response<QueueActionResponse>, Status> {
+        queue_actions::check(req.get_ref())?;
+        forward_or!(self, req, retry_now, {
+            self.linearize().await?;
+            let (rcpts, more) = queue_actions::recipients(
+                &self.ctx.reader,
+                req.get_ref(),
+                queue_actions::MAX_RECIPIENTS,
+            )?;
+            let n = queue_actions::apply(&self.ctx, "", &rcpts, queue_actions::retry_now).await?;
+            Ok(Response::new(QueueActionResponse {
+                recipients: n,
+                more,
+            }))
+        })
+    }
+
+    async fn bounce_queued(
+        &self,
+        req: Request<BounceQueuedRequest>,
+    ) -> Result<Response<QueueActionResponse>, Status> {
+        let scope = req.get_ref().scope.clone().unwrap_or_default();
+        queue_actions::check(&scope)?;
+        let reason = req.get_ref().reason.trim().to_string();
+        if reason.is_empty() || reason.len() > 300 || reason.chars().any(char::is_control) {
+            return Err(ClusterError::Invalid {
+                field: "reason",
+                reason: "1-300 printable characters: it goes into the DSN".into(),
+            }
+            .into());
+        }
+        forward_or!(self, req, bounce_queued, {
+            self.linearize().await?;
+            let (rcpts, more) =
+                queue_actions::recipients(&self.ctx.reader, &scope, queue_actions::MAX_RECIPIENTS)?;
+            let n =
+                queue_actions::apply(&self.ctx, &self.mta, &rcpts, queue_actions::bounce(&reason))
+                    .await?;
+            Ok(Response::new(QueueActionResponse {
+                recipients: n,
+                more,
+            }))
         })
     }
 
