@@ -120,11 +120,27 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
         out.contains("default 3/1000"),
         "this hour's use per provider: {out}"
     );
-    let queues = ctl(&g, &["queues"])?;
+    // The two that wait show as held by the sending limits until the next day (the summary
+    // by provider counts them held).
+    let queues = wait_for("the hold to be published", FINISH, || async {
+        let q = ctl(&g, &["queues"]).ok()?;
+        q.contains("held: sending limits until").then_some(q)
+    })
+    .await?;
     assert!(
         queues.contains("capped.test") && queues.contains(" 2 "),
         "{queues}"
     );
+    let summary = ctl(&g, &["queues", "--by", "provider"])?;
+    let row: Vec<&str> = summary
+        .lines()
+        .find(|l| l.starts_with("default"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["default", "1", "2", "2"], "{summary}");
+    let e = ctl_err(&g, &["queues", "--by", "colour"])?;
+    assert!(e.contains("one of tenant, domain, provider, pool"), "{e}");
 
     // Pause and resume keep the record; the reason shows.
     let out = ctl(&g, &["ip", "pause", "127.0.0.1", "--reason", "complaints"])?;

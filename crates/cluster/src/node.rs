@@ -129,6 +129,7 @@ pub async fn start(
     ));
 
     let sessions = Arc::new(crate::scheduler::Sessions::default());
+    let held = Arc::new(crate::scheduler::HeldQueues::default());
     let (inputs_tx, inputs_rx) = tokio::sync::mpsc::channel(4096);
     let work = crate::work::WorkService::new(cluster.clone(), sessions.clone(), inputs_tx);
     tokio::spawn(crate::scheduler::run(
@@ -137,6 +138,7 @@ pub async fn start(
         inputs_rx,
         cfg.delivery.clone(),
         events,
+        held.clone(),
         fastrand::Rng::new(),
     ));
 
@@ -173,6 +175,7 @@ pub async fn start(
                 cluster.clone(),
                 manual,
                 cfg.delivery.mta_name.clone(),
+                held,
             ))
             .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )

@@ -64,6 +64,9 @@ enum Cmd {
         after_domain: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Sum by tenant, domain, provider or pool instead (with what is held back).
+        #[arg(long, conflicts_with_all = ["tenant", "after_tenant", "after_domain"])]
+        by: Option<String>,
     },
     /// Show one message (with --data, its content).
     Message {
@@ -446,11 +449,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .into_inner();
             println!("node {id} removed (log index {})", r.log_index);
         }
+        Cmd::Queues { by: Some(by), .. } => {
+            let r = c
+                .queue_summary(QueueSummaryRequest { by: by.clone() })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if !cli.json {
+                println!(
+                    "{by:<24} {:>7} {:>10} {:>10}",
+                    "queues", "recipients", "held"
+                );
+            }
+            for row in &r.rows {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "key": row.key, "queues": row.queues, "recipients": row.recipients,
+                            "held": row.held, "first_due_ms": row.first_due_ms,
+                        })
+                    );
+                } else {
+                    let key = if row.key.is_empty() { "-" } else { &row.key };
+                    println!(
+                        "{key:<24} {:>7} {:>10} {:>10}",
+                        row.queues, row.recipients, row.held
+                    );
+                }
+            }
+        }
         Cmd::Queues {
             tenant,
             after_tenant,
             after_domain,
             limit,
+            by: None,
         } => {
             let r = c
                 .list_queues(ListQueuesRequest {
@@ -472,6 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         serde_json::json!({
                             "tenant": q.tenant, "domain": q.domain,
                             "recipients": q.recipients, "first_due_ms": q.first_due_ms,
+                            "held_until_ms": q.held_until_ms, "held_by": q.held_by,
                         })
                     );
                 } else {
@@ -480,7 +515,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         s => format!("next in {s}s"),
                     };
                     let tenant = if q.tenant.is_empty() { "-" } else { &q.tenant };
-                    println!("{tenant:<16} {:<32} {:>8} {due}", q.domain, q.recipients);
+                    let held = match (q.held_until_ms, q.held_by.as_str()) {
+                        (0, _) => String::new(),
+                        (i64::MAX, why) => format!("  held: {why}"),
+                        (until, why) => format!("  held: {why} until {}", shaping::ms_utc(until)),
+                    };
+                    println!(
+                        "{tenant:<16} {:<32} {:>8} {due}{held}",
+                        q.domain, q.recipients
+                    );
                 }
             }
             if r.more && !cli.json {

@@ -45,17 +45,25 @@ pub struct AdminService {
     manual: Option<Arc<skein_core::ManualClock>>,
     /// This MTA's name, for the DSNs of operators' bounces.
     mta: String,
+    /// Queues the scheduler holds back (while this node leads).
+    held: Arc<crate::scheduler::HeldQueues>,
 }
 
 impl AdminService {
     /// Serves `ctx`'s node; `manual` is its clock when it runs on a manual one, `mta` the
-    /// name DSNs give.
+    /// name DSNs give, `held` the queues its scheduler holds back.
     pub fn new(
         ctx: Arc<Cluster>,
         manual: Option<Arc<skein_core::ManualClock>>,
         mta: String,
+        held: Arc<crate::scheduler::HeldQueues>,
     ) -> Self {
-        Self { ctx, manual, mta }
+        Self {
+            ctx,
+            manual,
+            mta,
+            held,
+        }
     }
 
     fn members(&self) -> Vec<Member> {
@@ -343,6 +351,7 @@ impl Admin for AdminService {
             }
             let more = queues.len() > limit;
             queues.truncate(limit);
+            let held = self.held_now()?;
             let last = queues.last().filter(|_| more);
             Ok(Response::new(ListQueuesResponse {
                 more,
@@ -350,14 +359,85 @@ impl Admin for AdminService {
                 next_after_domain: last.map(|q| q.domain.clone()).unwrap_or_default(),
                 queues: queues
                     .into_iter()
-                    .map(|q| QueueInfo {
-                        tenant: q.tenant,
-                        domain: q.domain,
-                        recipients: q.recipients,
-                        first_due_ms: q.first_due_ms.unwrap_or(0),
+                    .map(|q| {
+                        let (held_until_ms, held_by) = held(&q.tenant, &q.domain);
+                        QueueInfo {
+                            tenant: q.tenant,
+                            domain: q.domain,
+                            recipients: q.recipients,
+                            first_due_ms: q.first_due_ms.unwrap_or(0),
+                            held_until_ms,
+                            held_by: held_by.into(),
+                        }
                     })
                     .collect(),
             }))
+        })
+    }
+
+    async fn queue_summary(
+        &self,
+        req: Request<QueueSummaryRequest>,
+    ) -> Result<Response<QueueSummaryResponse>, Status> {
+        let by = req.get_ref().by.clone();
+        if !["tenant", "domain", "provider", "pool"].contains(&by.as_str()) {
+            return Err(ClusterError::Invalid {
+                field: "by",
+                reason: format!("{by:?}: one of tenant, domain, provider, pool"),
+            }
+            .into());
+        }
+        forward_or!(self, req, queue_summary, {
+            self.linearize().await?;
+            let reader = &self.ctx.reader;
+            let st = reader
+                .shaping(self.ctx.clock.now_ms())
+                .map_err(ClusterError::from)?;
+            let held = self.held_now()?;
+            let mut rows: std::collections::BTreeMap<String, SummaryRow> = Default::default();
+            let mut after: Option<(String, String)> = None;
+            loop {
+                let page = reader
+                    .queues(after.as_ref().map(|(t, d)| (t.as_str(), d.as_str())), 1000)
+                    .map_err(ClusterError::from)?;
+                let Some(last) = page.last() else { break };
+                after = Some((last.tenant.clone(), last.domain.clone()));
+                for q in page {
+                    let key = match by.as_str() {
+                        "tenant" => q.tenant.clone(),
+                        "domain" => q.domain.clone(),
+                        "provider" => st.provider(&q.domain).name.clone(),
+                        _ => st
+                            .tenant_pools
+                            .get(&q.tenant)
+                            .cloned()
+                            .unwrap_or_else(|| skein_shaping::DEFAULT_POOL.into()),
+                    };
+                    let row = rows.entry(key.clone()).or_insert(SummaryRow {
+                        key,
+                        first_due_ms: i64::MAX,
+                        ..SummaryRow::default()
+                    });
+                    row.queues += 1;
+                    row.recipients += q.recipients;
+                    if held(&q.tenant, &q.domain).0 != 0 {
+                        row.held += q.recipients;
+                    }
+                    if let Some(due) = q.first_due_ms {
+                        row.first_due_ms = row.first_due_ms.min(due);
+                    }
+                }
+            }
+            let rows = rows
+                .into_values()
+                .map(|mut r| {
+                    if r.first_due_ms == i64::MAX {
+                        r.first_due_ms = 0;
+                    }
+                    r
+                })
+                .collect();
+            Ok(Response::new(QueueSummaryResponse { rows }))
         })
     }
 
@@ -908,6 +988,50 @@ impl Admin for AdminService {
 }
 
 impl AdminService {
+    /// Whether the scheduler holds queue (tenant, domain) back now: until when (0: not held;
+    /// `i64::MAX` for a suspension without an end) and why.
+    #[allow(clippy::type_complexity)]
+    fn held_now(&self) -> Result<Box<dyn Fn(&str, &str) -> (i64, &'static str) + '_>, Status> {
+        let now = self.ctx.clock.now_ms();
+        let reader = &self.ctx.reader;
+        let st = reader.shaping(now).map_err(ClusterError::from)?;
+        let suspensions = reader.suspensions(now).map_err(ClusterError::from)?;
+        let until_of: std::collections::BTreeMap<_, _> = suspensions
+            .iter()
+            .map(|s| ((s.kind, s.name.clone()), s.until_ms.unwrap_or(i64::MAX)))
+            .collect();
+        let held: std::collections::HashMap<(String, String), (i64, &'static str)> = self
+            .held
+            .get()
+            .into_iter()
+            .filter(|h| h.until_ms > now)
+            .map(|h| ((h.tenant, h.domain), (h.until_ms, h.why)))
+            .collect();
+        Ok(Box::new(move |tenant: &str, domain: &str| {
+            use skein_shaping::SuspendKind as K;
+            let pool = st
+                .tenant_pools
+                .get(tenant)
+                .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+            let covering = [
+                (K::Tenant, tenant),
+                (K::Domain, domain),
+                (K::Pool, pool),
+                (K::Provider, st.provider(domain).name.as_str()),
+            ];
+            let suspended = covering
+                .iter()
+                .filter_map(|(k, n)| until_of.get(&(*k, n.to_string())))
+                .max();
+            if let Some(until) = suspended {
+                return (*until, "suspended");
+            }
+            held.get(&(tenant.to_string(), domain.to_string()))
+                .copied()
+                .unwrap_or((0, ""))
+        }))
+    }
+
     async fn suspend_local(&self, r: &SuspendRequest) -> Result<SuspensionInfo, Status> {
         self.shaping_allowed()?;
         let sus = shaping::suspension(r, self.ctx.clock.now_ms())?;

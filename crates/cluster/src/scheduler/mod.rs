@@ -35,6 +35,38 @@ use crate::events::EventLog;
 use crate::route::Cluster;
 use planner::{Round, Send};
 
+/// A queue the leader's scheduler holds back, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldQueue {
+    /// Tenant.
+    pub tenant: String,
+    /// Destination domain.
+    pub domain: String,
+    /// Until when.
+    pub until_ms: i64,
+    /// `"sending limits"` (its pool spent its budget) or `"slow down"` (the destination
+    /// asked, without IP records).
+    pub why: &'static str,
+}
+
+/// The queues held back, as the scheduler last published them (once a second at most), for
+/// the Admin API. Empty on a node that does not lead.
+#[derive(Debug, Default)]
+pub struct HeldQueues {
+    inner: std::sync::Mutex<Vec<HeldQueue>>,
+}
+
+impl HeldQueues {
+    /// The queues held back now.
+    pub fn get(&self) -> Vec<HeldQueue> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, v: Vec<HeldQueue>) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
 /// Longest wait between rounds when nothing happens.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// Longest time between checks for finished messages to forget.
@@ -50,8 +82,10 @@ pub async fn run(
     mut inputs: mpsc::Receiver<Input>,
     cfg: DeliveryConfig,
     events: Arc<EventLog>,
+    held: Arc<HeldQueues>,
     mut rng: fastrand::Rng,
 ) {
+    let mut published = std::time::Instant::now();
     let purge_every = cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
     let mut planner = Planner::new(cfg);
     let mut leadership = leadership(&cluster);
@@ -69,6 +103,7 @@ pub async fn run(
                 tracing::info!("no longer leader: closing sender sessions");
                 sessions.disconnect_all();
                 planner.reset();
+                held.set(Vec::new());
             }
             leading = false;
             // A session opened just as this node became leader (before the watch says so) is
@@ -139,7 +174,12 @@ pub async fn run(
                 }
             }
         }
-        match round(&cluster, &sessions, &events, &mut planner, &mut rng).await {
+        let result = round(&cluster, &sessions, &events, &mut planner, &mut rng).await;
+        if published.elapsed() >= Duration::from_secs(1) {
+            held.set(planner.held_queues());
+            published = std::time::Instant::now();
+        }
+        match result {
             Ok(p) => progressed = p,
             Err(e) => {
                 progressed = false;

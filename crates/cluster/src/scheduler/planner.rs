@@ -216,6 +216,24 @@ impl Planner {
         *e = (*e).max(until_ms);
     }
 
+    /// The queues held back now: by sending limits, or by a "slow down" without IP records.
+    pub fn held_queues(&self) -> Vec<super::HeldQueue> {
+        let q = |((tenant, domain), until): (&(String, String), &i64), why| super::HeldQueue {
+            tenant: tenant.clone(),
+            domain: domain.clone(),
+            until_ms: *until,
+            why,
+        };
+        let mut out: Vec<_> = self
+            .held
+            .iter()
+            .map(|e| q(e, "sending limits"))
+            .chain(self.blocked.iter().map(|e| q(e, "slow down")))
+            .collect();
+        out.sort_by(|a, b| (&a.tenant, &a.domain).cmp(&(&b.tenant, &b.domain)));
+        out
+    }
+
     /// Plans a round at `now_ms` (raised to the latest command time applied): the pending
     /// reports and unsent leases, then due recipients for the free slots. `held_bytes` is the
     /// body bytes of assignments sent but not yet taken by their senders. Slots are reserved
@@ -534,7 +552,7 @@ struct Backoff {
 
 /// Operators' suspensions, as the planner asks about them.
 #[derive(Debug, Default)]
-pub(crate) struct Stopped {
+struct Stopped {
     set: std::collections::HashSet<(skein_shaping::SuspendKind, String)>,
     providers: Vec<skein_shaping::Provider>,
     pools: std::collections::BTreeMap<String, String>,
@@ -542,6 +560,7 @@ pub(crate) struct Stopped {
 }
 
 impl Stopped {
+    /// The suspensions in force, with the limits that tell a queue's provider and pool.
     fn new(suspensions: Vec<skein_shaping::Suspension>, st: Option<&ShapingState>) -> Self {
         let set: std::collections::HashSet<_> =
             suspensions.into_iter().map(|s| (s.kind, s.name)).collect();

@@ -247,6 +247,7 @@ impl Cluster {
                 inputs_rx,
                 DeliveryConfig::default(),
                 Arc::new(EventLog::open(None).expect("no event log")),
+                Arc::default(),
                 fastrand::Rng::with_seed(id),
             ));
             nodes.insert(

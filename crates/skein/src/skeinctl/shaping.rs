@@ -422,7 +422,7 @@ fn print_suspension(s: &SuspensionInfo, json: bool) {
 }
 
 /// Unix ms as `YYYY-MM-DD HH:MM UTC`.
-fn ms_utc(ms: i64) -> String {
+pub fn ms_utc(ms: i64) -> String {
     let (days, rem) = (
         ms.div_euclid(86_400_000),
         ms.rem_euclid(86_400_000) / 60_000,
