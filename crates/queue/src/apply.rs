@@ -448,6 +448,25 @@ impl<'a> Tx<'a> {
             self.removed += 1;
             purged += 1;
         }
+        // What shaped leases counted, for leases never reported (their sender vanished and
+        // the recipients were leased again): forgotten with the finished mail.
+        let mut stale = Vec::new();
+        for kv in db.iterator_cf(
+            cf(db, CF_SHAPING),
+            rocksdb::IteratorMode::From(&[shaping::LEASE_COUNT], rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = kv.map_err(std::io::Error::other)?;
+            if k.first() != Some(&shaping::LEASE_COUNT) || stale.len() >= 10_000 {
+                break;
+            }
+            let c: shaping::LeaseCount = dec(&v).map_err(corrupt)?;
+            if c.at_ms < before_ms {
+                stale.push(k.to_vec());
+            }
+        }
+        for k in stale {
+            self.batch.delete_cf(cf(db, CF_SHAPING), k);
+        }
         Ok(purged)
     }
 
@@ -601,8 +620,46 @@ impl<'a> Tx<'a> {
             self.shaping_put(&day_key, &(sent_today + n));
             self.shaping_put(&hour_key, &(sent_hour + n));
             self.shaping_put(&ip_key, &ip.sent_on(&schedule, today));
+            self.shaping_put(
+                &shaping::lease_count_key(l.id),
+                &shaping::LeaseCount {
+                    ip: ip.ip.clone(),
+                    provider: provider.to_string(),
+                    day: today,
+                    hour,
+                    open: granted.len() as u32,
+                    at_ms: now_ms,
+                },
+            );
         }
         Ok(granted)
+    }
+
+    /// A recipient of shaped lease `lease` was reported: one fewer open. `refund` (a "slow
+    /// down", or an assignment that never reached its sender) gives its unit back to the
+    /// counters it was taken from: nothing was sent.
+    fn settle_lease(&mut self, lease: u64, refund: bool) -> Res<()> {
+        let k = shaping::lease_count_key(lease);
+        let Some(mut c) = self.shaping_get::<shaping::LeaseCount>(&k)? else {
+            return Ok(());
+        };
+        if refund {
+            for key in [
+                shaping::day_key(&c.ip, c.day),
+                shaping::hour_key(&c.ip, &c.provider, c.hour),
+            ] {
+                let n = self.shaping_get::<u64>(&key)?.unwrap_or(0);
+                self.shaping_put(&key, &n.saturating_sub(1));
+            }
+        }
+        c.open = c.open.saturating_sub(1);
+        if c.open == 0 {
+            self.shaping.remove(&k);
+            self.batch.delete_cf(cf(self.db, CF_SHAPING), &k);
+        } else {
+            self.shaping_put(&k, &c);
+        }
+        Ok(())
     }
 
     fn shaping_get<T: for<'de> serde::Deserialize<'de>>(&self, k: &[u8]) -> Res<Option<T>> {
@@ -802,6 +859,16 @@ impl<'a> Tx<'a> {
                         continue;
                     }
                     applied.push(rcpt.clone());
+                    // The report of a shaped lease settles what it counted; a "slow down" or
+                    // a release (nothing sent) is given back.
+                    if let (Some(id), RcptState::Leased(l)) = (lease, &old.state) {
+                        if l.id == id && format >= 4 {
+                            let refund = attempt
+                                .as_ref()
+                                .is_none_or(|a| a.result == crate::AttemptResult::Throttled);
+                            self.settle_lease(id, refund)?;
+                        }
+                    }
                     let mut new = old.clone();
                     if let Some(a) = attempt {
                         new.last_reply = Some(a.reply.clone());

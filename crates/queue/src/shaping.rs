@@ -93,6 +93,32 @@ pub(crate) const DAY_COUNT: u8 = b'D';
 pub(crate) const HOUR_COUNT: u8 = b'H';
 pub(crate) const SUSPENSION: u8 = b'U';
 pub(crate) const LEARNED_MX: u8 = b'M';
+pub(crate) const LEASE_COUNT: u8 = b'R';
+
+/// Key of what a shaped lease counted: `R` + lease id.
+pub(crate) fn lease_count_key(lease: u64) -> Vec<u8> {
+    let mut k = vec![LEASE_COUNT];
+    k.extend_from_slice(&lease.to_be_bytes());
+    k
+}
+
+/// What a shaped lease counted, so a "slow down" or an unsent assignment can be given back
+/// to the counters it was taken from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LeaseCount {
+    /// Source IP.
+    pub ip: String,
+    /// Provider.
+    pub provider: String,
+    /// Day (in the IP's schedule) and hour it counted in.
+    pub day: i64,
+    /// Hour it counted in.
+    pub hour: i64,
+    /// Recipients counted and not yet reported.
+    pub open: u32,
+    /// When, for forgetting leases never reported.
+    pub at_ms: i64,
+}
 
 /// Key of a suspension: `U`, its kind, its name.
 pub(crate) fn suspension_key(kind: SuspendKind, name: &str) -> Vec<u8> {

@@ -296,3 +296,59 @@ async fn learned_mx_hosts_classify_domains() {
     assert_eq!(st.provider("aol.com").name, "aol", "the domain rule wins");
     assert_eq!(st.provider("other.test").name, "default");
 }
+
+/// A "slow down" or an assignment that never reached its sender gives its unit back to the
+/// counters it was taken from; a delivery or a real failure does not.
+#[tokio::test]
+async fn throttled_and_unsent_grants_are_refunded() {
+    use skein_queue::{AttemptRecord, AttemptResult, Disposition, Reply};
+    let (mut f, keys) = setup().await;
+    let t = T0 + 60_000;
+    assert_eq!(f.lease(1, "192.0.2.1", "gmail", &keys[0..3], t).await, 3);
+    let report = |lease: u64, key: &str, result: Option<AttemptResult>| DeliveryOp::Report {
+        lease: Some(lease),
+        rcpt: key.into(),
+        attempt: result.map(|result| AttemptRecord {
+            at_ms: t,
+            sender: "s1".into(),
+            source_ip: "192.0.2.1".into(),
+            mx: String::new(),
+            reply: Reply {
+                code: 421,
+                enhanced: "4.7.28".into(),
+                text: "slow down".into(),
+            },
+            result,
+        }),
+        disposition: Disposition::Retry {
+            at_ms: t,
+            counted: false,
+        },
+    };
+    f.apply(Request::Deliver {
+        now_ms: t + 1,
+        mta: "relay.test".into(),
+        ops: vec![
+            report(1, &keys[0], Some(AttemptResult::Throttled)),
+            report(1, &keys[1], None),
+            report(1, &keys[2], Some(AttemptResult::Transient)),
+        ],
+    })
+    .await;
+    let st = f.reader.shaping(t + 2).unwrap();
+    assert_eq!(st.ips[0].sent_today, 1, "two of three given back");
+    assert_eq!(st.ips[0].sent_this_hour.get("gmail"), Some(&1));
+    // The hour's limit (3) has room for two again.
+    assert_eq!(
+        f.lease(2, "192.0.2.1", "gmail", &keys[3..10], t + 3).await,
+        2
+    );
+    // A second report of the same lease gives nothing more back.
+    f.apply(Request::Deliver {
+        now_ms: t + 4,
+        mta: "relay.test".into(),
+        ops: vec![report(1, &keys[0], Some(AttemptResult::Throttled))],
+    })
+    .await;
+    assert_eq!(f.reader.shaping(t + 5).unwrap().ips[0].sent_today, 3);
+}
