@@ -517,9 +517,13 @@ struct Slots<'a> {
     now_ms: i64,
 }
 
-/// The host of a report's `mx` ("host address"), lower-case without a trailing dot.
+/// The host of a report's `mx` (`host[address]:port`, as senders describe the host they
+/// reached), lower-case without a trailing dot; `None` for a bare address.
 fn mx_host(mx: &str) -> Option<String> {
-    let host = mx.split_whitespace().next()?.trim_end_matches('.');
+    let host = mx
+        .split(|c: char| c == '[' || c.is_whitespace())
+        .next()?
+        .trim_end_matches('.');
     (!host.is_empty() && host.len() <= 253 && host.contains('.')).then(|| host.to_ascii_lowercase())
 }
 
@@ -1302,7 +1306,7 @@ mod tests {
         let s = &sends[0];
         let mut done = report(1, "s1", s.planned.lease, &s.keys[0], Outcome::Delivered);
         if let Input::Report(r) = &mut done {
-            r.report.mx = "ASPMX.L.Google.com. 127.0.0.5:25".into();
+            r.report.mx = "ASPMX.L.Google.com.[127.0.0.5]:25".into();
             r.report.source_ip = "192.0.2.1".into();
         }
         p.input(done);
@@ -1316,6 +1320,16 @@ mod tests {
             r.ops
         );
         assert_eq!(provider_of(&r), ["gmail"]);
+    }
+
+    #[test]
+    fn mx_hosts_come_from_the_senders_description() {
+        assert_eq!(
+            mx_host("mx1.Example.test[127.0.0.21]:25").as_deref(),
+            Some("mx1.example.test")
+        );
+        assert_eq!(mx_host("[127.0.0.21]:25"), None, "a bare address");
+        assert_eq!(mx_host(""), None);
     }
 
     /// Operators' suspensions hold back what they cover, with or without IP records: a
