@@ -5,6 +5,8 @@ use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::*;
 use tonic::transport::Channel;
 
+use super::status;
+
 /// `skeinctl ip ...`
 #[derive(Subcommand)]
 pub enum IpCmd {
@@ -117,10 +119,6 @@ pub enum ProviderCmd {
 }
 
 type Client = AdminClient<Channel>;
-
-fn status(e: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
-}
 
 fn print_ip(i: &IpInfo, json: bool) {
     if json {

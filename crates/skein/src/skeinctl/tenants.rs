@@ -1,0 +1,276 @@
+//! `skeinctl tenant|suppression|dkim`: tenants, their suppression lists and DKIM keys.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use skein_proto::admin::admin_client::AdminClient;
+use skein_proto::admin::*;
+use tonic::transport::Channel;
+
+use super::status;
+
+type Client = AdminClient<Channel>;
+
+#[derive(Subcommand)]
+pub enum DkimCmd {
+    /// Set (or replace) a tenant's key for a domain; prints the TXT record to publish.
+    Set {
+        tenant: String,
+        domain: String,
+        /// Selector: the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// PEM private key file (RSA 2048+ bits or Ed25519).
+        #[arg(
+            long,
+            conflicts_with = "generate",
+            required_unless_present = "generate"
+        )]
+        key: Option<PathBuf>,
+        /// Have the cluster generate a key: "ed25519".
+        #[arg(long)]
+        generate: Option<String>,
+    },
+    /// List DKIM keys (all tenants' unless --tenant).
+    List {
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Remove a tenant's key for a domain (its mail goes unsigned).
+    Remove { tenant: String, domain: String },
+}
+
+fn print_dkim_key(k: &DkimKey, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "tenant": k.tenant, "domain": k.domain, "selector": k.selector,
+                "algorithm": k.algorithm, "dns_name": k.dns_name, "dns_record": k.dns_record,
+                "created_at_ms": k.created_at_ms,
+            })
+        );
+    } else {
+        println!(
+            "{} {}: {} IN TXT \"{}\"",
+            k.tenant, k.algorithm, k.dns_name, k.dns_record
+        );
+    }
+}
+
+#[derive(Subcommand)]
+pub enum SuppressionCmd {
+    /// List suppressed addresses.
+    List {
+        /// Tenant ("" for mail relayed without AUTH).
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        after: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Suppress an address.
+    Add {
+        address: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a suppression.
+    Remove {
+        address: String,
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant with an SMTP login.
+    Create {
+        name: String,
+        #[arg(long, env = "SKEIN_TENANT_PASSWORD")]
+        password: String,
+        #[arg(long, default_value = "")]
+        username: String,
+    },
+    /// List tenants.
+    List,
+    /// Change a tenant's settings.
+    Update {
+        name: String,
+        /// Allow or stop submission.
+        #[arg(long)]
+        enabled: Option<bool>,
+        /// Send DSNs to the return path of bounced mail.
+        #[arg(long)]
+        dsn: Option<bool>,
+    },
+}
+
+/// Runs a `tenant` command.
+pub async fn tenant(c: &mut Client, cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Create {
+            name,
+            password,
+            username,
+        } => {
+            let t = c
+                .create_tenant(CreateTenantRequest {
+                    name,
+                    username,
+                    password,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("created tenant {} (login {})", t.name, t.username);
+        }
+        TenantCmd::Update { name, enabled, dsn } => {
+            let t = c
+                .update_tenant(UpdateTenantRequest { name, enabled, dsn })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "tenant {}: {}, DSNs {}",
+                t.name,
+                if t.enabled { "enabled" } else { "disabled" },
+                if t.dsn { "on" } else { "off" }
+            );
+        }
+        TenantCmd::List => {
+            let r = c
+                .list_tenants(ListTenantsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            for t in r.tenants {
+                println!(
+                    "{} {} {} dsn={}",
+                    t.name,
+                    t.username,
+                    if t.enabled { "enabled" } else { "disabled" },
+                    if t.dsn { "on" } else { "off" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `suppression` command.
+pub async fn suppression(c: &mut Client, cmd: SuppressionCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        SuppressionCmd::List {
+            tenant,
+            after,
+            limit,
+        } => {
+            let r = c
+                .list_suppressions(ListSuppressionsRequest {
+                    tenant,
+                    after,
+                    limit,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for s in &r.suppressions {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"tenant": s.tenant, "address": s.address,
+                            "reason": s.reason, "at_ms": s.at_ms})
+                    );
+                } else {
+                    println!("{} {}", s.address, s.reason);
+                }
+            }
+            if !r.next_after.is_empty() && !json {
+                println!("(more: --after {})", r.next_after);
+            }
+        }
+        SuppressionCmd::Add {
+            address,
+            tenant,
+            reason,
+        } => {
+            let s = c
+                .add_suppression(AddSuppressionRequest {
+                    tenant,
+                    address,
+                    reason,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("suppressed {} for tenant {:?}", s.address, s.tenant);
+        }
+        SuppressionCmd::Remove { address, tenant } => {
+            c.remove_suppression(RemoveSuppressionRequest {
+                tenant: tenant.clone(),
+                address: address.clone(),
+            })
+            .await
+            .map_err(status)?;
+            println!("removed the suppression of {address} for tenant {tenant:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `dkim` command.
+pub async fn dkim(c: &mut Client, cmd: DkimCmd, json: bool) -> anyhow::Result<()> {
+    match cmd {
+        DkimCmd::Set {
+            tenant,
+            domain,
+            selector,
+            key,
+            generate,
+        } => {
+            let private_key = match key {
+                Some(p) => std::fs::read_to_string(&p)
+                    .with_context(|| format!("reading {}", p.display()))?,
+                None => String::new(),
+            };
+            let k = c
+                .set_dkim_key(SetDkimKeyRequest {
+                    tenant,
+                    domain,
+                    selector,
+                    private_key,
+                    generate: generate.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_dkim_key(&k, json);
+        }
+        DkimCmd::List { tenant } => {
+            let r = c
+                .list_dkim_keys(ListDkimKeysRequest { tenant })
+                .await
+                .map_err(status)?
+                .into_inner();
+            for k in &r.keys {
+                print_dkim_key(k, json);
+            }
+        }
+        DkimCmd::Remove { tenant, domain } => {
+            c.remove_dkim_key(RemoveDkimKeyRequest {
+                tenant: tenant.clone(),
+                domain: domain.clone(),
+            })
+            .await
+            .map_err(status)?;
+            println!("removed the DKIM key of tenant {tenant:?} for {domain}");
+        }
+    }
+    Ok(())
+}
