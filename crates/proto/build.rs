@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "skein/admin/v1/admin.proto",
         "skein/raft/v1/raft.proto",
         "skein/work/v1/work.proto",
+        "grpc/health/v1/health.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

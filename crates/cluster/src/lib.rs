@@ -10,7 +10,7 @@
 //!   carries large entries ahead of AppendEntries.
 //! - [`ingest`]: `skein.ingest.v1.Ingest`, with group commit: messages arriving together are
 //!   proposed as one log entry, so many messages share one fsync per node.
-//! - [`admin`]: the `skein.admin.v1.Admin` service.
+//! - [`admin`]: the `skein.admin.v1.Admin` service; [`health`]: `grpc.health.v1.Health`.
 //! - [`work`]: the `skein.work.v1.Work` sessions of sender nodes.
 //! - [`scheduler`]: runs on the leader; a pure planner (fair queues, sender slots, reports,
 //!   retries) and the driver that proposes its rounds and sends assignments; [`events`]
@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod ingest;
 pub mod network;
 pub mod node;

@@ -8,6 +8,7 @@ use openraft::{BasicNode, Raft, SnapshotPolicy};
 use skein_config::{NodeConfig, TenantSeed};
 use skein_core::SharedClock;
 use skein_proto::admin::admin_server::AdminServer;
+use skein_proto::health::health_server::HealthServer;
 use skein_proto::ingest::ingest_server::IngestServer;
 use skein_proto::raft::raft_server::RaftServer;
 use skein_proto::work::work_server::WorkServer;
@@ -179,6 +180,9 @@ pub async fn start(
             ))
             .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
+        .add_service(HealthServer::new(crate::health::HealthService::new(
+            cluster.clone(),
+        )))
         .add_service(
             WorkServer::new(work)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024)

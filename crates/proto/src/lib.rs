@@ -4,6 +4,7 @@
 //! - [`admin`]: operators manage the cluster, tenants and the queue.
 //! - [`raft`]: queue nodes replicate their log to each other (internal).
 //! - [`work`]: the queue leader hands deliveries to sender nodes and hears how they went.
+//! - [`health`]: the standard `grpc.health.v1` protocol, for probes and load balancers.
 //!
 //! [`call_within`] puts a client-side deadline on any call between Skein's roles.
 #![allow(missing_docs, clippy::all)]
@@ -29,6 +30,11 @@ pub async fn call_within<T>(
             limit.as_millis()
         ))),
     }
+}
+
+/// `grpc.health.v1`.
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
 }
 
 /// `skein.ingest.v1`.
