@@ -44,9 +44,15 @@ async fn nodes_report_their_health() -> anyhow::Result<()> {
         ServingStatus::NotServing,
         "sender sessions go to the leader"
     );
-    let e = check(&c.addrs[leader], "no.such.Service").await.unwrap_err();
+    let e = check(&c.addrs[leader], "no.such.Service")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
-    assert!(e.message().contains("skein.admin.v1.Admin"), "{}", e.message());
+    assert!(
+        e.message().contains("skein.admin.v1.Admin"),
+        "{}",
+        e.message()
+    );
 
     // Watch gives the status at once.
     let mut h = HealthClient::connect(format!("http://{}", c.addrs[follower])).await?;

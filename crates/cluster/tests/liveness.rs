@@ -95,6 +95,12 @@ async fn a_follower_batcher_hands_messages_back_for_the_leader() {
     let c = Cluster::start(3, 1000).await;
     let l = c.leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|&i| i != l).expect("a follower");
+    // The founding entries (membership, format) reach the follower first.
+    c.until("the follower to catch up", || {
+        let target = c.metrics(l).last_log_index;
+        (c.metrics(follower).last_log_index == target).then_some(())
+    })
+    .await;
     let before = c.metrics(follower).last_log_index;
     let r = c.nodes[&follower]
         .batcher
