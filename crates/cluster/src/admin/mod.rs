@@ -696,16 +696,16 @@ impl Admin for AdminService {
         forward_or!(self, req, add_ip, {
             self.shaping_allowed()?;
             let r = req.get_ref();
-            let s = self
+            let found = self
                 .ctx
                 .reader
                 .schedules()
                 .map_err(ClusterError::from)?
                 .into_iter()
-                .find(|s| s.name == schedule)
-                .ok_or_else(|| {
-                    shaping::outcome(ShapingOutcome::ScheduleNotFound, "", &schedule).unwrap_err()
-                })?;
+                .find(|s| s.name == schedule);
+            let Some(s) = found else {
+                return Err(shaping::no_schedule(&schedule).into());
+            };
             let rec = shaping::ip_record(r, &s, self.ctx.clock.now_ms())?;
             let ip = rec.ip.clone();
             let o = self.shape(ShapingCommand::AddIp(rec)).await?;

@@ -124,8 +124,9 @@ pub(super) fn ip_state_command(
     Ok(ShapingCommand::SetIpMode { ip, mode, reason })
 }
 
-/// The error for an outcome other than `Done`.
-pub(super) fn outcome(o: ShapingOutcome, ip: &str, schedule: &str) -> Result<(), ClusterError> {
+/// The error for an outcome other than `Done`. `subject` names what the command was about:
+/// the IP, or the schedule (AddIp), or the suspended thing (Resume).
+pub(super) fn outcome(o: ShapingOutcome, ip: &str, subject: &str) -> Result<(), ClusterError> {
     match o {
         ShapingOutcome::Done => Ok(()),
         ShapingOutcome::IpExists => Err(ClusterError::AlreadyExists {
@@ -135,13 +136,18 @@ pub(super) fn outcome(o: ShapingOutcome, ip: &str, schedule: &str) -> Result<(),
             what: format!("IP {ip}"),
         }),
         ShapingOutcome::NotSuspended => Err(ClusterError::NotFound {
-            what: format!("suspension of {schedule}"),
+            what: format!("suspension of {subject}"),
         }),
-        ShapingOutcome::ScheduleNotFound => Err(invalid(
-            "schedule",
-            format!("no schedule named {schedule:?} (skeinctl schedule list)"),
-        )),
+        ShapingOutcome::ScheduleNotFound => Err(no_schedule(subject)),
     }
+}
+
+/// The error for a schedule that does not exist.
+pub(super) fn no_schedule(name: &str) -> ClusterError {
+    invalid(
+        "schedule",
+        format!("no schedule named {name:?} (skeinctl schedule list)"),
+    )
 }
 
 /// An IP as the API shows it.
