@@ -271,22 +271,22 @@ impl Planner {
         // machine re-checks every lease, so a stale read can only grant less, never more.
         // (Also every SHAPING_REFRESH_ROUNDS rounds: a clock that stands still, in tests,
         // must not freeze the limits.)
-        let stale = self.shaping_cache.as_ref().is_none_or(|c| {
-            now_ms - c.fetched_ms >= SHAPING_REFRESH_MS
-                || now_ms < c.fetched_ms
-                || c.rounds >= SHAPING_REFRESH_ROUNDS
-                || skein_shaping::hour(now_ms) != skein_shaping::hour(c.fetched_ms)
-        });
-        if stale {
-            self.shaping_cache = Some(ShapingCache {
+        let fresh = |c: &ShapingCache| {
+            now_ms - c.fetched_ms < SHAPING_REFRESH_MS
+                && now_ms >= c.fetched_ms
+                && c.rounds < SHAPING_REFRESH_ROUNDS
+                && skein_shaping::hour(now_ms) == skein_shaping::hour(c.fetched_ms)
+        };
+        let cache = match self.shaping_cache.take() {
+            Some(c) if fresh(&c) => c,
+            _ => ShapingCache {
                 fetched_ms: now_ms,
                 rounds: 0,
                 state: view.shaping(now_ms)?,
                 day_tally: HashMap::new(),
                 hour_tally: HashMap::new(),
-            });
-        }
-        let cache = self.shaping_cache.take().expect("just filled");
+            },
+        };
         let ShapingCache {
             fetched_ms,
             rounds,
