@@ -167,9 +167,12 @@ fn get<T: for<'de> Deserialize<'de>>(db: &DB, k: &[u8]) -> Result<Option<T>, Que
     }
 }
 
-/// Every record of one kind, by name.
-fn all<T: for<'de> Deserialize<'de>>(db: &DB, kind: u8) -> Result<Vec<T>, QueueError> {
-    let mut out = Vec::new();
+/// Every record of one kind, by the name its key holds after the kind byte.
+fn named<T: for<'de> Deserialize<'de>>(
+    db: &DB,
+    kind: u8,
+) -> Result<BTreeMap<String, T>, QueueError> {
+    let mut out = BTreeMap::new();
     for kv in db.iterator_cf(
         cf(db, CF_SHAPING),
         IteratorMode::From(&[kind], Direction::Forward),
@@ -178,12 +181,18 @@ fn all<T: for<'de> Deserialize<'de>>(db: &DB, kind: u8) -> Result<Vec<T>, QueueE
         if k.first() != Some(&kind) {
             break;
         }
-        out.push(dec(&v).map_err(|source| QueueError::Corrupt {
+        let value = dec(&v).map_err(|source| QueueError::Corrupt {
             cf: CF_SHAPING,
             source,
-        })?);
+        })?;
+        out.insert(String::from_utf8_lossy(&k[1..]).into_owned(), value);
     }
     Ok(out)
+}
+
+/// Every record of one kind, in key order.
+fn all<T: for<'de> Deserialize<'de>>(db: &DB, kind: u8) -> Result<Vec<T>, QueueError> {
+    Ok(named(db, kind)?.into_values().collect())
 }
 
 /// A schedule by name: a stored one, or the shipped default for [`skein_shaping::DEFAULT_SCHEDULE`].
@@ -271,21 +280,7 @@ pub(crate) fn state(db: &DB, now_ms: i64) -> Result<ShapingState, QueueError> {
             record,
         });
     }
-    let mut tenant_pools = BTreeMap::new();
-    for kv in db.iterator_cf(
-        cf(db, CF_SHAPING),
-        IteratorMode::From(&[TENANT_POOL], Direction::Forward),
-    ) {
-        let (k, v) = kv?;
-        if k.first() != Some(&TENANT_POOL) {
-            break;
-        }
-        let pool: String = dec(&v).map_err(|source| QueueError::Corrupt {
-            cf: CF_SHAPING,
-            source,
-        })?;
-        tenant_pools.insert(String::from_utf8_lossy(&k[1..]).into_owned(), pool);
-    }
+    let tenant_pools = named(db, TENANT_POOL)?;
     Ok(ShapingState {
         ips,
         providers,
@@ -306,22 +301,7 @@ pub(crate) fn suspensions(db: &DB, now_ms: i64) -> Result<Vec<Suspension>, Queue
 
 /// Every domain's learned MX host.
 pub(crate) fn learned_mx(db: &DB) -> Result<BTreeMap<String, String>, QueueError> {
-    let mut out = BTreeMap::new();
-    for kv in db.iterator_cf(
-        cf(db, CF_SHAPING),
-        IteratorMode::From(&[LEARNED_MX], Direction::Forward),
-    ) {
-        let (k, v) = kv?;
-        if k.first() != Some(&LEARNED_MX) {
-            break;
-        }
-        let mx: String = dec(&v).map_err(|source| QueueError::Corrupt {
-            cf: CF_SHAPING,
-            source,
-        })?;
-        out.insert(String::from_utf8_lossy(&k[1..]).into_owned(), mx);
-    }
-    Ok(out)
+    named(db, LEARNED_MX)
 }
 
 impl ShapingState {

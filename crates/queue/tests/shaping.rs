@@ -352,3 +352,40 @@ async fn throttled_and_unsent_grants_are_refunded() {
     .await;
     assert_eq!(f.reader.shaping(t + 5).unwrap().ips[0].sent_today, 3);
 }
+
+/// Restarting an IP's warm-up puts it on day 1 today; removing it stops its leases.
+#[tokio::test]
+async fn restarted_ips_warm_up_again_and_removed_ips_lease_nothing() {
+    let (mut f, keys) = setup().await;
+    // Day 3: past the tiny schedule's last step (warm, 8 a day).
+    let d3 = T0 + 2 * DAY_MS + 60_000;
+    assert!(f.reader.shaping(d3).unwrap().ips[0].warm);
+    let r = f
+        .apply(Request::Shaping {
+            at_ms: d3,
+            cmd: ShapingCommand::RestartWarmup {
+                ip: "192.0.2.1".into(),
+                reason: "new reputation".into(),
+            },
+        })
+        .await;
+    assert_eq!(r, Response::Shaped(ShapingOutcome::Done));
+    let st = f.reader.shaping(d3).unwrap();
+    assert_eq!(
+        (st.ips[0].warm, st.ips[0].cap, st.ips[0].record.start_day),
+        (false, 5, d3 / DAY_MS),
+        "day 1 again"
+    );
+    assert_eq!(
+        f.shape(ShapingCommand::RemoveIp {
+            ip: "192.0.2.1".into()
+        })
+        .await,
+        ShapingOutcome::Done
+    );
+    assert!(f.reader.shaping(d3).unwrap().ips.is_empty());
+    assert_eq!(
+        f.lease(1, "192.0.2.1", "gmail", &keys[0..3], d3 + 1).await,
+        0
+    );
+}

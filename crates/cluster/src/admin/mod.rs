@@ -395,39 +395,32 @@ impl Admin for AdminService {
                 .map_err(ClusterError::from)?;
             let held = self.held_now()?;
             let mut rows: std::collections::BTreeMap<String, SummaryRow> = Default::default();
-            let mut after: Option<(String, String)> = None;
-            loop {
-                let page = reader
-                    .queues(after.as_ref().map(|(t, d)| (t.as_str(), d.as_str())), 1000)
-                    .map_err(ClusterError::from)?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.tenant.clone(), last.domain.clone()));
-                for q in page {
-                    let key = match by.as_str() {
-                        "tenant" => q.tenant.clone(),
-                        "domain" => q.domain.clone(),
-                        "provider" => st.provider(&q.domain).name.clone(),
-                        _ => st
-                            .tenant_pools
-                            .get(&q.tenant)
-                            .cloned()
-                            .unwrap_or_else(|| skein_shaping::DEFAULT_POOL.into()),
-                    };
-                    let row = rows.entry(key.clone()).or_insert(SummaryRow {
-                        key,
-                        first_due_ms: i64::MAX,
-                        ..SummaryRow::default()
-                    });
-                    row.queues += 1;
-                    row.recipients += q.recipients;
-                    if held(&q.tenant, &q.domain).0 != 0 {
-                        row.held += q.recipients;
-                    }
-                    if let Some(due) = q.first_due_ms {
-                        row.first_due_ms = row.first_due_ms.min(due);
-                    }
+            queue_actions::each_queue(reader, |q| {
+                let key = match by.as_str() {
+                    "tenant" => q.tenant.clone(),
+                    "domain" => q.domain.clone(),
+                    "provider" => st.provider(&q.domain).name.clone(),
+                    _ => st
+                        .tenant_pools
+                        .get(&q.tenant)
+                        .cloned()
+                        .unwrap_or_else(|| skein_shaping::DEFAULT_POOL.into()),
+                };
+                let row = rows.entry(key.clone()).or_insert(SummaryRow {
+                    key,
+                    first_due_ms: i64::MAX,
+                    ..SummaryRow::default()
+                });
+                row.queues += 1;
+                row.recipients += q.recipients;
+                if held(&q.tenant, &q.domain).0 != 0 {
+                    row.held += q.recipients;
                 }
-            }
+                if let Some(due) = q.first_due_ms {
+                    row.first_due_ms = row.first_due_ms.min(due);
+                }
+                Ok(true)
+            })?;
             let rows = rows
                 .into_values()
                 .map(|mut r| {

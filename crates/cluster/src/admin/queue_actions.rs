@@ -4,8 +4,8 @@
 
 use skein_proto::admin::QueueScope;
 use skein_queue::{
-    AttemptRecord, AttemptResult, DeliveryOp, Disposition, QueueReader, RcptRecord, Reply, Request,
-    Response,
+    AttemptRecord, AttemptResult, DeliveryOp, Disposition, QueueReader, QueueStats, RcptRecord,
+    Reply, Request, Response,
 };
 
 use crate::route::Cluster;
@@ -60,28 +60,38 @@ pub(super) fn recipients(
             .filter(|r| scope.tenant.as_ref().is_none_or(|t| &r.tenant == t))
             .collect();
     } else {
-        let mut after: Option<(String, String)> = None;
-        'queues: loop {
-            let page =
-                reader.queues(after.as_ref().map(|(t, d)| (t.as_str(), d.as_str())), 1000)?;
-            let Some(last) = page.last() else { break };
-            after = Some((last.tenant.clone(), last.domain.clone()));
-            for q in page {
-                let tenant_ok = scope.tenant.as_ref().is_none_or(|t| &q.tenant == t);
-                if !tenant_ok || (!domain.is_empty() && q.domain != domain) {
-                    continue;
-                }
+        each_queue(reader, |q| {
+            let tenant_ok = scope.tenant.as_ref().is_none_or(|t| &q.tenant == t);
+            if tenant_ok && (domain.is_empty() || q.domain == domain) {
                 let room = limit + 1 - out.len();
                 out.extend(reader.queue_due(&q.tenant, &q.domain, i64::MAX, room)?);
-                if out.len() > limit {
-                    break 'queues;
-                }
             }
-        }
+            Ok(out.len() <= limit)
+        })?;
     }
     let more = out.len() > limit;
     out.truncate(limit);
     Ok((out, more))
+}
+
+/// Calls `f` with every queue in order, a page at a time, until it returns `false`.
+pub(super) fn each_queue(
+    reader: &QueueReader,
+    mut f: impl FnMut(QueueStats) -> Result<bool, ClusterError>,
+) -> Result<(), ClusterError> {
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let page = reader.queues(after.as_ref().map(|(t, d)| (t.as_str(), d.as_str())), 1000)?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some((last.tenant.clone(), last.domain.clone()));
+        for q in page {
+            if !f(q)? {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Proposes `op` for every recipient, a thousand per entry; returns how many applied.

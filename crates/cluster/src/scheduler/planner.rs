@@ -277,15 +277,19 @@ impl Planner {
                 && c.rounds < SHAPING_REFRESH_ROUNDS
                 && skein_shaping::hour(now_ms) == skein_shaping::hour(c.fetched_ms)
         };
+        let mut refreshed = false;
         let cache = match self.shaping_cache.take() {
             Some(c) if fresh(&c) => c,
-            _ => ShapingCache {
-                fetched_ms: now_ms,
-                rounds: 0,
-                state: view.shaping(now_ms)?,
-                day_tally: HashMap::new(),
-                hour_tally: HashMap::new(),
-            },
+            _ => {
+                refreshed = true;
+                ShapingCache {
+                    fetched_ms: now_ms,
+                    rounds: 0,
+                    state: view.shaping(now_ms)?,
+                    day_tally: HashMap::new(),
+                    hour_tally: HashMap::new(),
+                }
+            }
         };
         let ShapingCache {
             fetched_ms,
@@ -346,10 +350,12 @@ impl Planner {
 
         // An operator's change (an IP added, resumed or warmed, a limit raised) may free
         // what the old limits held: look again at once.
-        let limits = shaping.as_ref().map(Limits::of);
-        if limits != self.limits {
-            self.held.clear();
-            self.limits = limits;
+        if refreshed {
+            let limits = shaping.as_ref().map(Limits::of);
+            if limits != self.limits {
+                self.held.clear();
+                self.limits = limits;
+            }
         }
         self.held.retain(|_, until| *until > now_ms);
         let (blocked, held) = (&self.blocked, &self.held);
@@ -509,7 +515,7 @@ struct Slots<'a> {
     /// (IP, provider) pairs backing off.
     backoff: &'a HashMap<(String, String), Backoff>,
     /// Operators' suspensions.
-    stopped: &'a Stopped,
+    stopped: &'a Stopped<'a>,
     /// What this round planned so far, per IP and per (IP, provider): caps hold within the
     /// round too.
     day_tally: &'a mut HashMap<String, u64>,
@@ -554,32 +560,33 @@ struct Backoff {
     level: u32,
 }
 
-/// Operators' suspensions, as the planner asks about them.
-#[derive(Debug, Default)]
-struct Stopped {
+/// Operators' suspensions, as the planner asks about them (borrowing the limits that tell a
+/// queue's provider and pool: nothing is copied per round).
+#[derive(Debug)]
+struct Stopped<'a> {
     set: std::collections::HashSet<(skein_shaping::SuspendKind, String)>,
-    providers: Vec<skein_shaping::Provider>,
-    pools: std::collections::BTreeMap<String, String>,
-    mx: std::collections::BTreeMap<String, String>,
+    st: Option<&'a ShapingState>,
+    /// The shipped providers, when a provider is suspended and there are no IP records.
+    defaults: Vec<skein_shaping::Provider>,
 }
 
-impl Stopped {
+impl<'a> Stopped<'a> {
     /// The suspensions in force, with the limits that tell a queue's provider and pool.
-    fn new(suspensions: Vec<skein_shaping::Suspension>, st: Option<&ShapingState>) -> Self {
+    fn new(suspensions: Vec<skein_shaping::Suspension>, st: Option<&'a ShapingState>) -> Self {
         let set: std::collections::HashSet<_> =
             suspensions.into_iter().map(|s| (s.kind, s.name)).collect();
-        let uses_providers = set
-            .iter()
-            .any(|(k, _)| *k == skein_shaping::SuspendKind::Provider);
+        let providers_needed = st.is_none()
+            && set
+                .iter()
+                .any(|(k, _)| *k == skein_shaping::SuspendKind::Provider);
         Self {
-            providers: match st {
-                Some(st) => st.providers.clone(),
-                None if uses_providers => skein_shaping::default_providers(),
-                None => Vec::new(),
-            },
-            pools: st.map(|st| st.tenant_pools.clone()).unwrap_or_default(),
-            mx: st.map(|st| st.mx.clone()).unwrap_or_default(),
             set,
+            st,
+            defaults: if providers_needed {
+                skein_shaping::default_providers()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -595,22 +602,17 @@ impl Stopped {
             return false;
         }
         let pool = self
-            .pools
-            .get(tenant)
+            .st
+            .and_then(|st| st.tenant_pools.get(tenant))
             .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+        let provider = match self.st {
+            Some(st) => &st.provider(domain).name,
+            None => &skein_shaping::classify(&self.defaults, domain, None).name,
+        };
         self.has(K::Tenant, tenant)
             || self.has(K::Domain, domain)
             || self.has(K::Pool, pool)
-            || (!self.providers.is_empty()
-                && self.has(
-                    K::Provider,
-                    &skein_shaping::classify(
-                        &self.providers,
-                        domain,
-                        self.mx.get(domain).map(String::as_str),
-                    )
-                    .name,
-                ))
+            || self.has(K::Provider, provider)
     }
 
     /// Whether source IP `ip` is suspended.
