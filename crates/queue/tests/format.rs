@@ -1,6 +1,9 @@
 //! The replicated format is forever: log entries, and snapshots written by an earlier release
 //! must decode and apply to the very same state in this one.
 //!
+//! `fixtures/format-v2.txt` was written the same way by release 2fb3a65 (format 2), from
+//! `fixtures/format_v2_entries.rs`.
+//!
 //! `fixtures/format-v1.txt` was written by release 0.1.0 (the format before submission ids):
 //! one line per log entry covering every command, then a snapshot of the state they build and
 //! the digest of that state. This test decodes each entry and checks it is the value it was
@@ -23,6 +26,10 @@ use skein_queue::{
 };
 
 const FIXTURE: &str = include_str!("fixtures/format-v1.txt");
+/// Written by release 2fb3a65 (format 2) from [`entries_v2`].
+const FIXTURE_V2: &str = include_str!("fixtures/format-v2.txt");
+
+include!("fixtures/format_v2_entries.rs");
 
 fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
     Entry {
@@ -229,6 +236,55 @@ fn entries() -> Vec<Entry<TypeConfig>> {
     ]
 }
 
+/// Decodes each entry of `fixture` (checking it is the one in `want` and encodes the same),
+/// applies them to a fresh store and compares the state digest `writer` recorded, then
+/// installs `writer`'s snapshot on another fresh store and compares again.
+async fn check(fixture: &str, want: Vec<Entry<TypeConfig>>, last_index: u64, writer: &str) {
+    let field = |name: &str| -> Vec<&str> {
+        fixture
+            .lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .collect()
+    };
+
+    let lines = field("entry");
+    assert_eq!(lines.len(), want.len(), "one fixture line per entry");
+    let mut decoded = Vec::new();
+    for (line, want) in lines.iter().zip(&want) {
+        let bytes = unhex(line);
+        let e: Entry<TypeConfig> = postcard::from_bytes(&bytes)
+            .unwrap_or_else(|err| panic!("entry {} no longer decodes: {err}", want.log_id));
+        assert_eq!(&e, want, "entry {} decodes to something else", want.log_id);
+        assert_eq!(
+            postcard::to_allocvec(want).unwrap(),
+            bytes,
+            "entry {} encodes differently: old nodes could not read it",
+            want.log_id
+        );
+        decoded.push(e);
+    }
+    let digest = u64::from_str_radix(field("digest")[0], 16).unwrap();
+    let (applied, _, _) = apply_all(decoded).await;
+    assert_eq!(
+        applied, digest,
+        "applying the fixture's entries gives a different state than {writer} did"
+    );
+
+    // Its snapshot installs to that same state.
+    let meta: SnapshotMeta<NodeId, BasicNode> =
+        postcard::from_bytes(&unhex(field("snapshot-meta")[0])).unwrap();
+    let data = unhex(field("snapshot")[0]);
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, reader) = skein_queue::open(dir.path()).unwrap();
+    let data = common::snapshot_data(&mut sm, &data).await;
+    sm.install_snapshot(&meta, data).await.unwrap();
+    assert_eq!(reader.state_digest().unwrap(), digest);
+    assert_eq!(
+        sm.applied_state().await.unwrap().0.map(|l| l.index),
+        Some(last_index)
+    );
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -281,47 +337,12 @@ async fn v1_entries_and_snapshot_decode_and_apply_to_the_same_state() {
         std::fs::write(path, out).unwrap();
         return;
     }
-    let field = |name: &str| -> Vec<&str> {
-        FIXTURE
-            .lines()
-            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .collect()
-    };
-    let want = entries();
-    let lines = field("entry");
-    assert_eq!(lines.len(), want.len(), "one fixture line per entry");
-    let mut decoded = Vec::new();
-    for (line, want) in lines.iter().zip(&want) {
-        let bytes = unhex(line);
-        let e: Entry<TypeConfig> = postcard::from_bytes(&bytes)
-            .unwrap_or_else(|err| panic!("entry {} no longer decodes: {err}", want.log_id));
-        assert_eq!(&e, want, "entry {} decodes to something else", want.log_id);
-        assert_eq!(
-            postcard::to_allocvec(want).unwrap(),
-            bytes,
-            "entry {} encodes differently: old nodes could not read it",
-            want.log_id
-        );
-        decoded.push(e);
-    }
-    let digest = u64::from_str_radix(field("digest")[0], 16).unwrap();
-    let (applied, _, _) = apply_all(decoded).await;
-    assert_eq!(
-        applied, digest,
-        "applying v1 entries gives a different state than release 0.1.0 did"
-    );
+    check(FIXTURE, entries(), 13, "release 0.1.0").await;
+}
 
-    // A v1 snapshot installs to that same state.
-    let meta: SnapshotMeta<NodeId, BasicNode> =
-        postcard::from_bytes(&unhex(field("snapshot-meta")[0])).unwrap();
-    let data = unhex(field("snapshot")[0]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_log, mut sm, reader) = skein_queue::open(dir.path()).unwrap();
-    let data = common::snapshot_data(&mut sm, &data).await;
-    sm.install_snapshot(&meta, data).await.unwrap();
-    assert_eq!(reader.state_digest().unwrap(), digest);
-    assert_eq!(
-        sm.applied_state().await.unwrap().0.map(|l| l.index),
-        Some(13)
-    );
+/// Entries and a snapshot written by the release before this one (format 2: submissions,
+/// late deliveries under a newer lease) decode and apply to the same state here.
+#[tokio::test]
+async fn v2_entries_and_snapshot_from_the_previous_release_apply_to_the_same_state() {
+    check(FIXTURE_V2, entries_v2(), 20, "release 2fb3a65").await;
 }
