@@ -8,6 +8,25 @@ use skein_tests::*;
 
 const FINISH: Duration = Duration::from_secs(30);
 
+/// Submits one message to `rcpt` through the edge at `ip`:`port` (relayed from 127.0.0.0/8);
+/// its queue id.
+fn one(ip: &str, port: u16, rcpt: &str) -> anyhow::Result<String> {
+    let port = port.to_string();
+    let s = submit(&[
+        "--host",
+        ip,
+        "--port",
+        &port,
+        "--mail-from",
+        "app@routed.test",
+        "--rcpt",
+        rcpt,
+    ])?;
+    s[0].id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{rcpt}: not accepted"))
+}
+
 fn ctl(server: &str, args: &[&str]) -> anyhow::Result<String> {
     let (ok, out, err) = skeinctl(server, args)?;
     anyhow::ensure!(ok, "skeinctl {args:?} failed: {err}");
@@ -89,19 +108,8 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
 
     let mut ids = Vec::new();
     for i in 0..5 {
-        let port = rig.smtp.to_string();
         let rcpt = format!("r{i}@capped.test");
-        let s = submit(&[
-            "--host",
-            ip,
-            "--port",
-            &port,
-            "--mail-from",
-            "app@routed.test",
-            "--rcpt",
-            &rcpt,
-        ])?;
-        ids.push(s[0].id.clone().expect("accepted"));
+        ids.push(one(ip, rig.smtp, &rcpt)?);
     }
     wait_for("three deliveries", FINISH, || async {
         (rig.sink.of("message").len() >= 3).then_some(())
@@ -192,22 +200,7 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
         out.contains("capped.test") && out.contains("until 2") && out.contains("incident 42"),
         "{out}"
     );
-    let port = rig.smtp.to_string();
-    let one = |rcpt: &str| -> anyhow::Result<String> {
-        let s = submit(&[
-            "--host",
-            ip,
-            "--port",
-            &port,
-            "--mail-from",
-            "app@routed.test",
-            "--rcpt",
-            rcpt,
-        ])?;
-        s[0].id
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("not accepted"))
-    };
+    let one = |rcpt: &str| one(ip, rig.smtp, rcpt);
     let late = one("late@capped.test")?;
     let other = one("x@other.test")?;
     wait_final(&g, &other, FINISH).await?;
@@ -405,19 +398,9 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
             "--warm",
         ],
     )?;
-    let port = rig.smtp.to_string();
     for i in 0..6 {
         let rcpt = format!("hold-2-{i}@slow.test");
-        submit(&[
-            "--host",
-            ip,
-            "--port",
-            &port,
-            "--mail-from",
-            "app@routed.test",
-            "--rcpt",
-            &rcpt,
-        ])?;
+        one(ip, rig.smtp, &rcpt)?;
     }
     wait_for("six deliveries", Duration::from_secs(40), || async {
         (rig.sink.of("message").len() >= 6).then_some(())
@@ -472,21 +455,10 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
             "tiny",
         ],
     )?;
-    let port = rig.smtp.to_string();
     let mut ids = Vec::new();
     for i in 0..5 {
         let rcpt = format!("d{i}@daily.test");
-        let s = submit(&[
-            "--host",
-            ip,
-            "--port",
-            &port,
-            "--mail-from",
-            "app@routed.test",
-            "--rcpt",
-            &rcpt,
-        ])?;
-        ids.push(s[0].id.clone().expect("accepted"));
+        ids.push(one(ip, rig.smtp, &rcpt)?);
     }
     wait_for("three deliveries", FINISH, || async {
         (rig.sink.of("message").len() >= 3).then_some(())
@@ -532,22 +504,7 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
     )
     .await?;
     let g = rig.grpc.clone();
-    let port = rig.smtp.to_string();
-    let one = |rcpt: &str| -> anyhow::Result<String> {
-        let s = submit(&[
-            "--host",
-            ip,
-            "--port",
-            &port,
-            "--mail-from",
-            "app@routed.test",
-            "--rcpt",
-            rcpt,
-        ])?;
-        s[0].id
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("not accepted"))
-    };
+    let one = |rcpt: &str| one(ip, rig.smtp, rcpt);
     let later = one("defer-1-a@later.test")?;
     let retired = one("defer-9-b@retired.test")?;
     for id in [&later, &retired] {
@@ -602,5 +559,77 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
         text.contains("bounced by the operator: domain retired"),
         "{text}"
     );
+    Ok(())
+}
+
+/// A custom domain hosted at a provider gets that provider's limits from its first message:
+/// the leader looks its MX host up (a real DNS server, dnsmasq) before it leases anything for
+/// it. Mail is routed to the sink regardless, so no sender ever reports the MX host: only the
+/// leader's lookup can classify the domain. Two an hour for the provider, ten for everyone
+/// else: two of four go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_domain_gets_its_providers_limits_from_the_first_message() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.81";
+    let dns = Dns::start(
+        "127.0.0.83",
+        &[
+            "--mx-host=brand.test,in1.mx.hosted.test,10".into(),
+            "--mx-host=brand.test,in2.mx.hosted.test,20".into(),
+        ],
+        &dir.path().join("dns.log"),
+    )?;
+    let node = format!("nameservers = [\"{}\"]", dns.addr);
+    let rig = DevWithSink::start_with(dir.path(), ip, "127.0.0.82", &node, "", "", &[]).await?;
+    let g = rig.grpc.clone();
+    wait_for("format 4", FINISH, || async {
+        (status(&g).await.ok()?.format >= 4).then_some(())
+    })
+    .await?;
+    ctl(
+        &g,
+        &[
+            "provider",
+            "set",
+            "hosted",
+            "--mx",
+            "mx.hosted.test",
+            "--warming-hourly",
+            "2",
+            "--warm-hourly",
+            "2",
+        ],
+    )?;
+    ctl(
+        &g,
+        &["provider", "set", "default", "--warming-hourly", "10"],
+    )?;
+    ctl(
+        &g,
+        &["ip", "add", "127.0.0.1", "--hostname", "mta1.skein.test"],
+    )?;
+    for i in 0..4 {
+        let rcpt = format!("u{i}@brand.test");
+        one(ip, rig.smtp, &rcpt)?;
+    }
+    wait_for("two deliveries", FINISH, || async {
+        (rig.sink.of("message").len() >= 2).then_some(())
+    })
+    .await?;
+    let summary = wait_for("two held by the provider's limit", FINISH, || async {
+        let out = ctl(&g, &["queues", "--by", "provider"]).ok()?;
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["hosted", "1", "2", "2"])
+            .then_some(out)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rig.sink.of("message").len(),
+        2,
+        "the provider's hourly limit from the first message: {summary}"
+    );
+    let dns_log = std::fs::read_to_string(dir.path().join("dns.log"))?;
+    assert!(dns_log.contains("brand.test"), "looked up: {dns_log}");
     Ok(())
 }

@@ -70,6 +70,22 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, ClusterError> {
         .map_err(|e| ClusterError::Raft(format!("raft config: {e}")))
 }
 
+/// The resolver the scheduler classifies recipient domains by MX host with.
+fn resolver(cfg: &NodeConfig) -> Option<Arc<dyn skein_dns::Resolve>> {
+    let servers: Vec<_> = cfg
+        .nameservers
+        .iter()
+        .filter_map(|n| skein_config::sender::parse_nameserver(n))
+        .collect();
+    match skein_dns::Resolver::new(&servers) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no DNS resolver: recipient domains are classified without their MX host");
+            None
+        }
+    }
+}
+
 /// Starts a node serving on `listener`: opens the store under `cfg.data_dir`, starts Raft and
 /// the gRPC services, and initializes the cluster if this node is the lowest-id founder of an
 /// uninitialized one.
@@ -140,6 +156,7 @@ pub async fn start(
         cfg.delivery.clone(),
         events,
         held.clone(),
+        resolver(cfg),
         fastrand::Rng::new(),
     ));
 

@@ -77,6 +77,12 @@ impl Sim {
     }
 }
 
+/// The simulated DNS: one custom domain is hosted at Google (Gmail's limits apply to it from
+/// its first message); the others have no MX of a provider.
+fn mx_of(domain: &str) -> Option<&'static str> {
+    (domain == "hosted.test").then_some("aspmx.l.google.com")
+}
+
 fn schedule(name: &str, idle_days: u32) -> Schedule {
     let step = |from_day, daily| Step { from_day, daily };
     Schedule {
@@ -192,6 +198,7 @@ async fn thirty_days_of_warm_up_within_every_cap_and_limit() {
     // Counted from the assignments: (ip, day) and (ip, provider, hour).
     let mut per_day: BTreeMap<(String, i64), u64> = BTreeMap::new();
     let mut per_hour: BTreeMap<(String, String, i64), u64> = BTreeMap::new();
+    let mut hosted = 0;
     let mut now = T0;
     while now < T0 + DAYS * DAY_MS {
         let day = now / DAY_MS - day0;
@@ -208,6 +215,7 @@ async fn thirty_days_of_warm_up_within_every_cap_and_limit() {
                     ("yahoo.com", 600),
                     ("outlook.com", 600),
                     ("example.org", 600),
+                    ("hosted.test", 300),
                 ],
             )
             .await;
@@ -237,7 +245,10 @@ async fn thirty_days_of_warm_up_within_every_cap_and_limit() {
         };
         for send in planner.committed(round, leased) {
             let p = &send.planned;
-            let provider = classify(&ps, &p.domain, None).name.clone();
+            let provider = classify(&ps, &p.domain, mx_of(&p.domain)).name.clone();
+            if p.domain == "hosted.test" {
+                hosted += send.keys.len();
+            }
             let n = send.keys.len() as u64;
             *per_day
                 .entry((p.slot.source_ip.clone(), now / DAY_MS))
@@ -267,6 +278,15 @@ async fn thirty_days_of_warm_up_within_every_cap_and_limit() {
                     ..Default::default()
                 },
             }));
+        }
+        // The leader's MX lookups, answered from the zone.
+        for domain in planner.lookups() {
+            let mx = mx_of(&domain).map(str::to_string);
+            planner.input(Input::Mx {
+                domain,
+                result: Ok(mx),
+                at_ms: now,
+            });
         }
         now += STEP_MS;
     }
@@ -316,4 +336,10 @@ async fn thirty_days_of_warm_up_within_every_cap_and_limit() {
     );
     let st = sim.reader.shaping(now).unwrap();
     assert_eq!(st.ips[3].record.start_day, day0 + 12);
+    // The leader's lookup was learned for every replica (the sender reported no MX host).
+    assert_eq!(
+        st.mx.get("hosted.test").map(String::as_str),
+        Some("aspmx.l.google.com")
+    );
+    assert!(hosted > 0, "the hosted domain got mail, counted as Gmail's");
 }

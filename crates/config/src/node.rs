@@ -49,6 +49,11 @@ pub struct NodeConfig {
     /// at the system time and moves only by the Admin `AdvanceClock` call (`skeinctl clock
     /// advance`), so hour and day boundaries can be crossed in seconds. Never in production.
     pub clock: ClockMode,
+    /// DNS servers (`ip` or `ip:port`) the leader asks for the MX host of a recipient domain
+    /// no provider's domain rule names, before it first delivers there: a custom domain
+    /// hosted at Gmail gets Gmail's limits from its first message. Empty (the default): the
+    /// system's resolvers. `skein dev` uses `[sender] nameservers` when this is empty.
+    pub nameservers: Vec<String>,
 }
 
 /// Where a node's time comes from.
@@ -130,6 +135,7 @@ impl Default for NodeConfig {
             tenants: Vec::new(),
             delivery: DeliveryConfig::default(),
             clock: ClockMode::System,
+            nameservers: Vec::new(),
         }
     }
 }
@@ -193,6 +199,16 @@ impl NodeConfig {
                     format!("{:?} is not a host:port", m.addr),
                 ));
             }
+        }
+        if let Some(n) = self
+            .nameservers
+            .iter()
+            .find(|n| crate::sender::parse_nameserver(n).is_none())
+        {
+            return Err(invalid(
+                "node.nameservers",
+                format!("{n:?} is not an ip or ip:port"),
+            ));
         }
         self.delivery.validate()?;
         let r = &self.raft;

@@ -60,7 +60,7 @@ impl Deliverer {
             .iter()
             .filter_map(|n| skein_config::sender::parse_nameserver(n))
             .collect();
-        let resolver = Resolver::new(&nameservers)?;
+        let resolver = Resolver::new(&nameservers).map_err(crate::SenderError::Resolver)?;
         let pool = Pool::new(cfg.idle_timeout.0, cfg.max_messages_per_connection);
         tokio::spawn(pool.clone().reap());
         Ok(Self {
@@ -128,10 +128,14 @@ impl Deliverer {
             );
         }
         let route = self.cfg.route(&a.domain);
-        let targets = match self
-            .resolver
-            .targets(&a.domain, route, self.cfg.smtp_port, source.is_ipv4())
-            .await
+        let targets = match crate::dns::targets(
+            &self.resolver,
+            &a.domain,
+            route,
+            self.cfg.smtp_port,
+            source.is_ipv4(),
+        )
+        .await
         {
             Ok(t) => t,
             Err(f) => return (String::new(), all(classify(&f))),

@@ -8,12 +8,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
 use skein_smtp::outcome::Failure;
-
-use crate::SenderError;
 
 /// MX hosts tried per delivery attempt.
 pub const MAX_MX_HOSTS: usize = 5;
@@ -29,184 +24,80 @@ pub struct Target {
     pub addrs: Vec<SocketAddr>,
 }
 
-/// The answer to a query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer<T> {
-    /// Records found.
-    Found(T),
-    /// The name exists but has no records of that type.
-    NoRecords,
-    /// The name does not exist.
-    NxDomain,
+pub use skein_dns::{Answer, Resolver};
+
+/// The hosts to try for `domain`, or why there are none. `route` (`host:port`) replaces the
+/// MX lookup; `port` is used for MX and implicit-MX targets; `v4` keeps only the addresses of
+/// the source address's family.
+pub async fn targets(
+    resolver: &Resolver,
+    domain: &str,
+    route: Option<&str>,
+    port: u16,
+    v4: bool,
+) -> Result<Vec<Target>, Failure> {
+    if let Some(route) = route {
+        let (host, port) = split_host_port(route)
+            .ok_or_else(|| Failure::Dns(format!("route {route:?} is not host:port")))?;
+        let hosts = vec![host.to_string()];
+        return resolve_hosts(resolver, hosts, port, v4).await;
+    }
+    let hosts = match resolver.mx(domain).await.map_err(Failure::Dns)? {
+        Answer::NxDomain => return Err(Failure::NoSuchDomain(domain.to_string())),
+        // RFC 5321 5.1: no MX, the domain itself is the implicit MX.
+        Answer::NoRecords => vec![domain.to_ascii_lowercase()],
+        Answer::Found(records) => order_mx(records, &mut fastrand::Rng::new())?,
+    };
+    resolve_hosts(resolver, hosts, port, v4).await
 }
 
-/// MX and address lookups through hickory.
-#[derive(Debug, Clone)]
-pub struct Resolver {
-    inner: TokioResolver,
-}
-
-impl Resolver {
-    /// A resolver asking `nameservers`, or the system's (resolv.conf) when empty.
-    pub fn new(nameservers: &[SocketAddr]) -> Result<Self, SenderError> {
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| SenderError::Resolver(e.to_string()))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
+async fn resolve_hosts(
+    resolver: &Resolver,
+    hosts: Vec<String>,
+    port: u16,
+    v4: bool,
+) -> Result<Vec<Target>, Failure> {
+    let mut targets = Vec::new();
+    let mut errors = Vec::new();
+    let mut budget = MAX_ADDRESSES;
+    for host in hosts.into_iter().take(MAX_MX_HOSTS) {
+        if budget == 0 {
+            break;
+        }
+        let ips = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match resolver.addresses(&host).await {
+                Ok(Answer::Found(ips)) => ips,
+                Ok(Answer::NoRecords | Answer::NxDomain) => {
+                    errors.push(format!("{host} has no address"));
+                    continue;
+                }
+                Err(e) => {
+                    errors.push(format!("{host}: {e}"));
+                    continue;
+                }
+            },
         };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        // Names are absolute: never try them under a search domain.
-        opts.ndots = 0;
-        let inner = builder
-            .build()
-            .map_err(|e| SenderError::Resolver(e.to_string()))?;
-        Ok(Self { inner })
-    }
-
-    /// MX records of `domain`: (preference, exchange without the final dot).
-    pub async fn mx(&self, domain: &str) -> Result<Answer<Vec<(u16, String)>>, String> {
-        match self.inner.mx_lookup(fqdn(domain)).await {
-            Ok(lookup) => {
-                let v: Vec<(u16, String)> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        hickory_resolver::proto::rr::RData::MX(mx) => {
-                            Some((mx.preference, mx.exchange.to_ascii()))
-                        }
-                        _ => None,
-                    })
-                    .map(|(p, e)| (p, e.trim_end_matches('.').to_ascii_lowercase()))
-                    .collect();
-                Ok(if v.is_empty() {
-                    Answer::NoRecords
-                } else {
-                    Answer::Found(v)
-                })
-            }
-            Err(e) => classify_error(&e),
+        let addrs: Vec<SocketAddr> = ips
+            .into_iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .take(budget)
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        if addrs.is_empty() {
+            errors.push(format!(
+                "{host} has no IPv{} address",
+                if v4 { 4 } else { 6 }
+            ));
+            continue;
         }
+        budget -= addrs.len();
+        targets.push(Target { host, addrs });
     }
-
-    /// A and AAAA records of `host`.
-    pub async fn addresses(&self, host: &str) -> Result<Answer<Vec<IpAddr>>, String> {
-        match self.inner.lookup_ip(fqdn(host)).await {
-            Ok(lookup) => {
-                let v: Vec<IpAddr> = lookup.iter().collect();
-                Ok(if v.is_empty() {
-                    Answer::NoRecords
-                } else {
-                    Answer::Found(v)
-                })
-            }
-            Err(e) => classify_error(&e),
-        }
+    if targets.is_empty() {
+        return Err(Failure::Dns(errors.join("; ")));
     }
-
-    /// The hosts to try for `domain`, or why there are none. `route` (`host:port`) replaces
-    /// the MX lookup; `port` is used for MX and implicit-MX targets; `v4` keeps only the
-    /// addresses of the source address's family.
-    pub async fn targets(
-        &self,
-        domain: &str,
-        route: Option<&str>,
-        port: u16,
-        v4: bool,
-    ) -> Result<Vec<Target>, Failure> {
-        if let Some(route) = route {
-            let (host, port) = split_host_port(route)
-                .ok_or_else(|| Failure::Dns(format!("route {route:?} is not host:port")))?;
-            let hosts = vec![host.to_string()];
-            return self.resolve_hosts(hosts, port, v4).await;
-        }
-        let hosts = match self.mx(domain).await.map_err(Failure::Dns)? {
-            Answer::NxDomain => return Err(Failure::NoSuchDomain(domain.to_string())),
-            // RFC 5321 5.1: no MX, the domain itself is the implicit MX.
-            Answer::NoRecords => vec![domain.to_ascii_lowercase()],
-            Answer::Found(records) => order_mx(records, &mut fastrand::Rng::new())?,
-        };
-        self.resolve_hosts(hosts, port, v4).await
-    }
-
-    async fn resolve_hosts(
-        &self,
-        hosts: Vec<String>,
-        port: u16,
-        v4: bool,
-    ) -> Result<Vec<Target>, Failure> {
-        let mut targets = Vec::new();
-        let mut errors = Vec::new();
-        let mut budget = MAX_ADDRESSES;
-        for host in hosts.into_iter().take(MAX_MX_HOSTS) {
-            if budget == 0 {
-                break;
-            }
-            let ips = match host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => match self.addresses(&host).await {
-                    Ok(Answer::Found(ips)) => ips,
-                    Ok(Answer::NoRecords | Answer::NxDomain) => {
-                        errors.push(format!("{host} has no address"));
-                        continue;
-                    }
-                    Err(e) => {
-                        errors.push(format!("{host}: {e}"));
-                        continue;
-                    }
-                },
-            };
-            let addrs: Vec<SocketAddr> = ips
-                .into_iter()
-                .filter(|ip| ip.is_ipv4() == v4)
-                .take(budget)
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect();
-            if addrs.is_empty() {
-                errors.push(format!(
-                    "{host} has no IPv{} address",
-                    if v4 { 4 } else { 6 }
-                ));
-                continue;
-            }
-            budget -= addrs.len();
-            targets.push(Target { host, addrs });
-        }
-        if targets.is_empty() {
-            return Err(Failure::Dns(errors.join("; ")));
-        }
-        Ok(targets)
-    }
-}
-
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') {
-        name.to_string()
-    } else {
-        format!("{name}.")
-    }
-}
-
-fn classify_error<T>(e: &hickory_resolver::net::NetError) -> Result<Answer<T>, String> {
-    if e.is_nx_domain() {
-        Ok(Answer::NxDomain)
-    } else if e.is_no_records_found() {
-        Ok(Answer::NoRecords)
-    } else {
-        Err(e.to_string())
-    }
+    Ok(targets)
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6 literals).

@@ -392,31 +392,46 @@ pub fn default_providers() -> Vec<Provider> {
 /// longest MX suffix matching `mx`; failing that, the default class. Operators' providers
 /// come in `providers`; the default class is [`DEFAULT_PROVIDER`] if listed, or the shipped one.
 pub fn classify<'a>(providers: &'a [Provider], domain: &str, mx: Option<&str>) -> &'a Provider {
+    let mx = mx.map(|m| m.trim_end_matches('.').to_ascii_lowercase());
+    by_domain(providers, domain)
+        .or_else(|| {
+            mx.as_deref()
+                .and_then(|m| longest_match(providers, |p| &p.mx_suffixes, m))
+        })
+        .or_else(|| providers.iter().find(|p| p.name == DEFAULT_PROVIDER))
+        .unwrap_or_else(|| default_class())
+}
+
+/// The provider a domain rule names for `domain` (lower-case), if any: such a domain is
+/// classified without knowing its MX host.
+pub fn by_domain<'a>(providers: &'a [Provider], domain: &str) -> Option<&'a Provider> {
+    longest_match(providers, |p| &p.domains, domain)
+}
+
+/// The provider with the longest of its `rules` that `name` is, or is a subdomain of.
+fn longest_match<'a>(
+    providers: &'a [Provider],
+    rules: fn(&Provider) -> &Vec<String>,
+    name: &str,
+) -> Option<&'a Provider> {
     fn suffix_of(name: &str, rule: &str) -> bool {
         name == rule
             || (name.len() > rule.len()
                 && name.ends_with(rule)
                 && name.as_bytes()[name.len() - rule.len() - 1] == b'.')
     }
-    let best = |rules: fn(&Provider) -> &Vec<String>, name: &str| {
-        providers
-            .iter()
-            .filter_map(|p| {
-                rules(p)
-                    .iter()
-                    .filter(|r| suffix_of(name, r))
-                    .map(|r| r.len())
-                    .max()
-                    .map(|len| (len, p))
-            })
-            .max_by_key(|(len, _)| *len)
-            .map(|(_, p)| p)
-    };
-    let mx = mx.map(|m| m.trim_end_matches('.').to_ascii_lowercase());
-    best(|p| &p.domains, domain)
-        .or_else(|| mx.as_deref().and_then(|m| best(|p| &p.mx_suffixes, m)))
-        .or_else(|| providers.iter().find(|p| p.name == DEFAULT_PROVIDER))
-        .unwrap_or_else(|| default_class())
+    providers
+        .iter()
+        .filter_map(|p| {
+            rules(p)
+                .iter()
+                .filter(|r| suffix_of(name, r))
+                .map(|r| r.len())
+                .max()
+                .map(|len| (len, p))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, p)| p)
 }
 
 /// The shipped default class.
@@ -605,6 +620,12 @@ mod tests {
         assert_eq!(classify(&ps, "notgmail.com", None).name, DEFAULT_PROVIDER);
         assert_eq!(classify(&ps, "mail.gmail.com", None).name, "gmail");
         assert_eq!(classify(&[], "x.test", None).name, DEFAULT_PROVIDER);
+        // Known by their domain alone, or only once their MX host is.
+        assert_eq!(
+            by_domain(&ps, "yahoo.co.uk").map(|p| &*p.name),
+            Some("yahoo")
+        );
+        assert!(by_domain(&ps, "example.org").is_none());
         for p in &ps {
             p.validate().unwrap();
         }

@@ -285,6 +285,10 @@ async fn run_dev(
             password: password.into(),
         });
     }
+    if node.nameservers.is_empty() {
+        // One process, one view of DNS.
+        node.nameservers = sender.nameservers.clone();
+    }
     edge.queue = vec![node.advertise_addr().to_string()];
     sender.cluster = vec![node.advertise_addr().to_string()];
     Config {

@@ -49,7 +49,7 @@ pub fn select(
     batch: usize,
     quantum: usize,
     cursor: &mut usize,
-    blocked: impl Fn(&str, &str) -> bool,
+    mut blocked: impl FnMut(&str, &str) -> bool,
     at_share: impl Fn(&str, &str, usize) -> bool,
 ) -> Result<Vec<RcptRecord>, skein_queue::QueueError> {
     let mut heads = reader.ready_queues(now_ms, MAX_READY_QUEUES)?;

@@ -74,8 +74,13 @@ const PURGE_EVERY: Duration = Duration::from_secs(30);
 /// Finished messages forgotten per Raft entry.
 const PURGE_LIMIT: u32 = 1000;
 
+/// How long the leader waits for a domain's MX host before it classifies the domain without.
+const MX_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs the scheduler until the node shuts down (the inputs channel closes). `rng` is its only
-/// source of randomness (lease tokens, retry jitter).
+/// source of randomness (lease tokens, retry jitter); `resolver` finds the MX hosts of
+/// recipient domains that need them to be classified (none: they are classified without).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cluster: Arc<Cluster>,
     sessions: Arc<Sessions>,
@@ -83,8 +88,12 @@ pub async fn run(
     cfg: DeliveryConfig,
     events: Arc<EventLog>,
     held: Arc<HeldQueues>,
+    resolver: Option<Arc<dyn skein_dns::Resolve>>,
     mut rng: fastrand::Rng,
 ) {
+    // Lookups run beside the loop and answer through their own channel (the planner bounds
+    // how many are out).
+    let (mx_tx, mut mx_rx) = mpsc::unbounded_channel::<Input>();
     let mut published = std::time::Instant::now();
     let purge_every = cfg.keep_finished.0.min(PURGE_EVERY).as_millis() as i64;
     let mut planner = Planner::new(cfg);
@@ -119,7 +128,7 @@ pub async fn run(
                         }
                     }
                     Some(i @ (Input::Left { .. } | Input::Draining { .. })) => planner.input(i),
-                    Some(Input::Report(_)) => {}
+                    Some(Input::Report(_) | Input::Mx { .. }) => {}
                     None => return,
                 },
                 r = leadership.changed() => if r.is_err() { return },
@@ -150,10 +159,14 @@ pub async fn run(
                     Some(i) => planner.input(i),
                     None => return,
                 },
+                Some(i) = mx_rx.recv() => planner.input(i),
                 _ = leadership.changed() => continue,
                 _ = sessions.drained() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+        while let Ok(i) = mx_rx.try_recv() {
+            planner.input(i);
         }
         // Reports a failed round kept come first; new inputs fill the round up.
         while planner.wants_reports() {
@@ -175,6 +188,9 @@ pub async fn run(
             }
         }
         let result = round(&cluster, &sessions, &events, &mut planner, &mut rng).await;
+        for domain in planner.lookups() {
+            look_up_mx(&cluster, resolver.clone(), domain, mx_tx.clone());
+        }
         if published.elapsed() >= Duration::from_secs(1) {
             held.set(planner.held_queues());
             published = std::time::Instant::now();
@@ -188,6 +204,35 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Looks up `domain`'s primary MX host beside the loop and answers on `tx`.
+fn look_up_mx(
+    cluster: &Arc<Cluster>,
+    resolver: Option<Arc<dyn skein_dns::Resolve>>,
+    domain: String,
+    tx: mpsc::UnboundedSender<Input>,
+) {
+    let clock = cluster.clock.clone();
+    tokio::spawn(async move {
+        let result = match resolver {
+            None => Err("no resolver".to_string()),
+            Some(r) => match tokio::time::timeout(MX_LOOKUP_TIMEOUT, r.mx(&domain)).await {
+                Err(_) => Err(format!("no answer in {MX_LOOKUP_TIMEOUT:?}")),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(skein_dns::Answer::Found(records))) => {
+                    Ok(skein_dns::primary(&records).map(str::to_string))
+                }
+                Ok(Ok(skein_dns::Answer::NoRecords | skein_dns::Answer::NxDomain)) => Ok(None),
+            },
+        };
+        tracing::debug!(%domain, ?result, "MX lookup for provider classification");
+        let _ = tx.send(Input::Mx {
+            domain,
+            result,
+            at_ms: clock.now_ms(),
+        });
+    });
 }
 
 /// Whether this node leads, updated from Raft's metrics whenever that changes (and only

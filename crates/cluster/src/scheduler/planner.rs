@@ -56,6 +56,17 @@ pub enum Input {
     },
     /// A sender reported an assignment's outcome.
     Report(SessionReport),
+    /// The MX lookup [`Planner::lookups`] asked for ended, at `at_ms`: the domain's primary
+    /// MX host, `None` when it has none (no records, no such domain, a null MX), or why the
+    /// lookup failed.
+    Mx {
+        /// Recipient domain.
+        domain: String,
+        /// What the lookup found.
+        result: Result<Option<String>, String>,
+        /// When it ended.
+        at_ms: i64,
+    },
 }
 
 /// One connected sender as the planner counts it.
@@ -114,6 +125,83 @@ pub struct Planner {
     /// The queue of each assignment out with a sender, and how many each queue has out.
     out: HashMap<u64, (String, String)>,
     out_per_queue: HashMap<(String, String), usize>,
+    /// MX lookups for domains no domain rule classifies.
+    mx: MxLookups,
+}
+
+/// MX lookups for recipient domains that no provider's domain rule names and whose MX host is
+/// not known yet: their queues wait (briefly) for the answer, so a custom domain hosted at a
+/// provider gets that provider's limits from its first message.
+#[derive(Debug, Default)]
+struct MxLookups {
+    /// Domains to look up, not yet handed to the driver.
+    wanted: Vec<String>,
+    /// Domains being looked up (handed out or not).
+    pending: HashSet<String>,
+    /// MX hosts found, to learn in the next round.
+    found: Vec<(String, String)>,
+    /// Domains without an MX host to go by (none, or the lookup failed), until when: they are
+    /// classified by their domain alone (the default class, usually) meanwhile.
+    unknown: HashMap<String, i64>,
+}
+
+/// Lookups out at once.
+const MAX_MX_LOOKUPS: usize = 64;
+/// Domains remembered as having no MX host to go by.
+const MAX_MX_UNKNOWN: usize = 100_000;
+/// How long a domain without MX records goes by its domain alone before it is looked up again.
+const NO_MX_TTL_MS: i64 = 3_600_000;
+/// How long after a failed lookup (timeout, SERVFAIL) a domain goes by its domain alone.
+const MX_RETRY_MS: i64 = 300_000;
+
+impl MxLookups {
+    /// Whether queues of `domain` wait for its MX host: under sending limits, a domain that no
+    /// domain rule names, whose MX host is neither learned nor known to be missing. Asks for a
+    /// lookup the first time.
+    fn waits(&mut self, st: &ShapingState, domain: &str, now_ms: i64) -> bool {
+        if st.mx.contains_key(domain)
+            || skein_shaping::by_domain(&st.providers, domain).is_some()
+            || self
+                .unknown
+                .get(domain)
+                .is_some_and(|&until| until > now_ms)
+        {
+            return false;
+        }
+        if !self.pending.contains(domain) {
+            if self.pending.len() >= MAX_MX_LOOKUPS {
+                // Its turn comes when a lookup ends.
+                return true;
+            }
+            self.pending.insert(domain.to_string());
+            self.wanted.push(domain.to_string());
+        }
+        true
+    }
+
+    /// A lookup ended.
+    fn ended(&mut self, domain: String, result: Result<Option<String>, String>, at_ms: i64) {
+        if !self.pending.remove(&domain) {
+            return;
+        }
+        let until = match result {
+            Ok(Some(mx)) => {
+                self.found.push((domain, mx));
+                return;
+            }
+            Ok(None) => at_ms.saturating_add(NO_MX_TTL_MS),
+            Err(e) => {
+                tracing::info!(%domain, error = %e, "MX lookup failed: its provider is decided by the domain alone for now");
+                at_ms.saturating_add(MX_RETRY_MS)
+            }
+        };
+        if self.unknown.len() >= MAX_MX_UNKNOWN {
+            self.unknown.retain(|_, u| *u > at_ms);
+        }
+        if self.unknown.len() < MAX_MX_UNKNOWN {
+            self.unknown.insert(domain, until);
+        }
+    }
 }
 
 impl Planner {
@@ -133,6 +221,7 @@ impl Planner {
             limits: None,
             out: HashMap::new(),
             out_per_queue: HashMap::new(),
+            mx: MxLookups::default(),
         }
     }
 
@@ -179,7 +268,18 @@ impl Planner {
                 self.returned(r.report.lease);
                 self.pending.push(r);
             }
+            Input::Mx {
+                domain,
+                result,
+                at_ms,
+            } => self.mx.ended(domain, result, at_ms),
         }
+    }
+
+    /// Domains whose MX host to look up (each handed out once): answer each with an
+    /// [`Input::Mx`]. Their queues wait until then.
+    pub fn lookups(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.mx.wanted)
     }
 
     /// Whether reports or releases wait for a round.
@@ -299,6 +399,15 @@ impl Planner {
             mut hour_tally,
         } = cache;
         plan::reports(&self.cfg, now_ms, rng, inputs, shaping.is_some(), &mut plan);
+        // MX hosts the leader looked up: learned for every node, as senders' are below.
+        for (domain, mx) in std::mem::take(&mut self.mx.found) {
+            if let Some(st) = shaping.as_mut() {
+                if st.mx.get(&domain) != Some(&mx) {
+                    st.mx.insert(domain.clone(), mx.clone());
+                    plan.ops.push(DeliveryOp::LearnMx { domain, mx });
+                }
+            }
+        }
         let throttle = self.cfg.throttle_delay.0.as_millis() as i64;
         // A report kept after a failed write is planned again: its feedback counts once.
         let seen = self.pending_seen.min(reports);
@@ -358,7 +467,11 @@ impl Planner {
             }
         }
         self.held.retain(|_, until| *until > now_ms);
-        let (blocked, held) = (&self.blocked, &self.held);
+        if refreshed {
+            self.mx.unknown.retain(|_, until| *until > now_ms);
+        }
+        let free = self.free() > 0;
+        let (blocked, held, mx) = (&self.blocked, &self.held, &mut self.mx);
         let stopped = Stopped::new(view.suspensions(now_ms)?, shaping.as_ref());
         // Max-min fair slots: while other queues have due work, a queue with its share of
         // all slots out (a slow destination, say) gets no more, so the slots it frees go to
@@ -371,7 +484,6 @@ impl Planner {
             .map(|s| s.max_in_flight)
             .sum();
         let out = &self.out_per_queue;
-        let free = self.free() > 0;
         let due = super::fair::select(
             view,
             now_ms,
@@ -380,7 +492,10 @@ impl Planner {
             &mut self.cursor,
             |t, d| {
                 let q = (t.to_string(), d.to_string());
-                blocked.contains_key(&q) || held.contains_key(&q) || stopped.queue(t, d)
+                blocked.contains_key(&q)
+                    || held.contains_key(&q)
+                    || stopped.queue(t, d)
+                    || shaping.as_ref().is_some_and(|st| mx.waits(st, d, now_ms))
             },
             |t, d, ready| {
                 free && ready > 1
@@ -484,6 +599,7 @@ impl Planner {
         self.limits = None;
         self.out.clear();
         self.out_per_queue.clear();
+        self.mx = MxLookups::default();
     }
 
     /// Assignment `lease` is no longer out with a sender: its queue has one fewer out.
@@ -965,12 +1081,17 @@ mod tests {
     }
 
     fn joined(conn: u64, name: &str, slots: u32) -> Input {
+        joined_from(conn, name, "127.0.0.9", slots)
+    }
+
+    /// A sender announcing one source IP.
+    fn joined_from(conn: u64, name: &str, ip: &str, slots: u32) -> Input {
         Input::Joined {
             conn,
             hello: Hello {
                 sender: name.into(),
                 source_ips: vec![SourceIp {
-                    ip: "127.0.0.9".into(),
+                    ip: ip.into(),
                     ehlo: "out.test".into(),
                 }],
                 max_in_flight: slots,
@@ -1261,9 +1382,9 @@ mod tests {
         );
     }
 
-    /// A custom domain's mail counts as the default class until a sender reports reaching
-    /// Google's MX for it: the round learns that (a replicated op) and from then on leases it
-    /// against Gmail's limits.
+    /// A custom domain whose MX lookup failed counts as the default class until a sender
+    /// reports reaching Google's MX for it: the round learns that (a replicated op) and from
+    /// then on leases it against Gmail's limits.
     #[test]
     fn providers_are_learned_from_the_mx_senders_reach() {
         let mut view = MemView {
@@ -1278,18 +1399,7 @@ mod tests {
             ..cfg()
         };
         let mut p = Planner::new(cfg);
-        p.input(Input::Joined {
-            conn: 1,
-            hello: Hello {
-                sender: "s1".into(),
-                source_ips: vec![SourceIp {
-                    ip: "192.0.2.1".into(),
-                    ehlo: "x.test".into(),
-                }],
-                max_in_flight: 1,
-                active_leases: Vec::new(),
-            },
-        });
+        p.input(joined_from(1, "s1", "192.0.2.1", 1));
         let provider_of = |r: &Round| -> Vec<String> {
             r.ops
                 .iter()
@@ -1301,7 +1411,17 @@ mod tests {
         };
         let mut rng = fastrand::Rng::with_seed(13);
         let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert!(r.ops.is_empty(), "waits for its MX host: {:?}", r.ops);
+        p.failed(r);
+        assert_eq!(p.lookups(), ["hosted.test"]);
+        p.input(Input::Mx {
+            domain: "hosted.test".into(),
+            result: Err("timed out".into()),
+            at_ms: NOW,
+        });
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
         assert_eq!(provider_of(&r), ["default"]);
+        assert!(p.lookups().is_empty(), "not looked up again for a while");
         let leased = grant(&r);
         let sends = p.committed(r, leased.clone());
         view.lease(&leased, "s1");
@@ -1322,6 +1442,91 @@ mod tests {
             r.ops
         );
         assert_eq!(provider_of(&r), ["gmail"]);
+    }
+
+    /// A domain no domain rule names waits for the leader's MX lookup before its first
+    /// lease: found at Google, the round learns it and leases against Gmail's limits; a
+    /// domain without MX records goes by its domain (the default class). Each is looked up
+    /// once, and never more than [`MAX_MX_LOOKUPS`] at a time.
+    #[test]
+    fn unknown_domains_are_classified_by_their_mx_before_the_first_lease() {
+        let mut view = MemView {
+            shaping: Some(two_ips()),
+            ..MemView::default()
+        };
+        view.add("t", "hosted.test", "H0", 1);
+        view.add("t", "plain.test", "P0", 1);
+        view.add("t", "gmail.com", "G0", 1);
+        let mut p = Planner::new(cfg());
+        p.input(joined_from(1, "s1", "192.0.2.1", 10));
+        let leases = |r: &Round| -> Vec<(String, String)> {
+            let mut v: Vec<_> = r
+                .plan
+                .planned
+                .iter()
+                .map(|p| (p.domain.clone(), p.provider.as_ref().unwrap().name.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        let mut rng = fastrand::Rng::with_seed(5);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        // gmail.com is known by its name and goes at once.
+        assert_eq!(leases(&r), [("gmail.com".into(), "gmail".into())]);
+        let leased = grant(&r);
+        p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        let mut asked = p.lookups();
+        asked.sort();
+        assert_eq!(asked, ["hosted.test", "plain.test"]);
+        let r = p.plan(NOW + 1, &mut rng, &view, 0).unwrap();
+        assert!(r.plan.planned.is_empty(), "still waiting");
+        p.failed(r);
+        assert!(p.lookups().is_empty(), "asked once");
+        p.input(Input::Mx {
+            domain: "hosted.test".into(),
+            result: Ok(Some("aspmx.l.google.com".into())),
+            at_ms: NOW,
+        });
+        p.input(Input::Mx {
+            domain: "plain.test".into(),
+            result: Ok(None),
+            at_ms: NOW,
+        });
+        let r = p.plan(NOW + 2, &mut rng, &view, 0).unwrap();
+        assert!(r.ops.contains(&DeliveryOp::LearnMx {
+            domain: "hosted.test".into(),
+            mx: "aspmx.l.google.com".into(),
+        }));
+        assert_eq!(
+            leases(&r),
+            [
+                ("hosted.test".into(), "gmail".into()),
+                ("plain.test".into(), "default".into())
+            ]
+        );
+
+        // Lookups out at once are bounded; the rest ask when one ends.
+        let mut m = MxLookups::default();
+        let st = two_ips();
+        for i in 0..MAX_MX_LOOKUPS + 5 {
+            assert!(m.waits(&st, &format!("d{i}.test"), NOW));
+        }
+        assert_eq!(m.wanted.len(), MAX_MX_LOOKUPS);
+        m.ended("d0.test".into(), Err("SERVFAIL".into()), NOW);
+        assert!(
+            !m.waits(&st, "d0.test", NOW + 1),
+            "failed: by its domain for now"
+        );
+        assert!(
+            m.waits(&st, "d0.test", NOW + MX_RETRY_MS),
+            "then asked again"
+        );
+        assert!(
+            m.waits(&st, "late.test", NOW),
+            "full again: waits without asking"
+        );
+        assert_eq!(m.wanted.len(), MAX_MX_LOOKUPS + 1);
     }
 
     #[test]

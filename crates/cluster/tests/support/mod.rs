@@ -248,6 +248,7 @@ impl Cluster {
                 DeliveryConfig::default(),
                 Arc::new(EventLog::open(None).expect("no event log")),
                 Arc::default(),
+                None,
                 fastrand::Rng::with_seed(id),
             ));
             nodes.insert(
