@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
     let fds = protox::compile(files, [&root])?;
+    // The same descriptors, served by gRPC server reflection (`grpcurl list` against a node).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("skein_descriptor.bin");
+    std::fs::write(out, prost::Message::encode_to_vec(&fds))?;
     // Message bodies as `Bytes`: the edge may retry an Enqueue on another node, and cloning a
     // request must not copy the message each time.
     tonic_prost_build::configure()

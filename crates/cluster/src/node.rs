@@ -174,7 +174,17 @@ pub async fn start(
             })
         },
     );
+    // gRPC server reflection (v1 and the v1alpha older tools ask for), so `grpcurl` and the
+    // like list and call the services without the .proto files.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(skein_proto::FILE_DESCRIPTOR_SET)
+    };
+    // Built into the binary by skein-proto's build script from the same protos as the code.
+    const DESCRIPTORS: &str = "the compiled-in descriptor set is valid";
     let server = tonic::transport::Server::builder()
+        .add_service(reflection().build_v1().expect(DESCRIPTORS))
+        .add_service(reflection().build_v1alpha().expect(DESCRIPTORS))
         .add_service(
             RaftServer::new(RaftService::new(raft.clone(), cluster.clock.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE)

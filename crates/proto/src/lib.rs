@@ -6,7 +6,8 @@
 //! - [`work`]: the queue leader hands deliveries to sender nodes and hears how they went.
 //! - [`health`]: the standard `grpc.health.v1` protocol, for probes and load balancers.
 //!
-//! [`call_within`] puts a client-side deadline on any call between Skein's roles.
+//! [`call_within`] puts a client-side deadline on any call between Skein's roles;
+//! [`FILE_DESCRIPTOR_SET`] describes every service, for gRPC server reflection.
 #![allow(missing_docs, clippy::all)]
 
 use std::future::Future;
@@ -31,6 +32,11 @@ pub async fn call_within<T>(
         ))),
     }
 }
+
+/// Every service and message above as an encoded `FileDescriptorSet` (with comments): what
+/// a node serves through gRPC server reflection, so `grpcurl` needs no `.proto` files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/skein_descriptor.bin"));
 
 /// `grpc.health.v1`.
 pub mod health {
