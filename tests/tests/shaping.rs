@@ -8,6 +8,17 @@ use skein_tests::*;
 
 const FINISH: Duration = Duration::from_secs(30);
 
+/// The text of the first DSN (null return path) the sink received for app@routed.test.
+async fn dsn_to_app(sink: &Sink) -> anyhow::Result<String> {
+    let dsn = wait_for("the DSN", FINISH, || async {
+        sink.messages_for("app@routed.test")
+            .into_iter()
+            .find(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
+    })
+    .await?;
+    Ok(dsn["data"].as_str().unwrap_or_default().to_string())
+}
+
 /// Submits one message to `rcpt` through the edge at `ip`:`port` (relayed from 127.0.0.0/8);
 /// its queue id.
 fn one(ip: &str, port: u16, rcpt: &str) -> anyhow::Result<String> {
@@ -421,8 +432,9 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
 }
 
 /// Day boundaries in a running node, with a manual clock: three a day from the IP, so three
-/// of five go today; a day later (the clock advanced by skeinctl) the other two go. A node on
-/// the system clock refuses to be moved.
+/// of five go today; a day later (the clock advanced by skeinctl) the other two go. Mail the
+/// limits hold past its maximum age expires with a DSN that says so. A node on the system
+/// clock refuses to be moved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -432,7 +444,7 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
         ip,
         "127.0.0.94",
         "clock = \"manual\"",
-        "",
+        "max_age = \"2d\"",
         "",
         &[],
     )
@@ -476,6 +488,38 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
     }
     let out = ctl(&g, &["ip", "show"])?;
     assert!(out.contains("day 2") && out.contains("today 2/10"), "{out}");
+
+    // Eight more fit today; the ninth and tenth wait, and are still waiting when they are two
+    // days old: they expire, and the DSN says the limits held them.
+    let mut late = Vec::new();
+    for i in 0..10 {
+        late.push(one(ip, rig.smtp, &format!("e{i}@daily.test"))?);
+    }
+    wait_for("the day's ten", FINISH, || async {
+        (rig.sink.of("message").len() >= 13).then_some(())
+    })
+    .await?;
+    ctl(&g, &["clock", "advance", "3d"])?;
+    let mut states = Vec::new();
+    for id in &late {
+        states.push(
+            wait_final(&g, id, FINISH).await?.recipients[0]
+                .state
+                .clone(),
+        );
+    }
+    states.sort();
+    assert_eq!(
+        states,
+        [vec!["delivered"; 8], vec!["expired"; 2]].concat(),
+        "{states:?}"
+    );
+    let text = dsn_to_app(&rig.sink).await?;
+    assert!(
+        text.contains("delivery time expired: 451 4.4.7 held by sending limits")
+            && text.contains("Status: 4.4.7"),
+        "{text}"
+    );
 
     let b = dir.path().join("b");
     std::fs::create_dir_all(&b)?;
@@ -547,14 +591,7 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
     assert!(out.contains("1 recipients bounced"), "{out}");
     let m = wait_final(&g, &retired, FINISH).await?;
     assert_eq!(m.recipients[0].state, "bounced");
-    let dsn = wait_for("the DSN", FINISH, || async {
-        rig.sink
-            .messages_for("app@routed.test")
-            .into_iter()
-            .find(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
-    })
-    .await?;
-    let text = dsn["data"].as_str().unwrap_or_default();
+    let text = dsn_to_app(&rig.sink).await?;
     assert!(
         text.contains("bounced by the operator: domain retired"),
         "{text}"

@@ -127,6 +127,9 @@ pub struct Planner {
     out_per_queue: HashMap<(String, String), usize>,
     /// MX lookups for domains no domain rule classifies.
     mx: MxLookups,
+    /// Queues held by the sending limits since they last had a lease granted, and when last:
+    /// their recipients that expire say the limits held them.
+    limited: HashMap<(String, String), i64>,
 }
 
 /// MX lookups for recipient domains that no provider's domain rule names and whose MX host is
@@ -159,24 +162,25 @@ impl MxLookups {
     /// domain rule names, whose MX host is neither learned nor known to be missing. Asks for a
     /// lookup the first time.
     fn waits(&mut self, st: &ShapingState, domain: &str, now_ms: i64) -> bool {
-        if st.mx.contains_key(domain)
-            || skein_shaping::by_domain(&st.providers, domain).is_some()
-            || self
-                .unknown
-                .get(domain)
-                .is_some_and(|&until| until > now_ms)
-        {
+        if st.mx.contains_key(domain) || skein_shaping::by_domain(&st.providers, domain).is_some() {
             return false;
         }
+        // A domain looked up before goes by what was found meanwhile, even while it is
+        // looked up again; only a domain never looked up waits.
+        let known = match self.unknown.get(domain) {
+            Some(&until) if until > now_ms => return false,
+            Some(_) => true,
+            None => false,
+        };
         if !self.pending.contains(domain) {
             if self.pending.len() >= MAX_MX_LOOKUPS {
                 // Its turn comes when a lookup ends.
-                return true;
+                return !known;
             }
             self.pending.insert(domain.to_string());
             self.wanted.push(domain.to_string());
         }
-        true
+        !known
     }
 
     /// A lookup ended.
@@ -195,6 +199,8 @@ impl MxLookups {
                 at_ms.saturating_add(MX_RETRY_MS)
             }
         };
+        // Entries outlive their time (such a domain is looked up again without waiting),
+        // until there are too many.
         if self.unknown.len() >= MAX_MX_UNKNOWN {
             self.unknown.retain(|_, u| *u > at_ms);
         }
@@ -222,6 +228,7 @@ impl Planner {
             out: HashMap::new(),
             out_per_queue: HashMap::new(),
             mx: MxLookups::default(),
+            limited: HashMap::new(),
         }
     }
 
@@ -467,9 +474,6 @@ impl Planner {
             }
         }
         self.held.retain(|_, until| *until > now_ms);
-        if refreshed {
-            self.mx.unknown.retain(|_, until| *until > now_ms);
-        }
         let free = self.free() > 0;
         let (blocked, held, mx) = (&self.blocked, &self.held, &mut self.mx);
         let stopped = Stopped::new(view.suspensions(now_ms)?, shaping.as_ref());
@@ -532,8 +536,40 @@ impl Planner {
         // A queue whose pool spent its budget waits for the next hour or day without being
         // read, and without an attempt counted.
         for (tenant, domain, until) in std::mem::take(&mut plan.spent) {
+            self.limited
+                .insert((tenant.clone(), domain.clone()), now_ms);
             let e = self.held.entry((tenant, domain)).or_insert(until);
             *e = (*e).max(until);
+        }
+        // What expires after the limits held it says so: the DSN's reason and the history.
+        if !self.limited.is_empty() {
+            let limited: HashSet<&str> = plan
+                .expired
+                .iter()
+                .filter(|r| {
+                    self.limited
+                        .contains_key(&(r.tenant.clone(), r.domain.clone()))
+                })
+                .map(|r| r.key.as_str())
+                .collect();
+            for op in &mut plan.ops {
+                if let DeliveryOp::Report {
+                    lease: None,
+                    rcpt,
+                    attempt: attempt @ None,
+                    disposition: skein_queue::Disposition::Expire,
+                } = op
+                {
+                    if limited.contains(rcpt.as_str()) {
+                        *attempt = Some(held_by_limits(now_ms));
+                    }
+                }
+            }
+        }
+        if refreshed {
+            // A queue held this long ago and never read since has nothing left to expire.
+            let since = now_ms.saturating_sub(2 * self.cfg.max_age.0.as_millis() as i64);
+            self.limited.retain(|_, at| *at >= since);
         }
         Ok(Round {
             now_ms,
@@ -555,9 +591,18 @@ impl Planner {
         let mut granted: HashMap<u64, Vec<String>> = leased.into_iter().collect();
         let mut out = Vec::new();
         for p in round.plan.planned {
-            match granted.remove(&p.lease) {
+            let keys = granted.remove(&p.lease);
+            if keys.as_ref().is_none_or(|k| k.len() < p.rcpts.len()) {
+                // The state machine granted less than planned: the limits read are stale
+                // (an operator's change, or another leader's leases). Read them again.
+                self.shaping_cache = None;
+            }
+            match keys {
                 Some(keys) if !keys.is_empty() => {
                     let queue = (p.tenant.clone(), p.domain.clone());
+                    if !self.held.contains_key(&queue) {
+                        self.limited.remove(&queue);
+                    }
                     *self.out_per_queue.entry(queue.clone()).or_default() += 1;
                     self.out.insert(p.lease, queue);
                     out.push(Send { planned: p, keys });
@@ -600,6 +645,7 @@ impl Planner {
         self.out.clear();
         self.out_per_queue.clear();
         self.mx = MxLookups::default();
+        self.limited.clear();
     }
 
     /// Assignment `lease` is no longer out with a sender: its queue has one fewer out.
@@ -647,6 +693,25 @@ fn mx_host(mx: &str) -> Option<String> {
         .next()?
         .trim_end_matches('.');
     (!host.is_empty() && host.len() <= 253 && host.contains('.')).then(|| host.to_ascii_lowercase())
+}
+
+/// The scheduler's account of a recipient that expired while the sending limits held its
+/// queue (recorded like an attempt, so the DSN and the history say why; not counted).
+fn held_by_limits(now_ms: i64) -> skein_queue::AttemptRecord {
+    skein_queue::AttemptRecord {
+        at_ms: now_ms,
+        sender: "scheduler".into(),
+        source_ip: String::new(),
+        mx: String::new(),
+        reply: skein_queue::Reply {
+            code: 451,
+            enhanced: "4.4.7".into(),
+            text: "held by sending limits (the warm-up caps and provider hourly limits of its \
+                   IP pool) until it expired"
+                .into(),
+        },
+        result: skein_queue::AttemptResult::Transient,
+    }
 }
 
 /// How long the planner plans on one read of the sending limits and counters.
@@ -1255,6 +1320,93 @@ mod tests {
             .collect()
     }
 
+    /// When the state machine grants less than a round planned, the limits the planner read
+    /// are stale (here: IP records added since, so plain leases grant nothing): the next
+    /// round reads them again at once rather than planning on them for another second.
+    #[test]
+    fn a_lease_granted_less_than_planned_rereads_the_limits() {
+        let mut view = MemView::default();
+        view.add("t", "gmail.com", "M1", 1);
+        let mut p = Planner::new(cfg());
+        p.input(joined_from(1, "s1", "192.0.2.1", 10));
+        let mut rng = fastrand::Rng::with_seed(8);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert!(
+            matches!(r.ops[..], [DeliveryOp::Lease { .. }]),
+            "{:?}",
+            r.ops
+        );
+        let none: Vec<(u64, Vec<String>)> = r
+            .plan
+            .planned
+            .iter()
+            .map(|p| (p.lease, Vec::new()))
+            .collect();
+        p.committed(r, none);
+        view.shaping = Some(two_ips());
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert!(
+            matches!(r.ops[..], [DeliveryOp::LeaseShaped { .. }]),
+            "{:?}",
+            r.ops
+        );
+    }
+
+    /// A recipient that expires while the sending limits hold its queue says so (a
+    /// scheduler's account in its history, which the DSN quotes); one that expires without
+    /// having been held does not.
+    #[test]
+    fn what_expires_held_by_the_limits_says_so() {
+        let mut st = two_ips();
+        for ip in &mut st.ips {
+            ip.cap = 1;
+        }
+        let mut view = MemView {
+            shaping: Some(st),
+            ..MemView::default()
+        };
+        for m in ["M1", "M2", "M3"] {
+            view.add("t", "gmail.com", m, 1);
+        }
+        let mut p = Planner::new(cfg());
+        p.input(joined_from(1, "s1", "192.0.2.1", 10));
+        p.input(joined_from(2, "s2", "192.0.2.2", 10));
+        let mut rng = fastrand::Rng::with_seed(3);
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        assert_eq!(r.plan.planned.len(), 2, "one a day from each IP");
+        let leased = grant(&r);
+        p.committed(r, leased.clone());
+        view.lease(&leased, "s1");
+        assert_eq!(p.held_queues().len(), 1, "the third waits for tomorrow");
+        view.add("t", "yahoo.com", "M4", 1);
+        let later = NOW + cfg().max_age.0.as_millis() as i64;
+        let r = p.plan(later, &mut rng, &view, 0).unwrap();
+        let mut expired: Vec<(String, Option<String>)> = r
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                DeliveryOp::Report {
+                    rcpt,
+                    attempt,
+                    disposition: skein_queue::Disposition::Expire,
+                    ..
+                } => Some((rcpt.clone(), attempt.as_ref().map(|a| a.reply.to_string()))),
+                _ => None,
+            })
+            .collect();
+        expired.sort();
+        assert_eq!(expired.len(), 2, "{expired:?}");
+        let held = expired.iter().find(|(k, _)| k.contains("M3")).unwrap();
+        assert!(
+            held.1
+                .as_deref()
+                .is_some_and(|t| t.starts_with("451 4.4.7 held by sending limits")),
+            "{held:?}"
+        );
+        let other = expired.iter().find(|(k, _)| k.contains("M4")).unwrap();
+        assert_eq!(other.1, None, "never held: {other:?}");
+    }
+
     /// A "slow down" from Gmail to one IP backs off that IP for Gmail only, the throttle
     /// delay doubling with each repeat; the recipient is due again at once (another IP may
     /// take it), not counted; the other IP and the other providers carry on.
@@ -1519,9 +1671,10 @@ mod tests {
             "failed: by its domain for now"
         );
         assert!(
-            m.waits(&st, "d0.test", NOW + MX_RETRY_MS),
-            "then asked again"
+            !m.waits(&st, "d0.test", NOW + MX_RETRY_MS),
+            "then asked again, without waiting"
         );
+        assert_eq!(m.wanted.last().map(String::as_str), Some("d0.test"));
         assert!(
             m.waits(&st, "late.test", NOW),
             "full again: waits without asking"
