@@ -368,12 +368,22 @@ async fn caps_hold_across_senders_and_a_leader_killed_mid_hour() -> anyhow::Resu
 }
 
 /// A provider's limit on connections at once per IP holds at the destination: six messages
-/// whose DATA the sink holds for two seconds each go out two at a time.
+/// whose DATA the sink holds for two seconds each go out two at a time. Then a "slow down"
+/// from it backs that IP off for that provider only (`ip show` says until when), and mail to
+/// it goes again once the backoff ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.99";
-    let rig = DevWithSink::start(dir.path(), ip, "127.0.0.100", "", "", &[]).await?;
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.100",
+        "throttle_delay = \"10s\"",
+        "",
+        &[],
+    )
+    .await?;
     let g = rig.grpc.clone();
     wait_for("format 4", FINISH, || async {
         (status(&g).await.ok()?.format >= 4).then_some(())
@@ -428,6 +438,24 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
         most = most.max(now);
     }
     assert_eq!(most, 2, "two connections at once, and both used");
+
+    // "450 4.7.0 ... slow down" for one recipient: the IP backs off from slowprov only.
+    one(ip, rig.smtp, "slowdown-1@slow.test")?;
+    let shown = wait_for("the backoff in ip show", FINISH, || async {
+        let out = ctl(&g, &["ip", "show"]).ok()?;
+        out.contains("slowprov 6/1000 (slow down until")
+            .then_some(out)
+    })
+    .await?;
+    let later = one(ip, rig.smtp, "later@slow.test")?;
+    let other = one(ip, rig.smtp, "x@other.test")?;
+    wait_final(&g, &other, FINISH).await?;
+    assert!(
+        rig.sink.messages_for("later@slow.test").is_empty(),
+        "slowprov waits out the backoff: {shown}"
+    );
+    let m = wait_final(&g, &later, FINISH).await?;
+    assert_eq!(m.recipients[0].state, "delivered", "and then goes again");
     Ok(())
 }
 

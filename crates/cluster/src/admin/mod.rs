@@ -757,11 +757,13 @@ impl Admin for AdminService {
                 .shaping(self.ctx.clock.now_ms())
                 .map_err(ClusterError::from)?;
             let pool = &req.get_ref().pool;
+            let now = self.ctx.clock.now_ms();
+            let backoffs = self.held.backoffs();
             let ips = st
                 .ips
                 .iter()
                 .filter(|i| pool.is_empty() || &i.record.pool == pool)
-                .map(|i| shaping::ip_info(i, &st))
+                .map(|i| shaping::ip_info(i, &st, &backoffs, now))
                 .collect();
             Ok(Response::new(ListIpsResponse { ips }))
         })
@@ -1054,11 +1056,8 @@ impl AdminService {
 
     /// One IP as the API shows it now.
     fn ip_info(&self, ip: &str) -> Result<IpInfo, Status> {
-        let st = self
-            .ctx
-            .reader
-            .shaping(self.ctx.clock.now_ms())
-            .map_err(ClusterError::from)?;
+        let now = self.ctx.clock.now_ms();
+        let st = self.ctx.reader.shaping(now).map_err(ClusterError::from)?;
         let i =
             st.ips
                 .iter()
@@ -1066,6 +1065,6 @@ impl AdminService {
                 .ok_or_else(|| ClusterError::NotFound {
                     what: format!("IP {ip}"),
                 })?;
-        Ok(shaping::ip_info(i, &st))
+        Ok(shaping::ip_info(i, &st, &self.held.backoffs(), now))
     }
 }

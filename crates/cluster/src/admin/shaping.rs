@@ -150,8 +150,13 @@ pub(super) fn no_schedule(name: &str) -> ClusterError {
     )
 }
 
-/// An IP as the API shows it.
-pub(super) fn ip_info(ip: &IpStatus, st: &ShapingState) -> IpInfo {
+/// An IP as the API shows it, with the (IP, provider) pairs the scheduler has backing off.
+pub(super) fn ip_info(
+    ip: &IpStatus,
+    st: &ShapingState,
+    backoffs: &[crate::scheduler::Backoff],
+    now_ms: i64,
+) -> IpInfo {
     let r = &ip.record;
     IpInfo {
         ip: r.ip.clone(),
@@ -174,6 +179,10 @@ pub(super) fn ip_info(ip: &IpStatus, st: &ShapingState) -> IpInfo {
                 provider: p.name.clone(),
                 hourly_limit: p.hourly(ip.warm),
                 sent_this_hour: ip.sent_this_hour.get(&p.name).copied().unwrap_or(0),
+                backoff_until_ms: backoffs
+                    .iter()
+                    .find(|b| b.ip == r.ip && b.provider == p.name && b.until_ms > now_ms)
+                    .map_or(0, |b| b.until_ms),
             })
             .collect(),
         reason: r.reason.clone(),

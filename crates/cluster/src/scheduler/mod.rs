@@ -49,21 +49,46 @@ pub struct HeldQueue {
     pub why: &'static str,
 }
 
-/// The queues held back, as the scheduler last published them (once a second at most), for
-/// the Admin API. Empty on a node that does not lead.
+/// An (IP, provider) pair backing off after "slow down" replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    /// Source IP.
+    pub ip: String,
+    /// Provider.
+    pub provider: String,
+    /// Until when.
+    pub until_ms: i64,
+}
+
+/// What the scheduler holds back (queues, and (IP, provider) pairs backing off), as it last
+/// published it (once a second at most), for the Admin API. Empty on a node that does not
+/// lead.
 #[derive(Debug, Default)]
 pub struct HeldQueues {
-    inner: std::sync::Mutex<Vec<HeldQueue>>,
+    inner: std::sync::Mutex<(Vec<HeldQueue>, Vec<Backoff>)>,
 }
 
 impl HeldQueues {
     /// The queues held back now.
     pub fn get(&self) -> Vec<HeldQueue> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
-    fn set(&self, v: Vec<HeldQueue>) {
-        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    /// The (IP, provider) pairs backing off now.
+    pub fn backoffs(&self) -> Vec<Backoff> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    fn set(&self, queues: Vec<HeldQueue>, backoffs: Vec<Backoff>) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = (queues, backoffs);
     }
 }
 
@@ -112,7 +137,7 @@ pub async fn run(
                 tracing::info!("no longer leader: closing sender sessions");
                 sessions.disconnect_all();
                 planner.reset();
-                held.set(Vec::new());
+                held.set(Vec::new(), Vec::new());
             }
             leading = false;
             // A session opened just as this node became leader (before the watch says so) is
@@ -192,7 +217,10 @@ pub async fn run(
             look_up_mx(&cluster, resolver.clone(), domain, mx_tx.clone());
         }
         if published.elapsed() >= Duration::from_secs(1) {
-            held.set(planner.held_queues());
+            held.set(
+                planner.held_queues(),
+                planner.backoffs(cluster.clock.now_ms()),
+            );
             published = std::time::Instant::now();
         }
         match result {

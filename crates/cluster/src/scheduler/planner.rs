@@ -341,6 +341,22 @@ impl Planner {
         out
     }
 
+    /// The (IP, provider) pairs backing off at `now_ms`.
+    pub fn backoffs(&self, now_ms: i64) -> Vec<super::Backoff> {
+        let mut out: Vec<_> = self
+            .backoff
+            .iter()
+            .filter(|(_, b)| b.until_ms > now_ms)
+            .map(|((ip, provider), b)| super::Backoff {
+                ip: ip.clone(),
+                provider: provider.clone(),
+                until_ms: b.until_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.ip, &a.provider).cmp(&(&b.ip, &b.provider)));
+        out
+    }
+
     /// Plans a round at `now_ms` (raised to the latest command time applied): the pending
     /// reports and unsent leases, then due recipients for the free slots. `held_bytes` is the
     /// body bytes of assignments sent but not yet taken by their senders. Slots are reserved

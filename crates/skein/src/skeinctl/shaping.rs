@@ -128,7 +128,7 @@ fn print_ip(i: &IpInfo, json: bool) {
             .map(|p| {
                 serde_json::json!({
                     "provider": p.provider, "hourly_limit": p.hourly_limit,
-                    "sent_this_hour": p.sent_this_hour,
+                    "sent_this_hour": p.sent_this_hour, "backoff_until_ms": p.backoff_until_ms,
                 })
             })
             .collect();
@@ -159,7 +159,13 @@ fn print_ip(i: &IpInfo, json: bool) {
     let hour: Vec<String> = i
         .providers
         .iter()
-        .map(|p| format!("{} {}/{}", p.provider, p.sent_this_hour, p.hourly_limit))
+        .map(|p| {
+            let mut s = format!("{} {}/{}", p.provider, p.sent_this_hour, p.hourly_limit);
+            if p.backoff_until_ms > 0 {
+                s += &format!(" (slow down until {})", ms_utc(p.backoff_until_ms));
+            }
+            s
+        })
         .collect();
     println!("{:<16} this hour: {}", "", hour.join(", "));
 }
