@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use skein_cluster::scheduler::{Input, Planner, SessionReport};
 use skein_config::DeliveryConfig;
 use skein_core::HumanDuration;
@@ -16,66 +14,14 @@ use skein_proto::work::{Hello, Outcome, RecipientResult, Report, SourceIp};
 use skein_queue::skein_shaping::{
     classify, IpMode, IpRecord, Provider, Schedule, Step, DAY_MS, HOUR_MS,
 };
-use skein_queue::{
-    NewMessage, QueueReader, Request, Response, ShapingCommand, ShapingOutcome, StateMachine,
-    TypeConfig,
-};
+use skein_queue::{Request, Response, ShapingCommand};
 
-/// Midnight UTC, the first simulated day.
-const T0: i64 = 1_800_000_000_000 - 1_800_000_000_000 % DAY_MS;
+#[path = "support/sim.rs"]
+mod sim;
+
+use sim::{Sim, T0};
 const DAYS: i64 = 30;
 const STEP_MS: i64 = 10 * 60_000;
-
-struct Sim {
-    sm: StateMachine,
-    reader: QueueReader,
-    index: u64,
-}
-
-impl Sim {
-    async fn apply(&mut self, req: Request) -> Response {
-        self.index += 1;
-        let e: Entry<TypeConfig> = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(req),
-        };
-        self.sm.apply([e]).await.unwrap().pop().unwrap()
-    }
-
-    async fn shape(&mut self, cmd: ShapingCommand) {
-        let r = self.apply(Request::Shaping { at_ms: T0, cmd }).await;
-        assert_eq!(r, Response::Shaped(ShapingOutcome::Done));
-    }
-
-    /// `n` recipients of `tenant` to each of `domains`, in messages of up to 50.
-    async fn enqueue(&mut self, at: i64, tenant: &str, domains: &[(&str, usize)]) {
-        let mut messages = Vec::new();
-        for (domain, n) in domains {
-            for start in (0..*n).step_by(50) {
-                messages.push(NewMessage {
-                    tenant: tenant.into(),
-                    mail_from: format!("news@{tenant}.test"),
-                    rcpt_to: (start..(start + 50).min(*n))
-                        .map(|i| format!("u{at}-{i}@{domain}"))
-                        .collect(),
-                    data: b"Subject: news\r\n\r\nhello\r\n".to_vec(),
-                    client_ip: "127.0.0.1".into(),
-                    helo: "app".into(),
-                    edge: "e".into(),
-                    smtputf8: false,
-                    body_8bit: false,
-                });
-            }
-        }
-        let r = self
-            .apply(Request::Enqueue {
-                received_at_ms: at,
-                messages,
-            })
-            .await;
-        assert!(matches!(r, Response::Enqueued { .. }), "{r:?}");
-    }
-}
 
 /// The simulated DNS: one custom domain is hosted at Google (Gmail's limits apply to it from
 /// its first message); the others have no MX of a provider.
@@ -139,13 +85,7 @@ fn ip(addr: &str, pool: &str, schedule: &str, start_day: i64, mode: IpMode) -> I
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_days_of_warm_up_within_every_cap_and_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let (_log, sm, reader) = skein_queue::open(dir.path()).unwrap();
-    let mut sim = Sim {
-        sm,
-        reader,
-        index: 0,
-    };
-    sim.apply(Request::SetFormat { version: 4 }).await;
+    let mut sim = Sim::open(dir.path(), 4).await;
     let day0 = T0 / DAY_MS;
     sim.shape(ShapingCommand::PutSchedule(schedule("scaled", 30)))
         .await;
