@@ -2,7 +2,8 @@
 //! must decode and apply to the very same state in this one.
 //!
 //! `fixtures/format-v2.txt` was written the same way by release 2fb3a65 (format 2), from
-//! `fixtures/format_v2_entries.rs`.
+//! `fixtures/format_v2_entries.rs`; `fixtures/format-v4.txt` by release d876c97 (format 4:
+//! sending limits), from `fixtures/format_v4_entries.rs`.
 //!
 //! `fixtures/format-v1.txt` was written by release 0.1.0 (the format before submission ids):
 //! one line per log entry covering every command, then a snapshot of the state they build and
@@ -29,7 +30,11 @@ const FIXTURE: &str = include_str!("fixtures/format-v1.txt");
 /// Written by release 2fb3a65 (format 2) from [`entries_v2`].
 const FIXTURE_V2: &str = include_str!("fixtures/format-v2.txt");
 
+/// Written by release d876c97 (format 4) from [`entries_v4`].
+const FIXTURE_V4: &str = include_str!("fixtures/format-v4.txt");
+
 include!("fixtures/format_v2_entries.rs");
+include!("fixtures/format_v4_entries.rs");
 
 fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
     Entry {
@@ -321,23 +326,27 @@ async fn apply_all(
 #[tokio::test]
 async fn v1_entries_and_snapshot_decode_and_apply_to_the_same_state() {
     if let Ok(path) = std::env::var("SKEIN_WRITE_FORMAT_FIXTURE") {
-        let (digest, meta, data) = apply_all(entries()).await;
-        let mut out = String::from(
-            "# Skein replicated format v1, written by release 0.1.0: never regenerate.\n",
-        );
-        for e in entries() {
-            out += &format!("entry {}\n", hex(&postcard::to_allocvec(&e).unwrap()));
-        }
-        out += &format!(
-            "snapshot-meta {}\n",
-            hex(&postcard::to_allocvec(&meta).unwrap())
-        );
-        out += &format!("snapshot {}\n", hex(&data));
-        out += &format!("digest {digest:016x}\n");
-        std::fs::write(path, out).unwrap();
+        write_fixture(&path, "v1, written by release 0.1.0", entries()).await;
         return;
     }
     check(FIXTURE, entries(), 13, "release 0.1.0").await;
+}
+
+/// Writes a fixture of `entries`: each entry, then the snapshot of the state they build and
+/// its digest. Run by the release that writes the format, never again.
+async fn write_fixture(path: &str, what: &str, entries: Vec<Entry<TypeConfig>>) {
+    let (digest, meta, data) = apply_all(entries.clone()).await;
+    let mut out = format!("# Skein replicated format {what}: never regenerate.\n");
+    for e in entries {
+        out += &format!("entry {}\n", hex(&postcard::to_allocvec(&e).unwrap()));
+    }
+    out += &format!(
+        "snapshot-meta {}\n",
+        hex(&postcard::to_allocvec(&meta).unwrap())
+    );
+    out += &format!("snapshot {}\n", hex(&data));
+    out += &format!("digest {digest:016x}\n");
+    std::fs::write(path, out).unwrap();
 }
 
 /// Entries and a snapshot written by the release before this one (format 2: submissions,
@@ -345,4 +354,21 @@ async fn v1_entries_and_snapshot_decode_and_apply_to_the_same_state() {
 #[tokio::test]
 async fn v2_entries_and_snapshot_from_the_previous_release_apply_to_the_same_state() {
     check(FIXTURE_V2, entries_v2(), 20, "release 2fb3a65").await;
+}
+
+/// Entries and a snapshot written by release d876c97 (format 4: command times never go
+/// backwards, sending limits, learned MX hosts, shaped leases and their refunds) decode and
+/// apply to the same state here.
+#[tokio::test]
+async fn v4_entries_and_snapshot_from_release_d876c97_apply_to_the_same_state() {
+    if let Ok(path) = std::env::var("SKEIN_WRITE_FORMAT_FIXTURE_V4") {
+        write_fixture(
+            &path,
+            "v4, written by release d876c97 (format 4)",
+            entries_v4(),
+        )
+        .await;
+        return;
+    }
+    check(FIXTURE_V4, entries_v4(), 36, "release d876c97").await;
 }
