@@ -69,6 +69,45 @@ async fn cluster_acknowledged_mail_survives_leader_kill() -> anyhow::Result<()> 
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("name"), "{}", bad.message());
 
+    // Envelope fields that would smuggle SMTP commands or headers into a delivery are refused
+    // by Ingest itself, not only by the edge: a precise status naming the field.
+    let mut ingest = skein_proto::ingest::ingest_client::IngestClient::connect(format!(
+        "http://{}",
+        c.addrs[via]
+    ))
+    .await?;
+    for (field, rcpt, from, helo) in [
+        (
+            "rcpt_to",
+            "a@x.test>\r\nRSET\r\nMAIL FROM:<evil@x.test",
+            "app@example.com",
+            "h",
+        ),
+        ("rcpt_to", "b@sink.test>\r\nDATA", "app@example.com", "h"),
+        (
+            "rcpt_to",
+            "b@sink.test> NOTIFY=NEVER",
+            "app@example.com",
+            "h",
+        ),
+        ("rcpt_to", "b@sink.test\0", "app@example.com", "h"),
+        ("mail_from", "b@sink.test", "a@x.test> BODY=8BITMIME", "h"),
+        (
+            "helo",
+            "b@sink.test",
+            "app@example.com",
+            "h\r\nX-Injected: 1",
+        ),
+    ] {
+        let mut r = sized_request("inject", 0, 100);
+        r.rcpt_to = vec![rcpt.into()];
+        r.mail_from = from.into();
+        r.helo = helo.into();
+        let e = ingest.enqueue(r).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{rcpt:?}: {e}");
+        assert!(e.message().contains(field), "{field}: {}", e.message());
+    }
+
     let edge = Edge::start(c.dir.path(), "127.0.0.20", &c.addrs, "").await?;
     let cert = edge.cert.clone();
     let (smtp, smtps) = (edge.smtp.to_string(), edge.smtps.to_string());

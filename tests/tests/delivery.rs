@@ -624,3 +624,78 @@ async fn cluster_redelivers_after_sender_and_leader_death() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// A sender parses every address of an assignment again before it reaches an SMTP command:
+/// a recipient that is not an address (as a record stored before Ingest checked them could
+/// hold) fails on its own with 553 5.1.3 and is never sent; the others are delivered to a
+/// real SMTP server (aiosmtpd), which sees nothing but their paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_never_sends_what_is_not_an_address() -> anyhow::Result<()> {
+    let sink_addr = format!("127.0.0.84:{}", free_port("127.0.0.84"));
+    let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;
+    let cfg = skein_config::sender::SenderConfig {
+        routes: vec![skein_config::sender::Route {
+            domain: "*".into(),
+            to: sink_addr.clone(),
+        }],
+        tls: skein_config::sender::TlsPolicy::Disabled,
+        ..Default::default()
+    };
+    let d = skein_sender::Deliverer::new(cfg, std::sync::Arc::new(skein_core::SystemClock))?;
+    let rcpt = |key: &str, address: &str| skein_proto::work::Recipient {
+        key: key.into(),
+        address: address.into(),
+    };
+    let mut a = skein_proto::work::Assignment {
+        lease: 7,
+        message_id: "M".into(),
+        mail_from: "app@example.com".into(),
+        domain: "x.test".into(),
+        rcpts: vec![
+            rcpt("k0", "ok@x.test"),
+            rcpt("k1", "b@x.test>\r\nRSET\r\nMAIL FROM:<evil@x.test"),
+            rcpt("k2", "c@x.test> NOTIFY=NEVER"),
+        ],
+        source_ip: "127.0.0.1".into(),
+        ehlo: "out.skein.test".into(),
+        data: b"Subject: typed\r\n\r\nhello\r\n".to_vec(),
+        ..Default::default()
+    };
+    let r = d.deliver(&a).await;
+    let got: Vec<(u32, String)> = r
+        .rcpts
+        .iter()
+        .map(|x| (x.code, x.enhanced.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (250, "2.0.0".to_string()),
+            (553, "5.1.3".to_string()),
+            (553, "5.1.3".to_string())
+        ],
+        "{r:?}"
+    );
+    // The sink reports on its own time.
+    let msgs = wait_for("the sink's record", Duration::from_secs(10), || async {
+        let m = sink.of("message");
+        (!m.is_empty()).then_some(m)
+    })
+    .await?;
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(
+        msgs[0]["rcpts"],
+        serde_json::json!(["ok@x.test"]),
+        "{msgs:?}"
+    );
+    // A bad reverse-path fails the whole assignment without a connection.
+    a.mail_from = "app@example.com> SIZE=1".into();
+    a.rcpts.truncate(1);
+    let r = d.deliver(&a).await;
+    assert_eq!(
+        (r.rcpts[0].code, r.rcpts[0].enhanced.as_str()),
+        (553, "5.1.7")
+    );
+    assert_eq!(sink.of("message").len(), 1, "nothing more sent");
+    Ok(())
+}

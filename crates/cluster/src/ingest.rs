@@ -291,20 +291,26 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
     if r.rcpt_to.len() > MAX_RECIPIENTS {
         return bad("rcpt_to", "more than 10000 recipients");
     }
-    if r.rcpt_to
-        .iter()
-        .any(|a| a.is_empty() || a.len() > 512 || !a.contains('@'))
-    {
-        return bad(
-            "rcpt_to",
-            "each recipient must be local@domain, at most 512 bytes",
-        );
+    // Addresses go into SMTP commands as they are: only what the SMTP grammar allows (no
+    // CR, LF, NUL, spaces, '<' or '>' that would end the path and smuggle in a command or a
+    // parameter), parsed as the edge parses them.
+    let address = |field, i: Option<usize>, a: &str| {
+        skein_smtp::address::parse_mailbox(a, r.smtputf8)
+            .map(|_| ())
+            .map_err(|e| ClusterError::Invalid {
+                field,
+                reason: format!(
+                    "{}{:?}: {e}",
+                    i.map(|i| format!("[{i}] ")).unwrap_or_default(),
+                    a.chars().take(80).collect::<String>()
+                ),
+            })
+    };
+    for (i, a) in r.rcpt_to.iter().enumerate() {
+        address("rcpt_to", Some(i), a)?;
     }
-    if r.mail_from.len() > 512 || (!r.mail_from.is_empty() && !r.mail_from.contains('@')) {
-        return bad(
-            "mail_from",
-            "must be empty or local@domain, at most 512 bytes",
-        );
+    if !r.mail_from.is_empty() {
+        address("mail_from", None, &r.mail_from)?;
     }
     if r.data.is_empty() {
         return bad("data", "the message is empty");
@@ -327,6 +333,27 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
                 reason: format!("longer than {max} bytes"),
             });
         }
+        // These end up in the Received: header and in logs: one line of printable text.
+        if v.chars().any(|c| c.is_control()) {
+            return Err(ClusterError::Invalid {
+                field,
+                reason: "control characters (CR, LF, NUL...) are not accepted".into(),
+            });
+        }
+    }
+    if !r.tenant.is_empty() {
+        skein_config::node::check_tenant_name(&r.tenant).map_err(|reason| {
+            ClusterError::Invalid {
+                field: "tenant",
+                reason,
+            }
+        })?;
+    }
+    if !r.client_ip.is_empty() && r.client_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(ClusterError::Invalid {
+            field: "client_ip",
+            reason: format!("{:?} is not an IP address", r.client_ip),
+        });
     }
     Ok(())
 }
@@ -507,5 +534,71 @@ pub(crate) fn forward_status(addr: &str, s: Status) -> Status {
         .into()
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(rcpt: &str) -> EnqueueRequest {
+        EnqueueRequest {
+            mail_from: "app@example.com".into(),
+            rcpt_to: vec![rcpt.into()],
+            data: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
+            client_ip: "192.0.2.1".into(),
+            tenant: "acme".into(),
+            ..Default::default()
+        }
+    }
+
+    fn refused(r: &EnqueueRequest) -> String {
+        match validate(r) {
+            Err(ClusterError::Invalid { field, reason }) => format!("{field}: {reason}"),
+            other => panic!("{:?} accepted: {other:?}", r.rcpt_to),
+        }
+    }
+
+    /// Every way an address or a header-bound field could carry a command, a parameter or
+    /// a header into a delivery is refused, naming the field; plain addresses pass.
+    #[test]
+    fn envelope_fields_cannot_smuggle_commands_or_headers() {
+        validate(&request("user+tag@example.net")).unwrap();
+        validate(&request("\"john doe\"@example.net")).unwrap();
+        for rcpt in [
+            "a@x.test>\r\nRSET\r\nMAIL FROM:<evil@x.test",
+            "b@sink.test>\r\nDATA",
+            "b@sink.test> NOTIFY=NEVER",
+            "b@sink.test\0",
+            "b c@sink.test",
+            "<b@sink.test>",
+            "@relay.test:b@sink.test",
+            "b%sink.test@relay.test",
+            "",
+        ] {
+            assert!(
+                refused(&request(rcpt)).starts_with("rcpt_to: [0] "),
+                "{rcpt:?}"
+            );
+        }
+        let mut r = request("b@sink.test");
+        r.mail_from = "a@x.test> SIZE=1".into();
+        assert!(refused(&r).starts_with("mail_from: "));
+        r.mail_from = String::new();
+        validate(&r).unwrap();
+        let mut r = request("b@sink.test");
+        r.helo = "client\r\nX-Injected: yes".into();
+        assert!(refused(&r).contains("control characters"));
+        let mut r = request("b@sink.test");
+        r.tenant = "acme corp".into();
+        assert!(refused(&r).starts_with("tenant: "));
+        let mut r = request("b@sink.test");
+        r.client_ip = "not-an-ip".into();
+        assert!(refused(&r).starts_with("client_ip: "));
+        // Non-ASCII only with SMTPUTF8.
+        let mut r = request("jörg@example.net");
+        assert!(refused(&r).contains("SMTPUTF8"));
+        r.smtputf8 = true;
+        validate(&r).unwrap();
     }
 }

@@ -12,6 +12,7 @@ use rustls::ClientConfig;
 use skein_config::sender::{SenderConfig, TlsPolicy};
 use skein_core::SharedClock;
 use skein_proto::work::{Assignment, Outcome, RecipientResult, Report};
+use skein_smtp::address::parse_mailbox;
 use skein_smtp::client::{TlsWish, Transaction, TransactionResult};
 use skein_smtp::outcome::{classify, classify_reply, Class, Failure, Scope, Stage, Verdict};
 
@@ -43,6 +44,11 @@ fn outcome(c: Class) -> Outcome {
         Class::Permanent => Outcome::Permanent,
         Class::Throttled => Outcome::Throttled,
     }
+}
+
+/// At most 80 characters of `s`, for messages about it.
+fn clip(s: &str) -> String {
+    s.chars().take(80).collect()
 }
 
 fn verdict_failure(message: String) -> Verdict {
@@ -103,9 +109,62 @@ impl Deliverer {
         }
     }
 
-    /// The MX used (or last tried) and one verdict per recipient, in order.
+    /// The MX used (or last tried) and one verdict per recipient, in order. Addresses are
+    /// parsed again here, as the edge and Ingest parse them: a recipient that is not an
+    /// address (a record from before Ingest checked them, say) fails on its own, never
+    /// reaching an SMTP command; a bad reverse-path fails the whole assignment.
     async fn attempt(&self, a: &Assignment) -> (String, Vec<Verdict>) {
-        let n = a.rcpts.len();
+        let bad = |f: Failure| vec![classify(&f); a.rcpts.len()];
+        let mail_from = match a.mail_from.as_str() {
+            "" => None,
+            from => match parse_mailbox(from, a.smtputf8) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    return (
+                        String::new(),
+                        bad(Failure::BadSender(format!("{:?}: {e}", clip(from)))),
+                    )
+                }
+            },
+        };
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; a.rcpts.len()];
+        let mut rcpts = Vec::new();
+        for (i, r) in a.rcpts.iter().enumerate() {
+            match parse_mailbox(&r.address, a.smtputf8) {
+                Ok(addr) => rcpts.push((i, addr)),
+                Err(e) => {
+                    verdicts[i] = Some(classify(&Failure::BadRecipient(format!(
+                        "{:?}: {e}",
+                        clip(&r.address)
+                    ))))
+                }
+            }
+        }
+        let mut mx = String::new();
+        if !rcpts.is_empty() {
+            let tx = Transaction {
+                mail_from,
+                rcpts: rcpts.iter().map(|(_, r)| r.clone()).collect(),
+                body: a.data.to_vec(),
+                smtputf8: a.smtputf8,
+            };
+            let (used, sent) = self.send(a, tx).await;
+            mx = used;
+            for ((i, _), v) in rcpts.iter().zip(sent) {
+                verdicts[*i] = Some(v);
+            }
+        }
+        let verdicts = verdicts
+            .into_iter()
+            .map(|v| v.unwrap_or_else(|| verdict_failure("no verdict".into())))
+            .collect();
+        (mx, verdicts)
+    }
+
+    /// Sends `tx` (the assignment's valid recipients): the MX used (or last tried) and one
+    /// verdict per recipient of `tx`, in order.
+    async fn send(&self, a: &Assignment, tx: Transaction) -> (String, Vec<Verdict>) {
+        let n = tx.rcpts.len();
         let all = |v: Verdict| vec![v; n];
         let source: IpAddr = match a.source_ip.parse() {
             Ok(ip) => ip,
@@ -144,12 +203,6 @@ impl Deliverer {
             TlsPolicy::Opportunistic => TlsWish::Opportunistic,
             TlsPolicy::Required => TlsWish::Required,
             TlsPolicy::Disabled => TlsWish::Never,
-        };
-        let tx = Transaction {
-            mail_from: a.mail_from.clone(),
-            rcpts: a.rcpts.iter().map(|r| r.address.clone()).collect(),
-            body: a.data.to_vec(),
-            smtputf8: a.smtputf8,
         };
         // The leader's limit on connections at once from this IP to this provider.
         let gate = (a.max_connections > 0 && !a.provider.is_empty())

@@ -43,6 +43,27 @@ pub enum PathError {
     Null,
 }
 
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Syntax => "not a valid local@domain address",
+            Self::SourceRoute => "source routes are not accepted",
+            Self::RelayTrick => "'%', '!' or a quoted '@' in the local part is not accepted",
+            Self::NeedsUtf8 => "non-ASCII address without SMTPUTF8",
+            Self::TooLong => "too long (local part 64, domain 255, path 256 octets at most)",
+            Self::Null => "the null path is not accepted here",
+        })
+    }
+}
+
+impl std::error::Error for PathError {}
+
+/// Parses a mailbox given without angle brackets (`local@domain`, as stored in the queue) by
+/// the same rules as [`parse_path`]; the null path is [`PathError::Null`].
+pub fn parse_mailbox(s: &str, utf8: bool) -> Result<Address, PathError> {
+    parse_path(&format!("<{s}>"), utf8)?.ok_or(PathError::Null)
+}
+
 /// Parses `<path>` (angle brackets included, nothing after them).
 ///
 /// Returns `None` for the null path `<>`. `utf8` allows non-ASCII (RFC 6531).

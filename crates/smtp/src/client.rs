@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use crate::address::Address;
 use crate::outcome::{Failure, Stage};
 
 /// Longest reply line accepted (RFC 5321 allows 512; real servers exceed it).
@@ -222,13 +223,14 @@ pub enum ClientEvent {
     Failed(Failure),
 }
 
-/// The envelope and message of one transaction.
+/// The envelope and message of one transaction. Addresses are parsed ones, never raw
+/// strings: nothing but a path can reach a `MAIL` or `RCPT` command.
 #[derive(Debug, Clone)]
 pub struct Transaction {
-    /// Reverse-path, empty for `<>`.
-    pub mail_from: String,
+    /// Reverse-path, `None` for `<>`.
+    pub mail_from: Option<Address>,
     /// Forward-paths.
-    pub rcpts: Vec<String>,
+    pub rcpts: Vec<Address>,
     /// The message, with CRLF line ends, not dot-stuffed.
     pub body: Vec<u8>,
     /// The message needs SMTPUTF8.
@@ -389,7 +391,10 @@ impl ClientConn {
                 return Err(Failure::TooBig { size, limit });
             }
         }
-        let mut mail = format!("MAIL FROM:<{}>", t.mail_from);
+        let mut mail = match &t.mail_from {
+            Some(a) => format!("MAIL FROM:<{a}>"),
+            None => "MAIL FROM:<>".to_string(),
+        };
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={size}"));
         }
@@ -681,9 +686,10 @@ mod tests {
     use super::*;
 
     fn tx(rcpts: &[&str], body: &[u8]) -> Transaction {
+        let a = |s: &str| crate::address::parse_mailbox(s, false).unwrap();
         Transaction {
-            mail_from: "a@x.test".into(),
-            rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+            mail_from: Some(a("a@x.test")),
+            rcpts: rcpts.iter().map(|r| a(r)).collect(),
             body: body.to_vec(),
             smtputf8: false,
         }

@@ -97,6 +97,11 @@ pub enum Failure {
         /// Server's limit.
         limit: u64,
     },
+    /// A recipient address that is not one (never sent to the server: it could carry a
+    /// command).
+    BadRecipient(String),
+    /// The reverse-path is not an address (never sent to the server).
+    BadSender(String),
 }
 
 /// What an outcome means for a recipient.
@@ -277,6 +282,20 @@ pub fn classify(f: &Failure) -> Verdict {
             552,
             "5.3.4",
             format!("message of {size} bytes exceeds the receiving server's limit of {limit}"),
+        ),
+        Failure::BadRecipient(why) => local(
+            Permanent,
+            Recipient,
+            553,
+            "5.1.3",
+            format!("bad recipient address syntax: {why}"),
+        ),
+        Failure::BadSender(why) => local(
+            Permanent,
+            Message,
+            553,
+            "5.1.7",
+            format!("bad sender address syntax: {why}"),
         ),
     }
 }
