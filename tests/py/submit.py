@@ -63,6 +63,8 @@ def main():
     p.add_argument("--pause", type=float, default=0.0, help="seconds between messages")
     p.add_argument("--tag", help="Message-ID is <TAG.I@client.test>, so a test can find each "
                    "message at the destination")
+    p.add_argument("--header", action="append", default=[],
+                   help="an extra header field, e.g. 'X-Skein-Pool: bulk'")
     a = p.parse_args()
     rcpts = a.rcpt or ["rcpt@example.net"]
     ok = failed = 0
@@ -70,7 +72,8 @@ def main():
     sent_on_conn = 0
     for i in range(a.count):
         line = "x" * 70 + "\r\n"
-        body = (f"From: <{a.mail_from}>\r\nTo: <{rcpts[0]}>\r\nSubject: message {i}\r\n"
+        extra = "".join(h + "\r\n" for h in a.header)
+        body = (f"From: <{a.mail_from}>\r\nTo: <{rcpts[0]}>\r\n{extra}Subject: message {i}\r\n"
                 f"Message-ID: {message_id(a.tag, i)}\r\n\r\n"
                 + line * max(1, a.size // len(line)) + f"end of message {i}\r\n")
         rec = {"i": i}

@@ -8,6 +8,15 @@ use skein_tests::*;
 
 const FINISH: Duration = Duration::from_secs(30);
 
+/// Waits until the cluster at `g` writes replicated format `n` (a new cluster raises it to
+/// this release's once it has a leader).
+async fn format_at_least(g: &str, n: u32) -> anyhow::Result<()> {
+    wait_for(&format!("format {n}"), FINISH, || async {
+        (status(g).await.ok()?.format >= n).then_some(())
+    })
+    .await
+}
+
 /// The text of the first DSN (null return path) the sink received for app@routed.test.
 async fn dsn_to_app(sink: &Sink) -> anyhow::Result<String> {
     let dsn = wait_for("the DSN", FINISH, || async {
@@ -57,10 +66,7 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
     let rig = DevWithSink::start(dir.path(), ip, "127.0.0.98", "", "", &[]).await?;
     let g = rig.grpc.clone();
     // A new cluster writes this release's format once it has a leader.
-    wait_for("format 4", FINISH, || async {
-        (status(&g).await.ok()?.format >= 4).then_some(())
-    })
-    .await?;
+    format_at_least(&g, 4).await?;
 
     // Bad arguments, each with the field or the thing at fault.
     let e = ctl_err(&g, &["schedule", "set", "bad", "1:100", "4:50"])?;
@@ -246,10 +252,7 @@ async fn caps_hold_across_senders_and_a_leader_killed_mid_hour() -> anyhow::Resu
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", c.logs()))?;
     let g = c.addrs[leader].clone();
-    wait_for("format 4", FINISH, || async {
-        (status(&g).await.ok()?.format >= 4).then_some(())
-    })
-    .await?;
+    format_at_least(&g, 4).await?;
     ctl(&g, &["schedule", "set", "ten", "1:10"])?;
     for (ip, n) in [("127.0.0.106", 1), ("127.0.0.107", 2)] {
         let host = format!("mta{n}.skein.test");
@@ -385,10 +388,7 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
     )
     .await?;
     let g = rig.grpc.clone();
-    wait_for("format 4", FINISH, || async {
-        (status(&g).await.ok()?.format >= 4).then_some(())
-    })
-    .await?;
+    format_at_least(&g, 4).await?;
     let out = ctl(
         &g,
         &[
@@ -478,10 +478,7 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
     )
     .await?;
     let g = rig.grpc.clone();
-    wait_for("format 4", FINISH, || async {
-        (status(&g).await.ok()?.format >= 4).then_some(())
-    })
-    .await?;
+    format_at_least(&g, 4).await?;
     ctl(&g, &["schedule", "set", "tiny", "1:3", "2:10"])?;
     ctl(
         &g,
@@ -647,10 +644,7 @@ async fn a_custom_domain_gets_its_providers_limits_from_the_first_message() -> a
     let node = format!("nameservers = [\"{}\"]", dns.addr);
     let rig = DevWithSink::start_with(dir.path(), ip, "127.0.0.82", &node, "", "", &[]).await?;
     let g = rig.grpc.clone();
-    wait_for("format 4", FINISH, || async {
-        (status(&g).await.ok()?.format >= 4).then_some(())
-    })
-    .await?;
+    format_at_least(&g, 4).await?;
     ctl(
         &g,
         &[
@@ -696,5 +690,121 @@ async fn a_custom_domain_gets_its_providers_limits_from_the_first_message() -> a
     );
     let dns_log = std::fs::read_to_string(dir.path().join("dns.log"))?;
     assert!(dns_log.contains("brand.test"), "looked up: {dns_log}");
+    Ok(())
+}
+
+/// A tenant's message chooses another pool it is allowed with `X-Skein-Pool` (the edge strips
+/// the header): it goes out from that pool's IP while the tenant's own pool, which has no IP,
+/// holds its other mail; a pool it is not allowed is refused at the final dot with 550 5.7.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_chooses_its_pool_by_header() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.110";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.111",
+        "",
+        "",
+        &["--tenant", "acme:acme-password"],
+    )
+    .await?;
+    let g = rig.grpc.clone();
+    format_at_least(&g, 5).await?;
+    ctl(
+        &g,
+        &[
+            "ip",
+            "add",
+            "127.0.0.1",
+            "--hostname",
+            "mta-bulk.skein.test",
+            "--pool",
+            "bulk",
+            "--warm",
+        ],
+    )?;
+    // The seeded tenant is created once the node leads.
+    let out = wait_for("the tenant", FINISH, || async {
+        ctl(&g, &["pool", "allow", "acme", "bulk"]).ok()
+    })
+    .await?;
+    assert!(
+        out.contains("sends from pool default; by X-Skein-Pool also from: bulk"),
+        "{out}"
+    );
+    let e = ctl_err(&g, &["pool", "allow", "ghost", "bulk"])?;
+    assert!(e.contains("NotFound") && e.contains("ghost"), "{e}");
+
+    let port = rig.smtp.to_string();
+    let send = |rcpt: &str, header: Option<&str>| -> anyhow::Result<Submitted> {
+        let mut args = vec![
+            "--host",
+            ip,
+            "--port",
+            &port,
+            "--user",
+            "acme",
+            "--password",
+            "acme-password",
+            "--mail-from",
+            "app@acme.test",
+            "--rcpt",
+            rcpt,
+        ];
+        if let Some(h) = header {
+            args.extend(["--header", h]);
+        }
+        Ok(submit(&args)?.remove(0))
+    };
+    // The edge learns the new tenant's credentials on its next refresh.
+    let chosen = wait_for("AUTH as the new tenant", FINISH, || async {
+        send("news@example.net", Some("X-Skein-Pool: bulk"))
+            .ok()
+            .filter(|s| s.code.is_some())
+    })
+    .await?;
+    let own = send("receipt@example.net", None)?;
+    let refused = send("vip@example.net", Some("X-Skein-Pool: vip"))?;
+    assert_eq!(
+        (chosen.code, own.code),
+        (Some(250), Some(250)),
+        "{chosen:?} {own:?}"
+    );
+    assert_eq!(refused.code, Some(550), "{refused:?}");
+    assert!(
+        refused.text.contains("may not send from pool \"vip\""),
+        "{refused:?}"
+    );
+
+    let m = wait_final(&g, chosen.id.as_deref().expect("accepted"), FINISH).await?;
+    assert_eq!(m.recipients[0].state, "delivered");
+    let got = rig.sink.messages_for("news@example.net");
+    assert_eq!(
+        got[0]["ehlo"], "mta-bulk.skein.test",
+        "the bulk pool's IP: {got:?}"
+    );
+    let data = got[0]["data"].as_str().unwrap_or_default();
+    assert!(!data.contains("X-Skein-Pool"), "stripped: {data}");
+    assert!(data.contains("Subject: message 0"), "{data}");
+    // The tenant's own pool has no IP: its other mail waits, in a queue of its own.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let own = message_status(&g, own.id.as_deref().expect("accepted")).await?;
+    assert_ne!(own.recipients[0].state, "delivered", "{own:?}");
+    let queues = ctl(&g, &["queues", "--by", "pool"])?;
+    let row = |pool: &str| -> Vec<String> {
+        queues
+            .lines()
+            .find(|l| l.starts_with(pool))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("default")[..3], ["default", "1", "1"], "{queues}");
+    assert!(
+        row("bulk").is_empty(),
+        "the stream's queue is done: {queues}"
+    );
     Ok(())
 }

@@ -33,6 +33,12 @@ pub enum ClusterError {
         /// What has to change first.
         reason: String,
     },
+    /// The caller may not do this.
+    #[error("{reason}")]
+    PermissionDenied {
+        /// Why.
+        reason: String,
+    },
     /// The thing asked for does not exist.
     #[error("{what} not found")]
     NotFound {
@@ -85,6 +91,7 @@ impl ClusterError {
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition { .. } => Code::FailedPrecondition,
+            Self::PermissionDenied { .. } => Code::PermissionDenied,
             Self::Raft(_) | Self::Storage(_) => Code::Internal,
         }
     }

@@ -349,6 +349,15 @@ pub fn validate(r: &EnqueueRequest) -> Result<(), ClusterError> {
             }
         })?;
     }
+    if !r.pool.is_empty() {
+        if r.tenant.is_empty() {
+            return bad("pool", "only a tenant's mail may choose a pool");
+        }
+        skein_shaping::check_name("pool", &r.pool).map_err(|e| ClusterError::Invalid {
+            field: "pool",
+            reason: e.reason,
+        })?;
+    }
     if !r.client_ip.is_empty() && r.client_ip.parse::<std::net::IpAddr>().is_err() {
         return Err(ClusterError::Invalid {
             field: "client_ip",
@@ -418,12 +427,50 @@ impl IngestService {
     }
 }
 
+impl IngestService {
+    /// The tenant the message is queued under: its tenant, or the stream of the pool it chose
+    /// (checked against the pools the tenant may use; from format 5).
+    fn queue_tenant(&self, r: &EnqueueRequest) -> Result<String, ClusterError> {
+        if r.pool.is_empty() {
+            return Ok(r.tenant.clone());
+        }
+        let format = self.ctx.reader.format()?;
+        if format < 5 {
+            return Err(ClusterError::FailedPrecondition {
+                reason: format!(
+                    "choosing a pool needs replicated format 5 (the cluster writes {format}): \
+                     upgrade every node first"
+                ),
+            });
+        }
+        let (own, allowed) = self.ctx.reader.pools_of(&r.tenant)?;
+        if r.pool == own {
+            return Ok(r.tenant.clone());
+        }
+        if !allowed.contains(&r.pool) {
+            return Err(ClusterError::PermissionDenied {
+                reason: format!(
+                    "tenant {:?} may not send from pool {:?} (skeinctl pool allow)",
+                    r.tenant, r.pool
+                ),
+            });
+        }
+        Ok(skein_shaping::stream(&r.tenant, &r.pool))
+    }
+}
+
 /// The request that carries `s` again (for forwarding a message the batcher handed back).
 fn into_request(s: Submission) -> EnqueueRequest {
     let m = s.message;
+    // A stream (`tenant+pool`) travels as its tenant and the pool it chose.
+    let (tenant, pool) = match m.tenant.split_once(skein_shaping::STREAM_SEPARATOR) {
+        Some((t, p)) => (t.to_string(), p.to_string()),
+        None => (m.tenant, String::new()),
+    };
     EnqueueRequest {
         submission_id: s.id,
-        tenant: m.tenant,
+        tenant,
+        pool,
         mail_from: m.mail_from,
         rcpt_to: m.rcpt_to,
         data: m.data.into(),
@@ -449,8 +496,9 @@ impl Ingest for IngestService {
         let addr = match self.ctx.route(forwarded)? {
             Route::Forward(addr) => addr,
             Route::Local => {
+                let tenant = self.queue_tenant(&r)?;
                 let message = NewMessage {
-                    tenant: r.tenant,
+                    tenant,
                     mail_from: r.mail_from,
                     rcpt_to: r.rcpt_to,
                     // Zero-copy when this request holds the only reference to the buffer.

@@ -267,6 +267,9 @@ impl Edge {
 
     /// Enqueues one message; the reply for the final dot.
     async fn store(&self, env: skein_smtp::Envelope, data: Vec<u8>, ip: IpAddr) -> Reply {
+        // The pool a tenant's message asks for is for Skein only: taken out before signing,
+        // never delivered.
+        let (pool, data) = skein_smtp::header::take_header(&data, POOL_HEADER);
         let id = format!("{:016X}", fastrand::u64(..));
         let date = skein_core::date::rfc5322(self.clock.now_ms());
         let header =
@@ -298,12 +301,16 @@ impl Edge {
             // all (the leader died before answering), the retry gets its queue id back
             // instead of storing the message twice.
             submission_id: fastrand::u128(..).to_be_bytes().to_vec(),
+            pool: pool.unwrap_or_default(),
         };
         match self.queue.enqueue(req).await {
             Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
                 tracing::warn!(status = %s, "queue refused message");
                 Reply::new(554, "5.6.0", format!("Message refused: {}", s.message()))
+            }
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                Reply::new(550, "5.7.1", format!("Message refused: {}", s.message()))
             }
             Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                 tracing::warn!(status = %s, "queue busy");
@@ -316,6 +323,9 @@ impl Edge {
         }
     }
 }
+
+/// The header a tenant's message names the pool to send it from with (stripped).
+pub const POOL_HEADER: &str = "X-Skein-Pool";
 
 /// A client connection, before or after TLS.
 enum Conn {

@@ -138,6 +138,8 @@ pub(crate) struct Tx<'a> {
     pub(crate) removed: u64,
     /// The entry's time (received or scheduler time): when messages it finishes finished.
     pub(crate) now_ms: i64,
+    /// The cluster's format when the entry applies.
+    pub(crate) format: u32,
 }
 
 impl<'a> Tx<'a> {
@@ -156,6 +158,18 @@ impl<'a> Tx<'a> {
             added: 0,
             removed: 0,
             now_ms: 0,
+            format: 1,
+        }
+    }
+
+    /// The tenant whose settings and suppression list a queue's tenant uses: from format 5
+    /// a stream (`acme+bulk`, mail that chose a pool) is its tenant's; before, every name
+    /// stood for itself (and so it applies, on every release, to entries of those formats).
+    fn account<'t>(&self, tenant: &'t str) -> &'t str {
+        if self.format >= 5 {
+            skein_shaping::base_tenant(tenant)
+        } else {
+            tenant
         }
     }
 
@@ -344,7 +358,7 @@ impl<'a> Tx<'a> {
         let mut remaining = 0;
         let mut suppressed_addresses = Vec::new();
         for (idx, address) in rec.rcpt_to.iter().enumerate() {
-            let suppressed = self.suppressed(&rec.tenant, address)?;
+            let suppressed = self.suppressed(self.account(&rec.tenant), address)?;
             let r = RcptRecord {
                 key: rcpt_key(&rec.id, idx),
                 message_id: rec.id.clone(),
@@ -753,6 +767,16 @@ impl<'a> Tx<'a> {
                 self.batch.delete_cf(cf(self.db, CF_SHAPING), &k);
                 O::Done
             }
+            C::AllowPools { tenant, pools } => {
+                let k = shaping::key(shaping::ALLOWED_POOLS, &tenant);
+                if pools.is_empty() {
+                    self.shaping.remove(&k);
+                    self.batch.delete_cf(cf(self.db, CF_SHAPING), &k);
+                } else {
+                    self.shaping_put(&k, &pools);
+                }
+                O::Done
+            }
             C::SetTenantPool { tenant, pool } => {
                 let k = shaping::key(shaping::TENANT_POOL, &tenant);
                 if pool.is_empty() || pool == skein_shaping::DEFAULT_POOL {
@@ -892,7 +916,7 @@ impl<'a> Tx<'a> {
                             new.state = RcptState::Bounced;
                             if suppress {
                                 self.suppress(SuppressionRecord {
-                                    tenant: new.tenant.clone(),
+                                    tenant: self.account(&new.tenant).to_string(),
                                     address: new.address.clone(),
                                     reason: new
                                         .last_reply
@@ -982,7 +1006,7 @@ impl<'a> Tx<'a> {
             return Ok(true);
         }
         Ok(self
-            .get::<TenantRecord>(CF_TENANTS, m.tenant.as_bytes())?
+            .get::<TenantRecord>(CF_TENANTS, self.account(&m.tenant).as_bytes())?
             .is_none_or(|t| t.dsn))
     }
 }

@@ -68,6 +68,14 @@ pub enum ShapingCommand {
         /// Its name.
         name: String,
     },
+    /// Sets the pools a tenant's mail may choose with an `X-Skein-Pool` header (format 5;
+    /// empty: none), besides its own.
+    AllowPools {
+        /// Tenant.
+        tenant: String,
+        /// Pool names.
+        pools: Vec<String>,
+    },
 }
 
 /// How a [`ShapingCommand`] applied.
@@ -94,6 +102,7 @@ pub(crate) const HOUR_COUNT: u8 = b'H';
 pub(crate) const SUSPENSION: u8 = b'U';
 pub(crate) const LEARNED_MX: u8 = b'M';
 pub(crate) const LEASE_COUNT: u8 = b'R';
+pub(crate) const ALLOWED_POOLS: u8 = b'A';
 
 /// Key of what a shaped lease counted: `R` + lease id.
 pub(crate) fn lease_count_key(lease: u64) -> Vec<u8> {
@@ -247,6 +256,8 @@ pub struct ShapingState {
     pub providers: Vec<Provider>,
     /// Tenants' pools (tenants not listed use the default pool).
     pub tenant_pools: BTreeMap<String, String>,
+    /// The other pools each tenant's mail may choose (`X-Skein-Pool`).
+    pub allowed_pools: BTreeMap<String, Vec<String>>,
     /// Operators' suspensions in force.
     pub suspensions: Vec<Suspension>,
     /// The MX host senders reached for each domain they delivered to.
@@ -285,10 +296,19 @@ pub(crate) fn state(db: &DB, now_ms: i64) -> Result<ShapingState, QueueError> {
         ips,
         providers,
         tenant_pools,
+        allowed_pools: named(db, ALLOWED_POOLS)?,
         suspensions: suspensions(db, now_ms)?,
         mx: learned_mx(db)?,
         hour,
     })
+}
+
+/// `tenant`'s own pool and the other pools its mail may choose.
+pub(crate) fn pools_of(db: &DB, tenant: &str) -> Result<(String, Vec<String>), QueueError> {
+    let own = get::<String>(db, &key(TENANT_POOL, tenant))?
+        .unwrap_or_else(|| skein_shaping::DEFAULT_POOL.into());
+    let allowed = get::<Vec<String>>(db, &key(ALLOWED_POOLS, tenant))?.unwrap_or_default();
+    Ok((own, allowed))
 }
 
 /// The suspensions in force at `now_ms`.

@@ -798,6 +798,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         EntryPayload::Normal(req) => req,
     };
     let format = stored_format(db).map_err(std::io::Error::other)?;
+    tx.format = format;
     // From format 3 a command's time is at least the latest one applied before it: after a
     // failover to a leader whose clock is behind, hours and days still only move forward.
     let time = |t: i64, tx: &mut Tx<'_>| -> std::io::Result<i64> {
@@ -1245,6 +1246,11 @@ impl QueueReader {
     /// The sending limits and counters at `now_ms`.
     pub fn shaping(&self, now_ms: i64) -> Result<crate::ShapingState, QueueError> {
         crate::shaping::state(&self.db, now_ms)
+    }
+
+    /// `tenant`'s own pool, and the other pools its mail may choose.
+    pub fn pools_of(&self, tenant: &str) -> Result<(String, Vec<String>), QueueError> {
+        crate::shaping::pools_of(&self.db, tenant)
     }
 
     /// Whether any IP record exists (until one does, senders' own IPs send without limits).

@@ -138,10 +138,13 @@ pub enum Request {
 /// writes. 1: release 0.1.0. 2: [`Request::EnqueueOnce`] and [`Request::SetFormat`]; a
 /// `Delivered` report applies under any lease of a recipient that is not final. 3: command
 /// times never go backwards (each is raised to the latest applied before it). 4: sending limits
-/// ([`Request::Shaping`], [`DeliveryOp::LeaseShaped`], the `shaping` column family). Behaviour
+/// ([`Request::Shaping`], [`DeliveryOp::LeaseShaped`], the `shaping` column family). 5: a
+/// message may choose a pool its tenant is allowed (`ShapingCommand::AllowPools`): it is
+/// queued as the stream `tenant+pool`, which uses its tenant's settings and suppression list.
+/// Behaviour
 /// that changes how an existing command applies is decided by the replicated format, never
 /// by the release, so replicas of different releases apply every entry alike.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end

@@ -389,3 +389,56 @@ async fn restarted_ips_warm_up_again_and_removed_ips_lease_nothing() {
         0
     );
 }
+
+/// From format 5 a stream (`acme+bulk`: mail that chose a pool) uses its tenant's suppression
+/// list; before, every tenant name stood for itself, and entries of those formats still apply
+/// that way. A tenant's allowed pools are replicated state.
+#[tokio::test]
+async fn streams_share_their_tenants_suppression_list_from_format_5() {
+    for (format, suppressed) in [(4, false), (5, true)] {
+        let mut f = Fixture::new();
+        f.apply(Request::SetFormat { version: format }).await;
+        f.apply(Request::Suppress(skein_queue::SuppressionRecord {
+            tenant: "acme".into(),
+            address: "r0@blocked.test".into(),
+            reason: "550 5.1.1".into(),
+            at_ms: T0,
+        }))
+        .await;
+        let mut m = message(1, "blocked.test");
+        m.tenant = skein_queue::skein_shaping::stream("acme", "bulk");
+        let r = f
+            .apply(Request::Enqueue {
+                received_at_ms: T0,
+                messages: vec![m],
+            })
+            .await;
+        let Response::Enqueued { suppressed: s, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(!s.is_empty(), suppressed, "format {format}: {s:?}");
+    }
+    let mut f = Fixture::new();
+    f.apply(Request::SetFormat { version: 5 }).await;
+    assert_eq!(
+        f.shape(ShapingCommand::AllowPools {
+            tenant: "acme".into(),
+            pools: vec!["bulk".into(), "trans".into()],
+        })
+        .await,
+        ShapingOutcome::Done
+    );
+    assert_eq!(
+        f.reader.pools_of("acme").unwrap(),
+        (
+            DEFAULT_POOL.to_string(),
+            vec!["bulk".into(), "trans".into()]
+        )
+    );
+    f.shape(ShapingCommand::AllowPools {
+        tenant: "acme".into(),
+        pools: Vec::new(),
+    })
+    .await;
+    assert!(f.reader.pools_of("acme").unwrap().1.is_empty());
+}

@@ -17,6 +17,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Milliseconds in an hour.
@@ -26,6 +28,32 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 
 /// The name of the pool IPs and tenants belong to unless told otherwise.
 pub const DEFAULT_POOL: &str = "default";
+/// Separates a tenant from the pool a message chose (`X-Skein-Pool`): mail of tenant `acme`
+/// that asked for pool `bulk` is queued as the stream `acme+bulk` (tenant names never hold a
+/// `+`), so it waits in queues of its own and a spent pool never holds the tenant's other mail.
+pub const STREAM_SEPARATOR: char = '+';
+
+/// The stream of `tenant`'s mail that asked for `pool`.
+pub fn stream(tenant: &str, pool: &str) -> String {
+    format!("{tenant}{STREAM_SEPARATOR}{pool}")
+}
+
+/// The tenant a queue's tenant (a tenant, or one of its streams) belongs to.
+pub fn base_tenant(tenant: &str) -> &str {
+    tenant
+        .split_once(STREAM_SEPARATOR)
+        .map_or(tenant, |(base, _)| base)
+}
+
+/// The pool a queue's tenant sends from: a stream's own, else the tenant's (`pools`), else
+/// the default pool.
+pub fn pool_for<'a>(tenant: &'a str, pools: &'a BTreeMap<String, String>) -> &'a str {
+    match tenant.split_once(STREAM_SEPARATOR) {
+        Some((_, pool)) => pool,
+        None => pools.get(tenant).map_or(DEFAULT_POOL, String::as_str),
+    }
+}
+
 /// The name of the schedule IPs follow unless told otherwise.
 pub const DEFAULT_SCHEDULE: &str = "default";
 /// The provider class of every domain no provider claims.
@@ -600,6 +628,18 @@ mod tests {
         r.mode = IpMode::Warm;
         assert_eq!(r.daily_cap(&s, 0), 100_000);
         assert!(r.is_warm(&s, 0));
+    }
+
+    #[test]
+    fn streams_name_their_pool_and_tenant() {
+        let pools: BTreeMap<String, String> = [("acme".to_string(), "trans".to_string())].into();
+        assert_eq!(pool_for("acme", &pools), "trans");
+        assert_eq!(pool_for("other", &pools), DEFAULT_POOL);
+        let s = stream("acme", "bulk");
+        assert_eq!(s, "acme+bulk");
+        assert_eq!(pool_for(&s, &pools), "bulk");
+        assert_eq!(base_tenant(&s), "acme");
+        assert_eq!(base_tenant("acme"), "acme");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   bare CR/LF flagged, size enforced without buffering what is over it.
 //! - [`session`]: the command state machine.
 //! - [`received`]: the `Received:` trace header.
+//! - [`header`]: taking a control header (`X-Skein-Pool`) out of a message.
 //! - [`client`]: the outbound side: a client connection state machine ([`ClientConn`]), reply
 //!   parser, EHLO capabilities, dot-stuffing.
 //! - [`outcome`]: delivery failures as data and the one function classifying them.
@@ -23,6 +24,7 @@
 pub mod address;
 pub mod client;
 pub mod data;
+pub mod header;
 pub mod outcome;
 pub mod received;
 pub mod reply;

@@ -400,11 +400,7 @@ impl Admin for AdminService {
                     "tenant" => q.tenant.clone(),
                     "domain" => q.domain.clone(),
                     "provider" => st.provider(&q.domain).name.clone(),
-                    _ => st
-                        .tenant_pools
-                        .get(&q.tenant)
-                        .cloned()
-                        .unwrap_or_else(|| skein_shaping::DEFAULT_POOL.into()),
+                    _ => skein_shaping::pool_for(&q.tenant, &st.tenant_pools).to_string(),
                 };
                 let row = rows.entry(key.clone()).or_insert(SummaryRow {
                     key,
@@ -769,6 +765,53 @@ impl Admin for AdminService {
         })
     }
 
+    async fn allow_pools(
+        &self,
+        req: Request<AllowPoolsRequest>,
+    ) -> Result<Response<AllowPoolsResponse>, Status> {
+        let mut pools = Vec::new();
+        for p in &req.get_ref().pools {
+            let p = shaping::pool(p)?;
+            if !pools.contains(&p) {
+                pools.push(p);
+            }
+        }
+        if pools.len() > 64 {
+            return Err(ClusterError::Invalid {
+                field: "pools",
+                reason: "at most 64".into(),
+            }
+            .into());
+        }
+        forward_or!(self, req, allow_pools, {
+            let format = self.ctx.reader.format().map_err(ClusterError::from)?;
+            if format < shaping::POOL_CHOICE_FORMAT {
+                return Err(ClusterError::FailedPrecondition {
+                    reason: format!(
+                        "the cluster writes format {format}; pools chosen by header need \
+                         format {}: once every node runs this release, run `skeinctl \
+                         finalize-upgrade`",
+                        shaping::POOL_CHOICE_FORMAT
+                    ),
+                }
+                .into());
+            }
+            let tenant = req.get_ref().tenant.clone();
+            self.tenant_exists(&tenant)?;
+            self.shape(ShapingCommand::AllowPools {
+                tenant: tenant.clone(),
+                pools,
+            })
+            .await?;
+            let (pool, allowed) = self
+                .ctx
+                .reader
+                .pools_of(&tenant)
+                .map_err(ClusterError::from)?;
+            Ok(Response::new(AllowPoolsResponse { pool, allowed }))
+        })
+    }
+
     async fn set_tenant_pool(
         &self,
         req: Request<SetTenantPoolRequest>,
@@ -777,19 +820,9 @@ impl Admin for AdminService {
         forward_or!(self, req, set_tenant_pool, {
             self.shaping_allowed()?;
             let tenant = req.get_ref().tenant.clone();
-            let known = tenant.is_empty()
-                || self
-                    .ctx
-                    .reader
-                    .tenants()
-                    .map_err(ClusterError::from)?
-                    .iter()
-                    .any(|t| t.name == tenant);
-            if !known {
-                return Err(ClusterError::NotFound {
-                    what: format!("tenant {tenant:?}"),
-                }
-                .into());
+            // "" is mail relayed by IP address.
+            if !tenant.is_empty() {
+                self.tenant_exists(&tenant)?;
             }
             self.shape(ShapingCommand::SetTenantPool {
                 tenant,
@@ -1004,12 +1037,9 @@ impl AdminService {
             .collect();
         Ok(Box::new(move |tenant: &str, domain: &str| {
             use skein_shaping::SuspendKind as K;
-            let pool = st
-                .tenant_pools
-                .get(tenant)
-                .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+            let pool = skein_shaping::pool_for(tenant, &st.tenant_pools);
             let covering = [
-                (K::Tenant, tenant),
+                (K::Tenant, skein_shaping::base_tenant(tenant)),
                 (K::Domain, domain),
                 (K::Pool, pool),
                 (K::Provider, st.provider(domain).name.as_str()),
@@ -1035,6 +1065,25 @@ impl AdminService {
     }
 
     /// Sending-limit changes need format 4 on every node.
+    /// NOT_FOUND unless tenant `name` exists.
+    fn tenant_exists(&self, name: &str) -> Result<(), Status> {
+        let known = self
+            .ctx
+            .reader
+            .tenants()
+            .map_err(ClusterError::from)?
+            .iter()
+            .any(|t| t.name == name);
+        if known {
+            Ok(())
+        } else {
+            Err(ClusterError::NotFound {
+                what: format!("tenant {name:?}"),
+            }
+            .into())
+        }
+    }
+
     fn shaping_allowed(&self) -> Result<(), Status> {
         let format = self.ctx.reader.format().map_err(ClusterError::from)?;
         Ok(shaping::check_format(format)?)

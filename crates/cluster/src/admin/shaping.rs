@@ -33,6 +33,9 @@ pub(super) fn check_format(format: u32) -> Result<(), ClusterError> {
     Ok(())
 }
 
+/// The replicated format a message's choice of pool needs (streams, `AllowPools`).
+pub(super) const POOL_CHOICE_FORMAT: u32 = 5;
+
 /// A pool or schedule name, `""` meaning the default.
 fn name_or_default(field: &'static str, name: &str) -> Result<String, ClusterError> {
     if name.is_empty() {

@@ -798,15 +798,15 @@ impl<'a> Stopped<'a> {
         if self.set.is_empty() {
             return false;
         }
-        let pool = self
-            .st
-            .and_then(|st| st.tenant_pools.get(tenant))
-            .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+        let pool = match self.st {
+            Some(st) => skein_shaping::pool_for(tenant, &st.tenant_pools),
+            None => skein_shaping::DEFAULT_POOL,
+        };
         let provider = match self.st {
             Some(st) => &st.provider(domain).name,
             None => &skein_shaping::classify(&self.defaults, domain, None).name,
         };
-        self.has(K::Tenant, tenant)
+        self.has(K::Tenant, skein_shaping::base_tenant(tenant))
             || self.has(K::Domain, domain)
             || self.has(K::Pool, pool)
             || self.has(K::Provider, provider)
@@ -880,10 +880,7 @@ impl Slots<'_> {
         domain: &str,
         n: usize,
     ) -> Reserved {
-        let pool = st
-            .tenant_pools
-            .get(tenant)
-            .map_or(skein_shaping::DEFAULT_POOL, String::as_str);
+        let pool = skein_shaping::pool_for(tenant, &st.tenant_pools);
         let provider = st.provider(domain);
         let mut best: Option<(u64, &skein_queue::IpStatus)> = None;
         let mut renews: Option<i64> = None;
@@ -1321,6 +1318,7 @@ mod tests {
             ips: vec![ip("192.0.2.1"), ip("192.0.2.2")],
             providers: skein_shaping::default_providers(),
             tenant_pools: BTreeMap::new(),
+            allowed_pools: BTreeMap::new(),
             suspensions: Vec::new(),
             mx: BTreeMap::new(),
             hour: 0,

@@ -66,6 +66,13 @@ pub enum IpCmd {
 pub enum PoolCmd {
     /// Send a tenant's mail from a pool ("default" to go back).
     Assign { tenant: String, pool: String },
+    /// Let a tenant's messages choose these pools with an `X-Skein-Pool: NAME` header (the
+    /// edge strips it); none: its own pool only.
+    Allow {
+        tenant: String,
+        #[arg(value_delimiter = ',')]
+        pools: Vec<String>,
+    },
 }
 
 /// `skeinctl schedule ...`
@@ -243,6 +250,25 @@ pub async fn pool(c: &mut Client, cmd: PoolCmd) -> anyhow::Result<()> {
             .await
             .map_err(status)?;
             println!("tenant {tenant:?} sends from pool {pool}");
+        }
+        PoolCmd::Allow { tenant, pools } => {
+            let r = c
+                .allow_pools(AllowPoolsRequest {
+                    tenant: tenant.clone(),
+                    pools,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "tenant {tenant:?} sends from pool {}; by X-Skein-Pool also from: {}",
+                r.pool,
+                if r.allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    r.allowed.join(", ")
+                }
+            );
         }
     }
     Ok(())
