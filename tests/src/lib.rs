@@ -766,7 +766,8 @@ impl DevWithSink {
         Self::start_with(dir, ip, sink_ip, "", delivery, edge, args).await
     }
 
-    /// Like [`DevWithSink::start`], with extra TOML lines `node` in `[node]`.
+    /// Like [`DevWithSink::start`], with extra TOML lines `node` in `[node]`. `{smtp}` in
+    /// `args` stands for the edge's own SMTP address (to route mail back to it).
     pub async fn start_with(
         dir: &Path,
         ip: &str,
@@ -794,8 +795,10 @@ impl DevWithSink {
                 data = dir.join("data").display(),
             ),
         )?;
+        let own = format!("{ip}:{smtp}");
+        let args: Vec<String> = args.iter().map(|a| a.replace("{smtp}", &own)).collect();
         let mut all = vec!["dev", "--config", cfg.to_str().unwrap_or_default()];
-        all.extend(args);
+        all.extend(args.iter().map(String::as_str));
         let dev = Proc::spawn(&all, &dir.join("dev.log"))?;
         wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
         Ok(Self {

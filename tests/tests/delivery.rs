@@ -699,3 +699,47 @@ async fn a_sender_never_sends_what_is_not_an_address() -> anyhow::Result<()> {
     assert_eq!(sink.of("message").len(), 1, "nothing more sent");
     Ok(())
 }
+
+/// A mail loop stops at the hop limit: mail for loop.test is routed back to the edge that
+/// accepted it, each pass adds a Received: field, and past `max_received_headers` (5 here) the
+/// edge refuses it with 554 5.4.6; the sender bounces it and the DSN says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mail_loop_stops_at_the_hop_limit_with_a_bounce() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.112";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.113",
+        "",
+        "[edge.limits]\nmax_received_headers = 5",
+        &["--route", "loop.test={smtp}"],
+    )
+    .await?;
+    let port = rig.smtp.to_string();
+    let s = submit(&[
+        "--host",
+        ip,
+        "--port",
+        &port,
+        "--mail-from",
+        "app@routed.test",
+        "--rcpt",
+        "me@loop.test",
+    ])?;
+    assert_eq!(s[0].code, Some(250), "{s:?}");
+    let dsn = wait_for("the DSN", Duration::from_secs(60), || async {
+        rig.sink
+            .messages_for("app@routed.test")
+            .into_iter()
+            .find(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
+    })
+    .await?;
+    let text = dsn["data"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("554 5.4.6 Routing loop detected: 6 Received: header fields"),
+        "{text}"
+    );
+    assert!(rig.sink.messages_for("me@loop.test").is_empty());
+    Ok(())
+}

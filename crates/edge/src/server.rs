@@ -267,6 +267,17 @@ impl Edge {
 
     /// Enqueues one message; the reply for the final dot.
     async fn store(&self, env: skein_smtp::Envelope, data: Vec<u8>, ip: IpAddr) -> Reply {
+        // Each relay adds a Received: field; past the limit the message is going round in
+        // circles (a route or MX pointing back here, say): stop it (RFC 5321 section 6.3).
+        let hops = skein_smtp::header::count_fields(&data, "Received");
+        if hops > self.cfg.limits.max_received_headers {
+            tracing::warn!(hops, "mail loop: message refused");
+            return Reply::new(
+                554,
+                "5.4.6",
+                format!("Routing loop detected: {hops} Received: header fields"),
+            );
+        }
         // The pool a tenant's message asks for is for Skein only: taken out before signing,
         // never delivered.
         let (pool, data) = skein_smtp::header::take_header(&data, POOL_HEADER);

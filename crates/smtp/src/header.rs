@@ -50,6 +50,15 @@ pub fn take_header(message: &[u8], name: &str) -> (Option<String>, Vec<u8>) {
     (value, out)
 }
 
+/// How many `name:` fields (case-insensitive) the header section of `message` holds.
+pub fn count_fields(message: &[u8], name: &str) -> usize {
+    message
+        .split(|&b| b == b'\n')
+        .take_while(|line| !(line.is_empty() || *line == b"\r"))
+        .filter(|line| field_name(line).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+        .count()
+}
+
 /// The field name of a header line (`Name:` with no space before the colon).
 fn field_name(line: &[u8]) -> Option<&[u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
@@ -86,6 +95,13 @@ mod tests {
         );
         assert_eq!(v.as_deref(), Some("bu lk"));
         assert_eq!(out, "Subject: s\r\n\tfolded\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn fields_are_counted_in_the_header_section_only() {
+        let m = b"Received: a\r\n\tfolded\r\nreceived: b\r\nSubject: s\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_fields(m, "Received"), 2);
+        assert_eq!(count_fields(b"Subject: s\r\n", "Received"), 0);
     }
 
     #[test]

@@ -131,10 +131,15 @@ pub fn reports(
                 );
                 continue;
             }
+            // What a sender reports ends up in DSNs, histories and events: a reply code, an
+            // RFC 3463 code or nothing, and text on one line.
             let reply = Reply {
-                code: u16::try_from(r.code).unwrap_or(0),
-                enhanced: clip(&r.enhanced, 16),
-                text: clip(&r.text, 1000),
+                code: u16::try_from(r.code)
+                    .ok()
+                    .filter(|c| (200..600).contains(c))
+                    .unwrap_or(0),
+                enhanced: enhanced_code(&r.enhanced),
+                text: one_line(&r.text, 1000),
             };
             let mut disposition = policy::disposition(cfg, &rec, result, &reply, now_ms, rng.f64());
             if shaped && result == AttemptResult::Throttled {
@@ -147,9 +152,9 @@ pub fn reports(
             }
             let attempt = AttemptRecord {
                 at_ms: now_ms,
-                sender: clip(&sender, 64),
-                source_ip: clip(&report.source_ip, 64),
-                mx: clip(&report.mx, 300),
+                sender: one_line(&sender, 64),
+                source_ip: one_line(&report.source_ip, 64),
+                mx: one_line(&report.mx, 300),
                 reply,
                 result,
             };
@@ -332,10 +337,25 @@ pub fn due(
 }
 
 /// `s` cut to at most `max` characters.
-fn clip(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => s[..i].to_string(),
-        None => s.to_string(),
+/// At most `max` characters of `s`, control characters (CR, LF, NUL...) as spaces.
+fn one_line(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `s` if it is an RFC 3463 status code (`class.subject.detail`: 2, 4 or 5, then one to
+/// three digits twice), else empty.
+fn enhanced_code(s: &str) -> String {
+    let mut parts = s.split('.');
+    let ok = matches!(parts.next(), Some("2" | "4" | "5"))
+        && parts.clone().count() == 2
+        && parts.all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
+    if ok {
+        s.to_string()
+    } else {
+        String::new()
     }
 }
 
@@ -590,6 +610,60 @@ mod tests {
             disposition,
             Disposition::Retry { at_ms, counted: true } if *at_ms > NOW
         ));
+    }
+
+    /// What a sender reports cannot put lines into DSNs or histories: control characters
+    /// become spaces, an enhanced code that is not one is dropped, a code outside 200-599 is 0.
+    #[test]
+    fn reported_fields_are_one_line_and_well_formed() {
+        let mut rec = rcpt("A", 0, "x.test");
+        rec.state = RcptState::Leased(Lease {
+            id: 5,
+            sender: "sender-a".into(),
+            source_ip: "127.0.0.9".into(),
+            expires_ms: NOW + 1,
+        });
+        let report = |code: u32, enhanced: &str| Report {
+            lease: 5,
+            rcpts: vec![RecipientResult {
+                key: "A0000".into(),
+                outcome: Outcome::Permanent as i32,
+                code,
+                enhanced: enhanced.into(),
+                text: "no\r\nSubject: injected\0".into(),
+            }],
+            source_ip: "127.0.0.9".into(),
+            mx: "mx.x.test\r\nX-Evil: 1".into(),
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        for (code, enhanced) in [(550, "5.1.1"), (999, "5.1.1\r\nX: y"), (550, "5.1234.1")] {
+            let mut plan = RoundPlan::default();
+            super::reports(
+                &cfg(),
+                NOW,
+                &mut fastrand::Rng::with_seed(1),
+                vec![ReportIn {
+                    report: report(code, enhanced),
+                    sender: "sender-a".into(),
+                    records: vec![Some(rec.clone())],
+                }],
+                false,
+                &mut plan,
+            );
+            let a = &plan.reported[0].1;
+            assert_eq!(a.reply.text, "no  Subject: injected ");
+            assert_eq!(a.mx, "mx.x.test  X-Evil: 1");
+            got.push((a.reply.code, a.reply.enhanced.clone()));
+        }
+        assert_eq!(
+            got,
+            [
+                (550, "5.1.1".into()),
+                (0, String::new()),
+                (550, String::new())
+            ]
+        );
     }
 
     /// A failure reported by a session that does not hold the lease (another sender, or a
