@@ -692,6 +692,18 @@ impl Sink {
         Ok(sink)
     }
 
+    /// The text of the first DSN (null return path) received for `rcpt`, waiting up to
+    /// `limit` for it.
+    pub async fn dsn_to(&self, rcpt: &str, limit: Duration) -> anyhow::Result<String> {
+        let dsn = wait_for("the DSN", limit, || async {
+            self.messages_for(rcpt)
+                .into_iter()
+                .find(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
+        })
+        .await?;
+        Ok(dsn["data"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Every event recorded so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
         self.events.lock().expect("sink events").clone()

@@ -17,17 +17,6 @@ async fn format_at_least(g: &str, n: u32) -> anyhow::Result<()> {
     .await
 }
 
-/// The text of the first DSN (null return path) the sink received for app@routed.test.
-async fn dsn_to_app(sink: &Sink) -> anyhow::Result<String> {
-    let dsn = wait_for("the DSN", FINISH, || async {
-        sink.messages_for("app@routed.test")
-            .into_iter()
-            .find(|m| m["mail_from"] == "<>" || m["mail_from"] == "")
-    })
-    .await?;
-    Ok(dsn["data"].as_str().unwrap_or_default().to_string())
-}
-
 /// Submits one message to `rcpt` through the edge at `ip`:`port` (relayed from 127.0.0.0/8);
 /// its queue id.
 fn one(ip: &str, port: u16, rcpt: &str) -> anyhow::Result<String> {
@@ -539,7 +528,7 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
         [vec!["delivered"; 8], vec!["expired"; 2]].concat(),
         "{states:?}"
     );
-    let text = dsn_to_app(&rig.sink).await?;
+    let text = rig.sink.dsn_to("app@routed.test", FINISH).await?;
     assert!(
         text.contains("delivery time expired: 451 4.4.7 held by sending limits")
             && text.contains("Status: 4.4.7"),
@@ -616,7 +605,7 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
     assert!(out.contains("1 recipients bounced"), "{out}");
     let m = wait_final(&g, &retired, FINISH).await?;
     assert_eq!(m.recipients[0].state, "bounced");
-    let text = dsn_to_app(&rig.sink).await?;
+    let text = rig.sink.dsn_to("app@routed.test", FINISH).await?;
     assert!(
         text.contains("bounced by the operator: domain retired"),
         "{text}"

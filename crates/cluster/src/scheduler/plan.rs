@@ -556,8 +556,8 @@ mod tests {
         assert_eq!(leased(&plan), [vec!["D0000"]]);
     }
 
-    #[test]
-    fn reports_carry_the_leaders_time_and_the_reporting_session() {
+    /// Recipient A0000 of x.test, leased (5) to sender-a.
+    fn leased_to_a() -> RcptRecord {
         let mut rec = rcpt("A", 0, "x.test");
         rec.state = RcptState::Leased(Lease {
             id: 5,
@@ -565,6 +565,12 @@ mod tests {
             source_ip: "127.0.0.9".into(),
             expires_ms: NOW + 1,
         });
+        rec
+    }
+
+    #[test]
+    fn reports_carry_the_leaders_time_and_the_reporting_session() {
+        let rec = leased_to_a();
         let report = Report {
             lease: 5,
             rcpts: vec![
@@ -616,13 +622,7 @@ mod tests {
     /// become spaces, an enhanced code that is not one is dropped, a code outside 200-599 is 0.
     #[test]
     fn reported_fields_are_one_line_and_well_formed() {
-        let mut rec = rcpt("A", 0, "x.test");
-        rec.state = RcptState::Leased(Lease {
-            id: 5,
-            sender: "sender-a".into(),
-            source_ip: "127.0.0.9".into(),
-            expires_ms: NOW + 1,
-        });
+        let rec = leased_to_a();
         let report = |code: u32, enhanced: &str| Report {
             lease: 5,
             rcpts: vec![RecipientResult {
@@ -671,13 +671,7 @@ mod tests {
     /// reporting session's name.
     #[test]
     fn only_the_lease_holder_reports_failures_but_any_delivery_counts() {
-        let mut rec = rcpt("A", 0, "x.test");
-        rec.state = RcptState::Leased(Lease {
-            id: 5,
-            sender: "sender-a".into(),
-            source_ip: "127.0.0.9".into(),
-            expires_ms: NOW + 1,
-        });
+        let rec = leased_to_a();
         let one = |lease: u64, outcome: Outcome, sender: &str| ReportIn {
             report: Report {
                 lease,
