@@ -513,6 +513,15 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
         (rig.sink.of("message").len() >= 13).then_some(())
     })
     .await?;
+    // The last two wait (the scheduler has looked at them: a new message waits for its next
+    // round) before the clock moves on.
+    wait_for("the last two held", FINISH, || async {
+        let out = ctl(&g, &["queues"]).ok()?;
+        out.lines()
+            .any(|l| l.contains("daily.test") && l.contains("held: sending limits"))
+            .then_some(())
+    })
+    .await?;
     ctl(&g, &["clock", "advance", "3d"])?;
     let mut states = Vec::new();
     for id in &late {

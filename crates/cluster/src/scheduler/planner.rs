@@ -608,15 +608,21 @@ impl Planner {
         let mut out = Vec::new();
         for p in round.plan.planned {
             let keys = granted.remove(&p.lease);
-            if keys.as_ref().is_none_or(|k| k.len() < p.rcpts.len()) {
+            let cut = keys.as_ref().is_none_or(|k| k.len() < p.rcpts.len());
+            if cut {
                 // The state machine granted less than planned: the limits read are stale
-                // (an operator's change, or another leader's leases). Read them again.
+                // (an operator's change, or another leader's leases). Read them again; a
+                // shaped lease cut short was cut by the limits, which hold its queue.
                 self.shaping_cache = None;
+                if p.provider.is_some() {
+                    self.limited
+                        .insert((p.tenant.clone(), p.domain.clone()), round.now_ms);
+                }
             }
             match keys {
                 Some(keys) if !keys.is_empty() => {
                     let queue = (p.tenant.clone(), p.domain.clone());
-                    if !self.held.contains_key(&queue) {
+                    if !cut && !self.held.contains_key(&queue) {
                         self.limited.remove(&queue);
                     }
                     *self.out_per_queue.entry(queue.clone()).or_default() += 1;
@@ -1419,6 +1425,30 @@ mod tests {
         );
         let other = expired.iter().find(|(k, _)| k.contains("M4")).unwrap();
         assert_eq!(other.1, None, "never held: {other:?}");
+
+        // A shaped lease the state machine cut short (the limits were spent by the time it
+        // applied) marks its queue held by the limits too.
+        let mut view = MemView {
+            shaping: Some(two_ips()),
+            ..MemView::default()
+        };
+        view.add("t", "yahoo.com", "M5", 1);
+        let mut p = Planner::new(cfg());
+        p.input(joined_from(1, "s1", "192.0.2.1", 10));
+        let r = p.plan(NOW, &mut rng, &view, 0).unwrap();
+        let cut: Vec<(u64, Vec<String>)> = r
+            .plan
+            .planned
+            .iter()
+            .map(|a| (a.lease, Vec::new()))
+            .collect();
+        p.committed(r, cut);
+        let r = p.plan(later, &mut rng, &view, 0).unwrap();
+        let held = r.ops.iter().any(|op| {
+            matches!(op, DeliveryOp::Report { attempt: Some(a), disposition: skein_queue::Disposition::Expire, .. }
+                if a.reply.text.starts_with("held by sending limits"))
+        });
+        assert!(held, "{:?}", r.ops);
     }
 
     /// A "slow down" from Gmail to one IP backs off that IP for Gmail only, the throttle
