@@ -146,6 +146,7 @@ mod tests {
             ("[node]\nid = 0\n", "node.id"),
             ("[node]\nid = 1\nlisten = \"nonsense\"\n", "node.listen"),
             ("[node]\nnameservers = [\"dns.test\"]\n", "node.nameservers"),
+            ("[node]\nlisten = \"0.0.0.0:7070\"\n", "node.listen"),
             (
                 "[node]\nid = 2\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\" }]\n",
                 "node.initial_members",

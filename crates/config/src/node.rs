@@ -54,6 +54,10 @@ pub struct NodeConfig {
     /// hosted at Gmail gets Gmail's limits from its first message. Empty (the default): the
     /// system's resolvers. `skein dev` uses `[sender] nameservers` when this is empty.
     pub nameservers: Vec<String>,
+    /// The gRPC port (Raft, Ingest, Admin, Work) has no TLS or authentication yet: a node
+    /// refuses to listen on anything but loopback unless this is set, acknowledging that only
+    /// trusted hosts can reach it (a private network, a firewall). Default false.
+    pub insecure: bool,
 }
 
 /// Where a node's time comes from.
@@ -136,6 +140,7 @@ impl Default for NodeConfig {
             delivery: DeliveryConfig::default(),
             clock: ClockMode::System,
             nameservers: Vec::new(),
+            insecure: false,
         }
     }
 }
@@ -163,10 +168,22 @@ impl NodeConfig {
         if self.id == 0 {
             return Err(invalid("node.id", "must be greater than 0"));
         }
-        if self.listen.parse::<SocketAddr>().is_err() {
-            return Err(invalid(
+        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+            invalid(
                 "node.listen",
                 format!("{:?} is not an ip:port", self.listen),
+            )
+        })?;
+        if !listen.ip().is_loopback() && !self.insecure {
+            return Err(invalid(
+                "node.listen",
+                format!(
+                    "{listen} is reachable from other hosts, and the cluster's gRPC port \
+                     (Raft, Ingest, Admin, Work) has no TLS or authentication yet: whoever \
+                     reaches it can read tenants' credentials and DKIM keys and relay mail. \
+                     Listen on loopback, or set `insecure = true` in [node] once only trusted \
+                     hosts can reach it"
+                ),
             ));
         }
         if let Some(a) = &self.advertise {
