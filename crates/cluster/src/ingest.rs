@@ -22,7 +22,7 @@ use crate::route::{Cluster, Route, FORWARDED};
 /// Most recipients in one message.
 pub const MAX_RECIPIENTS: usize = 10_000;
 /// Largest message accepted over Ingest.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub use skein_core::MAX_MESSAGE_BYTES;
 /// Batches proposed and not yet committed, at most.
 const MAX_IN_FLIGHT: usize = 1;
 

@@ -203,7 +203,11 @@ impl EdgeConfig {
         }
         let l = &self.limits;
         let checks: [(&str, bool); 8] = [
-            ("max_message_size", l.max_message_size.0 >= 1024),
+            (
+                "max_message_size",
+                (1024..=(skein_core::MAX_MESSAGE_BYTES - skein_core::EDGE_HEADER_ROOM) as u64)
+                    .contains(&l.max_message_size.0),
+            ),
             ("max_recipients", l.max_recipients > 0),
             ("max_command_line", l.max_command_line >= 512),
             ("max_data_line", l.max_data_line >= 78),
@@ -214,7 +218,10 @@ impl EdgeConfig {
         ];
         if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
             let why = match *name {
-                "max_message_size" => "must be at least 1KB",
+                "max_message_size" => {
+                    "must be at least 1KB, and at most 64MiB less 64KiB (the largest message \
+                     the queue takes, with room for the edge's headers)"
+                }
                 "max_command_line" => "must be at least 512 (RFC 5321 4.5.3.1.4)",
                 "max_data_line" => "must be at least 78",
                 _ => "must be greater than 0",

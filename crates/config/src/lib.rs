@@ -148,6 +148,10 @@ mod tests {
             ("[node]\nnameservers = [\"dns.test\"]\n", "node.nameservers"),
             ("[node]\nlisten = \"0.0.0.0:7070\"\n", "node.listen"),
             (
+                "[edge]\n[edge.limits]\nmax_message_size = \"70MB\"\n",
+                "edge.limits.max_message_size",
+            ),
+            (
                 "[node]\nid = 2\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\" }]\n",
                 "node.initial_members",
             ),
