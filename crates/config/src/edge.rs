@@ -101,6 +101,9 @@ pub struct EdgeLimits {
     pub messages_per_minute_per_ip: u32,
     /// Messages per minute from one tenant; 0 = unlimited (default).
     pub messages_per_minute_per_tenant: u32,
+    /// NOOP, RSET, VRFY and HELP between two messages before each counts as an error (toward
+    /// `max_bad_commands`, then 421). Default 100.
+    pub max_junk_commands: u32,
     /// A message with more `Received:` header fields than this is in a mail loop: refused with
     /// 554 5.4.6 (RFC 5321 section 6.3). Default 50.
     pub max_received_headers: usize,
@@ -122,6 +125,7 @@ impl Default for EdgeLimits {
             messages_per_minute_per_ip: 0,
             messages_per_minute_per_tenant: 0,
             max_received_headers: 50,
+            max_junk_commands: 100,
         }
     }
 }

@@ -65,6 +65,7 @@ impl Edge {
             max_command_line: l.max_command_line,
             max_data_line: l.max_data_line,
             max_bad_commands: l.max_bad_commands,
+            max_junk_commands: l.max_junk_commands,
             max_auth_failures: l.max_auth_failures,
         };
         let queue = QueueClient::new(&cfg.queue, cfg.commit_timeout.0)?;

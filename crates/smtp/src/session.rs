@@ -26,6 +26,10 @@ pub struct SessionConfig {
     pub max_bad_commands: u32,
     /// Failed AUTH attempts tolerated before `421` and close.
     pub max_auth_failures: u32,
+    /// NOOP, RSET, VRFY and HELP answered between two messages; past it each counts as an
+    /// error (toward [`SessionConfig::max_bad_commands`]), so a client cannot hold a session
+    /// open for ever with them (Postfix's `smtpd_junk_command_limit`).
+    pub max_junk_commands: u32,
 }
 
 impl Default for SessionConfig {
@@ -38,6 +42,7 @@ impl Default for SessionConfig {
             max_data_line: 998,
             max_bad_commands: 20,
             max_auth_failures: 3,
+            max_junk_commands: 100,
         }
     }
 }
@@ -179,6 +184,8 @@ pub struct Session {
     rcpts: Vec<Address>,
     bad_commands: u32,
     auth_failures: u32,
+    /// Junk commands since the last message.
+    junk_commands: u32,
     events: VecDeque<Event>,
 }
 
@@ -198,6 +205,7 @@ impl Session {
             rcpts: Vec::new(),
             bad_commands: 0,
             auth_failures: 0,
+            junk_commands: 0,
             events: VecDeque::new(),
         }
     }
@@ -304,6 +312,7 @@ impl Session {
     pub fn message_done(&mut self, reply: Reply) {
         self.phase = Phase::Command;
         self.reset_transaction();
+        self.junk_commands = 0;
         if reply.code == 421 {
             self.close_with(reply);
         } else {
@@ -331,14 +340,15 @@ impl Session {
     /// A refused command: counts toward the error limit.
     fn reject(&mut self, r: Reply) {
         self.reply(r);
+        self.count_error("Too many errors");
+    }
+
+    /// One more error; at the limit, `421` with `why` and close.
+    fn count_error(&mut self, why: &str) {
         self.bad_commands += 1;
         if self.bad_commands >= self.cfg.max_bad_commands {
             let host = self.cfg.hostname.clone();
-            self.close_with(Reply::new(
-                421,
-                "4.7.0",
-                format!("{host} Too many errors, closing"),
-            ));
+            self.close_with(Reply::new(421, "4.7.0", format!("{host} {why}, closing")));
         }
     }
 
@@ -522,7 +532,14 @@ impl Session {
             Some((v, a)) => (v, a.trim()),
             None => (line, ""),
         };
-        match verb.to_ascii_uppercase().as_str() {
+        let verb = verb.to_ascii_uppercase();
+        if matches!(verb.as_str(), "NOOP" | "RSET" | "VRFY" | "HELP") {
+            self.junk_commands = self.junk_commands.saturating_add(1);
+        }
+        // The command is answered as usual; past the junk limit it also counts as an error.
+        let junk = self.junk_commands > self.cfg.max_junk_commands
+            && matches!(verb.as_str(), "NOOP" | "RSET" | "VRFY" | "HELP");
+        match verb.as_str() {
             "EHLO" => self.ehlo(arg, true),
             "HELO" => self.ehlo(arg, false),
             "MAIL" => self.mail(arg),
@@ -549,6 +566,9 @@ impl Session {
             "AUTH" => self.auth(arg),
             "" => self.reject(Reply::new(500, "5.5.2", "Error: empty command")),
             _ => self.reject(Reply::new(500, "5.5.2", "Error: command not recognized")),
+        }
+        if junk && !self.is_closed() {
+            self.count_error("Too many commands without a message");
         }
     }
 

@@ -65,6 +65,7 @@ fn cfg() -> SessionConfig {
         max_data_line: 200,
         max_bad_commands: 5,
         max_auth_failures: 2,
+        max_junk_commands: 10,
     }
 }
 
@@ -483,4 +484,38 @@ fn random_input_never_panics_and_replies_stay_well_formed() {
             assert!(data.len() as u64 <= cfg().max_message_size, "round {round}");
         }
     }
+}
+
+/// NOOP, RSET, VRFY and HELP past the junk limit (10 here) count as errors, so a client
+/// can't hold a session with them: the fifth error closes it with 421. A message between
+/// them starts the count again.
+#[test]
+fn junk_commands_past_the_limit_close_the_session() {
+    let noops = "NOOP\r\n".repeat(10);
+    let out = run(
+        cfg(),
+        relay_conn(),
+        Runtime::default(),
+        &[
+            b"EHLO client.example\r\n",
+            noops.as_bytes(),
+            b"MAIL FROM:<a@x.com>\r\nRCPT TO:<b@y.com>\r\nDATA\r\nSubject: t\r\n\r\nx\r\n.\r\n",
+            noops.as_bytes(),
+        ],
+    );
+    assert!(!out.closed, "{:?}", out.codes());
+    assert_eq!(out.messages.len(), 1);
+
+    let junk = "RSET\r\nVRFY x\r\nHELP\r\nNOOP\r\n".repeat(4);
+    let out = run(
+        cfg(),
+        relay_conn(),
+        Runtime::default(),
+        &[b"EHLO client.example\r\n", junk.as_bytes()],
+    );
+    assert!(out.closed);
+    let codes = out.codes();
+    // EHLO, then 10 + 5 junk commands answered, then 421.
+    assert_eq!(codes.len(), 1 + 15 + 1, "{codes:?}");
+    assert_eq!(codes.last().unwrap(), "421 4.7.0");
 }
