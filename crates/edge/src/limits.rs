@@ -1,4 +1,5 @@
-//! Connection limits and message rates.
+//! Connection limits and message rates, per client: an IPv4 address, or an IPv6 /64 (one
+//! host usually holds a whole /64, and would otherwise get a fresh limit per address).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -6,7 +7,18 @@ use std::sync::{Arc, Mutex};
 
 use skein_core::SharedClock;
 
-/// Counts open connections, in total and per client IP.
+/// The client an address counts as: itself for IPv4 (and IPv4-mapped IPv6), its /64 for IPv6.
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// Counts open connections, in total and per client ([`client_of`]).
 #[derive(Debug)]
 pub struct ConnectionLimiter {
     max_total: usize,
@@ -33,6 +45,7 @@ impl ConnectionLimiter {
 
     /// A slot for a connection from `ip`, or `None` when a limit is reached.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
+        let ip = client_of(ip);
         let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let per_ip = g.1.get(&ip).copied().unwrap_or(0);
         if g.0 >= self.max_total || per_ip >= self.max_per_ip {
@@ -124,6 +137,22 @@ mod tests {
         drop(s1);
         let _s4 = l.acquire(a).expect("a slot was freed");
         assert_eq!(l.open(), 3);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(client_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(client_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        let l = ConnectionLimiter::new(10, 2);
+        let _a = l.acquire(ip("2001:db8::1")).unwrap();
+        let _b = l.acquire(ip("2001:db8::2")).unwrap();
+        assert!(
+            l.acquire(ip("2001:db8::ffff:3")).is_none(),
+            "one /64, one client"
+        );
+        assert!(l.acquire(ip("2001:db8:0:1::1")).is_some(), "another /64");
     }
 
     #[test]

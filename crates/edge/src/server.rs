@@ -194,7 +194,7 @@ impl Edge {
                         session.auth_done(res);
                     }
                     Event::Mail { .. } => {
-                        let ip = peer.ip().to_string();
+                        let ip = crate::limits::client_of(peer.ip()).to_string();
                         let res = if !self.ip_rate.allow(&ip) {
                             Err(Reply::new(
                                 421,
