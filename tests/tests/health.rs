@@ -145,3 +145,32 @@ async fn reflect(addr: &str, request: MessageRequest) -> anyhow::Result<MessageR
         .message_response
         .ok_or_else(|| anyhow::anyhow!("an empty answer"))
 }
+
+/// A node keeps at most `max_connections` gRPC connections open: with both taken (idle
+/// clients), a third client gets no answer until one of them closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holds_at_most_max_connections() -> anyhow::Result<()> {
+    let c = Cluster::start(1, 114, "max_connections = 2")?;
+    let addr = c.addrs[0].clone();
+    wait_for("the node", Duration::from_secs(30), || async {
+        check(&addr, "").await.ok()
+    })
+    .await?;
+    let a = tokio::net::TcpStream::connect(&addr).await?;
+    let b = tokio::net::TcpStream::connect(&addr).await?;
+    // Let the node take both.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let blocked = tokio::time::timeout(Duration::from_secs(1), check(&addr, "")).await;
+    assert!(
+        blocked.is_err(),
+        "a third connection is not served: {blocked:?}"
+    );
+    drop(a);
+    let served = tokio::time::timeout(Duration::from_secs(5), check(&addr, "")).await;
+    assert!(
+        matches!(served, Ok(Ok(_))),
+        "served once one closed: {served:?}"
+    );
+    drop(b);
+    Ok(())
+}

@@ -17,6 +17,8 @@
 //!   writes the JSON delivery events.
 //! - [`propose`]: every Raft proposal, with a deadline (openraft does not always answer).
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
+//! - [`incoming`]: the gRPC port's accepted connections, limited in number, accept errors
+//!   backed off.
 //!
 //! Any node accepts every call; writes and linearizable reads go to the leader (forwarded by
 //! the node that received them). Modules depend on [`route`], never on [`node`].
@@ -27,6 +29,7 @@ pub mod admin;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod incoming;
 pub mod ingest;
 pub mod network;
 pub mod node;

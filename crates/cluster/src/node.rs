@@ -164,16 +164,8 @@ pub async fn start(
         .local_addr()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
     let (stop, stopped) = oneshot::channel::<()>();
-    // `Server::tcp_nodelay` only applies to listeners tonic binds itself: set it on every
-    // accepted connection, or small gRPC replies wait out Nagle + delayed ACK (~40 ms).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        },
-    );
+    // (`Server::tcp_nodelay` only applies to listeners tonic binds itself.)
+    let incoming = crate::incoming::incoming(listener, cfg.max_connections);
     // gRPC server reflection (v1 and the v1alpha older tools ask for), so `grpcurl` and the
     // like list and call the services without the .proto files.
     let reflection = || {

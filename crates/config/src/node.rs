@@ -58,6 +58,9 @@ pub struct NodeConfig {
     /// refuses to listen on anything but loopback unless this is set, acknowledging that only
     /// trusted hosts can reach it (a private network, a firewall). Default false.
     pub insecure: bool,
+    /// gRPC connections open at once (nodes, edges, senders, operators); more wait in the
+    /// listen backlog until one closes. Default 4096.
+    pub max_connections: usize,
 }
 
 /// Where a node's time comes from.
@@ -141,6 +144,7 @@ impl Default for NodeConfig {
             clock: ClockMode::System,
             nameservers: Vec::new(),
             insecure: false,
+            max_connections: 4096,
         }
     }
 }
@@ -226,6 +230,9 @@ impl NodeConfig {
                 "node.nameservers",
                 format!("{n:?} is not an ip or ip:port"),
             ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("node.max_connections", "must be > 0"));
         }
         self.delivery.validate()?;
         let r = &self.raft;
