@@ -175,6 +175,10 @@ pub async fn start(
     // Built into the binary by skein-proto's build script from the same protos as the code.
     const DESCRIPTORS: &str = "the compiled-in descriptor set is valid";
     let server = tonic::transport::Server::builder()
+        // A peer that stops answering HTTP/2 pings is dropped, freeing its place in
+        // `max_connections`.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(reflection().build_v1().expect(DESCRIPTORS))
         .add_service(reflection().build_v1alpha().expect(DESCRIPTORS))
         .add_service(
