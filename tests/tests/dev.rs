@@ -226,3 +226,51 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     assert!(status.success(), "{status:?}");
     Ok(())
 }
+
+/// A client guessing passwords gets a few tries a minute: past them (3 here) AUTH answers
+/// 454 4.7.0 without checking, even the right password; password checks themselves run a
+/// few at a time, so a flood waits instead of exhausting memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_auth_is_throttled_per_client() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.116";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.117",
+        "",
+        "[edge.limits]\nauth_failures_per_minute_per_ip = 3",
+        &["--tenant", "acme:right-password"],
+    )
+    .await?;
+    let port = rig.smtp.to_string();
+    let login = |password: &str| -> anyhow::Result<Submitted> {
+        let args = [
+            "--host",
+            ip,
+            "--port",
+            &port,
+            "--user",
+            "acme",
+            "--password",
+            password,
+            "--mail-from",
+            "app@acme.test",
+            "--rcpt",
+            "x@example.net",
+        ];
+        Ok(submit(&args)?.remove(0))
+    };
+    // The edge learns the seeded tenant on a refresh.
+    wait_for("AUTH", Duration::from_secs(30), || async {
+        login("right-password").ok().filter(|s| s.code == Some(250))
+    })
+    .await?;
+    for _ in 0..3 {
+        let s = login("wrong-password")?;
+        assert!(s.text.contains("535"), "{s:?}");
+    }
+    let s = login("right-password")?;
+    assert!(s.text.contains("454") && s.text.contains("4.7.0"), "{s:?}");
+    Ok(())
+}

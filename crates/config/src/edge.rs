@@ -101,6 +101,9 @@ pub struct EdgeLimits {
     pub messages_per_minute_per_ip: u32,
     /// Messages per minute from one tenant; 0 = unlimited (default).
     pub messages_per_minute_per_tenant: u32,
+    /// Failed AUTH attempts per minute from one client (IPv6: its /64); past them, AUTH from
+    /// it is answered 454 4.7.0 without checking the password. 0 = unlimited. Default 30.
+    pub auth_failures_per_minute_per_ip: u32,
     /// NOOP, RSET, VRFY and HELP between two messages before each counts as an error (toward
     /// `max_bad_commands`, then 421). Default 100.
     pub max_junk_commands: u32,
@@ -126,6 +129,7 @@ impl Default for EdgeLimits {
             messages_per_minute_per_tenant: 0,
             max_received_headers: 50,
             max_junk_commands: 100,
+            auth_failures_per_minute_per_ip: 30,
         }
     }
 }

@@ -21,6 +21,9 @@ struct Login {
 #[derive(Debug)]
 pub struct Credentials {
     queue: QueueClient,
+    /// Password checks at once (argon2: ~19 MiB and a core's worth of work each): one per
+    /// core, so a flood of AUTH attempts waits instead of exhausting memory.
+    checks: tokio::sync::Semaphore,
     by_user: RwLock<Option<HashMap<String, Login>>>,
     last_refresh: RwLock<Option<Instant>>,
     signing: SigningKeys,
@@ -29,8 +32,10 @@ pub struct Credentials {
 impl Credentials {
     /// An empty cache filled from `queue`.
     pub fn new(queue: QueueClient) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             queue,
+            checks: tokio::sync::Semaphore::new(cores),
             by_user: RwLock::new(None),
             last_refresh: RwLock::new(None),
             signing: SigningKeys::default(),
@@ -90,6 +95,9 @@ impl Credentials {
             None => return Err(AuthFailure::Temporary),
             Some(None) => {
                 // Spend the same work as a real check, so timing does not reveal usernames.
+                let Ok(_permit) = self.checks.acquire().await else {
+                    return Err(AuthFailure::Temporary);
+                };
                 let _ = tokio::task::spawn_blocking(dummy_verify).await;
                 return Err(AuthFailure::Invalid);
             }
@@ -97,6 +105,9 @@ impl Credentials {
         };
         let password = password.to_string();
         let hash = login.hash.clone();
+        let Ok(_permit) = self.checks.acquire().await else {
+            return Err(AuthFailure::Temporary);
+        };
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|h| {

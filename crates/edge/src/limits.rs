@@ -96,6 +96,17 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `key` has had its `per_minute` events this minute (nothing is counted).
+    pub fn exhausted(&self, key: &str) -> bool {
+        if self.per_minute == 0 {
+            return false;
+        }
+        let minute = self.clock.now_ms().div_euclid(60_000);
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        w.get(key)
+            .is_some_and(|&(m, n)| m == minute && n >= self.per_minute)
+    }
+
     /// Records an event for `key`; `false` when it is over the limit (and not counted).
     pub fn allow(&self, key: &str) -> bool {
         if self.per_minute == 0 {
@@ -165,6 +176,15 @@ mod tests {
         assert!(r.allow("other"));
         clock.advance(Duration::from_secs(60));
         assert!(r.allow("t"));
-        assert!(RateLimiter::new(0, clock).allow("x"));
+        assert!(RateLimiter::new(0, clock.clone()).allow("x"));
+        let r = RateLimiter::new(1, clock.clone());
+        assert!(!r.exhausted("t"));
+        assert!(r.allow("t"));
+        assert!(
+            r.exhausted("t") && r.exhausted("t"),
+            "looking counts nothing"
+        );
+        assert!(!r.exhausted("u"));
+        assert!(!RateLimiter::new(0, clock).exhausted("t"));
     }
 }

@@ -46,6 +46,8 @@ pub struct Edge {
     credentials: Credentials,
     connections: Arc<ConnectionLimiter>,
     ip_rate: RateLimiter,
+    /// Failed AUTH attempts per client.
+    auth_failures: RateLimiter,
     tenant_rate: RateLimiter,
     clock: SharedClock,
 }
@@ -76,6 +78,7 @@ impl Edge {
             queue,
             connections: ConnectionLimiter::new(l.max_connections, l.max_connections_per_ip),
             ip_rate: RateLimiter::new(l.messages_per_minute_per_ip, clock.clone()),
+            auth_failures: RateLimiter::new(l.auth_failures_per_minute_per_ip, clock.clone()),
             tenant_rate: RateLimiter::new(l.messages_per_minute_per_tenant, clock.clone()),
             clock,
             cfg,
@@ -190,7 +193,18 @@ impl Edge {
                     Event::Authenticate {
                         username, password, ..
                     } => {
-                        let res = self.credentials.verify(&username, &password).await;
+                        // A client guessing passwords gets no more checks this minute.
+                        let client = crate::limits::client_of(peer.ip()).to_string();
+                        let res = if self.auth_failures.exhausted(&client) {
+                            tracing::info!(%client, "AUTH refused: too many failures");
+                            Err(skein_smtp::session::AuthFailure::Temporary)
+                        } else {
+                            let res = self.credentials.verify(&username, &password).await;
+                            if matches!(res, Err(skein_smtp::session::AuthFailure::Invalid)) {
+                                self.auth_failures.allow(&client);
+                            }
+                            res
+                        };
                         session.auth_done(res);
                     }
                     Event::Mail { .. } => {
