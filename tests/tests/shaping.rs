@@ -757,7 +757,7 @@ async fn a_message_chooses_its_pool_by_header() -> anyhow::Result<()> {
     };
     // The edge learns the new tenant's credentials on its next refresh.
     let chosen = wait_for("AUTH as the new tenant", FINISH, || async {
-        send("news@example.net", Some("X-Skein-Pool: bulk"))
+        send("news@example.net", Some("X-Skein-Pool: Bulk"))
             .ok()
             .filter(|s| s.code.is_some())
     })

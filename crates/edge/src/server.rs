@@ -327,7 +327,8 @@ impl Edge {
             // all (the leader died before answering), the retry gets its queue id back
             // instead of storing the message twice.
             submission_id: fastrand::u128(..).to_be_bytes().to_vec(),
-            pool: pool.unwrap_or_default(),
+            // Pool names are lower-case.
+            pool: pool.map(|p| p.to_ascii_lowercase()).unwrap_or_default(),
         };
         match self.queue.enqueue(req).await {
             Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),
