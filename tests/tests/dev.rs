@@ -239,13 +239,15 @@ async fn failed_auth_is_throttled_per_client() -> anyhow::Result<()> {
         ip,
         "127.0.0.117",
         "",
-        "[edge.limits]\nauth_failures_per_minute_per_ip = 3",
+        "credentials_refresh = \"1s\"\n[edge.limits]\nauth_failures_per_minute_per_ip = 3",
         &["--tenant", "acme:right-password"],
     )
     .await?;
     let port = rig.smtp.to_string();
-    let login = |password: &str| -> anyhow::Result<Submitted> {
+    let login = |password: &str, from: &str| -> anyhow::Result<Submitted> {
         let args = [
+            "--source-ip",
+            from,
             "--host",
             ip,
             "--port",
@@ -261,16 +263,24 @@ async fn failed_auth_is_throttled_per_client() -> anyhow::Result<()> {
         ];
         Ok(submit(&args)?.remove(0))
     };
-    // The edge learns the seeded tenant on a refresh.
-    wait_for("AUTH", Duration::from_secs(30), || async {
-        login("right-password").ok().filter(|s| s.code == Some(250))
+    // The seeded tenant exists once the node leads; the edge learns it on its next refresh
+    // (every second here). AUTH before that would count as failures.
+    wait_for("the tenant", Duration::from_secs(30), || async {
+        let (ok, out, _) = skeinctl(&rig.grpc, &["tenant", "list"]).ok()?;
+        (ok && out.contains("acme")).then_some(())
     })
     .await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let s = login("right-password", "127.0.0.1")?;
+    assert_eq!(s.code, Some(250), "{s:?}");
+    let guesser = "127.0.0.118";
     for _ in 0..3 {
-        let s = login("wrong-password")?;
+        let s = login("wrong-password", guesser)?;
         assert!(s.text.contains("535"), "{s:?}");
     }
-    let s = login("right-password")?;
+    let s = login("right-password", guesser)?;
     assert!(s.text.contains("454") && s.text.contains("4.7.0"), "{s:?}");
+    let s = login("right-password", "127.0.0.1")?;
+    assert_eq!(s.code, Some(250), "other clients are not held: {s:?}");
     Ok(())
 }
