@@ -284,3 +284,70 @@ async fn failed_auth_is_throttled_per_client() -> anyhow::Result<()> {
     assert_eq!(s.code, Some(250), "other clients are not held: {s:?}");
     Ok(())
 }
+
+/// The classic open-relay battery against a live edge that relays for nobody by address:
+/// every trick to get mail for another domain through without AUTH is refused with a 5.7.1
+/// (relaying denied) or a 5.1.x/5.5.x (not an address we take), whatever the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_relay_battery_is_refused() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.119";
+    let (grpc, smtp) = (free_port(ip), free_port(ip));
+    let cfg = dir.path().join("dev.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nlisten = \"{ip}:{grpc}\"\ndata_dir = \"{}\"\n\
+             [edge]\nhostname = \"relay.skein.test\"\nrelay_networks = []\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let _dev = Proc::spawn(
+        &["dev", "--config", cfg.to_str().unwrap_or_default()],
+        &dir.path().join("dev.log"),
+    )?;
+    wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
+    let long = format!("<{}@remote.test>", "a".repeat(300));
+    let rcpts = [
+        "<victim@remote.test>",
+        "<Victim@REMOTE.TEST>",
+        "<victim%remote.test@relay.skein.test>",
+        "<victim%remote.test@[127.0.0.119]>",
+        "<@relay.skein.test:victim@remote.test>",
+        "<\"victim@remote.test\"@relay.skein.test>",
+        "<remote.test!victim@relay.skein.test>",
+        "<remote.test!victim>",
+        "<victim@[192.0.2.1]>",
+        "<victim@remote.test@relay.skein.test>",
+        "<victim>",
+        "<postmaster@remote.test>",
+        long.as_str(),
+    ];
+    for from in ["<a@external.test>", "<>", "<a@relay.skein.test>"] {
+        let (rd, mut wr) = tokio::net::TcpStream::connect((ip, smtp))
+            .await?
+            .into_split();
+        let mut rd = BufReader::new(rd);
+        assert!(reply(&mut rd).await?.starts_with("220"));
+        wr.write_all(format!("EHLO outside.test\r\nMAIL FROM:{from}\r\n").as_bytes())
+            .await?;
+        assert!(reply(&mut rd).await?.starts_with("250"));
+        let mail = reply(&mut rd).await?;
+        assert!(mail.starts_with("250"), "MAIL FROM:{from}: {mail}");
+        for rcpt in rcpts {
+            wr.write_all(format!("RCPT TO:{rcpt}\r\n").as_bytes())
+                .await?;
+            let got = reply(&mut rd).await?;
+            let refused = got.starts_with('5')
+                && ["5.7.1", "5.1.", "5.5."]
+                    .iter()
+                    .any(|code| got[4..].starts_with(code));
+            assert!(refused, "MAIL FROM:{from} RCPT TO:{rcpt}: {got}");
+        }
+        wr.write_all(b"DATA\r\n").await?;
+        let data = reply(&mut rd).await?;
+        assert!(data.starts_with('5'), "no recipient, no DATA: {data}");
+    }
+    Ok(())
+}
