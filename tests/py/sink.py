@@ -21,7 +21,8 @@ choosing addresses:
                 and the connection is then dropped without a reply to the final dot
   anything else 250
 
-Options: --tls CERT KEY offers STARTTLS; --greeting-fail "421 ..." answers every connection
+Options: --tls CERT KEY offers STARTTLS (--tls-max VERSION caps its version);
+--greeting-fail "421 ..." answers every connection
 with that reply and closes it (a host that refuses service); --delay SECONDS makes every reply
 after DATA wait that long (a slow destination).
 """
@@ -133,6 +134,8 @@ async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("addrs", nargs="+", help="ADDRESS:PORT to listen on")
     ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    ap.add_argument("--tls-max", help="highest TLS version offered (e.g. TLSv1_1: clients "
+                    "that need TLS 1.2 fail the handshake)")
     ap.add_argument("--greeting-fail")
     ap.add_argument("--delay", type=float, default=0.0,
                     help="seconds every reply after DATA waits (a slow destination)")
@@ -143,6 +146,9 @@ async def main():
     if args.tls:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(args.tls[0], args.tls[1])
+        if args.tls_max:
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = getattr(ssl.TLSVersion, args.tls_max)
     loop = asyncio.get_running_loop()
     servers = []
     for a in args.addrs:

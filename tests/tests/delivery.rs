@@ -739,3 +739,73 @@ async fn a_mail_loop_stops_at_the_hop_limit_with_a_bounce() -> anyhow::Result<()
     assert!(rig.sink.messages_for("me@loop.test").is_empty());
     Ok(())
 }
+
+/// Opportunistic TLS whose handshake fails (the server offers STARTTLS but only TLS 1.1) is
+/// retried in plaintext on the same host, as Postfix does at `may`; `required` never falls
+/// back: the recipient is deferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opportunistic_tls_falls_back_to_plaintext_after_a_failed_handshake() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = write_cert(dir.path(), &[])?;
+    let sink_addr = format!("127.0.0.130:{}", free_port("127.0.0.130"));
+    let sink = Sink::start(
+        std::slice::from_ref(&sink_addr),
+        &[
+            "--tls",
+            cert.to_str().unwrap_or_default(),
+            key.to_str().unwrap_or_default(),
+            "--tls-max",
+            "TLSv1_1",
+        ],
+    )?;
+    let deliverer = |tls| -> anyhow::Result<skein_sender::Deliverer> {
+        let cfg = skein_config::sender::SenderConfig {
+            routes: vec![skein_config::sender::Route {
+                domain: "*".into(),
+                to: sink_addr.clone(),
+            }],
+            tls,
+            ..Default::default()
+        };
+        Ok(skein_sender::Deliverer::new(
+            cfg,
+            std::sync::Arc::new(skein_core::SystemClock),
+        )?)
+    };
+    let a = skein_proto::work::Assignment {
+        lease: 9,
+        message_id: "M".into(),
+        mail_from: "app@example.com".into(),
+        domain: "x.test".into(),
+        rcpts: vec![skein_proto::work::Recipient {
+            key: "k0".into(),
+            address: "ok@x.test".into(),
+        }],
+        source_ip: "127.0.0.1".into(),
+        ehlo: "out.skein.test".into(),
+        data: b"Subject: tls\r\n\r\nhello\r\n".to_vec(),
+        ..Default::default()
+    };
+    let r = deliverer(skein_config::sender::TlsPolicy::Opportunistic)?
+        .deliver(&a)
+        .await;
+    assert_eq!(r.rcpts[0].code, 250, "{r:?}");
+    let msgs = wait_for("the sink's record", Duration::from_secs(10), || async {
+        let m = sink.of("message");
+        (!m.is_empty()).then_some(m)
+    })
+    .await?;
+    assert_eq!(msgs[0]["tls"], false, "delivered in plaintext: {msgs:?}");
+
+    let r = deliverer(skein_config::sender::TlsPolicy::Required)?
+        .deliver(&a)
+        .await;
+    assert_eq!(
+        (r.rcpts[0].code, r.rcpts[0].enhanced.as_str()),
+        (451, "4.7.5"),
+        "{r:?}"
+    );
+    assert_eq!(sink.of("message").len(), 1, "nothing more sent");
+    Ok(())
+}

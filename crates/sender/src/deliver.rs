@@ -220,7 +220,19 @@ impl Deliverer {
                     provider: a.provider.clone(),
                 };
                 let mx = endpoint.describe();
-                match self.on(endpoint, tx.clone(), limit).await {
+                let plain = Endpoint {
+                    tls: TlsWish::Never,
+                    ..endpoint.clone()
+                };
+                let mut outcome = self.on(endpoint, tx.clone(), limit).await;
+                // Opportunistic TLS that fails its handshake goes again in plaintext on the
+                // same host, as Postfix does at `may`: encryption was a wish, delivery isn't.
+                // (`required` never does.)
+                if let (Err(Failure::Tls(e)), TlsWish::Opportunistic) = (&outcome, tls) {
+                    tracing::info!(%mx, error = %e, "TLS handshake failed: delivering in plaintext");
+                    outcome = self.on(plain, tx.clone(), limit).await;
+                }
+                match outcome {
                     Ok(result) => {
                         let v = result
                             .rcpts
