@@ -163,6 +163,9 @@ impl Edge {
             relay_by_ip: Self::in_nets(&self.cfg.relay_networks, peer.ip()),
         };
         let mut session = Session::new(self.session.clone(), info);
+        // A client that stops reading its replies is dropped after as long as one that stops
+        // writing commands: its session can't hold a connection slot for ever.
+        let write_limit = self.cfg.limits.command_timeout.0;
         let mut out = session.greeting().to_bytes();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -170,14 +173,12 @@ impl Edge {
                 match ev {
                     Event::Reply(r) => r.write_to(&mut out),
                     Event::Close => {
-                        conn.write_all(&out).await?;
-                        conn.flush().await?;
+                        send(&mut conn, &out, write_limit).await?;
                         let _ = conn.shutdown().await;
                         return Ok(());
                     }
                     Event::StartTls => {
-                        conn.write_all(&out).await?;
-                        conn.flush().await?;
+                        send(&mut conn, &out, write_limit).await?;
                         out.clear();
                         let Conn::Plain(tcp) = conn else {
                             return Err(std::io::Error::other("STARTTLS on a TLS connection"));
@@ -236,8 +237,7 @@ impl Edge {
                     Event::Message { envelope, data } => {
                         // Let the client see its pipelined replies while the commit runs.
                         if !out.is_empty() {
-                            conn.write_all(&out).await?;
-                            conn.flush().await?;
+                            send(&mut conn, &out, write_limit).await?;
                             out.clear();
                         }
                         let reply = self.store(envelope, data, peer.ip()).await;
@@ -246,8 +246,7 @@ impl Edge {
                 }
             }
             if !out.is_empty() {
-                conn.write_all(&out).await?;
-                conn.flush().await?;
+                send(&mut conn, &out, write_limit).await?;
                 out.clear();
             }
             let limit = if session.in_data() {
@@ -258,7 +257,7 @@ impl Edge {
             match tokio::time::timeout(limit, conn.read(&mut buf)).await {
                 Err(_) => {
                     let r = canned::timeout(&self.cfg.hostname);
-                    let _ = conn.write_all(&r.to_bytes()).await;
+                    let _ = send(&mut conn, &r.to_bytes(), write_limit).await;
                     let _ = conn.shutdown().await;
                     return Ok(());
                 }
@@ -353,6 +352,22 @@ impl Edge {
 
 /// The header a tenant's message names the pool to send it from with (stripped).
 pub const POOL_HEADER: &str = "X-Skein-Pool";
+
+/// Writes `out` to the client and flushes it, within `limit`.
+async fn send(conn: &mut Conn, out: &[u8], limit: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(limit, async {
+        conn.write_all(out).await?;
+        conn.flush().await
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read its replies in time",
+        )),
+    }
+}
 
 /// A client connection, before or after TLS.
 enum Conn {
