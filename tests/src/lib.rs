@@ -47,6 +47,17 @@ pub fn free_port(ip: &str) -> u16 {
         .expect("free port")
 }
 
+/// Two different free TCP ports on `ip` (two calls of [`free_port`] may return the same one).
+pub fn free_ports(ip: &str) -> (u16, u16) {
+    let a = free_port(ip);
+    loop {
+        let b = free_port(ip);
+        if b != a {
+            return (a, b);
+        }
+    }
+}
+
 /// A child process killed when dropped, with its stderr in a log file.
 pub struct Proc {
     /// The process.
@@ -789,7 +800,7 @@ impl DevWithSink {
         edge: &str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
-        let (grpc, smtp) = (free_port(ip), free_port(ip));
+        let (grpc, smtp) = free_ports(ip);
         let grpc = format!("{ip}:{grpc}");
         let sink_addr = format!("{sink_ip}:{}", free_port(sink_ip));
         let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;

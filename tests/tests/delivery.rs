@@ -58,7 +58,7 @@ fn dsns(sink: &Sink, to: &str) -> Vec<String> {
 async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.70";
-    let (grpc, smtp) = (free_port(ip), free_port(ip));
+    let (grpc, smtp) = free_ports(ip);
     let grpc_addr = format!("{ip}:{grpc}");
     // ex.test: first MX 127.0.0.74 refuses connections, second 127.0.0.75 is a sink with
     // STARTTLS. implicit.test: no MX, an A record (127.0.0.76). nullmx.test: RFC 7505 null MX.

@@ -292,7 +292,7 @@ async fn failed_auth_is_throttled_per_client() -> anyhow::Result<()> {
 async fn the_open_relay_battery_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.119";
-    let (grpc, smtp) = (free_port(ip), free_port(ip));
+    let (grpc, smtp) = free_ports(ip);
     let cfg = dir.path().join("dev.toml");
     std::fs::write(
         &cfg,
@@ -303,11 +303,13 @@ async fn the_open_relay_battery_is_refused() -> anyhow::Result<()> {
             dir.path().join("data").display()
         ),
     )?;
-    let _dev = Proc::spawn(
+    let dev = Proc::spawn(
         &["dev", "--config", cfg.to_str().unwrap_or_default()],
         &dir.path().join("dev.log"),
     )?;
-    wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60)).await?;
+    wait_listening(format!("{ip}:{smtp}").parse()?, Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&dev.log_text(), 30)))?;
     let long = format!("<{}@remote.test>", "a".repeat(300));
     let rcpts = [
         "<victim@remote.test>",
