@@ -353,3 +353,58 @@ async fn the_open_relay_battery_is_refused() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A client that pipelines commands and never reads the replies can't hold its connection
+/// (nor make the edge buffer without end): once the replies fill the sockets, the edge gives
+/// up writing after the command timeout (1 s here) and drops it, so the client's one allowed
+/// connection is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_dropped() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.131";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.132",
+        "",
+        "[edge.limits]\ncommand_timeout = \"1s\"\nmax_connections_per_ip = 1",
+        &[],
+    )
+    .await?;
+    // The greeting: the connection holds the client's one slot (once the check that the
+    // edge listens has let go of it).
+    let (mut rd, mut wr) = wait_for("the first connection", Duration::from_secs(10), || async {
+        let (rd, wr) = tokio::net::TcpStream::connect((ip, rig.smtp))
+            .await
+            .ok()?
+            .into_split();
+        let mut rd = BufReader::new(rd);
+        let line = reply(&mut rd).await.ok()?;
+        line.starts_with("220").then_some((rd, wr))
+    })
+    .await?;
+    let probe = || async {
+        let s = tokio::net::TcpStream::connect((ip, rig.smtp)).await.ok()?;
+        reply(&mut BufReader::new(s)).await.ok()
+    };
+    let refused = probe().await.unwrap_or_default();
+    assert!(
+        refused.starts_with("421"),
+        "one connection per client: {refused}"
+    );
+    // 3,000,000 EHLOs (51 MB) and never a read: hundreds of MB of replies.
+    let flood = tokio::spawn(async move {
+        let _ = wr
+            .write_all(&b"EHLO flood.test\r\n".repeat(3_000_000))
+            .await;
+        wr
+    });
+    let greeting = wait_for("the slot back", Duration::from_secs(20), || async {
+        probe().await.filter(|l| l.starts_with("220"))
+    })
+    .await?;
+    assert!(greeting.contains("ESMTP"), "{greeting}");
+    flood.abort();
+    drop(rd);
+    Ok(())
+}
