@@ -373,7 +373,7 @@ async fn a_client_that_never_reads_is_dropped() -> anyhow::Result<()> {
     .await?;
     // The greeting: the connection holds the client's one slot (once the check that the
     // edge listens has let go of it).
-    let (mut rd, mut wr) = wait_for("the first connection", Duration::from_secs(10), || async {
+    let (rd, mut wr) = wait_for("the first connection", Duration::from_secs(10), || async {
         let (rd, wr) = tokio::net::TcpStream::connect((ip, rig.smtp))
             .await
             .ok()?
