@@ -4,8 +4,12 @@
 /// Removes every `name:` field (case-insensitive, with its folded continuation lines) from the
 /// header section of `message`, and returns the first one's unfolded, trimmed value with the
 /// message without them. The body, and header fields of other names, are untouched; a message
-/// without a blank line is all header section.
-pub fn take_header(message: &[u8], name: &str) -> (Option<String>, Vec<u8>) {
+/// without a blank line is all header section. A message without the field is given back as
+/// it is, not copied.
+pub fn take_header(message: Vec<u8>, name: &str) -> (Option<String>, Vec<u8>) {
+    if count_fields(&message, name) == 0 {
+        return (None, message);
+    }
     let mut out = Vec::with_capacity(message.len());
     let mut first: Option<Vec<u8>> = None;
     // What the field being read is: one to take out (and whether it is the first), or not.
@@ -71,7 +75,7 @@ mod tests {
     use super::*;
 
     fn take(m: &str) -> (Option<String>, String) {
-        let (v, out) = take_header(m.as_bytes(), "X-Skein-Pool");
+        let (v, out) = take_header(m.as_bytes().to_vec(), "X-Skein-Pool");
         (v, String::from_utf8(out).unwrap())
     }
 
