@@ -79,6 +79,20 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
+    /// FAILED_PRECONDITION unless the cluster's replicated `format` is at least `need`, the
+    /// first that has `what`.
+    pub fn require_format(format: u32, need: u32, what: &str) -> Result<(), Self> {
+        if format >= need {
+            return Ok(());
+        }
+        Err(Self::FailedPrecondition {
+            reason: format!(
+                "the cluster writes format {format}; {what} need format {need}: once every \
+                 node runs this release, run `skeinctl finalize-upgrade`"
+            ),
+        })
+    }
+
     /// The gRPC code for each error: the one place this mapping lives.
     pub fn code(&self) -> Code {
         match self {
@@ -160,6 +174,20 @@ mod tests {
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(
             s.message().contains("node.ingest_memory"),
+            "{}",
+            s.message()
+        );
+    }
+
+    #[test]
+    fn a_feature_of_a_newer_format_waits_for_the_upgrade() {
+        assert!(ClusterError::require_format(5, 5, "x").is_ok());
+        let e = ClusterError::require_format(4, 5, "pools chosen by header").unwrap_err();
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(
+            s.message().contains("writes format 4; pools chosen by header need format 5")
+                && s.message().contains("skeinctl finalize-upgrade"),
             "{}",
             s.message()
         );

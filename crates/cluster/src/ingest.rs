@@ -434,15 +434,11 @@ impl IngestService {
         if r.pool.is_empty() {
             return Ok(r.tenant.clone());
         }
-        let format = self.ctx.reader.format()?;
-        if format < 5 {
-            return Err(ClusterError::FailedPrecondition {
-                reason: format!(
-                    "choosing a pool needs replicated format 5 (the cluster writes {format}): \
-                     upgrade every node first"
-                ),
-            });
-        }
+        ClusterError::require_format(
+            self.ctx.reader.format()?,
+            skein_queue::POOL_CHOICE_FORMAT,
+            "pools chosen by header",
+        )?;
         let (own, allowed) = self.ctx.reader.pools_of(&r.tenant)?;
         if r.pool == own {
             return Ok(r.tenant.clone());

@@ -166,7 +166,7 @@ impl<'a> Tx<'a> {
     /// a stream (`acme+bulk`, mail that chose a pool) is its tenant's; before, every name
     /// stood for itself (and so it applies, on every release, to entries of those formats).
     fn account<'t>(&self, tenant: &'t str) -> &'t str {
-        if self.format >= 5 {
+        if self.format >= crate::POOL_CHOICE_FORMAT {
             skein_shaping::base_tenant(tenant)
         } else {
             tenant

@@ -37,6 +37,7 @@ pub use skein_shaping;
 pub use store::{open, LogStore, QueueHead, QueueReader, QueueStats, StateMachine};
 pub use types::{
     DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig, FORMAT,
+    POOL_CHOICE_FORMAT,
 };
 
 /// Errors of the queue's own queries and of opening the store.

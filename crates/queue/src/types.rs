@@ -146,6 +146,10 @@ pub enum Request {
 /// by the release, so replicas of different releases apply every entry alike.
 pub const FORMAT: u32 = 5;
 
+/// The first format in which a message may choose a pool (streams `tenant+pool` use their
+/// tenant's settings; `ShapingCommand::AllowPools`).
+pub const POOL_CHOICE_FORMAT: u32 = 5;
+
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end
 // (as `EnqueueOnce` is), and `tests/format.rs` proves every older entry still decodes and

@@ -785,17 +785,11 @@ impl Admin for AdminService {
         }
         forward_or!(self, req, allow_pools, {
             let format = self.ctx.reader.format().map_err(ClusterError::from)?;
-            if format < shaping::POOL_CHOICE_FORMAT {
-                return Err(ClusterError::FailedPrecondition {
-                    reason: format!(
-                        "the cluster writes format {format}; pools chosen by header need \
-                         format {}: once every node runs this release, run `skeinctl \
-                         finalize-upgrade`",
-                        shaping::POOL_CHOICE_FORMAT
-                    ),
-                }
-                .into());
-            }
+            ClusterError::require_format(
+                format,
+                shaping::POOL_CHOICE_FORMAT,
+                "pools chosen by header",
+            )?;
             let tenant = req.get_ref().tenant.clone();
             self.tenant_exists(&tenant)?;
             self.shape(ShapingCommand::AllowPools {

@@ -21,20 +21,10 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ClusterError {
 
 /// Refuses sending-limit changes until every node reads them.
 pub(super) fn check_format(format: u32) -> Result<(), ClusterError> {
-    if format < SHAPING_FORMAT {
-        return Err(ClusterError::FailedPrecondition {
-            reason: format!(
-                "the cluster writes format {format}; sending limits need format \
-                 {SHAPING_FORMAT}: once every node runs this release, run `skeinctl \
-                 finalize-upgrade`"
-            ),
-        });
-    }
-    Ok(())
+    ClusterError::require_format(format, SHAPING_FORMAT, "sending limits")
 }
 
-/// The replicated format a message's choice of pool needs (streams, `AllowPools`).
-pub(super) const POOL_CHOICE_FORMAT: u32 = 5;
+pub(super) use skein_queue::POOL_CHOICE_FORMAT;
 
 /// A pool or schedule name, `""` meaning the default.
 fn name_or_default(field: &'static str, name: &str) -> Result<String, ClusterError> {
