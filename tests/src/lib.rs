@@ -200,6 +200,25 @@ pub struct Submitted {
     pub text: String,
 }
 
+/// Submits one message to `rcpt` through the edge at `ip`:`port` (relayed from 127.0.0.0/8);
+/// its queue id.
+pub fn submit_relayed(ip: &str, port: u16, rcpt: &str) -> anyhow::Result<String> {
+    let port = port.to_string();
+    let s = submit(&[
+        "--host",
+        ip,
+        "--port",
+        &port,
+        "--mail-from",
+        "app@routed.test",
+        "--rcpt",
+        rcpt,
+    ])?;
+    s[0].id
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{rcpt}: not accepted"))
+}
+
 /// Path of the Python client.
 pub fn submit_py() -> PathBuf {
     manifest_dir().join("py/submit.py")

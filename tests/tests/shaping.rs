@@ -8,6 +8,25 @@ use skein_tests::*;
 
 const FINISH: Duration = Duration::from_secs(30);
 
+/// Schedule "tiny" (3 on day 1, then 10 a day) for IP record 127.0.0.1 (the dev sender's
+/// address), named mta1.skein.test: what `skeinctl` said of each.
+fn three_a_day(g: &str) -> anyhow::Result<(String, String)> {
+    let schedule = ctl(g, &["schedule", "set", "tiny", "1:3", "2:10"])?;
+    let ip = ctl(
+        g,
+        &[
+            "ip",
+            "add",
+            "127.0.0.1",
+            "--hostname",
+            "mta1.skein.test",
+            "--schedule",
+            "tiny",
+        ],
+    )?;
+    Ok((schedule, ip))
+}
+
 /// Waits until the cluster at `g` writes replicated format `n` (a new cluster raises it to
 /// this release's once it has a leader).
 async fn format_at_least(g: &str, n: u32) -> anyhow::Result<()> {
@@ -15,25 +34,6 @@ async fn format_at_least(g: &str, n: u32) -> anyhow::Result<()> {
         (status(g).await.ok()?.format >= n).then_some(())
     })
     .await
-}
-
-/// Submits one message to `rcpt` through the edge at `ip`:`port` (relayed from 127.0.0.0/8);
-/// its queue id.
-fn one(ip: &str, port: u16, rcpt: &str) -> anyhow::Result<String> {
-    let port = port.to_string();
-    let s = submit(&[
-        "--host",
-        ip,
-        "--port",
-        &port,
-        "--mail-from",
-        "app@routed.test",
-        "--rcpt",
-        rcpt,
-    ])?;
-    s[0].id
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("{rcpt}: not accepted"))
 }
 
 fn ctl(server: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -88,20 +88,8 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
     assert!(e.contains("NotFound") && e.contains("ghost"), "{e}");
 
     // Three a day from 127.0.0.1 (the dev sender's address), named mta1.skein.test.
-    let out = ctl(&g, &["schedule", "set", "tiny", "1:3", "2:10"])?;
-    assert!(out.contains("1:3 2:10"), "{out}");
-    let out = ctl(
-        &g,
-        &[
-            "ip",
-            "add",
-            "127.0.0.1",
-            "--hostname",
-            "mta1.skein.test",
-            "--schedule",
-            "tiny",
-        ],
-    )?;
+    let (schedule, out) = three_a_day(&g)?;
+    assert!(schedule.contains("1:3 2:10"), "{schedule}");
     assert!(
         out.contains("warming") && out.contains("today 0/3"),
         "{out}"
@@ -115,7 +103,7 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
     let mut ids = Vec::new();
     for i in 0..5 {
         let rcpt = format!("r{i}@capped.test");
-        ids.push(one(ip, rig.smtp, &rcpt)?);
+        ids.push(submit_relayed(ip, rig.smtp, &rcpt)?);
     }
     wait_for("three deliveries", FINISH, || async {
         (rig.sink.of("message").len() >= 3).then_some(())
@@ -206,7 +194,7 @@ async fn an_ip_record_caps_the_day_and_names_the_ehlo() -> anyhow::Result<()> {
         out.contains("capped.test") && out.contains("until 2") && out.contains("incident 42"),
         "{out}"
     );
-    let one = |rcpt: &str| one(ip, rig.smtp, rcpt);
+    let one = |rcpt: &str| submit_relayed(ip, rig.smtp, rcpt);
     let late = one("late@capped.test")?;
     let other = one("x@other.test")?;
     wait_final(&g, &other, FINISH).await?;
@@ -410,7 +398,7 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
     )?;
     for i in 0..6 {
         let rcpt = format!("hold-2-{i}@slow.test");
-        one(ip, rig.smtp, &rcpt)?;
+        submit_relayed(ip, rig.smtp, &rcpt)?;
     }
     wait_for("six deliveries", Duration::from_secs(40), || async {
         (rig.sink.of("message").len() >= 6).then_some(())
@@ -429,15 +417,15 @@ async fn a_providers_connection_limit_holds_at_the_destination() -> anyhow::Resu
     assert_eq!(most, 2, "two connections at once, and both used");
 
     // "450 4.7.0 ... slow down" for one recipient: the IP backs off from slowprov only.
-    one(ip, rig.smtp, "slowdown-1@slow.test")?;
+    submit_relayed(ip, rig.smtp, "slowdown-1@slow.test")?;
     let shown = wait_for("the backoff in ip show", FINISH, || async {
         let out = ctl(&g, &["ip", "show"]).ok()?;
         out.contains("slowprov 6/1000 (slow down until")
             .then_some(out)
     })
     .await?;
-    let later = one(ip, rig.smtp, "later@slow.test")?;
-    let other = one(ip, rig.smtp, "x@other.test")?;
+    let later = submit_relayed(ip, rig.smtp, "later@slow.test")?;
+    let other = submit_relayed(ip, rig.smtp, "x@other.test")?;
     wait_final(&g, &other, FINISH).await?;
     assert!(
         rig.sink.messages_for("later@slow.test").is_empty(),
@@ -468,23 +456,11 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
     .await?;
     let g = rig.grpc.clone();
     format_at_least(&g, 4).await?;
-    ctl(&g, &["schedule", "set", "tiny", "1:3", "2:10"])?;
-    ctl(
-        &g,
-        &[
-            "ip",
-            "add",
-            "127.0.0.1",
-            "--hostname",
-            "mta1.skein.test",
-            "--schedule",
-            "tiny",
-        ],
-    )?;
+    three_a_day(&g)?;
     let mut ids = Vec::new();
     for i in 0..5 {
         let rcpt = format!("d{i}@daily.test");
-        ids.push(one(ip, rig.smtp, &rcpt)?);
+        ids.push(submit_relayed(ip, rig.smtp, &rcpt)?);
     }
     wait_for("three deliveries", FINISH, || async {
         (rig.sink.of("message").len() >= 3).then_some(())
@@ -507,7 +483,7 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
     // days old: they expire, and the DSN says the limits held them.
     let mut late = Vec::new();
     for i in 0..10 {
-        late.push(one(ip, rig.smtp, &format!("e{i}@daily.test"))?);
+        late.push(submit_relayed(ip, rig.smtp, &format!("e{i}@daily.test"))?);
     }
     wait_for("the day's ten", FINISH, || async {
         (rig.sink.of("message").len() >= 13).then_some(())
@@ -571,7 +547,7 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
     )
     .await?;
     let g = rig.grpc.clone();
-    let one = |rcpt: &str| one(ip, rig.smtp, rcpt);
+    let one = |rcpt: &str| submit_relayed(ip, rig.smtp, rcpt);
     let later = one("defer-1-a@later.test")?;
     let retired = one("defer-9-b@retired.test")?;
     for id in [&later, &retired] {
@@ -667,7 +643,7 @@ async fn a_custom_domain_gets_its_providers_limits_from_the_first_message() -> a
     )?;
     for i in 0..4 {
         let rcpt = format!("u{i}@brand.test");
-        one(ip, rig.smtp, &rcpt)?;
+        submit_relayed(ip, rig.smtp, &rcpt)?;
     }
     wait_for("two deliveries", FINISH, || async {
         (rig.sink.of("message").len() >= 2).then_some(())

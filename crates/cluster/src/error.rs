@@ -186,7 +186,8 @@ mod tests {
         let s = Status::from(e);
         assert_eq!(s.code(), Code::FailedPrecondition);
         assert!(
-            s.message().contains("writes format 4; pools chosen by header need format 5")
+            s.message()
+                .contains("writes format 4; pools chosen by header need format 5")
                 && s.message().contains("skeinctl finalize-upgrade"),
             "{}",
             s.message()
