@@ -639,6 +639,15 @@ mod tests {
         let mut r = request("b@sink.test");
         r.client_ip = "not-an-ip".into();
         assert!(refused(&r).starts_with("client_ip: "));
+        // A pool is chosen by a tenant's mail only, and named as pools are.
+        let mut r = request("b@sink.test");
+        r.pool = "bulk".into();
+        validate(&r).unwrap();
+        r.pool = "Bulk Mail".into();
+        assert!(refused(&r).starts_with("pool: "));
+        r.pool = "bulk".into();
+        r.tenant = String::new();
+        assert!(refused(&r).contains("only a tenant's mail"));
         // Non-ASCII only with SMTPUTF8.
         let mut r = request("jörg@example.net");
         assert!(refused(&r).contains("SMTPUTF8"));
