@@ -61,7 +61,7 @@ impl std::error::Error for PathError {}
 /// Parses a mailbox given without angle brackets (`local@domain`, as stored in the queue) by
 /// the same rules as [`parse_path`]; the null path is [`PathError::Null`].
 pub fn parse_mailbox(s: &str, utf8: bool) -> Result<Address, PathError> {
-    parse_path(&format!("<{s}>"), utf8)?.ok_or(PathError::Null)
+    parse_inner(s, utf8)?.ok_or(PathError::Null)
 }
 
 /// Parses `<path>` (angle brackets included, nothing after them).
@@ -72,6 +72,11 @@ pub fn parse_path(s: &str, utf8: bool) -> Result<Option<Address>, PathError> {
         .strip_prefix('<')
         .and_then(|r| r.strip_suffix('>'))
         .ok_or(PathError::Syntax)?;
+    parse_inner(inner, utf8)
+}
+
+/// A path without its angle brackets.
+fn parse_inner(inner: &str, utf8: bool) -> Result<Option<Address>, PathError> {
     if inner.is_empty() {
         return Ok(None);
     }
