@@ -7,10 +7,36 @@ use skein_tests::{manifest_dir, skein_bin};
 #[test]
 fn shipped_examples_pass_and_errors_name_the_field() {
     let examples = manifest_dir().join("../crates/config/examples");
-    for name in ["node.toml", "edge.toml", "dev.toml"] {
+    // node.toml names certificates under /etc/skein/pki: made here with `skein certs`.
+    let pki = tempfile::tempdir().unwrap();
+    let p = pki.path().to_str().unwrap();
+    for args in [
+        &["init", "--dir", p][..],
+        &["issue", "--dir", p, "--name", "node-1", "--role", "node"],
+    ] {
+        let out = Command::new(skein_bin())
+            .arg("certs")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let node = pki.path().join("node.toml");
+    let text = std::fs::read_to_string(examples.join("node.toml")).unwrap();
+    assert!(
+        text.contains("/etc/skein/pki/"),
+        "node.toml shows [cluster_tls]"
+    );
+    std::fs::write(&node, text.replace("/etc/skein/pki", p)).unwrap();
+    for file in [node, examples.join("edge.toml"), examples.join("dev.toml")] {
+        let name = file.display();
         let out = Command::new(skein_bin())
             .arg("check-config")
-            .arg(examples.join(name))
+            .arg(&file)
             .output()
             .unwrap();
         assert!(

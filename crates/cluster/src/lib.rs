@@ -18,7 +18,7 @@
 //! - [`propose`]: every Raft proposal, with a deadline (openraft does not always answer).
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
 //! - [`incoming`]: the gRPC port's accepted connections, limited in number, accept errors
-//!   backed off.
+//!   backed off; [`auth`]: who may call what (certificate roles, Admin tokens).
 //!
 //! Any node accepts every call; writes and linearizable reads go to the leader (forwarded by
 //! the node that received them). Modules depend on [`route`], never on [`node`].
@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 pub mod events;
 pub mod health;

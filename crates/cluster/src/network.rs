@@ -21,7 +21,7 @@ use skein_proto::raft::raft_server::Raft as RaftRpc;
 use skein_proto::raft::RaftPayload;
 use skein_queue::{NodeId, TypeConfig};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::staging::{
@@ -36,9 +36,18 @@ pub const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Channels {
+    /// Channels over mutual TLS with `tls` (this node's certificate), or plaintext without.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            inner: Arc::default(),
+            tls,
+        }
+    }
+
     /// A channel to `addr` (`host:port`), created on first use and then shared.
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         self.get_keyed(addr, addr)
@@ -55,7 +64,11 @@ impl Channels {
         if let Some(c) = map.get(key) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let mut endpoint = Endpoint::from_shared(skein_pki::uri(addr, self.tls.is_some()))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

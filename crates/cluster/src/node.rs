@@ -89,11 +89,22 @@ fn resolver(cfg: &NodeConfig) -> Option<Arc<dyn skein_dns::Resolve>> {
 /// Starts a node serving on `listener`: opens the store under `cfg.data_dir`, starts Raft and
 /// the gRPC services, and initializes the cluster if this node is the lowest-id founder of an
 /// uninitialized one.
+/// With `tls` (the process's `[cluster_tls]` identity, which must name the `node` role) the
+/// port speaks only mutual TLS and every call is checked ([`crate::auth`]), and calls to other
+/// nodes present the same certificate.
 pub async fn start(
     cfg: &NodeConfig,
     clock: SharedClock,
     listener: TcpListener,
+    tls: Option<&skein_pki::Identity>,
 ) -> Result<NodeHandle, ClusterError> {
+    if let Some(id) = tls {
+        id.require(skein_pki::Role::Node)
+            .map_err(|e| ClusterError::Invalid {
+                field: "cluster_tls.cert",
+                reason: e.to_string(),
+            })?;
+    }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ClusterError::Invalid {
         field: "node.data_dir",
         reason: format!("{}: {e}", cfg.data_dir.display()),
@@ -108,7 +119,7 @@ pub async fn start(
         None => clock,
     };
     let (log, sm, reader) = skein_queue::open(&cfg.data_dir)?;
-    let channels = Channels::default();
+    let channels = Channels::new(tls.map(|id| id.client()));
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(cfg)?),
@@ -174,11 +185,22 @@ pub async fn start(
     };
     // Built into the binary by skein-proto's build script from the same protos as the code.
     const DESCRIPTORS: &str = "the compiled-in descriptor set is valid";
-    let server = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(id) = tls {
+        server = server
+            .tls_config(id.server())
+            .map_err(|e| ClusterError::Invalid {
+                field: "cluster_tls",
+                reason: e.to_string(),
+            })?;
+    }
+    let auth = crate::auth::AuthLayer::new(tls.is_some(), cluster.clone());
+    let server = server
         // A peer that stops answering HTTP/2 pings is dropped, freeing its place in
         // `max_connections`.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(auth)
         .add_service(reflection().build_v1().expect(DESCRIPTORS))
         .add_service(reflection().build_v1alpha().expect(DESCRIPTORS))
         .add_service(

@@ -15,7 +15,7 @@ pub mod edge;
 pub mod node;
 pub mod sender;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,23 @@ pub struct Config {
     pub edge: Option<EdgeConfig>,
     /// The sender role.
     pub sender: Option<SenderConfig>,
+    /// Mutual TLS between roles; absent, gRPC is plaintext and unauthenticated (loopback only,
+    /// unless `[node] insecure = true`).
+    pub cluster_tls: Option<ClusterTls>,
+}
+
+/// `[cluster_tls]`: this process's identity in the cluster, for every role it runs. Made with
+/// `skein certs init` (the CA) and `skein certs issue --role ...` (one per process); the
+/// certificate must name each role the file configures (`node`, `edge`, `sender`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTls {
+    /// The cluster CA's certificate (PEM): peers are trusted when it signed theirs.
+    pub ca: PathBuf,
+    /// This process's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 impl Config {
@@ -103,6 +120,18 @@ impl Config {
         }
         if let Some(n) = &self.node {
             n.validate()?;
+            n.check_exposure(self.cluster_tls.is_some())?;
+        }
+        if let Some(t) = &self.cluster_tls {
+            for (field, path) in [
+                ("cluster_tls.ca", &t.ca),
+                ("cluster_tls.cert", &t.cert),
+                ("cluster_tls.key", &t.key),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(invalid(field, "must name a PEM file"));
+                }
+            }
         }
         if let Some(e) = &self.edge {
             e.validate()?;
@@ -121,6 +150,7 @@ impl Config {
             node: Some(NodeConfig::default()),
             edge: Some(EdgeConfig::dev_default()),
             sender: Some(SenderConfig::default()),
+            cluster_tls: None,
         }
     }
 }
@@ -147,6 +177,10 @@ mod tests {
             ("[node]\nid = 1\nlisten = \"nonsense\"\n", "node.listen"),
             ("[node]\nnameservers = [\"dns.test\"]\n", "node.nameservers"),
             ("[node]\nlisten = \"0.0.0.0:7070\"\n", "node.listen"),
+            (
+                "[node]\n[cluster_tls]\nca = \"\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+                "cluster_tls.ca",
+            ),
             (
                 "[edge]\n[edge.limits]\nmax_message_size = \"70MB\"\n",
                 "edge.limits.max_message_size",
@@ -190,6 +224,18 @@ mod tests {
                 other => panic!("{text}: expected Invalid({field}), got {other}"),
             }
         }
+    }
+
+    #[test]
+    fn cluster_tls_lets_a_node_listen_beyond_loopback() {
+        let tls = "[cluster_tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+        let text = format!("[node]\nlisten = \"0.0.0.0:7070\"\n{tls}");
+        Config::parse(&text, "t").unwrap().validate().unwrap();
+        let err = Config::parse("[node]\nlisten = \"0.0.0.0:7070\"\n", "t")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("skein certs init"), "{err}");
     }
 
     #[test]

@@ -54,9 +54,10 @@ pub struct NodeConfig {
     /// hosted at Gmail gets Gmail's limits from its first message. Empty (the default): the
     /// system's resolvers. `skein dev` uses `[sender] nameservers` when this is empty.
     pub nameservers: Vec<String>,
-    /// The gRPC port (Raft, Ingest, Admin, Work) has no TLS or authentication yet: a node
-    /// refuses to listen on anything but loopback unless this is set, acknowledging that only
-    /// trusted hosts can reach it (a private network, a firewall). Default false.
+    /// Without `[cluster_tls]` the gRPC port (Raft, Ingest, Admin, Work) has no TLS or
+    /// authentication: a node then refuses to listen on anything but loopback unless this is
+    /// set, acknowledging that only trusted hosts can reach it (a private network, a firewall).
+    /// Default false.
     pub insecure: bool,
     /// gRPC connections open at once (nodes, edges, senders, operators); more wait in the
     /// listen backlog until one closes. Default 4096.
@@ -167,29 +168,39 @@ impl NodeConfig {
         }
     }
 
+    /// Refuses a listen address other hosts can reach when the gRPC port would have no TLS
+    /// (`tls` is whether `[cluster_tls]` is configured), unless `insecure` says so.
+    pub fn check_exposure(&self, tls: bool) -> Result<(), ConfigError> {
+        let Ok(listen) = self.listen.parse::<SocketAddr>() else {
+            return Ok(()); // validate() names it
+        };
+        if !listen.ip().is_loopback() && !tls && !self.insecure {
+            return Err(invalid(
+                "node.listen",
+                format!(
+                    "{listen} is reachable from other hosts, and without [cluster_tls] the \
+                     cluster's gRPC port (Raft, Ingest, Admin, Work) has no TLS or \
+                     authentication: whoever reaches it can read tenants' credentials and DKIM \
+                     keys and relay mail. Configure [cluster_tls] (`skein certs init`, then \
+                     `skein certs issue`), listen on loopback, or set `insecure = true` in \
+                     [node] once only trusted hosts can reach it"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks values; errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.id == 0 {
             return Err(invalid("node.id", "must be greater than 0"));
         }
-        let listen: SocketAddr = self.listen.parse().map_err(|_| {
+        self.listen.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "node.listen",
                 format!("{:?} is not an ip:port", self.listen),
             )
         })?;
-        if !listen.ip().is_loopback() && !self.insecure {
-            return Err(invalid(
-                "node.listen",
-                format!(
-                    "{listen} is reachable from other hosts, and the cluster's gRPC port \
-                     (Raft, Ingest, Admin, Work) has no TLS or authentication yet: whoever \
-                     reaches it can read tenants' credentials and DKIM keys and relay mail. \
-                     Listen on loopback, or set `insecure = true` in [node] once only trusted \
-                     hosts can reach it"
-                ),
-            ));
-        }
         if let Some(a) = &self.advertise {
             if !is_host_port(a) {
                 return Err(invalid(

@@ -9,7 +9,7 @@ use skein_proto::ingest::{
     CredentialsRequest, CredentialsResponse, EnqueueRequest, EnqueueResponse,
 };
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 /// Longest sleep between rounds of retries over the nodes. A leader election leaves no node
@@ -29,11 +29,20 @@ pub struct QueueClient {
 }
 
 impl QueueClient {
-    /// A client of the nodes at `addrs` (`host:port`); calls give up after `timeout`.
-    pub fn new(addrs: &[String], timeout: Duration) -> Result<Self, tonic::transport::Error> {
+    /// A client of the nodes at `addrs` (`host:port`), over mutual TLS with `tls` (the edge's
+    /// cluster certificate); calls give up after `timeout`.
+    pub fn new(
+        addrs: &[String],
+        timeout: Duration,
+        tls: Option<&ClientTlsConfig>,
+    ) -> Result<Self, tonic::transport::Error> {
         let mut nodes = Vec::new();
         for a in addrs {
-            let ch = Endpoint::from_shared(format!("http://{a}"))?
+            let mut endpoint = Endpoint::from_shared(skein_pki::uri(a, tls.is_some()))?;
+            if let Some(tls) = tls {
+                endpoint = endpoint.tls_config(tls.clone())?;
+            }
+            let ch = endpoint
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true)
                 // A node that stops answering (hung, cut off) has its connection closed, so
@@ -183,6 +192,7 @@ mod tests {
         let q = QueueClient::new(
             &[serve(true).await, serve(false).await],
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
         let first = q.enqueue(EnqueueRequest::default()).await.unwrap_err();

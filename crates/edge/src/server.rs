@@ -53,10 +53,12 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// An edge for `cfg` using `tls` for STARTTLS and implicit-TLS listeners.
+    /// An edge for `cfg` using `tls` for STARTTLS and implicit-TLS listeners, and `cluster`
+    /// (its `[cluster_tls]` certificate, role `edge`) to reach the queue nodes.
     pub fn new(
         cfg: EdgeConfig,
         tls: Arc<ServerConfig>,
+        cluster: Option<&tonic::transport::ClientTlsConfig>,
         clock: SharedClock,
     ) -> Result<Arc<Self>, EdgeError> {
         let l = &cfg.limits;
@@ -70,7 +72,7 @@ impl Edge {
             max_junk_commands: l.max_junk_commands,
             max_auth_failures: l.max_auth_failures,
         };
-        let queue = QueueClient::new(&cfg.queue, cfg.commit_timeout.0)?;
+        let queue = QueueClient::new(&cfg.queue, cfg.commit_timeout.0, cluster)?;
         Ok(Arc::new(Self {
             session,
             tls,

@@ -22,7 +22,7 @@ use skein_proto::work::{
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use crate::{Deliverer, SenderError};
 
@@ -97,13 +97,17 @@ impl Shared {
 
 /// Runs a sender until `shutdown` resolves; then it asks for no more work, finishes what it
 /// holds (up to 30 s) and reports it.
+///
+/// `tls` (the sender's `[cluster_tls]` certificate, role `sender`) makes its calls to the
+/// nodes mutual TLS.
 pub async fn run(
     cfg: SenderConfig,
     clock: SharedClock,
+    tls: Option<ClientTlsConfig>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SenderError> {
     for a in &cfg.cluster {
-        Endpoint::from_shared(format!("http://{a}")).map_err(|e| SenderError::Cluster {
+        endpoint(a, tls.as_ref()).map_err(|e| SenderError::Cluster {
             address: a.clone(),
             reason: e.to_string(),
         })?;
@@ -138,6 +142,7 @@ pub async fn run(
         let mut hello = hello.clone();
         hello.active_leases = shared.active();
         let ctx = SessionCtx {
+            tls: tls.as_ref(),
             deliverer: &deliverer,
             shared: &shared,
             slots: &slots,
@@ -184,7 +189,20 @@ enum SessionEnd {
     Broken(String),
 }
 
+/// The channel's settings for a node at `addr`.
+fn endpoint(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(skein_pki::uri(addr, tls.is_some()))?;
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.clone()),
+        None => Ok(endpoint),
+    }
+}
+
 struct SessionCtx<'a> {
+    tls: Option<&'a ClientTlsConfig>,
     deliverer: &'a Deliverer,
     shared: &'a Arc<Shared>,
     slots: &'a Arc<Semaphore>,
@@ -199,7 +217,7 @@ impl SessionCtx<'_> {
         draining: bool,
         shutdown: &mut std::pin::Pin<&mut F>,
     ) -> SessionEnd {
-        let channel = match Endpoint::from_shared(format!("http://{target}")) {
+        let channel = match endpoint(target, self.tls) {
             Ok(e) => e
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)

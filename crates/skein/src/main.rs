@@ -7,6 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use skein_config::{Config, EdgeConfig, NodeConfig, Route, TenantSeed, TlsMode};
 use skein_core::{SharedClock, SystemClock};
+use skein_pki::{Identity, Role};
 
 #[derive(Parser)]
 #[command(
@@ -66,10 +67,43 @@ enum Cmd {
         #[arg(long)]
         events: Option<PathBuf>,
     },
-    /// Validate a configuration file without starting anything.
+    /// Validate a configuration file without starting anything (and its [cluster_tls] files).
     CheckConfig {
         /// The file.
         file: PathBuf,
+    },
+    /// The cluster's certificates: a CA, and one certificate per process naming its roles.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create the cluster CA: DIR/ca.pem (give it to every process) and DIR/ca.key (keep it
+    /// offline; only `certs issue` needs it). Refuses to overwrite an existing CA.
+    Init {
+        /// Directory to write to.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue DIR/NAME.pem and DIR/NAME.key, signed by DIR/ca.key, naming the given roles.
+    Issue {
+        /// Directory holding the CA; the certificate is written there too.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Name of the holder (file names and the certificate's common name): node-1, edge-a.
+        #[arg(long)]
+        name: String,
+        /// A role: node, edge, sender or operator (repeatable; a process running several
+        /// roles needs each).
+        #[arg(long = "role", required = true)]
+        roles: Vec<skein_pki::Role>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
 }
 
@@ -86,9 +120,11 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.cmd {
+            Cmd::Certs(cmd) => certs(cmd),
             Cmd::CheckConfig { file } => {
                 let c = Config::load(&file)?;
                 c.validate()?;
+                identity(&c)?;
                 let roles: Vec<&str> = [
                     c.node.as_ref().map(|_| "node"),
                     c.edge.as_ref().map(|_| "edge"),
@@ -103,22 +139,25 @@ fn main() -> anyhow::Result<()> {
             Cmd::Node { config } => {
                 let c = Config::load(&config)?;
                 c.validate()?;
+                let tls = identity(&c)?;
                 let Some(node) = c.node else {
                     bail!("{}: missing [node] section", config.display())
                 };
-                run_node(node).await
+                run_node(node, tls).await
             }
             Cmd::Edge { config } => {
                 let c = Config::load(&config)?;
                 c.validate()?;
+                let tls = identity(&c)?;
                 let Some(edge) = c.edge else {
                     bail!("{}: missing [edge] section", config.display())
                 };
-                run_edge(edge, None).await
+                run_edge(edge, tls, None).await
             }
             Cmd::Sender { config } => {
                 let c = Config::load(&config)?;
                 c.validate()?;
+                let tls = identity(&c)?;
                 let Some(sender) = c.sender else {
                     bail!("{}: missing [sender] section", config.display())
                 };
@@ -128,7 +167,8 @@ fn main() -> anyhow::Result<()> {
                     sender.source_ips.len(),
                     sender.cluster.join(", ")
                 );
-                Ok(skein_sender::run(sender, clock(), shutdown_signal()).await?)
+                let tls = tls.map(|id| id.client());
+                Ok(skein_sender::run(sender, clock(), tls, shutdown_signal()).await?)
             }
             Cmd::Dev {
                 config,
@@ -168,15 +208,103 @@ fn clock() -> SharedClock {
     Arc::new(SystemClock)
 }
 
-async fn start_node(node: &NodeConfig) -> anyhow::Result<skein_cluster::NodeHandle> {
+/// The process's `[cluster_tls]` identity, checked against every role the file configures.
+fn identity(c: &Config) -> anyhow::Result<Option<Identity>> {
+    let Some(t) = &c.cluster_tls else {
+        return Ok(None);
+    };
+    let id = Identity::load(&t.ca, &t.cert, &t.key, std::time::SystemTime::now())
+        .context("[cluster_tls]")?;
+    let roles = [
+        c.node.as_ref().map(|_| Role::Node),
+        c.edge.as_ref().map(|_| Role::Edge),
+        c.sender.as_ref().map(|_| Role::Sender),
+    ];
+    for role in roles.into_iter().flatten() {
+        id.require(role).context("[cluster_tls]")?;
+    }
+    Ok(Some(id))
+}
+
+/// Writes `text` to `path`, readable by its owner only when `secret`; never over a file.
+fn write_new(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now();
+    match cmd {
+        CertsCmd::Init { dir, days } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
+            let ca = skein_pki::create_ca(now, days)?;
+            write_new(&dir.join("ca.key"), &ca.key, true)?;
+            write_new(&dir.join("ca.pem"), &ca.cert, false)?;
+            println!(
+                "cluster CA written: {}/ca.pem (every process), {}/ca.key (keep it offline)",
+                dir.display(),
+                dir.display()
+            );
+        }
+        CertsCmd::Issue {
+            dir,
+            name,
+            roles,
+            days,
+        } => {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                bail!("--name {name:?}: letters, digits, '-', '_' and '.' only");
+            }
+            let key_path = dir.join("ca.key");
+            let ca_key = std::fs::read_to_string(&key_path).with_context(|| {
+                format!(
+                    "reading {} (run `skein certs init` first)",
+                    key_path.display()
+                )
+            })?;
+            let roles: skein_pki::Roles = roles.into_iter().collect();
+            let pem = skein_pki::issue(&ca_key, roles, &name, now, days)?;
+            let cert = dir.join(format!("{name}.pem"));
+            let key = dir.join(format!("{name}.key"));
+            write_new(&key, &pem.key, true)?;
+            write_new(&cert, &pem.cert, false)?;
+            println!(
+                "{} and {} issued for {roles}, valid {days} days",
+                cert.display(),
+                key.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn start_node(
+    node: &NodeConfig,
+    tls: Option<&Identity>,
+) -> anyhow::Result<skein_cluster::NodeHandle> {
     let listener = tokio::net::TcpListener::bind(&node.listen)
         .await
         .with_context(|| format!("binding node.listen {}", node.listen))?;
-    Ok(skein_cluster::start(node, clock(), listener).await?)
+    Ok(skein_cluster::start(node, clock(), listener, tls).await?)
 }
 
-async fn run_node(node: NodeConfig) -> anyhow::Result<()> {
-    let mut h = start_node(&node).await?;
+async fn run_node(node: NodeConfig, tls: Option<Identity>) -> anyhow::Result<()> {
+    let mut h = start_node(&node, tls.as_ref()).await?;
     println!(
         "skein node {} listening on {} (data in {})",
         node.id,
@@ -192,6 +320,7 @@ async fn run_node(node: NodeConfig) -> anyhow::Result<()> {
 /// Starts the edge's listeners; `cert_out` is where a generated certificate is written.
 async fn start_edge(
     edge: EdgeConfig,
+    cluster: Option<&Identity>,
     cert_out: Option<PathBuf>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let tls = match &edge.tls {
@@ -219,7 +348,8 @@ async fn start_edge(
             cfg
         }
     };
-    let e = skein_edge::Edge::new(edge.clone(), tls, clock())?;
+    let cluster = cluster.map(|id| id.client());
+    let e = skein_edge::Edge::new(edge.clone(), tls, cluster.as_ref(), clock())?;
     let mut tasks = vec![tokio::spawn(e.clone().refresh_credentials())];
     for l in &edge.listeners {
         let listener = tokio::net::TcpListener::bind(&l.address)
@@ -235,13 +365,17 @@ async fn start_edge(
     Ok(tasks)
 }
 
-async fn run_edge(edge: EdgeConfig, cert_out: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run_edge(
+    edge: EdgeConfig,
+    cluster: Option<Identity>,
+    cert_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
     println!(
         "skein edge {} submitting to {}",
         edge.hostname,
         edge.queue.join(", ")
     );
-    let _tasks = start_edge(edge, cert_out).await?;
+    let _tasks = start_edge(edge, cluster.as_ref(), cert_out).await?;
     shutdown_signal().await;
     Ok(())
 }
@@ -291,14 +425,16 @@ async fn run_dev(
     }
     edge.queue = vec![node.advertise_addr().to_string()];
     sender.cluster = vec![node.advertise_addr().to_string()];
-    Config {
+    let whole = Config {
         node: Some(node.clone()),
         edge: Some(edge.clone()),
         sender: Some(sender.clone()),
-    }
-    .validate()?;
+        cluster_tls: c.cluster_tls.take(),
+    };
+    whole.validate()?;
+    let tls = identity(&whole)?;
 
-    let mut h = start_node(&node).await?;
+    let mut h = start_node(&node, tls.as_ref()).await?;
     println!(
         "skein dev: single-node cluster, data in {}",
         node.data_dir.display()
@@ -306,7 +442,7 @@ async fn run_dev(
     println!("  {:<22} {}", "gRPC (Ingest, Admin)", h.local_addr);
     let relay: Vec<String> = edge.relay_networks.iter().map(|n| n.to_string()).collect();
     let cert = node.data_dir.join("edge-cert.pem");
-    let _tasks = start_edge(edge, Some(cert)).await?;
+    let _tasks = start_edge(edge, tls.as_ref(), Some(cert)).await?;
     println!(
         "  relay without AUTH from: {}",
         if relay.is_empty() {
@@ -332,7 +468,8 @@ async fn run_dev(
         println!("  delivery events: {}", e.display());
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sender_task = tokio::spawn(skein_sender::run(sender, clock(), async move {
+    let sender_tls = tls.as_ref().map(|id| id.client());
+    let sender_task = tokio::spawn(skein_sender::run(sender, clock(), sender_tls, async move {
         let _ = stop_rx.await;
     }));
     println!("ready");

@@ -4,7 +4,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::*;
-use tonic::transport::Channel;
+use std::path::PathBuf;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
 
 #[path = "skeinctl/queue.rs"]
 mod queue;
@@ -28,6 +33,27 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The cluster CA's certificate (PEM): connect over TLS and verify the node by it.
+    #[arg(long, env = "SKEIN_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// An operator certificate (PEM, `skein certs issue --role operator`); needs --ca, --key.
+    #[arg(long, env = "SKEIN_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The operator certificate's private key (PEM).
+    #[arg(long, env = "SKEIN_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// An Admin token (`skeinctl token create`). Prefer SKEIN_TOKEN or --token-file: command
+    /// lines are visible to other users.
+    #[arg(long, env = "SKEIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A file holding the Admin token.
+    #[arg(
+        long,
+        env = "SKEIN_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -122,12 +148,71 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ch = Channel::from_shared(format!("http://{}", cli.server))?
+/// Adds the Admin token, if any, to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The Admin client every command uses.
+pub(crate) type Client = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// The token from --token, SKEIN_TOKEN or --token-file, as a header value.
+fn bearer(cli: &Cli) -> anyhow::Result<Bearer> {
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?,
+        ),
+        (None, None) => None,
+    };
+    let Some(token) = token else {
+        return Ok(Bearer(None));
+    };
+    let v = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot carry"))?;
+    Ok(Bearer(Some(v)))
+}
+
+/// A channel to the node: TLS when --ca is given (with the operator certificate, if any).
+async fn connect(cli: &Cli) -> anyhow::Result<Channel> {
+    let tls = match (&cli.ca, &cli.cert, &cli.key) {
+        (None, None, _) => None,
+        (None, Some(_), _) => anyhow::bail!("--cert needs --ca (the cluster CA's certificate)"),
+        (Some(ca), Some(cert), Some(key)) => {
+            let id = skein_pki::Identity::load(ca, cert, key, std::time::SystemTime::now())?;
+            id.require(skein_pki::Role::Operator)?;
+            Some(id.client())
+        }
+        (Some(ca), _, _) => {
+            let pem =
+                std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+            Some(skein_pki::anonymous_client(&pem))
+        }
+    };
+    let mut endpoint = Endpoint::from_shared(skein_pki::uri(&cli.server, tls.is_some()))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    endpoint
         .connect()
         .await
-        .with_context(|| format!("connecting to {}", cli.server))?;
-    let mut c = AdminClient::new(ch).max_decoding_message_size(80 << 20);
+        .with_context(|| format!("connecting to {}", cli.server))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ch = connect(&cli).await?;
+    let mut c =
+        AdminClient::with_interceptor(ch, bearer(&cli)?).max_decoding_message_size(80 << 20);
     match cli.cmd {
         Cmd::Ip(cmd) => shaping::ip(&mut c, cmd, cli.json).await?,
         Cmd::Pool(cmd) => shaping::pool(&mut c, cmd).await?,

@@ -1,13 +1,11 @@
 //! `skeinctl messages|message|queues|retry|bounce`: what is queued, and operators' actions
 //! on it.
 
-use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::*;
-use tonic::transport::Channel;
 
 use super::{shaping, status};
 
-type Client = AdminClient<Channel>;
+use super::Client;
 
 /// `skeinctl messages`: one page of stored messages.
 #[derive(clap::Args)]

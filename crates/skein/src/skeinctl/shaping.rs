@@ -1,9 +1,7 @@
 //! `skeinctl ip|pool|schedule|provider`: the sending limits.
 
 use clap::Subcommand;
-use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::*;
-use tonic::transport::Channel;
 
 use super::status;
 
@@ -125,7 +123,7 @@ pub enum ProviderCmd {
     List,
 }
 
-type Client = AdminClient<Channel>;
+use super::Client;
 
 fn print_ip(i: &IpInfo, json: bool) {
     if json {

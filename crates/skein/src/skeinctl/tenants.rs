@@ -4,13 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::*;
-use tonic::transport::Channel;
 
 use super::status;
 
-type Client = AdminClient<Channel>;
+use super::Client;
 
 #[derive(Subcommand)]
 pub enum DkimCmd {
