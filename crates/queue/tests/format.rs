@@ -3,7 +3,8 @@
 //!
 //! `fixtures/format-v2.txt` was written the same way by release 2fb3a65 (format 2), from
 //! `fixtures/format_v2_entries.rs`; `fixtures/format-v4.txt` by release d876c97 (format 4:
-//! sending limits), from `fixtures/format_v4_entries.rs`.
+//! sending limits), from `fixtures/format_v4_entries.rs`; `fixtures/format-v5.txt` by release
+//! c1572a8 (format 5: pools chosen by message), from `fixtures/format_v5_entries.rs`.
 //!
 //! `fixtures/format-v1.txt` was written by release 0.1.0 (the format before submission ids):
 //! one line per log entry covering every command, then a snapshot of the state they build and
@@ -33,8 +34,12 @@ const FIXTURE_V2: &str = include_str!("fixtures/format-v2.txt");
 /// Written by release d876c97 (format 4) from [`entries_v4`].
 const FIXTURE_V4: &str = include_str!("fixtures/format-v4.txt");
 
+/// Written by release c1572a8 (format 5) from [`entries_v5`].
+const FIXTURE_V5: &str = include_str!("fixtures/format-v5.txt");
+
 include!("fixtures/format_v2_entries.rs");
 include!("fixtures/format_v4_entries.rs");
+include!("fixtures/format_v5_entries.rs");
 
 fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
     Entry {
@@ -371,4 +376,21 @@ async fn v4_entries_and_snapshot_from_release_d876c97_apply_to_the_same_state() 
         return;
     }
     check(FIXTURE_V4, entries_v4(), 36, "release d876c97").await;
+}
+
+/// Entries and a snapshot written by release c1572a8 (format 5: a tenant allowed a pool, a
+/// message queued as the stream `tenant+pool` that chose it, found on its tenant's suppression
+/// list) decode and apply to the same state here.
+#[tokio::test]
+async fn v5_entries_and_snapshot_from_release_c1572a8_apply_to_the_same_state() {
+    if let Ok(path) = std::env::var("SKEIN_WRITE_FORMAT_FIXTURE_V5") {
+        write_fixture(
+            &path,
+            "v5, written by release c1572a8 (format 5)",
+            entries_v5(),
+        )
+        .await;
+        return;
+    }
+    check(FIXTURE_V5, entries_v5(), 42, "release c1572a8").await;
 }
