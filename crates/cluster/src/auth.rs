@@ -41,12 +41,6 @@ pub trait Tokens: Send + Sync {
     fn lookup(&self, secret: &str) -> Option<(String, Scope)>;
 }
 
-impl Tokens for crate::route::Cluster {
-    fn lookup(&self, _secret: &str) -> Option<(String, Scope)> {
-        None
-    }
-}
-
 /// What a call needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -72,6 +66,7 @@ const ADMIN_READS: &[&str] = &[
     "ListSchedules",
     "ListProviders",
     "ListSuspensions",
+    "ListTokens",
 ];
 
 /// What the call to gRPC path `path` (`/package.Service/Method`) needs.

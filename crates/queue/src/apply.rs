@@ -18,7 +18,8 @@ use crate::store::{
     cf, dec, enc, CF_BODIES, CF_DKIM, CF_DUE, CF_FINISHED, CF_MESSAGES, CF_QUEUE_DUE,
     CF_QUEUE_STATS, CF_RCPTS, CF_SUBMISSIONS, CF_SUPPRESS,
 };
-use crate::store::{CF_SHAPING, CF_TENANTS};
+use crate::store::{CF_SETTINGS, CF_SHAPING, CF_TENANTS};
+use crate::tokens;
 use crate::types::{message_id, DeliveryOp, Disposition, Response};
 use skein_shaping::IpMode;
 
@@ -685,6 +686,31 @@ impl<'a> Tx<'a> {
 
     fn shaping_put<T: serde::Serialize>(&mut self, k: &[u8], v: &T) {
         self.shaping.insert(k.to_vec(), enc(v));
+    }
+
+    /// Applies a [`crate::Request::Token`].
+    pub(crate) fn token(&mut self, cmd: tokens::TokenCommand) -> Res<tokens::TokenOutcome> {
+        use tokens::{TokenCommand as C, TokenOutcome as O};
+        Ok(match cmd {
+            C::Create(t) => {
+                let k = tokens::token_key(&t.name);
+                if self.get::<tokens::TokenRecord>(CF_SETTINGS, &k)?.is_some() {
+                    O::Exists
+                } else {
+                    self.put(CF_SETTINGS, &k, enc(&t));
+                    O::Done
+                }
+            }
+            C::Revoke { name } => {
+                let k = tokens::token_key(&name);
+                if self.get::<tokens::TokenRecord>(CF_SETTINGS, &k)?.is_none() {
+                    O::NotFound
+                } else {
+                    self.batch.delete_cf(cf(self.db, CF_SETTINGS), k);
+                    O::Done
+                }
+            }
+        })
     }
 
     /// Applies a [`crate::Request::Shaping`] at `now_ms`.

@@ -13,6 +13,7 @@
 //! - [`dsn`]: the RFC 3464 bounce messages generated when recipients fail.
 //! - [`shaping`]: the sending limits (IPs, schedules, providers, tenants' pools) and the
 //!   counters that hold them, in the `shaping` column family (format 4).
+//! - [`tokens`]: Admin tokens (names, scopes, hashes of their secrets; format 6).
 //! - [`QueueReader`]: read-only queries over a node's applied state, for the Admin API.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod records;
 pub mod shaping;
 mod snapfile;
 pub mod store;
+pub mod tokens;
 pub mod types;
 
 pub use records::{
@@ -35,9 +37,10 @@ pub use records::{
 pub use shaping::{IpStatus, ShapingCommand, ShapingOutcome, ShapingState};
 pub use skein_shaping;
 pub use store::{open, LogStore, QueueHead, QueueReader, QueueStats, StateMachine};
+pub use tokens::{TokenCommand, TokenOutcome, TokenRecord, TokenScope};
 pub use types::{
     DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig, FORMAT,
-    POOL_CHOICE_FORMAT,
+    POOL_CHOICE_FORMAT, TOKENS_FORMAT,
 };
 
 /// Errors of the queue's own queries and of opening the store.

@@ -859,6 +859,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             let at = time(*at_ms, tx)?;
             Response::Shaped(tx.shaping(at, cmd.clone())?)
         }
+        Request::Token(cmd) => Response::Token(tx.token(cmd.clone())?),
         Request::Deliver { now_ms, mta, ops } => {
             let now_ms = time(*now_ms, tx)?;
             tx.now_ms = now_ms;
@@ -975,6 +976,22 @@ pub struct QueueReader {
 }
 
 impl QueueReader {
+    /// Every Admin token, by name.
+    pub fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>, QueueError> {
+        crate::tokens::all(&self.db)
+    }
+
+    /// The token whose secret hashes to `sha256`, if any.
+    pub fn token_by_hash(
+        &self,
+        sha256: &[u8],
+    ) -> Result<Option<crate::tokens::TokenRecord>, QueueError> {
+        Ok(self
+            .tokens()?
+            .into_iter()
+            .find(|t| t.secret_sha256 == sha256))
+    }
+
     /// Messages with ids after `after` (exclusive), at most `limit`.
     pub fn list_messages(
         &self,

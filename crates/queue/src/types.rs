@@ -132,6 +132,8 @@ pub enum Request {
         /// The change.
         cmd: crate::shaping::ShapingCommand,
     },
+    /// Creates or revokes an Admin token (format 6).
+    Token(crate::tokens::TokenCommand),
 }
 
 /// The newest replicated format this release reads and, once the cluster's format says so,
@@ -141,14 +143,17 @@ pub enum Request {
 /// ([`Request::Shaping`], [`DeliveryOp::LeaseShaped`], the `shaping` column family). 5: a
 /// message may choose a pool its tenant is allowed (`ShapingCommand::AllowPools`): it is
 /// queued as the stream `tenant+pool`, which uses its tenant's settings and suppression list.
-/// Behaviour
+/// 6: Admin tokens ([`Request::Token`]). Behaviour
 /// that changes how an existing command applies is decided by the replicated format, never
 /// by the release, so replicas of different releases apply every entry alike.
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
 
 /// The first format in which a message may choose a pool (streams `tenant+pool` use their
 /// tenant's settings; `ShapingCommand::AllowPools`).
 pub const POOL_CHOICE_FORMAT: u32 = 5;
+
+/// The first format with Admin tokens ([`Request::Token`]).
+pub const TOKENS_FORMAT: u32 = 6;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end
@@ -278,6 +283,8 @@ pub enum Response {
     },
     /// How a [`Request::Shaping`] applied.
     Shaped(crate::shaping::ShapingOutcome),
+    /// How a [`Request::Token`] applied.
+    Token(crate::tokens::TokenOutcome),
 }
 
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex

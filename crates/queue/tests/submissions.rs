@@ -5,7 +5,7 @@
 mod common;
 
 use common::Fixture;
-use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::storage::RaftStateMachine;
 use openraft::{BasicNode, SnapshotMeta};
 use skein_queue::{NewMessage, NodeId, Request, Response};
 
@@ -98,16 +98,7 @@ async fn submissions_travel_in_snapshots_and_an_older_snapshot_empties_them() {
     assert_eq!(s.reader.format().unwrap(), 1);
     let r = s.apply(Request::SetFormat { version: 2 }).await;
     assert_eq!(r, Response::Format(2));
-    let snap =
-        s.sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-    let mut t = Store::new();
-    t.sm.install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .unwrap();
+    let mut t = s.copy_by_snapshot().await;
     assert_eq!(
         t.reader.state_digest().unwrap(),
         s.reader.state_digest().unwrap()
@@ -117,7 +108,6 @@ async fn submissions_travel_in_snapshots_and_an_older_snapshot_empties_them() {
         2,
         "the format travels in snapshots"
     );
-    t.index = s.index;
     let (ids, rep) = t.enqueue(2_000, &["B"]).await;
     assert_eq!((ids, rep), (b.clone(), vec![0]));
 

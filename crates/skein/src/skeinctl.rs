@@ -17,6 +17,8 @@ mod queue;
 mod shaping;
 #[path = "skeinctl/tenants.rs"]
 mod tenants;
+#[path = "skeinctl/tokens.rs"]
+mod tokens;
 
 #[derive(Parser)]
 #[command(name = "skeinctl", version, about = "Administer a Skein cluster")]
@@ -116,6 +118,9 @@ enum Cmd {
     Retry(queue::Scope),
     /// Bounce queued mail (a DSN to each return path says why).
     Bounce(queue::BounceArgs),
+    /// Admin tokens: create (prints the secret once), list, revoke.
+    #[command(subcommand)]
+    Token(tokens::TokenCmd),
     /// A test node's manual clock (`[node] clock = "manual"`).
     #[command(subcommand)]
     Clock(ClockCmd),
@@ -327,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Retry(scope) => queue::retry(&mut c, scope).await?,
         Cmd::Bounce(a) => queue::bounce(&mut c, a).await?,
         Cmd::Tenant(cmd) => tenants::tenant(&mut c, cmd).await?,
+        Cmd::Token(cmd) => tokens::token(&mut c, cmd, cli.json).await?,
         Cmd::Suppression(cmd) => tenants::suppression(&mut c, cmd, cli.json).await?,
         Cmd::Dkim(cmd) => tenants::dkim(&mut c, cmd, cli.json).await?,
     }

@@ -6,6 +6,7 @@ mod convert;
 mod queue_actions;
 mod shaping;
 mod tenants;
+pub mod tokens;
 
 use check::*;
 use convert::*;
@@ -24,6 +25,7 @@ use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
 use skein_queue::{
     Request as Command, Response as Applied, ShapingCommand, ShapingOutcome, SuppressionRecord,
+    TokenCommand, TokenOutcome,
 };
 use tonic::{Request, Response, Status};
 
@@ -762,6 +764,85 @@ impl Admin for AdminService {
                 .map(|i| shaping::ip_info(i, &st, &backoffs, now))
                 .collect();
             Ok(Response::new(ListIpsResponse { ips }))
+        })
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreatedToken>, Status> {
+        let name = tokens::token_name(&req.get_ref().name)?;
+        let scope = tokens::scope(&req.get_ref().scope)?;
+        forward_or!(self, req, create_token, {
+            let format = self.ctx.reader.format().map_err(ClusterError::from)?;
+            ClusterError::require_format(format, skein_queue::TOKENS_FORMAT, "Admin tokens")?;
+            let secret = tokens::new_secret()?;
+            let rec = skein_queue::TokenRecord {
+                name: name.clone(),
+                scope,
+                secret_sha256: tokens::sha256(&secret),
+                created_ms: self.ctx.clock.now_ms(),
+            };
+            match self
+                .write(Command::Token(TokenCommand::Create(rec.clone())))
+                .await?
+            {
+                Applied::Token(TokenOutcome::Done) => {
+                    tracing::info!(token = %name, scope = ?scope, "Admin token created");
+                    Ok(Response::new(CreatedToken {
+                        token: Some(tokens::token_proto(&rec)),
+                        secret,
+                    }))
+                }
+                Applied::Token(TokenOutcome::Exists) => Err(ClusterError::AlreadyExists {
+                    what: format!("token {name:?}"),
+                }
+                .into()),
+                other => Err(ClusterError::Raft(format!("unexpected response {other:?}")).into()),
+            }
+        })
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        forward_or!(self, req, list_tokens, {
+            self.linearize().await?;
+            let tokens = self
+                .ctx
+                .reader
+                .tokens()
+                .map_err(ClusterError::from)?
+                .iter()
+                .map(tokens::token_proto)
+                .collect();
+            Ok(Response::new(ListTokensResponse { tokens }))
+        })
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
+        let name = tokens::token_name(&req.get_ref().name)?;
+        forward_or!(self, req, revoke_token, {
+            let format = self.ctx.reader.format().map_err(ClusterError::from)?;
+            ClusterError::require_format(format, skein_queue::TOKENS_FORMAT, "Admin tokens")?;
+            match self
+                .write(Command::Token(TokenCommand::Revoke { name: name.clone() }))
+                .await?
+            {
+                Applied::Token(TokenOutcome::Done) => {
+                    tracing::info!(token = %name, "Admin token revoked");
+                    Ok(Response::new(RevokeTokenResponse {}))
+                }
+                Applied::Token(TokenOutcome::NotFound) => Err(ClusterError::NotFound {
+                    what: format!("token {name:?}"),
+                }
+                .into()),
+                other => Err(ClusterError::Raft(format!("unexpected response {other:?}")).into()),
+            }
         })
     }
 

@@ -2,7 +2,7 @@
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
-use openraft::storage::RaftStateMachine;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use skein_queue::{QueueReader, Request, Response, StateMachine, TypeConfig};
 use tempfile::TempDir;
@@ -61,5 +61,24 @@ impl Fixture {
         self.index += 1;
         let mut out = self.sm.apply([entry(self.index, req)]).await.unwrap();
         out.pop().unwrap()
+    }
+
+    /// A new store holding this one's state, by building a snapshot here and installing it
+    /// there (at the same log index).
+    pub async fn copy_by_snapshot(&mut self) -> Fixture {
+        let snap = self
+            .sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut copy = Fixture::new();
+        copy.sm
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        copy.index = self.index;
+        copy
     }
 }
