@@ -44,7 +44,7 @@ for i in 1 2 3; do
 done
 printf '[edge]\nqueue = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nrelay_networks = ["127.0.0.0/8"]\n[[edge.listeners]]\naddress = "127.0.0.1:2525"\n' >"$work/edge.toml"
 "$BIN" edge --config "$work/edge.toml" >"$work/edge.log" 2>&1 &
-printf '[sender]\nname = "bench-sender"\ncluster = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nmax_in_flight = 256\nsource_ips = [{ ip = "127.0.0.21", ehlo = "out1.bench.test" }, { ip = "127.0.0.22", ehlo = "out2.bench.test" }]\nroutes = [{ domain = "example.net", to = "127.0.0.2:2528" }]\n' >"$work/sender.toml"
+printf '[sender]\nname = "bench-sender"\ncluster = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"]\nmax_in_flight = 256\nsource_ips = [{ ip = "127.0.0.21", ehlo = "out1.bench.test" }, { ip = "127.0.0.22", ehlo = "out2.bench.test" }]\nroutes = [{ domain = "example.net", to = "127.0.0.2:2528" }]\nallow_destinations = ["127.0.0.0/8"]\n' >"$work/sender.toml"
 "$BIN" sender --config "$work/sender.toml" >"$work/sender.log" 2>&1 &
 wait_port 127.0.0.1:2525; sleep 2
 t0=$(now)

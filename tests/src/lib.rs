@@ -664,6 +664,7 @@ pub fn sender_config(
         &path,
         format!(
             "[sender]\nname = \"{name}\"\ncluster = [{}]\nmax_in_flight = 16\n\
+             allow_destinations = [\"127.0.0.0/8\"]\n\
              source_ips = [{{ ip = \"{source_ip}\", ehlo = \"{name}.skein.test\" }}]\n\
              routes = [{{ domain = \"*\", to = \"{sink}\" }}]\n",
             nodes.join(", ")

@@ -639,6 +639,7 @@ async fn a_sender_never_sends_what_is_not_an_address() -> anyhow::Result<()> {
             to: sink_addr.clone(),
         }],
         tls: skein_config::sender::TlsPolicy::Disabled,
+        allow_destinations: vec!["127.0.0.0/8".parse()?],
         ..Default::default()
     };
     let d = skein_sender::Deliverer::new(cfg, std::sync::Arc::new(skein_core::SystemClock))?;
@@ -755,6 +756,7 @@ async fn opportunistic_tls_falls_back_to_plaintext_after_a_failed_handshake() ->
                 to: sink_addr.clone(),
             }],
             tls,
+            allow_destinations: vec!["127.0.0.0/8".parse()?],
             ..Default::default()
         };
         Ok(skein_sender::Deliverer::new(
@@ -796,5 +798,64 @@ async fn opportunistic_tls_falls_back_to_plaintext_after_a_failed_handshake() ->
         "{r:?}"
     );
     assert_eq!(sink.of("message").len(), 1, "nothing more sent");
+    Ok(())
+}
+
+/// A route or MX that resolves to this host is a loop, not a destination: a sender refuses to
+/// deliver there (554 5.4.6, nothing reaches the live SMTP server listening at the address)
+/// unless `allow_destinations` lets it, and `deny_destinations` (the cluster's own edges)
+/// refuses even what is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_refuses_destinations_that_loop_back() -> anyhow::Result<()> {
+    let sink_addr = format!("127.0.0.133:{}", free_port("127.0.0.133"));
+    let sink = Sink::start(std::slice::from_ref(&sink_addr), &[])?;
+    let deliver = |allow: &[&str], deny: &[&str]| {
+        let cfg = skein_config::sender::SenderConfig {
+            routes: vec![skein_config::sender::Route {
+                domain: "*".into(),
+                to: sink_addr.clone(),
+            }],
+            tls: skein_config::sender::TlsPolicy::Disabled,
+            allow_destinations: allow.iter().map(|n| n.parse().unwrap()).collect(),
+            deny_destinations: deny.iter().map(|n| n.parse().unwrap()).collect(),
+            ..Default::default()
+        };
+        let a = skein_proto::work::Assignment {
+            lease: 8,
+            message_id: "M".into(),
+            mail_from: "app@example.com".into(),
+            domain: "x.test".into(),
+            rcpts: vec![skein_proto::work::Recipient {
+                key: "k0".into(),
+                address: "loop@x.test".into(),
+            }],
+            source_ip: "127.0.0.1".into(),
+            ehlo: "out.skein.test".into(),
+            data: b"Subject: loop\r\n\r\nhello\r\n".to_vec(),
+            ..Default::default()
+        };
+        async move {
+            let d = skein_sender::Deliverer::new(cfg, std::sync::Arc::new(skein_core::SystemClock))
+                .unwrap();
+            d.deliver(&a).await.rcpts.remove(0)
+        }
+    };
+    let r = deliver(&[], &[]).await;
+    assert_eq!((r.code, r.enhanced.as_str()), (554, "5.4.6"), "{r:?}");
+    assert!(
+        r.text.contains("127.0.0.133") && r.text.contains("loopback"),
+        "{r:?}"
+    );
+    let r = deliver(&["127.0.0.0/8"], &["127.0.0.133/32"]).await;
+    assert_eq!((r.code, r.enhanced.as_str()), (554, "5.4.6"), "{r:?}");
+    assert!(r.text.contains("deny_destinations"), "{r:?}");
+    assert!(sink.of("message").is_empty(), "nothing reached the sink");
+    // Allowed: delivered to the same server.
+    let r = deliver(&["127.0.0.0/8"], &[]).await;
+    assert_eq!(r.code, 250, "{r:?}");
+    wait_for("the sink's record", Duration::from_secs(10), || async {
+        (!sink.of("message").is_empty()).then_some(())
+    })
+    .await?;
     Ok(())
 }

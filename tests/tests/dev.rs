@@ -408,3 +408,57 @@ async fn a_client_that_never_reads_is_dropped() -> anyhow::Result<()> {
     drop(rd);
     Ok(())
 }
+
+/// No session lasts for ever, however busy the client keeps it: past `max_session_duration`
+/// the edge answers the next command 421 4.7.0 and closes. A message being received when the
+/// time comes is finished (and accepted) first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ends_after_its_longest_duration() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.134";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.135",
+        "",
+        "[edge.limits]\nmax_session_duration = \"2s\"",
+        &[],
+    )
+    .await?;
+    let started = std::time::Instant::now();
+    let (mut rd, mut wr) = open_data(ip, rig.smtp).await?;
+    // The body arrives a line every 200 ms, across the session's end.
+    wr.write_all(b"Subject: slow\r\n\r\n").await?;
+    while started.elapsed() < Duration::from_millis(2_600) {
+        wr.write_all(b"still typing\r\n").await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wr.write_all(b".\r\n").await?;
+    let accepted = reply(&mut rd).await?;
+    assert!(accepted.starts_with("250 2.0.0"), "{accepted}");
+    wr.write_all(b"NOOP\r\n").await?;
+    let closing = reply(&mut rd).await?;
+    assert!(
+        closing.starts_with("421 4.7.0") && closing.contains("Session too long"),
+        "{closing}"
+    );
+    assert!(reply(&mut rd).await.is_err(), "closed after the 421");
+
+    // A client that only keeps the session busy with NOOPs gets the same.
+    let (rd, mut wr) = tokio::net::TcpStream::connect((ip, rig.smtp))
+        .await?
+        .into_split();
+    let mut rd = BufReader::new(rd);
+    assert!(reply(&mut rd).await?.starts_with("220"));
+    let started = std::time::Instant::now();
+    let last = loop {
+        wr.write_all(b"NOOP\r\n").await?;
+        let r = reply(&mut rd).await?;
+        if !r.starts_with("250") || started.elapsed() > Duration::from_secs(20) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(last.starts_with("421 4.7.0"), "{last}");
+    Ok(())
+}

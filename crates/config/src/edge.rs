@@ -93,6 +93,10 @@ pub struct EdgeLimits {
     pub command_timeout: HumanDuration,
     /// Waiting for the next block of message data (RFC: 3 minutes). Default 3m.
     pub data_timeout: HumanDuration,
+    /// Longest session: past it the edge answers the next command 421 4.7.0 and closes (a
+    /// message in DATA is finished first), so no client holds a connection for ever however
+    /// busy it keeps it. Default 1h.
+    pub max_session_duration: HumanDuration,
     /// Rejected commands before 421. Default 20.
     pub max_bad_commands: u32,
     /// Failed AUTH attempts before 421. Default 3.
@@ -123,6 +127,7 @@ impl Default for EdgeLimits {
             max_connections_per_ip: 100,
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(180)),
+            max_session_duration: HumanDuration(Duration::from_secs(3600)),
             max_bad_commands: 20,
             max_auth_failures: 3,
             messages_per_minute_per_ip: 0,
@@ -210,7 +215,7 @@ impl EdgeConfig {
             return Err(invalid("edge.commit_timeout", "must be > 0"));
         }
         let l = &self.limits;
-        let checks: [(&str, bool); 8] = [
+        let checks: [(&str, bool); 9] = [
             (
                 "max_message_size",
                 (1024..=(skein_core::MAX_MESSAGE_BYTES - skein_core::EDGE_HEADER_ROOM) as u64)
@@ -223,6 +228,10 @@ impl EdgeConfig {
             ("max_connections_per_ip", l.max_connections_per_ip > 0),
             ("command_timeout", !l.command_timeout.0.is_zero()),
             ("data_timeout", !l.data_timeout.0.is_zero()),
+            (
+                "max_session_duration",
+                l.max_session_duration.0 >= Duration::from_secs(1),
+            ),
         ];
         if let Some((name, _)) = checks.iter().find(|(_, ok)| !ok) {
             let why = match *name {
@@ -232,6 +241,7 @@ impl EdgeConfig {
                 }
                 "max_command_line" => "must be at least 512 (RFC 5321 4.5.3.1.4)",
                 "max_data_line" => "must be at least 78",
+                "max_session_duration" => "must be at least 1s",
                 _ => "must be greater than 0",
             };
             return Err(invalid(format!("edge.limits.{name}"), why));

@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use skein_core::HumanDuration;
 
@@ -37,6 +38,14 @@ pub struct SenderConfig {
     pub idle_timeout: HumanDuration,
     /// Timeouts of the SMTP dialogue.
     pub timeouts: SmtpTimeouts,
+    /// Networks mail may go to although they are refused by default: loopback (this host),
+    /// unspecified, link-local, multicast and broadcast addresses are never destinations (an
+    /// MX pointing there is a loop or a mistake; the domain bounces with 554 5.4.6). Tests and
+    /// `skein dev` allow `127.0.0.0/8` for sinks on this host. Default empty.
+    pub allow_destinations: Vec<IpNet>,
+    /// Networks never delivered to, even when allowed above: the cluster's own edges (an MX or
+    /// route pointing back at them is a mail loop), internal ranges. Default empty.
+    pub deny_destinations: Vec<IpNet>,
 }
 
 /// One source IP and its EHLO name (which should match the IP's PTR record).
@@ -135,6 +144,8 @@ impl Default for SenderConfig {
             max_messages_per_connection: 100,
             idle_timeout: secs(5),
             timeouts: SmtpTimeouts::default(),
+            allow_destinations: Vec::new(),
+            deny_destinations: Vec::new(),
         }
     }
 }

@@ -168,6 +168,7 @@ impl Edge {
         // A client that stops reading its replies is dropped after as long as one that stops
         // writing commands: its session can't hold a connection slot for ever.
         let write_limit = self.cfg.limits.command_timeout.0;
+        let ends = tokio::time::Instant::now() + self.cfg.limits.max_session_duration.0;
         let mut out = session.greeting().to_bytes();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -251,14 +252,30 @@ impl Edge {
                 send(&mut conn, &out, write_limit).await?;
                 out.clear();
             }
+            // Past the session's end, the next command is answered 421 (a message being
+            // received is finished first).
+            let left = ends.saturating_duration_since(tokio::time::Instant::now());
+            let too_long = !session.in_data() && left.is_zero();
             let limit = if session.in_data() {
                 self.cfg.limits.data_timeout.0
             } else {
-                self.cfg.limits.command_timeout.0
+                self.cfg.limits.command_timeout.0.min(left)
             };
-            match tokio::time::timeout(limit, conn.read(&mut buf)).await {
-                Err(_) => {
-                    let r = canned::timeout(&self.cfg.hostname);
+            let read = if too_long {
+                Err(())
+            } else {
+                tokio::time::timeout(limit, conn.read(&mut buf))
+                    .await
+                    .map_err(|_| ())
+            };
+            match read {
+                Err(()) => {
+                    let r = if !session.in_data() && tokio::time::Instant::now() >= ends {
+                        tracing::info!(client = %peer.ip(), "session too long: closed");
+                        canned::session_too_long(&self.cfg.hostname)
+                    } else {
+                        canned::timeout(&self.cfg.hostname)
+                    };
                     let _ = send(&mut conn, &r.to_bytes(), write_limit).await;
                     let _ = conn.shutdown().await;
                     return Ok(());

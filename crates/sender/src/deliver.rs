@@ -17,7 +17,8 @@ use skein_smtp::client::{TlsWish, Transaction, TransactionResult};
 use skein_smtp::outcome::{classify, classify_reply, Class, Failure, Scope, Stage, Verdict};
 
 use crate::conn::{Connection, Endpoint, Pool, Timeouts};
-use crate::dns::Resolver;
+use crate::destination::Destinations;
+use crate::dns::{Resolver, Target};
 use crate::gate::{self, Gate, Gates};
 use crate::SenderError;
 
@@ -31,6 +32,7 @@ pub struct Deliverer {
     timeouts: Timeouts,
     clock: SharedClock,
     gates: Arc<Gates>,
+    destinations: Destinations,
 }
 
 /// How long a delivery waits for its provider's connection limit before giving up on this
@@ -68,6 +70,10 @@ impl Deliverer {
             .collect();
         let resolver = Resolver::new(&nameservers).map_err(crate::SenderError::Resolver)?;
         let pool = Pool::new(cfg.idle_timeout.0, cfg.max_messages_per_connection);
+        let destinations = Destinations::new(
+            cfg.allow_destinations.clone(),
+            cfg.deny_destinations.clone(),
+        );
         tokio::spawn(pool.clone().reap());
         Ok(Self {
             timeouts: Timeouts::from(&cfg.timeouts),
@@ -77,6 +83,7 @@ impl Deliverer {
             tls: crate::tls::client_config()?,
             clock,
             gates: Arc::default(),
+            destinations,
         })
     }
 
@@ -199,6 +206,16 @@ impl Deliverer {
             Ok(t) => t,
             Err(f) => return (String::new(), all(classify(&f))),
         };
+        let (targets, refused) = self.allowed(targets);
+        if targets.is_empty() {
+            if let Some(why) = refused {
+                tracing::warn!(domain = %a.domain, %why, "refusing a destination");
+                return (
+                    String::new(),
+                    all(classify(&Failure::RefusedDestination(why))),
+                );
+            }
+        }
         let tls = match self.cfg.tls_for(&a.domain) {
             TlsPolicy::Opportunistic => TlsWish::Opportunistic,
             TlsPolicy::Required => TlsWish::Required,
@@ -254,6 +271,26 @@ impl Deliverer {
         }
         let (mx, v) = last;
         (mx, all(v))
+    }
+
+    /// `targets` without the addresses mail may not go to (hosts left with none are dropped),
+    /// and the first refusal, saying which host, address and why.
+    fn allowed(&self, targets: Vec<Target>) -> (Vec<Target>, Option<String>) {
+        let mut refused = None;
+        let kept = targets
+            .into_iter()
+            .filter_map(|mut t| {
+                t.addrs.retain(|a| match self.destinations.refusal(a.ip()) {
+                    None => true,
+                    Some(why) => {
+                        refused.get_or_insert_with(|| format!("{} ({}) is {why}", t.host, a.ip()));
+                        false
+                    }
+                });
+                (!t.addrs.is_empty()).then_some(t)
+            })
+            .collect();
+        (kept, refused)
     }
 
     /// Runs the transaction on a pooled or new connection to `endpoint`. A pooled connection

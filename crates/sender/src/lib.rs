@@ -6,6 +6,7 @@
 //!   MX with preference order and equal-preference shuffle, A/AAAA fallback, null MX), then
 //!   SMTP over a connection from the assigned source IP ([`conn`]), trying the next host on
 //!   connection-level failures. Every outcome is classified by [`skein_smtp::outcome`].
+//!   [`destination`] refuses addresses that would loop (this host, the cluster's edges).
 //! - [`conn`] runs the sans-I/O [`skein_smtp::client::ClientConn`] over TCP and TLS with the
 //!   RFC 5321 timeouts, and pools idle connections for reuse.
 //! - [`tls`] is the client TLS configuration.
@@ -14,6 +15,7 @@
 
 pub mod conn;
 pub mod deliver;
+pub mod destination;
 pub mod dns;
 pub mod error;
 pub mod gate;

@@ -419,6 +419,13 @@ async fn run_dev(
             password: password.into(),
         });
     }
+    if sender.allow_destinations.is_empty() {
+        // One host, sinks on loopback: dev delivers there (a real sender refuses to).
+        sender.allow_destinations = vec![
+            "127.0.0.0/8".parse().expect("literal CIDR"),
+            "::1/128".parse().expect("literal CIDR"),
+        ];
+    }
     if node.nameservers.is_empty() {
         // One process, one view of DNS.
         node.nameservers = sender.nameservers.clone();

@@ -102,6 +102,9 @@ pub enum Failure {
     BadRecipient(String),
     /// The reverse-path is not an address (never sent to the server).
     BadSender(String),
+    /// Every address of the domain's hosts is one mail may not go to (this host, the
+    /// cluster's own edges...): a mail loop or a misconfigured MX. Says which and why.
+    RefusedDestination(String),
 }
 
 /// What an outcome means for a recipient.
@@ -296,6 +299,13 @@ pub fn classify(f: &Failure) -> Verdict {
             553,
             "5.1.7",
             format!("bad sender address syntax: {why}"),
+        ),
+        Failure::RefusedDestination(why) => local(
+            Permanent,
+            Message,
+            554,
+            "5.4.6",
+            format!("mail loop or misconfigured MX, not delivered: {why}"),
         ),
     }
 }

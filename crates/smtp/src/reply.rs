@@ -94,6 +94,14 @@ pub mod canned {
     pub fn timeout(host: &str) -> Reply {
         Reply::new(421, "4.4.2", format!("{host} Error: timeout exceeded"))
     }
+    /// 421 when a session has lasted as long as one may.
+    pub fn session_too_long(host: &str) -> Reply {
+        Reply::new(
+            421,
+            "4.7.0",
+            format!("{host} Session too long, closing connection; reconnect to go on"),
+        )
+    }
     /// 421 when the server shuts down.
     pub fn shutting_down(host: &str) -> Reply {
         Reply::new(
