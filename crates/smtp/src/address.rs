@@ -131,10 +131,12 @@ fn check_local(local: &str) -> Result<(), PathError> {
     }
     if let Some(q) = local.strip_prefix('"') {
         let q = q.strip_suffix('"').ok_or(PathError::Syntax)?;
-        if q.contains(['@', '%', '!']) {
+        // Angle brackets too: `<"a>"@x>` ends early for a server that reads paths naively
+        // (a parser difference to smuggle another address through). Found by fuzzing.
+        if q.contains(['@', '%', '!', '<', '>']) {
             return Err(PathError::RelayTrick);
         }
-        if q.chars().any(|c| c.is_ascii_control()) {
+        if q.chars().any(char::is_control) {
             return Err(PathError::Syntax);
         }
         return Ok(());
@@ -151,9 +153,11 @@ fn check_local(local: &str) -> Result<(), PathError> {
         return Err(PathError::Syntax);
     }
     const SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+    // Non-ASCII (RFC 6531) but never a control character (U+0085 NEL and the other C1s).
+    let utf8_text = |c: char| !c.is_ascii() && !c.is_control();
     if local.split('.').all(|atom| {
         atom.chars()
-            .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || !c.is_ascii())
+            .all(|c| c.is_ascii_alphanumeric() || SPECIALS.contains(c) || utf8_text(c))
     }) {
         Ok(())
     } else {
@@ -181,9 +185,9 @@ fn check_domain(domain: &str) -> Result<(), PathError> {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii());
+            && label.chars().all(|c| {
+                c.is_ascii_alphanumeric() || c == '-' || (!c.is_ascii() && !c.is_control())
+            });
         if !ok {
             return Err(PathError::Syntax);
         }
@@ -242,6 +246,12 @@ mod tests {
                 Err(RelayTrick),
             ),
             ("<victim@target.org@relay.example>", false, Err(RelayTrick)),
+            // Found by the fuzz target `address`: brackets inside quotes end a naive path.
+            ("<\"a>\"@relay.example>", false, Err(RelayTrick)),
+            ("<\"x><victim\"@relay.example>", false, Err(RelayTrick)),
+            ("<a\u{85}b@example.com>", true, Err(Syntax)),
+            ("<ab@exa\u{85}mple.com>", true, Err(Syntax)),
+            ("<\"a\u{85}b\"@example.com>", true, Err(Syntax)),
             ("<a..b@example.com>", false, Err(Syntax)),
             ("<.a@example.com>", false, Err(Syntax)),
             ("<a@-bad.example>", false, Err(Syntax)),
