@@ -462,3 +462,147 @@ async fn a_session_ends_after_its_longest_duration() -> anyhow::Result<()> {
     assert!(last.starts_with("421 4.7.0"), "{last}");
     Ok(())
 }
+
+/// The edge's resident memory (kB), from /proc.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// An AUTH flood (160 connections from 40 addresses pipelining wrong passwords as fast as the
+/// edge answers) and a slowloris (80 connections trickling a byte every half second) against
+/// one edge: password checks stay one per core (each argon2 check takes ~19 MiB, so 160 at
+/// once would take 3 GB), memory stays within 150 MB of where it started, and a client with
+/// the right password is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auth_flood_and_a_slowloris_leave_memory_bounded_and_clients_served(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.136";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.137",
+        "",
+        "credentials_refresh = \"1s\"",
+        &["--tenant", "acme:right-password"],
+    )
+    .await?;
+    wait_for("the tenant", Duration::from_secs(30), || async {
+        let (ok, out, _) = skeinctl(&rig.grpc, &["tenant", "list"]).ok()?;
+        (ok && out.contains("acme")).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let pid = rig.dev.child.id();
+    let before = rss_kb(pid);
+    assert!(before > 0);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = rig.smtp;
+    let edge: std::net::SocketAddr = format!("{ip}:{port}").parse()?;
+    // Passwords the edge really checked (535; past the per-client limit it answers 454).
+    let checked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    // "\0acme\0wrong-password" in base64.
+    let guess = b"EHLO flood.test\r\nAUTH PLAIN AGFjbWUAd3JvbmctcGFzc3dvcmQ=\r\n\
+                  AUTH PLAIN AGFjbWUAd3JvbmctcGFzc3dvcmQ=\r\nAUTH PLAIN AGFjbWUAd3JvbmctcGFzc3dvcmQ=\r\n";
+    for n in 0..160u32 {
+        let (stop, checked) = (stop.clone(), checked.clone());
+        let from: std::net::IpAddr = format!("127.0.2.{}", n % 40 + 1).parse()?;
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sock = tokio::net::TcpSocket::new_v4().ok()?;
+                sock.bind((from, 0).into()).ok()?;
+                let Ok(mut s) = sock.connect(edge).await else {
+                    continue;
+                };
+                let _ = s.write_all(guess).await;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let rejected = String::from_utf8_lossy(&seen).matches("535 5.7.8").count();
+                checked.fetch_add(rejected as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(())
+        }));
+    }
+    for _ in 0..80 {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let sock = tokio::net::TcpSocket::new_v4().ok()?;
+            sock.bind(("127.0.3.1".parse::<std::net::IpAddr>().ok()?, 0).into())
+                .ok()?;
+            let mut s = sock.connect(edge).await.ok()?;
+            for b in b"EHLO slow.loris.test\r\n".iter().cycle() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                s.write_all(&[*b]).await.ok()?;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Some(())
+        }));
+    }
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let (stop, peak) = (stop.clone(), peak.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kb(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let port_s = port.to_string();
+    let legit = tokio::task::spawn_blocking(move || {
+        submit(&[
+            "--source-ip",
+            "127.0.0.1",
+            "--host",
+            ip,
+            "--port",
+            &port_s,
+            "--user",
+            "acme",
+            "--password",
+            "right-password",
+            "--mail-from",
+            "app@acme.test",
+            "--rcpt",
+            "x@example.net",
+            "--timeout",
+            "60",
+        ])
+    })
+    .await??;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.await?;
+    for t in tasks {
+        t.abort();
+    }
+    assert_eq!(legit[0].code, Some(250), "{:?}", legit[0]);
+    let log = rig.dev.log_text();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    let checked = checked.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{checked} passwords checked; edge RSS {before} kB, at most {peak} kB");
+    assert!(checked >= 100, "the flood got {checked} passwords checked");
+    assert!(
+        peak < before + 150 * 1024,
+        "RSS went from {before} kB to {peak} kB\n{}",
+        tail(&log, 20)
+    );
+    Ok(())
+}

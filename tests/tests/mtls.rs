@@ -11,8 +11,9 @@ use skein_proto::ingest::ingest_client::IngestClient;
 use skein_proto::ingest::{CredentialsRequest, EnqueueRequest};
 use skein_proto::raft::raft_client::RaftClient;
 use skein_proto::raft::RaftPayload;
+use skein_proto::work::sender_message::Msg;
 use skein_proto::work::work_client::WorkClient;
-use skein_proto::work::SenderMessage;
+use skein_proto::work::{Hello, SenderMessage, SourceIp};
 use skein_tests::*;
 use tokio_stream::StreamExt as _;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -128,17 +129,24 @@ async fn rig() -> anyhow::Result<Rig> {
     let dir = certs_dir.path();
     let d = dir.to_str().unwrap();
     certs(&["init", "--dir", d])?;
-    for (name, roles) in [
-        ("node", &["node"][..]),
-        ("edge", &["edge"]),
-        ("sender", &["sender"]),
-        ("operator", &["operator"]),
+    for (name, args) in [
+        ("node", &["--role", "node"][..]),
+        ("edge", &["--role", "edge"]),
+        // The sender's source IP (the probe's too) is named in its certificate.
+        (
+            "sender",
+            &[
+                "--role",
+                "sender",
+                "--ip",
+                "127.0.0.155",
+                "--ip",
+                "127.0.0.1",
+            ],
+        ),
+        ("operator", &["--role", "operator"]),
     ] {
-        let mut args = vec!["issue", "--dir", d, "--name", name];
-        for r in roles {
-            args.extend(["--role", r]);
-        }
-        certs(&args)?;
+        certs(&[&["issue", "--dir", d, "--name", name][..], args].concat())?;
     }
     let cluster = Cluster::start(3, 150, &tls_section(dir, "node"))?;
     Ok(Rig {
@@ -178,12 +186,14 @@ impl Rig {
 
     async fn wait_leader(&self) -> anyhow::Result<()> {
         let op = self.operator();
+        // A new cluster raises its format to this release's once it has a leader.
         wait_for("a leader over TLS", Duration::from_secs(30), || async {
             let mut args: Vec<&str> = op.iter().map(String::as_str).collect();
             args.extend(["--json", "status"]);
             let (ok, out, _) = self.ctl(0, &args).ok()?;
             let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            (ok && v["leader_id"].as_u64().unwrap_or(0) > 0).then_some(())
+            let current = v["format"].as_u64().is_some() && v["format"] == v["release_format"];
+            (ok && v["leader_id"].as_u64().unwrap_or(0) > 0 && current).then_some(())
         })
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}", self.cluster.logs()))
@@ -226,6 +236,56 @@ async fn roles_call_only_their_services_and_mail_flows_over_tls() -> anyhow::Res
             assert_eq!(got[0], Code::PermissionDenied);
         }
     }
+
+    // A sender announces only the source IPs its certificate names.
+    let hello = |ip: &str| SenderMessage {
+        msg: Some(Msg::Hello(Hello {
+            sender: "probe".into(),
+            source_ips: vec![SourceIp {
+                ip: ip.into(),
+                ehlo: "probe.skein.test".into(),
+            }],
+            max_in_flight: 1,
+            active_leases: Vec::new(),
+        })),
+    };
+    let leader = wait_for("the leader's address", Duration::from_secs(10), || async {
+        let ch = channel(&dir, &addrs[0], Some((dir.as_path(), "operator")))
+            .await
+            .ok()?;
+        let s = AdminClient::new(ch)
+            .cluster_status(ClusterStatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        (!s.leader_addr.is_empty()).then_some(s.leader_addr)
+    })
+    .await?;
+    let mut work = WorkClient::new(channel(&dir, &leader, Some((dir.as_path(), "sender"))).await?);
+    let stream = tokio_stream::iter(vec![hello("127.0.0.157")]).chain(tokio_stream::pending());
+    let refused = work.session(stream).await.map(|_| ()).unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("127.0.0.157 is not named in this sender's certificate"),
+        "{refused:?}"
+    );
+    let stream = tokio_stream::iter(vec![hello("127.0.0.1")]).chain(tokio_stream::pending());
+    assert!(work.session(stream).await.is_ok(), "its own IP is taken");
+    // Issuing a sender's certificate without its IPs is refused, saying why.
+    let err = certs(&[
+        "issue",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--name",
+        "s2",
+        "--role",
+        "sender",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--ip"), "{err}");
 
     // A certificate from another CA: the handshake fails, nothing is called.
     let rogue = tempfile::tempdir()?;

@@ -14,6 +14,7 @@ use skein_proto::work::work_server::Work;
 use skein_proto::work::{Assignment, Hello, SenderMessage};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
+use tonic::transport::CertificateDer;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::route::{Cluster, Route};
@@ -86,6 +87,23 @@ pub fn validate_hello(h: &Hello) -> Result<(), Status> {
     Ok(())
 }
 
+/// Refuses a hello announcing a source IP the sender's certificate does not name: one
+/// sender's certificate cannot take the work of another's IPs.
+fn certified_ips(h: &Hello, cert: &CertificateDer<'_>) -> Result<(), Status> {
+    for s in &h.source_ips {
+        let ip: IpAddr =
+            s.ip.parse()
+                .map_err(|_| Status::invalid_argument("source IP"))?;
+        if !skein_pki::certifies_ip(cert, ip) {
+            return Err(Status::permission_denied(format!(
+                "hello.source_ips: {ip} is not named in this sender's certificate \
+                 (issue it with `skein certs issue --role sender --ip {ip}`)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Work for WorkService {
     type SessionStream = Pin<Box<dyn Stream<Item = Result<Assignment, Status>> + Send>>;
@@ -105,6 +123,9 @@ impl Work for WorkService {
             }
             Err(e) => return Err(e.into()),
         }
+        // Over TLS the auth layer let only a sender certificate through; it names the source
+        // IPs this sender may announce.
+        let cert = req.peer_certs().and_then(|c| c.first().cloned());
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(Status::deadline_exceeded("no hello within 10s")),
@@ -119,6 +140,9 @@ impl Work for WorkService {
             }
         };
         validate_hello(&hello)?;
+        if let Some(cert) = &cert {
+            certified_ips(&hello, cert)?;
+        }
         let ips: Vec<String> = hello.source_ips.iter().map(|s| s.ip.clone()).collect();
         let (id, rx) = self
             .sessions

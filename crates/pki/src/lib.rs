@@ -21,16 +21,17 @@
 #![warn(missing_docs)]
 
 use std::fmt;
+use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity as TonicIdentity, ServerTlsConfig};
 
 /// The domain under which certificates name roles: `node.skein.invalid` and so on.
@@ -240,11 +241,13 @@ pub fn create_ca(now: SystemTime, days: u32) -> Result<Pem, PkiError> {
 
 /// A certificate for `roles`, signed by the CA whose private key is `ca_key` (a CA made by
 /// [`create_ca`]), valid for `days` from `now`. `name` becomes its common name (for people
-/// reading it: `node-1`, `edge-a`, `alice`).
+/// reading it: `node-1`, `edge-a`, `alice`). `ips` are the source IPs a sender may announce
+/// (IP addresses in its subject alternative names; see [`certifies_ip`]).
 pub fn issue(
     ca_key: &str,
     roles: Roles,
     name: &str,
+    ips: &[IpAddr],
     now: SystemTime,
     days: u32,
 ) -> Result<Pem, PkiError> {
@@ -261,6 +264,9 @@ pub fn issue(
     let key = KeyPair::generate().map_err(generate)?;
     let mut params = CertificateParams::new(roles.iter().map(Role::dns_name).collect::<Vec<_>>())
         .map_err(generate)?;
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
@@ -291,6 +297,17 @@ pub fn roles_of(cert: &CertificateDer<'_>) -> Roles {
             role.parse::<Role>().ok()
         })
         .collect()
+}
+
+/// Whether `cert` names `ip` (an IP address subject alternative name): a sender may announce
+/// only the source IPs its certificate names, so one sender's certificate cannot take another's
+/// work. (Call it on a peer's certificate only after its chain was verified.)
+pub fn certifies_ip(cert: &CertificateDer<'_>, ip: IpAddr) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&ServerName::IpAddress(ip.into()))
+        .is_ok()
 }
 
 /// A process's place in the cluster: the CA it trusts, its certificate and key.
@@ -476,6 +493,7 @@ mod tests {
             &ca.key,
             roles(&[Role::Edge, Role::Sender]),
             "edge-a",
+            &[],
             now(),
             365,
         )
@@ -496,7 +514,7 @@ mod tests {
     fn another_ca_or_an_expired_certificate_is_refused() {
         let ca = create_ca(now(), 3650).unwrap();
         let other = create_ca(now(), 3650).unwrap();
-        let node = issue(&other.key, roles(&[Role::Node]), "n", now(), 30).unwrap();
+        let node = issue(&other.key, roles(&[Role::Node]), "n", &[], now(), 30).unwrap();
         let err = Identity::from_pem(&ca.cert, &node.cert, &node.key, "ca.pem", "n.pem", now())
             .unwrap_err()
             .to_string();
@@ -504,7 +522,7 @@ mod tests {
             err.contains("n.pem is not valid under the CA ca.pem"),
             "{err}"
         );
-        let node = issue(&ca.key, roles(&[Role::Node]), "n", now(), 30).unwrap();
+        let node = issue(&ca.key, roles(&[Role::Node]), "n", &[], now(), 30).unwrap();
         let later = now() + Duration::from_secs(31 * 86_400);
         let err = Identity::from_pem(&ca.cert, &node.cert, &node.key, "ca", "n", later)
             .unwrap_err()
@@ -530,6 +548,26 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_certificate_names_its_source_ips() {
+        let ca = create_ca(now(), 3650).unwrap();
+        let ips: Vec<IpAddr> = vec![
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8::a".parse().unwrap(),
+        ];
+        let s = issue(&ca.key, roles(&[Role::Sender]), "sender-a", &ips, now(), 30).unwrap();
+        let id = Identity::from_pem(&ca.cert, &s.cert, &s.key, "ca", "s", now()).unwrap();
+        assert_eq!(id.roles(), roles(&[Role::Sender]), "IPs are no roles");
+        let der = first_cert(&s.cert, "s").unwrap();
+        for ip in &ips {
+            assert!(certifies_ip(&der, *ip), "{ip}");
+        }
+        assert!(!certifies_ip(&der, "192.0.2.11".parse().unwrap()));
+        let plain = issue(&ca.key, roles(&[Role::Sender]), "b", &[], now(), 30).unwrap();
+        let der = first_cert(&plain.cert, "b").unwrap();
+        assert!(!certifies_ip(&der, ips[0]));
+    }
+
+    #[test]
     fn roles_parse_and_print() {
         assert_eq!("sender".parse::<Role>(), Ok(Role::Sender));
         assert!("admin".parse::<Role>().unwrap_err().contains("one of node"));
@@ -542,6 +580,7 @@ mod tests {
             &create_ca(now(), 1).unwrap().key,
             Roles::default(),
             "x",
+            &[],
             now(),
             1
         )

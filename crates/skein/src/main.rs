@@ -101,6 +101,10 @@ enum CertsCmd {
         /// roles needs each).
         #[arg(long = "role", required = true)]
         roles: Vec<skein_pki::Role>,
+        /// A source IP the holder may send from (repeatable): a sender announces only the
+        /// IPs its certificate names.
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<std::net::IpAddr>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: u32,
@@ -261,6 +265,7 @@ fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
             dir,
             name,
             roles,
+            ips,
             days,
         } => {
             if name.is_empty()
@@ -278,7 +283,10 @@ fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
                 )
             })?;
             let roles: skein_pki::Roles = roles.into_iter().collect();
-            let pem = skein_pki::issue(&ca_key, roles, &name, now, days)?;
+            if roles.contains(Role::Sender) && ips.is_empty() {
+                bail!("a sender's certificate names the source IPs it sends from: add --ip IP for each");
+            }
+            let pem = skein_pki::issue(&ca_key, roles, &name, &ips, now, days)?;
             let cert = dir.join(format!("{name}.pem"));
             let key = dir.join(format!("{name}.key"));
             write_new(&key, &pem.key, true)?;
