@@ -73,5 +73,75 @@ fn shipped_examples_pass_and_errors_name_the_field() {
             err.contains(field),
             "{text}: error {err:?} does not name {field}"
         );
+        assert!(
+            err.contains("bad.toml"),
+            "{text}: error {err:?} does not name the file"
+        );
+    }
+}
+
+/// A person's mistake (a missing file, a bad value, a port in use) is one line on stderr, even
+/// with RUST_BACKTRACE set as many developers have it: backtraces are for panics.
+#[test]
+fn user_errors_are_one_line_even_with_rust_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[node]\nid = 2\n").unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ok = dir.path().join("busy.toml");
+    std::fs::write(
+        &ok,
+        format!(
+            "[node]\nlisten = \"{}\"\ninitial_members = [{{ id = 1, addr = \"{}\" }}]\n\
+             data_dir = \"{}\"\n",
+            busy.local_addr().unwrap(),
+            busy.local_addr().unwrap(),
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.toml");
+    // A source IP this host does not have (TEST-NET-1).
+    let sender = dir.path().join("sender.toml");
+    std::fs::write(
+        &sender,
+        "[sender]\ncluster = [\"127.0.0.1:1\"]\n\
+         source_ips = [{ ip = \"192.0.2.77\", ehlo = \"out.example.com\" }]\n",
+    )
+    .unwrap();
+    let cases: [(&[&std::ffi::OsStr], &str); 4] = [
+        (
+            &["sender".as_ref(), "--config".as_ref(), sender.as_os_str()],
+            "source IP 192.0.2.77 cannot be used here",
+        ),
+        (
+            &["node".as_ref(), "--config".as_ref(), missing.as_os_str()],
+            "skein: cannot read",
+        ),
+        (
+            &["check-config".as_ref(), bad.as_os_str()],
+            "invalid node.initial_members",
+        ),
+        (
+            &["node".as_ref(), "--config".as_ref(), ok.as_os_str()],
+            "Address already in use",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = Command::new(skein_bin())
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .env("SKEIN_LOG", "off")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(
+            err.matches("(os error").count().min(1),
+            err.matches("(os error").count(),
+            "said once: {err}"
+        );
     }
 }

@@ -606,3 +606,42 @@ async fn an_auth_flood_and_a_slowloris_leave_memory_bounded_and_clients_served(
     );
     Ok(())
 }
+
+/// `skein dev` logs each outcome; `skeinctl message ID --data` on a delivered message says its
+/// content is gone (it is dropped once every recipient is final) instead of printing an empty
+/// line; skeinctl takes several servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_message_says_its_content_is_gone() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.138";
+    let rig = DevWithSink::start(dir.path(), ip, "127.0.0.139", "", "", &[]).await?;
+    let id = submit_relayed(ip, rig.smtp, "done@example.net")?;
+    let m = wait_final(&rig.grpc, &id, Duration::from_secs(30)).await?;
+    assert_eq!(m.recipients[0].state, "delivered", "{m:?}");
+    // dev says what happened to it, without --events.
+    let said = format!("delivered {id} to done@example.net via");
+    wait_for("dev's outcome line", Duration::from_secs(10), || async {
+        rig.dev.log_text().contains(&said).then_some(())
+    })
+    .await?;
+    let (ok, out, err) = skeinctl(&rig.grpc, &["message", &id, "--data"])?;
+    assert!(ok, "{err}");
+    assert!(out.contains(&id), "the envelope is still shown: {out}");
+    assert!(
+        err.contains("is no longer stored") && err.contains(&id),
+        "{err}"
+    );
+
+    // Several servers: the first that answers is used; none answering is one line saying so.
+    let down = format!("127.0.0.139:{}", free_port("127.0.0.139"));
+    let (ok, out, err) = skeinctl(&format!("{down},http://{}", rig.grpc), &["status"])?;
+    assert!(ok && out.contains("leader"), "{out}{err}");
+    let (ok, _, err) = skeinctl(&down, &["status"])?;
+    assert!(!ok);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no queue node answered") && err.contains("Connection refused"),
+        "{err}"
+    );
+    Ok(())
+}

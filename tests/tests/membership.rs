@@ -160,3 +160,138 @@ async fn learner_joins_is_promoted_and_a_node_is_removed() -> anyhow::Result<()>
     .await?;
     Ok(())
 }
+
+/// Starts `skein node` NAME with `[node]` lines `node` under `c`'s directory.
+fn start_node(c: &Cluster, name: &str, node: &str) -> anyhow::Result<Proc> {
+    let cfg = c.dir.path().join(format!("{name}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\n{node}\ndata_dir = \"{}\"\n",
+            c.dir.path().join(name).display()
+        ),
+    )?;
+    Proc::spawn(
+        &["node", "--config", cfg.to_str().unwrap()],
+        &c.dir.path().join(format!("{name}.log")),
+    )
+}
+
+/// The usual mistakes are refused with the reason, and leave the cluster as it was: adding an
+/// address where nothing runs, a node under another id, a node that founded its own cluster;
+/// promoting a learner that is down. A removed node notices and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_mistakes_are_refused_and_a_removed_node_stops() -> anyhow::Result<()> {
+    let c = Cluster::start(3, 170, "")?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(30)).await?;
+    let follower = (leader + 1) % 3;
+    let mut a = admin(&c.addrs[follower]).await?;
+    let refused = |s: tonic::Status, want: &str| {
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+        assert!(
+            s.message().contains(want),
+            "wanted {want:?}: {}",
+            s.message()
+        );
+    };
+
+    // Nothing listens there.
+    let nobody = format!("127.0.0.175:{}", free_port("127.0.0.175"));
+    let s = a
+        .add_learner(AddLearnerRequest {
+            id: 5,
+            addr: nobody.clone(),
+        })
+        .await
+        .unwrap_err();
+    refused(s, &format!("no Skein node answers at {nobody}"));
+
+    // Node 4, waiting to join, added under the wrong id.
+    let addr4 = format!("127.0.0.174:{}", free_port("127.0.0.174"));
+    let mut n4 = start_node(
+        &c,
+        "node4",
+        &format!("id = 4\nlisten = \"{addr4}\"\njoin = true"),
+    )?;
+    wait_listening(addr4.parse()?, Duration::from_secs(20)).await?;
+    let s = a
+        .add_learner(AddLearnerRequest {
+            id: 5,
+            addr: addr4.clone(),
+        })
+        .await
+        .unwrap_err();
+    refused(s, "is node 4, not node 5");
+
+    // A node that founded a cluster of its own.
+    let addr6 = format!("127.0.0.176:{}", free_port("127.0.0.176"));
+    let _n6 = start_node(
+        &c,
+        "node6",
+        &format!(
+            "id = 6\nlisten = \"{addr6}\"\ninitial_members = [{{ id = 6, addr = \"{addr6}\" }}]"
+        ),
+    )?;
+    wait_for("node 6 to lead itself", Duration::from_secs(20), || async {
+        (status(&addr6).await.ok()?.leader_id == 6).then_some(())
+    })
+    .await?;
+    let s = a
+        .add_learner(AddLearnerRequest {
+            id: 6,
+            addr: addr6.clone(),
+        })
+        .await
+        .unwrap_err();
+    refused(s, "already belongs to a cluster");
+    let st = status(&c.addrs[leader]).await?;
+    assert_eq!(st.members.len(), 3, "nothing changed: {:?}", st.members);
+
+    // Node 4 properly; then it goes down, and is not promoted while down.
+    a.add_learner(AddLearnerRequest {
+        id: 4,
+        addr: addr4.clone(),
+    })
+    .await?;
+    n4.kill();
+    let s = a.promote_voter(NodeRef { id: 4 }).await.unwrap_err();
+    refused(s, "does not answer");
+    n4.restart()?;
+    let r = wait_for(
+        "node 4 promoted once back",
+        Duration::from_secs(30),
+        || async {
+            let mut a = admin(&c.addrs[follower]).await.ok()?;
+            a.promote_voter(NodeRef { id: 4 }).await.ok()
+        },
+    )
+    .await?
+    .into_inner();
+    assert!(r.members.iter().any(|m| m.id == 4 && m.voter), "{r:?}");
+    // The leader reports each member's replication.
+    let st = status(&c.addrs[leader]).await?;
+    assert!(st.members.iter().all(|m| m.replicating), "{:?}", st.members);
+
+    // Removed, node 4 stops by itself and says why.
+    a.remove_node(NodeRef { id: 4 }).await?;
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = n4.child.try_wait()? {
+            break exit;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "node 4 still runs\n{}",
+            tail(&n4.log_text(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    let log = n4.log_text();
+    assert!(
+        log.contains("removed from the cluster"),
+        "{}",
+        tail(&log, 20)
+    );
+    Ok(())
+}

@@ -63,6 +63,8 @@ pub struct Event {
 #[derive(Default)]
 pub struct EventLog {
     out: Option<Mutex<Box<dyn Write + Send>>>,
+    /// Log outcomes at info level too.
+    log: bool,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -74,8 +76,9 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
-    /// Appends to `path`, or writes to standard output for `-`; `None` discards events.
-    pub fn open(path: Option<&Path>) -> std::io::Result<Self> {
+    /// Appends to `path`, or writes to standard output for `-`; `None` discards events. With
+    /// `log`, outcomes are logged at info level as well (see [`outcome_line`]).
+    pub fn open(path: Option<&Path>, log: bool) -> std::io::Result<Self> {
         let out: Option<Box<dyn Write + Send>> = match path {
             None => None,
             Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stdout())),
@@ -88,11 +91,17 @@ impl EventLog {
         };
         Ok(Self {
             out: out.map(Mutex::new),
+            log,
         })
     }
 
     /// Writes events, one line each.
     pub fn write(&self, events: &[Event]) {
+        if self.log {
+            for line in events.iter().filter_map(outcome_line) {
+                tracing::info!("{line}");
+            }
+        }
         let Some(out) = &self.out else { return };
         let mut buf = Vec::with_capacity(events.len() * 256);
         for e in events {
@@ -104,5 +113,93 @@ impl EventLog {
         if let Err(e) = w.write_all(&buf).and_then(|_| w.flush()) {
             tracing::warn!(%e, "cannot write delivery events");
         }
+    }
+}
+
+/// A person's line for an outcome: delivered, deferred (with the reply and the next try),
+/// bounced, expired, suppressed. `None` for what is no outcome of a recipient (a successful
+/// attempt is said by its `delivered`, a DSN by the bounce).
+pub fn outcome_line(e: &Event) -> Option<String> {
+    let reply = || {
+        let code = e.code.map(|c| c.to_string()).unwrap_or_default();
+        [code.as_str(), e.enhanced.as_str(), e.text.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let via = if e.mx.is_empty() {
+        String::new()
+    } else {
+        format!(" via {}", e.mx)
+    };
+    let (id, to) = (&e.message_id, &e.recipient);
+    Some(match e.kind {
+        "delivered" => format!("delivered {id} to {to}{via}: {}", reply()),
+        "attempt" if e.result == "transient" || e.result == "throttled" => {
+            let next = e
+                .next_attempt_ms
+                .map(|t| format!(", next try in {} s", (t - e.ts_ms).max(0) / 1000))
+                .unwrap_or_default();
+            format!("deferred {id} to {to}{via}: {}{next}", reply())
+        }
+        "bounced" => format!("bounced {id} to {to}{via}: {}", reply()),
+        "expired" => format!("expired {id} to {to}: {}", reply()),
+        "suppressed" => format!("suppressed {id} to {to}: on the tenant's suppression list"),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_read_as_one_line_each() {
+        let base = Event {
+            message_id: "0000000000050000".into(),
+            recipient: "you@example.test".into(),
+            mx: "[127.0.0.1]:2626".into(),
+            ts_ms: 1_000,
+            ..Default::default()
+        };
+        let delivered = Event {
+            kind: "delivered",
+            code: Some(250),
+            text: "OK".into(),
+            ..base.clone()
+        };
+        assert_eq!(
+            outcome_line(&delivered).unwrap(),
+            "delivered 0000000000050000 to you@example.test via [127.0.0.1]:2626: 250 OK"
+        );
+        let deferred = Event {
+            kind: "attempt",
+            result: "transient",
+            code: Some(451),
+            enhanced: "4.3.0".into(),
+            text: "try later".into(),
+            next_attempt_ms: Some(61_000),
+            ..base.clone()
+        };
+        assert_eq!(
+            outcome_line(&deferred).unwrap(),
+            "deferred 0000000000050000 to you@example.test via [127.0.0.1]:2626: 451 4.3.0 \
+             try later, next try in 60 s"
+        );
+        let ok_attempt = Event {
+            kind: "attempt",
+            result: "delivered",
+            ..base.clone()
+        };
+        assert_eq!(outcome_line(&ok_attempt), None);
+        let suppressed = Event {
+            kind: "suppressed",
+            ..base
+        };
+        assert!(outcome_line(&suppressed)
+            .unwrap()
+            .contains("suppression list"));
     }
 }

@@ -16,6 +16,7 @@
 //!   retries) and the driver that proposes its rounds and sends assignments; [`events`]
 //!   writes the JSON delivery events.
 //! - [`propose`]: every Raft proposal, with a deadline (openraft does not always answer).
+//! - [`removal`]: a node removed from the cluster notices and stops serving.
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
 //! - [`incoming`]: the gRPC port's accepted connections, limited in number, accept errors
 //!   backed off; [`auth`]: who may call what (certificate roles, Admin tokens).
@@ -35,6 +36,7 @@ pub mod ingest;
 pub mod network;
 pub mod node;
 pub mod propose;
+pub mod removal;
 pub mod route;
 pub mod scheduler;
 pub mod staging;

@@ -31,6 +31,7 @@ pub struct NodeHandle {
     pub local_addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    was_removed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl NodeHandle {
@@ -43,7 +44,12 @@ impl NodeHandle {
         let _ = (&mut self.server).await;
     }
 
-    /// Waits until the gRPC server ends (it ends on error or shutdown).
+    /// Whether the node stopped because it was removed from the cluster.
+    pub fn was_removed(&self) -> bool {
+        self.was_removed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the gRPC server ends (on error, shutdown, or removal from the cluster).
     pub async fn serve_forever(&mut self) -> Result<(), String> {
         match (&mut self.server).await {
             Ok(r) => r.map_err(|e| e.to_string()),
@@ -130,12 +136,12 @@ pub async fn start(
     .await
     .map_err(|e| ClusterError::Raft(e.to_string()))?;
 
-    let events = crate::events::EventLog::open(cfg.delivery.events.as_deref()).map_err(|e| {
-        ClusterError::Invalid {
-            field: "node.delivery.events",
-            reason: e.to_string(),
-        }
-    })?;
+    let events =
+        crate::events::EventLog::open(cfg.delivery.events.as_deref(), cfg.delivery.log_outcomes)
+            .map_err(|e| ClusterError::Invalid {
+                field: "node.delivery.events",
+                reason: e.to_string(),
+            })?;
     let events = Arc::new(events);
     let batcher = Batcher::spawn(
         raft.clone(),
@@ -175,6 +181,18 @@ pub async fn start(
         .local_addr()
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
     let (stop, stopped) = oneshot::channel::<()>();
+    // Removed from the cluster: stop serving (see `crate::removal`).
+    let removed = Arc::new(tokio::sync::Notify::new());
+    let was_removed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(crate::removal::watch(cluster.clone(), removed.clone()));
+    let on_removal = {
+        let (removed, was_removed, raft) = (removed.clone(), was_removed.clone(), raft.clone());
+        async move {
+            removed.notified().await;
+            was_removed.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = raft.shutdown().await;
+        }
+    };
     // (`Server::tcp_nodelay` only applies to listeners tonic binds itself.)
     let incoming = crate::incoming::incoming(listener, cfg.max_connections);
     // gRPC server reflection (v1 and the v1alpha older tools ask for), so `grpcurl` and the
@@ -222,6 +240,7 @@ pub async fn start(
                 manual,
                 cfg.delivery.mta_name.clone(),
                 held,
+                cfg.promote_max_lag,
             ))
             .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
@@ -234,7 +253,10 @@ pub async fn start(
                 .max_decoding_message_size(4 * 1024 * 1024),
         )
         .serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
+            tokio::select! {
+                _ = stopped => {}
+                _ = on_removal => {}
+            }
         });
     let server = tokio::spawn(server);
 
@@ -276,6 +298,7 @@ pub async fn start(
         local_addr,
         stop: Some(stop),
         server,
+        was_removed,
     })
 }
 

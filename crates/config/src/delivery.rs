@@ -40,6 +40,9 @@ pub struct DeliveryConfig {
     pub keep_finished: HumanDuration,
     /// JSON-lines file for delivery events (`-` for standard output); none when unset.
     pub events: Option<PathBuf>,
+    /// Also log one line per outcome at info level (delivered, deferred with the reply,
+    /// bounced, expired, suppressed). Default false; `skein dev` turns it on.
+    pub log_outcomes: bool,
 }
 
 /// Most recipients one scheduling round considers (`batch`). With the reports a round takes,
@@ -62,6 +65,7 @@ impl Default for DeliveryConfig {
             assignment_memory: ByteSize(256_000_000),
             keep_finished: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             events: None,
+            log_outcomes: false,
         }
     }
 }

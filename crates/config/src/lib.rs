@@ -28,12 +28,12 @@ pub use sender::{DomainTls, Route, SenderConfig, SmtpTimeouts, SourceIp, TlsPoli
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (not a `source`: the message says it, once).
+        error: std::io::Error,
     },
     /// The TOML does not parse or does not match the schema (unknown field, wrong type).
     #[error("{path}: {message}")]
@@ -106,9 +106,9 @@ impl Config {
 
     /// Reads and parses a file (does not validate).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -146,8 +146,10 @@ impl Config {
     /// data in `./skein-data`, an edge with STARTTLS on 127.0.0.1:2525 and implicit TLS on
     /// 127.0.0.1:4650, loopback clients allowed to relay.
     pub fn dev_default() -> Self {
+        let mut node = NodeConfig::default();
+        node.initial_members = node.founders();
         Self {
-            node: Some(NodeConfig::default()),
+            node: Some(node),
             edge: Some(EdgeConfig::dev_default()),
             sender: Some(SenderConfig::default()),
             cluster_tls: None,
@@ -176,9 +178,14 @@ mod tests {
             ("[node]\nid = 0\n", "node.id"),
             ("[node]\nid = 1\nlisten = \"nonsense\"\n", "node.listen"),
             ("[node]\nnameservers = [\"dns.test\"]\n", "node.nameservers"),
-            ("[node]\nlisten = \"0.0.0.0:7070\"\n", "node.listen"),
+            ("[node]\nlisten = \"0.0.0.0:7070\"\njoin = true\n", "node.listen"),
+            ("[node]\nid = 3\n", "node.initial_members"),
             (
-                "[node]\n[cluster_tls]\nca = \"\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+                "[node]\njoin = true\ninitial_members = [{ id = 1, addr = \"127.0.0.1:1\" }]\n",
+                "node.join",
+            ),
+            (
+                "[node]\njoin = true\n[cluster_tls]\nca = \"\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
                 "cluster_tls.ca",
             ),
             (
@@ -229,9 +236,9 @@ mod tests {
     #[test]
     fn cluster_tls_lets_a_node_listen_beyond_loopback() {
         let tls = "[cluster_tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
-        let text = format!("[node]\nlisten = \"0.0.0.0:7070\"\n{tls}");
+        let text = format!("[node]\nlisten = \"0.0.0.0:7070\"\njoin = true\n{tls}");
         Config::parse(&text, "t").unwrap().validate().unwrap();
-        let err = Config::parse("[node]\nlisten = \"0.0.0.0:7070\"\n", "t")
+        let err = Config::parse("[node]\nlisten = \"0.0.0.0:7070\"\njoin = true\n", "t")
             .unwrap()
             .validate()
             .unwrap_err();

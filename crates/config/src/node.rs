@@ -21,8 +21,9 @@ pub struct NodeConfig {
     pub listen: String,
     /// Address other nodes and edges use to reach this node. Default: `listen`.
     pub advertise: Option<String>,
-    /// The cluster's founding voters. The node with the lowest id initializes the cluster once;
-    /// empty (the default) means a single-node cluster of this node alone.
+    /// The cluster's founding voters (this node among them). The node with the lowest id
+    /// initializes the cluster once. A node lists them, or sets `join`; `skein dev` founds a
+    /// cluster of itself alone.
     pub initial_members: Vec<Member>,
     /// Start without initializing anything and wait to be added to an existing cluster through
     /// the Admin API (AddLearner, then PromoteVoter). Default false.
@@ -62,6 +63,10 @@ pub struct NodeConfig {
     /// gRPC connections open at once (nodes, edges, senders, operators); more wait in the
     /// listen backlog until one closes. Default 4096.
     pub max_connections: usize,
+    /// Most log entries a learner may be behind the leader to be promoted to voter
+    /// (`skeinctl promote`): a voter far behind (or dead) counts toward the quorum without
+    /// helping reach it. Default 1000.
+    pub promote_max_lag: u64,
 }
 
 /// Where a node's time comes from.
@@ -146,6 +151,7 @@ impl Default for NodeConfig {
             nameservers: Vec::new(),
             insecure: false,
             max_connections: 4096,
+            promote_max_lag: 1000,
         }
     }
 }
@@ -294,7 +300,20 @@ impl NodeConfig {
                 ));
             }
         }
-        Ok(())
+        match (self.initial_members.is_empty(), self.join) {
+            (true, false) => Err(invalid(
+                "node.initial_members",
+                "say how this node starts: `initial_members = [...]` lists the founding voters \
+                 of a new cluster (this node alone for a single-node one), or `join = true` \
+                 waits to be added to a running cluster (`skeinctl add-learner`)",
+            )),
+            (false, true) => Err(invalid(
+                "node.join",
+                "`join = true` waits to be added to a running cluster, `initial_members` founds \
+                 a new one: keep one of the two",
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -165,6 +165,23 @@ impl PrivateKey {
     }
 }
 
+/// `record` as the data of a zone file's TXT record: one quoted string when it fits in 255
+/// characters (a TXT string's limit), else 255-character strings in parentheses, which
+/// resolvers join back into one (RSA keys of 2048 bits and more need this). The record is
+/// ASCII without quotes or backslashes, so nothing needs escaping.
+pub fn zone_txt(record: &str) -> String {
+    let parts: Vec<String> = record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    if parts.len() <= 1 {
+        parts.concat()
+    } else {
+        format!("( {} )", parts.join(" "))
+    }
+}
+
 /// A new Ed25519 private key as PKCS#8 PEM. (RSA keys come from the operator, e.g.
 /// `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`.)
 pub fn generate_ed25519() -> Result<String, DkimError> {
@@ -555,5 +572,21 @@ To: you@example.net\r\nSubject: hello\r\n  folded\r\n\r\nbody\r\n";
         // Long forms: a 270-byte 2048-bit modulus key.
         let long = rsa_spki(&vec![0u8; 270]);
         assert_eq!(&long[..4], &[0x30, 0x82, 0x01, 0x22]);
+    }
+
+    #[test]
+    fn long_records_split_into_txt_strings_of_255() {
+        assert_eq!(
+            zone_txt("v=DKIM1; k=ed25519; p=AB"),
+            "\"v=DKIM1; k=ed25519; p=AB\""
+        );
+        let long = format!("v=DKIM1; k=rsa; p={}", "A".repeat(600));
+        let txt = zone_txt(&long);
+        assert!(txt.starts_with("( \"") && txt.ends_with("\" )"), "{txt}");
+        // The quoted strings are every other piece between quotes.
+        let parts: Vec<&str> = txt.split('"').skip(1).step_by(2).collect();
+        assert_eq!(parts.len(), 3, "{txt}");
+        assert!(parts.iter().all(|p| p.len() <= 255));
+        assert_eq!(parts.concat(), long, "joined back, the record is whole");
     }
 }

@@ -78,16 +78,52 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Events per key per clock minute (fixed windows); `0` disables the limit.
+/// Events per key in any 60 s (a sliding-window estimate); `0` disables the limit.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: u32,
     clock: SharedClock,
-    windows: Mutex<HashMap<String, (i64, u32)>>,
+    /// Per key: the minute counted in, its count and the previous minute's.
+    windows: Mutex<HashMap<String, Window>>,
+}
+
+/// Counts of one key in the current and the previous minute.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    minute: i64,
+    previous: u32,
+    current: u32,
+}
+
+impl Window {
+    /// The window moved on to `minute` (counts of minutes that are over shift or drop).
+    fn at(self, minute: i64) -> Self {
+        match minute - self.minute {
+            0 => self,
+            1 => Window {
+                minute,
+                previous: self.current,
+                current: 0,
+            },
+            _ => Window {
+                minute,
+                previous: 0,
+                current: 0,
+            },
+        }
+    }
+
+    /// Events in the last 60 s, estimated: the previous minute's weighted by how much of it
+    /// is still within 60 s of `now_ms`, plus this minute's. (Fixed minutes would let a client
+    /// make twice the limit across a minute's turn.)
+    fn last_60s(self, now_ms: i64) -> f64 {
+        let into = now_ms.rem_euclid(60_000) as f64 / 60_000.0;
+        f64::from(self.previous) * (1.0 - into) + f64::from(self.current)
+    }
 }
 
 impl RateLimiter {
-    /// At most `per_minute` events per key per minute of `clock`.
+    /// At most `per_minute` events per key in any 60 s of `clock` (a sliding window).
     pub fn new(per_minute: u32, clock: SharedClock) -> Self {
         Self {
             per_minute,
@@ -96,15 +132,16 @@ impl RateLimiter {
         }
     }
 
-    /// Whether `key` has had its `per_minute` events this minute (nothing is counted).
+    /// Whether `key` has had its `per_minute` events in the last minute (nothing is counted).
     pub fn exhausted(&self, key: &str) -> bool {
         if self.per_minute == 0 {
             return false;
         }
-        let minute = self.clock.now_ms().div_euclid(60_000);
+        let now = self.clock.now_ms();
         let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        w.get(key)
-            .is_some_and(|&(m, n)| m == minute && n >= self.per_minute)
+        w.get(key).is_some_and(|w| {
+            w.at(now.div_euclid(60_000)).last_60s(now) >= f64::from(self.per_minute)
+        })
     }
 
     /// Records an event for `key`; `false` when it is over the limit (and not counted).
@@ -112,19 +149,22 @@ impl RateLimiter {
         if self.per_minute == 0 {
             return true;
         }
-        let minute = self.clock.now_ms().div_euclid(60_000);
+        let now = self.clock.now_ms();
+        let minute = now.div_euclid(60_000);
         let mut w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if w.len() > 100_000 {
-            w.retain(|_, (m, _)| *m == minute);
+            w.retain(|_, v| v.minute >= minute - 1);
         }
-        let e = w.entry(key.to_string()).or_insert((minute, 0));
-        if e.0 != minute {
-            *e = (minute, 0);
-        }
-        if e.1 >= self.per_minute {
+        let e = w.entry(key.to_string()).or_insert(Window {
+            minute,
+            previous: 0,
+            current: 0,
+        });
+        *e = e.at(minute);
+        if e.last_60s(now) >= f64::from(self.per_minute) {
             return false;
         }
-        e.1 += 1;
+        e.current += 1;
         true
     }
 }
@@ -174,8 +214,17 @@ mod tests {
         assert!(r.allow("t"));
         assert!(!r.allow("t"));
         assert!(r.allow("other"));
+        // Across the minute's turn the last minute still counts, fading out over the next.
         clock.advance(Duration::from_secs(60));
-        assert!(r.allow("t"));
+        assert!(!r.allow("t"), "2 in the last 60 s");
+        clock.advance(Duration::from_secs(15));
+        assert!(
+            r.allow("t"),
+            "1.5 of them left 15 s into the minute: room for one"
+        );
+        assert!(!r.allow("t"));
+        clock.advance(Duration::from_secs(120));
+        assert!(r.allow("t") && r.allow("t"), "all forgotten two minutes on");
         assert!(RateLimiter::new(0, clock.clone()).allow("x"));
         let r = RateLimiter::new(1, clock.clone());
         assert!(!r.exhausted("t"));

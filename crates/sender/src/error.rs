@@ -10,6 +10,17 @@ pub enum SenderError {
     /// The TLS client could not be configured.
     #[error("TLS client: {0}")]
     Tls(String),
+    /// A configured source IP is not an address of this host.
+    #[error(
+        "source IP {ip} cannot be used here ({reason}): is it configured on one of this host's \
+         interfaces?"
+    )]
+    SourceIp {
+        /// The address.
+        ip: std::net::IpAddr,
+        /// The operating system's words.
+        reason: String,
+    },
     /// A cluster address is not usable.
     #[error("cluster address {address:?}: {reason}")]
     Cluster {

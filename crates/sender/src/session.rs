@@ -112,6 +112,19 @@ pub async fn run(
             reason: e.to_string(),
         })?;
     }
+    // Each source IP must be this host's: found now, not at the first delivery from it.
+    for s in &cfg.source_ips {
+        let socket = match s.ip {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        };
+        socket
+            .and_then(|sock| sock.bind((s.ip, 0).into()))
+            .map_err(|e| SenderError::SourceIp {
+                ip: s.ip,
+                reason: e.to_string(),
+            })?;
+    }
     let deliverer = Deliverer::new(cfg.clone(), clock.clone())?;
     let shared = Arc::new(Shared::default());
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight as usize));

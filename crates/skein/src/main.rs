@@ -111,8 +111,19 @@ enum CertsCmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line a person can act on: the error and its causes. Backtraces (with
+            // RUST_BACKTRACE set) are for panics, which are bugs, not for a bad config.
+            eprintln!("skein: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log")?)
         .with_writer(std::io::stderr)
@@ -127,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             Cmd::Certs(cmd) => certs(cmd),
             Cmd::CheckConfig { file } => {
                 let c = Config::load(&file)?;
-                c.validate()?;
+                c.validate().with_context(|| file_name(&file))?;
                 identity(&c)?;
                 let roles: Vec<&str> = [
                     c.node.as_ref().map(|_| "node"),
@@ -142,7 +153,7 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Node { config } => {
                 let c = Config::load(&config)?;
-                c.validate()?;
+                c.validate().with_context(|| file_name(&config))?;
                 let tls = identity(&c)?;
                 let Some(node) = c.node else {
                     bail!("{}: missing [node] section", config.display())
@@ -151,7 +162,7 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Edge { config } => {
                 let c = Config::load(&config)?;
-                c.validate()?;
+                c.validate().with_context(|| file_name(&config))?;
                 let tls = identity(&c)?;
                 let Some(edge) = c.edge else {
                     bail!("{}: missing [edge] section", config.display())
@@ -160,7 +171,7 @@ fn main() -> anyhow::Result<()> {
             }
             Cmd::Sender { config } => {
                 let c = Config::load(&config)?;
-                c.validate()?;
+                c.validate().with_context(|| file_name(&config))?;
                 let tls = identity(&c)?;
                 let Some(sender) = c.sender else {
                     bail!("{}: missing [sender] section", config.display())
@@ -210,6 +221,11 @@ async fn shutdown_signal() {
 
 fn clock() -> SharedClock {
     Arc::new(SystemClock)
+}
+
+/// A configuration file's name, for the errors about its content.
+fn file_name(p: &std::path::Path) -> String {
+    p.display().to_string()
 }
 
 /// The process's `[cluster_tls]` identity, checked against every role the file configures.
@@ -320,7 +336,13 @@ async fn run_node(node: NodeConfig, tls: Option<Identity>) -> anyhow::Result<()>
         node.data_dir.display()
     );
     tokio::select! {
-        r = h.serve_forever() => r.map_err(anyhow::Error::msg),
+        r = h.serve_forever() => {
+            r.map_err(anyhow::Error::msg)?;
+            if h.was_removed() {
+                eprintln!("skein node {}: removed from the cluster, stopped", node.id);
+            }
+            Ok(())
+        }
         _ = shutdown_signal() => { h.shutdown().await; Ok(()) }
     }
 }
@@ -414,6 +436,8 @@ async fn run_dev(
     if events.is_some() {
         node.delivery.events = events;
     }
+    // What happens to mail shows in dev's own output.
+    node.delivery.log_outcomes = true;
     if let Some(d) = data_dir {
         node.data_dir = d;
     }
@@ -426,6 +450,10 @@ async fn run_dev(
             username: None,
             password: password.into(),
         });
+    }
+    if node.initial_members.is_empty() && !node.join {
+        // One process, one node: it founds a cluster of itself.
+        node.initial_members = node.founders();
     }
     if sender.allow_destinations.is_empty() {
         // One host, sinks on loopback: dev delivers there (a real sender refuses to).
@@ -446,7 +474,11 @@ async fn run_dev(
         sender: Some(sender.clone()),
         cluster_tls: c.cluster_tls.take(),
     };
-    whole.validate()?;
+    whole.validate().with_context(|| {
+        config
+            .as_deref()
+            .map_or("the dev defaults".into(), file_name)
+    })?;
     let tls = identity(&whole)?;
 
     let mut h = start_node(&node, tls.as_ref()).await?;

@@ -23,7 +23,8 @@ mod tokens;
 #[derive(Parser)]
 #[command(name = "skeinctl", version, about = "Administer a Skein cluster")]
 struct Cli {
-    /// Any queue node's gRPC address.
+    /// Queue nodes' gRPC addresses, comma-separated (`host:port`, `http://host:port`): the
+    /// first that answers is used.
     #[arg(
         long,
         short,
@@ -133,7 +134,8 @@ enum ClockCmd {
 }
 
 fn member_json(m: &Member) -> serde_json::Value {
-    serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter})
+    serde_json::json!({"id": m.id, "addr": m.addr, "voter": m.voter,
+                       "replicating": m.replicating, "lag": m.lag})
 }
 
 /// A gRPC status as an error a person can read: its code and message.
@@ -204,14 +206,49 @@ async fn connect(cli: &Cli) -> anyhow::Result<Channel> {
             Some(skein_pki::anonymous_client(&pem))
         }
     };
-    let mut endpoint = Endpoint::from_shared(skein_pki::uri(&cli.server, tls.is_some()))?;
-    if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls)?;
+    let mut failed = Vec::new();
+    for server in cli
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let addr = match (server.split_once("://"), &tls) {
+            (None, _) => server,
+            (Some(("http", a)), None) | (Some(("https", a)), Some(_)) => a,
+            (Some(("https", _)), None) => {
+                anyhow::bail!("{server}: https needs the cluster CA (--ca or SKEIN_CA)")
+            }
+            (Some(("http", _)), Some(_)) => {
+                anyhow::bail!("{server}: with --ca the connection is TLS; drop the http://")
+            }
+            (Some((scheme, _)), _) => anyhow::bail!("{server}: unknown scheme {scheme:?}"),
+        };
+        let mut endpoint = Endpoint::from_shared(skein_pki::uri(addr, tls.is_some()))
+            .with_context(|| format!("{server:?} is not host:port"))?
+            .connect_timeout(std::time::Duration::from_secs(3));
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        match endpoint.connect().await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => failed.push(format!("{addr}: {}", root_cause(&e))),
+        }
     }
-    endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", cli.server))
+    anyhow::bail!(
+        "no queue node answered ({}): is it running, and is that its gRPC port ([node] listen)?",
+        failed.join("; ")
+    )
+}
+
+/// The innermost cause of an error ("Connection refused (os error 111)"), without the layers
+/// that each repeat it.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = e;
+    while let Some(inner) = e.source() {
+        e = inner;
+    }
+    e.to_string()
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -275,10 +312,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                 );
             } else {
-                println!(
-                    "node {} ({}), term {}, leader {} {}",
-                    s.node_id, s.state, s.term, s.leader_id, s.leader_addr
-                );
+                if s.leader_id == 0 && s.members.is_empty() {
+                    println!(
+                        "node {}: not part of a cluster yet (starting, or waiting to be added \
+                         with `skeinctl add-learner`)",
+                        s.node_id
+                    );
+                } else if s.leader_id == 0 {
+                    println!(
+                        "node {} ({}), term {}: no leader yet (electing, or the cluster has lost \
+                         its quorum)",
+                        s.node_id, s.state, s.term
+                    );
+                } else {
+                    println!(
+                        "node {} ({}), term {}, leader {} {}",
+                        s.node_id, s.state, s.term, s.leader_id, s.leader_addr
+                    );
+                }
                 println!(
                     "log {} applied {} messages {}",
                     s.last_log_index, s.last_applied_index, s.message_count
@@ -292,12 +343,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     println!("format {}", s.format);
                 }
+                let leads = s.leader_id == s.node_id && s.leader_id != 0;
                 for m in s.members {
+                    // Replication is the leader's to know.
+                    let health = match (leads, m.replicating, m.lag) {
+                        (false, _, _) => String::new(),
+                        (true, false, _) => "  not replicating (down or unreachable?)".into(),
+                        (true, true, 0) => "  up to date".into(),
+                        (true, true, lag) => format!("  {lag} entries behind"),
+                    };
                     println!(
-                        "  {:>4} {:<24} {}",
+                        "  {:>4} {:<24} {:<8}{health}",
                         m.id,
                         m.addr,
                         if m.voter { "voter" } else { "learner" }
+                    );
+                }
+                if !leads && s.leader_id != 0 {
+                    println!(
+                        "  (members' replication: ask the leader, --server {})",
+                        s.leader_addr
                     );
                 }
             }

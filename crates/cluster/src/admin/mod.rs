@@ -3,6 +3,7 @@
 
 mod check;
 mod convert;
+mod membership;
 mod queue_actions;
 mod shaping;
 mod tenants;
@@ -49,36 +50,54 @@ pub struct AdminService {
     mta: String,
     /// Queues the scheduler holds back (while this node leads).
     held: Arc<crate::scheduler::HeldQueues>,
+    /// Most log entries a learner may be behind to be promoted.
+    promote_max_lag: u64,
 }
 
 impl AdminService {
     /// Serves `ctx`'s node; `manual` is its clock when it runs on a manual one, `mta` the
-    /// name DSNs give, `held` the queues its scheduler holds back.
+    /// name DSNs give, `held` the queues its scheduler holds back, `promote_max_lag` the most
+    /// log entries a learner may be behind to be promoted.
     pub fn new(
         ctx: Arc<Cluster>,
         manual: Option<Arc<skein_core::ManualClock>>,
         mta: String,
         held: Arc<crate::scheduler::HeldQueues>,
+        promote_max_lag: u64,
     ) -> Self {
         Self {
             ctx,
             manual,
             mta,
             held,
+            promote_max_lag,
         }
     }
 
+    /// The members, with each one's replication as the leader sees it (when this node leads).
     fn members(&self) -> Vec<Member> {
         let m = self.ctx.raft.metrics();
         let m = m.borrow();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = |id: u64| -> Option<u64> {
+            if id == self.ctx.id {
+                return m.last_log_index;
+            }
+            m.replication.as_ref()?.get(&id)?.map(|l| l.index)
+        };
         membership
             .nodes()
-            .map(|(id, n)| Member {
-                id: *id,
-                addr: n.addr.clone(),
-                voter: voters.contains(id),
+            .map(|(id, n)| {
+                let matched = matched(*id);
+                Member {
+                    id: *id,
+                    addr: n.addr.clone(),
+                    voter: voters.contains(id),
+                    replicating: matched.is_some(),
+                    lag: matched.map_or(0, |i| last.saturating_sub(i)),
+                }
             })
             .collect()
     }
@@ -227,6 +246,9 @@ impl Admin for AdminService {
         }
         forward_or!(self, req, add_learner, within LEARNER_CATCH_UP, {
             let r = req.into_inner();
+            if !self.members().iter().any(|m| m.id == r.id) {
+                membership::check_new_learner(&self.ctx, r.id, &r.addr).await?;
+            }
             // Blocking: returns once the learner has caught up with the log, or says it
             // has not after a while (the learner stays added, and keeps catching up).
             let (id, addr) = (r.id, r.addr.clone());
@@ -265,6 +287,8 @@ impl Admin for AdminService {
             .into());
         }
         forward_or!(self, req, promote_voter, {
+            membership::check_promotion(&self.ctx, &self.members(), id, self.promote_max_lag)
+                .await?;
             Ok(Response::new(
                 self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
                     .await?,

@@ -229,7 +229,7 @@ impl Cluster {
                 1 << 20,
                 COMMIT_TIMEOUT,
                 reader.clone(),
-                Arc::new(EventLog::open(None).expect("no event log")),
+                Arc::new(EventLog::open(None, false).expect("no event log")),
             );
             let sessions = Arc::new(Sessions::default());
             let (inputs, inputs_rx) = tokio::sync::mpsc::channel(1024);
@@ -246,7 +246,7 @@ impl Cluster {
                 sessions.clone(),
                 inputs_rx,
                 DeliveryConfig::default(),
-                Arc::new(EventLog::open(None).expect("no event log")),
+                Arc::new(EventLog::open(None, false).expect("no event log")),
                 Arc::default(),
                 None,
                 fastrand::Rng::with_seed(id),

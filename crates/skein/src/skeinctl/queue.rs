@@ -159,7 +159,14 @@ pub async fn message(c: &mut Client, a: MessageArgs) -> anyhow::Result<()> {
         .map_err(status)?
         .into_inner();
     println!("{}", serde_json::to_string_pretty(&message_json(&m))?);
-    if data {
+    if data && m.data.is_empty() && m.size > 0 {
+        // A finished message keeps its envelope and history; its content goes at once.
+        eprintln!(
+            "skeinctl: the content of {} ({} bytes) is no longer stored: a message's content \
+             is dropped once every recipient is final; its envelope and history stay",
+            m.id, m.size
+        );
+    } else if data {
         println!("{}", String::from_utf8_lossy(&m.data));
     }
     Ok(())

@@ -51,8 +51,11 @@ fn print_dkim_key(k: &DkimKey, json: bool) {
         );
     } else {
         println!(
-            "{} {}: {} IN TXT \"{}\"",
-            k.tenant, k.algorithm, k.dns_name, k.dns_record
+            "{} {}: {} IN TXT {}",
+            k.tenant,
+            k.algorithm,
+            k.dns_name,
+            skein_dkim::zone_txt(&k.dns_record)
         );
     }
 }

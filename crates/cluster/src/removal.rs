@@ -1,0 +1,94 @@
+//! A node taken out of the cluster notices and stops serving.
+//!
+//! A removed node may never see the membership entry that removes it (the leader stops
+//! replicating to it once it is out), so it would keep running, calling elections nobody
+//! answers. Every few seconds without a leader, a node that once was a member asks the other
+//! members who leads, and asks that leader for its members: if the leader's own membership
+//! does not hold this node, it has been removed. So does a node whose own latest membership no
+//! longer holds it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_proto::admin::admin_client::AdminClient;
+use skein_proto::admin::{ClusterStatusRequest, ClusterStatusResponse};
+use tokio::sync::Notify;
+
+use crate::route::Cluster;
+
+/// How often the check runs.
+const EVERY: Duration = Duration::from_secs(2);
+/// How long one status call may take.
+const ASK_LIMIT: Duration = Duration::from_secs(2);
+
+async fn status(ctx: &Cluster, addr: &str) -> Option<ClusterStatusResponse> {
+    let ch = ctx.channel(addr).ok()?;
+    let mut req = tonic::Request::new(ClusterStatusRequest {});
+    req.set_timeout(ASK_LIMIT);
+    skein_proto::call_within(ASK_LIMIT, AdminClient::new(ch).cluster_status(req))
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Whether this node has been removed, asking the cluster when it has no leader.
+async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
+    let (members, leader) = {
+        let m = ctx.raft.metrics();
+        let m = m.borrow();
+        let members: Vec<(u64, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        (members, m.current_leader)
+    };
+    let listed = members.iter().any(|(id, _)| *id == ctx.id);
+    if listed {
+        *was_member = true;
+    } else {
+        // Never a member (waiting to join), or its own log says it is out.
+        return *was_member;
+    }
+    if leader.is_some() {
+        return false;
+    }
+    for (id, addr) in members.iter().filter(|(id, _)| *id != ctx.id) {
+        let Some(s) = status(ctx, addr).await else {
+            continue;
+        };
+        if s.leader_id == 0 || s.leader_id == ctx.id {
+            continue;
+        }
+        // The leader's own word counts, not a follower's view of it.
+        let leader = if s.leader_id == *id {
+            s
+        } else {
+            match status(ctx, &s.leader_addr).await {
+                Some(l) if l.leader_id == l.node_id => l,
+                _ => continue,
+            }
+        };
+        return !leader.members.iter().any(|m| m.id == ctx.id);
+    }
+    false
+}
+
+/// Runs until this node finds it was removed; then says so and wakes `stop`.
+pub async fn watch(ctx: Arc<Cluster>, stop: Arc<Notify>) {
+    let mut was_member = false;
+    loop {
+        tokio::time::sleep(EVERY).await;
+        if removed(&ctx, &mut was_member).await {
+            tracing::error!(
+                node = ctx.id,
+                "this node was removed from the cluster: it stops serving (its data directory \
+                 is no longer needed; to come back, start it empty with `join = true` and add it \
+                 again)"
+            );
+            stop.notify_one();
+            return;
+        }
+    }
+}
