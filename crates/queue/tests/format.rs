@@ -4,7 +4,9 @@
 //! `fixtures/format-v2.txt` was written the same way by release 2fb3a65 (format 2), from
 //! `fixtures/format_v2_entries.rs`; `fixtures/format-v4.txt` by release d876c97 (format 4:
 //! sending limits), from `fixtures/format_v4_entries.rs`; `fixtures/format-v5.txt` by release
-//! c1572a8 (format 5: pools chosen by message), from `fixtures/format_v5_entries.rs`.
+//! c1572a8 (format 5: pools chosen by message), from `fixtures/format_v5_entries.rs`;
+//! `fixtures/format-v6.txt` by release 635068c (format 6: Admin tokens), from
+//! `fixtures/format_v6_entries.rs`.
 //!
 //! `fixtures/format-v1.txt` was written by release 0.1.0 (the format before submission ids):
 //! one line per log entry covering every command, then a snapshot of the state they build and
@@ -37,9 +39,13 @@ const FIXTURE_V4: &str = include_str!("fixtures/format-v4.txt");
 /// Written by release c1572a8 (format 5) from [`entries_v5`].
 const FIXTURE_V5: &str = include_str!("fixtures/format-v5.txt");
 
+/// Written by release 635068c (format 6) from [`entries_v6`].
+const FIXTURE_V6: &str = include_str!("fixtures/format-v6.txt");
+
 include!("fixtures/format_v2_entries.rs");
 include!("fixtures/format_v4_entries.rs");
 include!("fixtures/format_v5_entries.rs");
+include!("fixtures/format_v6_entries.rs");
 
 fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
     Entry {
@@ -393,4 +399,20 @@ async fn v5_entries_and_snapshot_from_release_c1572a8_apply_to_the_same_state() 
         return;
     }
     check(FIXTURE_V5, entries_v5(), 42, "release c1572a8").await;
+}
+
+/// Entries and a snapshot written by release 635068c (format 6: Admin tokens created, one
+/// refused for a taken name, one revoked) decode and apply to the same state here.
+#[tokio::test]
+async fn v6_entries_and_snapshot_from_release_635068c_apply_to_the_same_state() {
+    if let Ok(path) = std::env::var("SKEIN_WRITE_FORMAT_FIXTURE_V6") {
+        write_fixture(
+            &path,
+            "v6, written by release 635068c (format 6)",
+            entries_v6(),
+        )
+        .await;
+        return;
+    }
+    check(FIXTURE_V6, entries_v6(), 47, "release 635068c").await;
 }
