@@ -176,6 +176,7 @@ async fn list_ids(addr: &str, local: bool) -> anyhow::Result<Vec<String>> {
                 after: after.clone(),
                 limit: 1000,
                 local,
+                ..Default::default()
             })
             .await?
             .into_inner();

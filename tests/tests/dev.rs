@@ -645,3 +645,65 @@ async fn a_finished_message_says_its_content_is_gone() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `skeinctl messages` shows each message's recipients by state and filters by state,
+/// recipient, tenant and age, paging past a page as asked; `skeinctl senders` shows the
+/// connected sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_list_by_state_and_filter() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.186";
+    let rig = DevWithSink::start(dir.path(), ip, "127.0.0.187", "", "", &[]).await?;
+    let ok = submit_relayed(ip, rig.smtp, "ok@example.net")?;
+    let bounced = submit_relayed(ip, rig.smtp, "reject-x@example.net")?;
+    let deferred = submit_relayed(ip, rig.smtp, "defer-99-x@example.net")?;
+    wait_final(&rig.grpc, &ok, Duration::from_secs(30)).await?;
+    wait_final(&rig.grpc, &bounced, Duration::from_secs(30)).await?;
+    wait_for("the deferral", Duration::from_secs(30), || async {
+        let m = message_status(&rig.grpc, &deferred).await.ok()?;
+        (m.recipients.first()?.state == "deferred").then_some(())
+    })
+    .await?;
+    let list = |args: &[&str]| -> anyhow::Result<(Vec<String>, String)> {
+        let (ok, out, err) = skeinctl(&rig.grpc, &[&["messages"][..], args].concat())?;
+        anyhow::ensure!(ok, "{err}");
+        Ok((out.lines().map(str::to_string).collect(), err))
+    };
+    let ids = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    };
+    let (lines, _) = list(&["--state", "bounced"])?;
+    assert_eq!(ids(&lines), [bounced], "{lines:?}");
+    assert!(lines[0].contains("bounced 1"), "{lines:?}");
+    let (lines, _) = list(&["--state", "pending"])?;
+    assert_eq!(ids(&lines), [deferred], "{lines:?}");
+    assert!(lines[0].contains("deferred 1"), "{lines:?}");
+    let (lines, _) = list(&["--rcpt", "OK@example.net"])?;
+    assert_eq!(ids(&lines), [ok], "case-insensitive: {lines:?}");
+    assert!(lines[0].contains("delivered 1"), "{lines:?}");
+    let (lines, _) = list(&["--older-than", "1h"])?;
+    assert!(lines.is_empty(), "{lines:?}");
+    let (lines, _) = list(&["--tenant", "nobody"])?;
+    assert!(lines.is_empty(), "{lines:?}");
+    // One at a time: the next page is named.
+    let (lines, err) = list(&["--limit", "1"])?;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        err.contains(&format!("--after {}", ids(&lines)[0])),
+        "{err}"
+    );
+    // A state that is none is refused, naming the ones there are.
+    let (okay, _, err) = skeinctl(&rig.grpc, &["messages", "--state", "lost"])?;
+    assert!(!okay && err.contains("one of queued"), "{err}");
+    // The sender working for the cluster, with its source IP (published once a second).
+    let senders = wait_for("the sender listed", Duration::from_secs(10), || async {
+        let (ok, out, _) = skeinctl(&rig.grpc, &["senders"]).ok()?;
+        (ok && out.contains("dev-sender")).then_some(out)
+    })
+    .await?;
+    assert!(senders.contains("127.0.0.1"), "{senders}");
+    Ok(())
+}

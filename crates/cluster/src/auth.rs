@@ -67,6 +67,7 @@ const ADMIN_READS: &[&str] = &[
     "ListProviders",
     "ListSuspensions",
     "ListTokens",
+    "ListSenders",
 ];
 
 /// What the call to gRPC path `path` (`/package.Service/Method`) needs.

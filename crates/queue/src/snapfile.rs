@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use openraft::LogId;
+
+use crate::NodeId;
+
 /// Largest key or value a snapshot may hold (a body is at most 64 MiB); a larger length is a
 /// corrupt file, refused before anything is allocated for it.
 pub(crate) const MAX_RECORD: u64 = 256 * 1024 * 1024;
@@ -30,8 +34,12 @@ pub(crate) struct SnapshotFiles {
     /// Files handed to openraft to receive a snapshot into, by inode: installing one gets its
     /// path back from the open file alone.
     incoming: Mutex<HashMap<u64, PathBuf>>,
-    /// Orders every change of which snapshot is current.
-    lock: Mutex<()>,
+    /// Orders every change of which snapshot is current, and holds a log purge waiting for
+    /// the snapshot that covers it (see [`crate::LogStore`]'s purge).
+    lock: Mutex<Option<LogId<NodeId>>>,
+    /// Snapshots being received and not yet recorded (a receive openraft abandons keeps its
+    /// count: purges then wait for the next snapshot that covers them, which is safe).
+    installs: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -52,12 +60,14 @@ impl SnapshotFiles {
         Ok(Self {
             dir: dir.to_path_buf(),
             incoming: Mutex::new(HashMap::new()),
-            lock: Mutex::new(()),
+            lock: Mutex::new(None),
+            installs: AtomicU64::new(0),
         })
     }
 
-    /// Holds the current snapshot still while the caller changes it.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+    /// Holds the current snapshot still while the caller changes it; the guard holds the
+    /// purge waiting for a snapshot.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Option<LogId<NodeId>>> {
         lock(&self.lock)
     }
 
@@ -87,7 +97,20 @@ impl SnapshotFiles {
     pub(crate) fn receive(&self) -> std::io::Result<File> {
         let (path, f) = self.create()?;
         lock(&self.incoming).insert(f.metadata()?.ino(), path);
+        self.installs.fetch_add(1, Ordering::Relaxed);
         Ok(f)
+    }
+
+    /// Whether a snapshot is being received or installed and not yet recorded.
+    pub(crate) fn installing(&self) -> bool {
+        self.installs.load(Ordering::Relaxed) > 0
+    }
+
+    /// A received snapshot is recorded (or its install failed).
+    pub(crate) fn installed(&self) {
+        let _ = self
+            .installs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// The path of `f` when it came from [`SnapshotFiles::receive`].

@@ -168,7 +168,10 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         rebuild_queue_index(&db)?;
     }
     Ok((
-        LogStore { db: db.clone() },
+        LogStore {
+            db: db.clone(),
+            files: files.clone(),
+        },
         StateMachine {
             db: db.clone(),
             files,
@@ -248,6 +251,31 @@ fn rebuild_queue_index(db: &DB) -> Result<(), QueueError> {
     b.put_cf(cf(db, CF_SM), K_QUEUE_INDEX, []);
     db.write_opt(b, &synced())?;
     Ok(())
+}
+
+/// Adds to `b` the purge of the log up to `log_id`.
+fn purge_into(db: &DB, b: &mut WriteBatch, log_id: LogId<NodeId>) {
+    b.put_cf(cf(db, CF_RAFT), K_PURGED, enc(&Some(log_id)));
+    b.delete_range_cf(
+        cf(db, CF_LOG),
+        0u64.to_be_bytes(),
+        (log_id.index + 1).to_be_bytes(),
+    );
+}
+
+/// Adds to `b` the purge waiting in `waiting` if the snapshot `covers` it (and forgets it).
+fn purge_covered(
+    db: &DB,
+    b: &mut WriteBatch,
+    waiting: &mut Option<LogId<NodeId>>,
+    covers: Option<LogId<NodeId>>,
+) {
+    if let (Some(w), Some(s)) = (*waiting, covers) {
+        if s.index >= w.index {
+            purge_into(db, b, w);
+            *waiting = None;
+        }
+    }
 }
 
 /// The current snapshot, if there is one.
@@ -384,9 +412,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The Raft log, in the `log` and `raft` column families.
+///
+/// While a snapshot is being received and installed, a purge its recorded snapshot does not
+/// cover yet waits. openraft purges the log up to a snapshot it is installing before the state
+/// machine has recorded that snapshot; written at once, a crash in between left the log purged
+/// past the recorded snapshot and the node could not start again. Such a purge waits (in
+/// memory) and is written in the same batch that records the snapshot; lost in a crash, it is
+/// simply not done, and the log stays whole.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    files: Arc<SnapshotFiles>,
 }
 
 impl LogStore {
@@ -525,14 +561,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         let db = self.db.clone();
+        let files = self.files.clone();
         blocking(move || {
+            let mut waiting = files.lock();
+            let covered = current_snapshot(&db)?
+                .and_then(|r| r.meta.last_log_id)
+                .is_some_and(|s| s.index >= log_id.index);
+            if !covered && files.installing() {
+                *waiting = Some(waiting.map_or(log_id, |w| w.max(log_id)));
+                return Ok(());
+            }
             let mut b = WriteBatch::default();
-            b.put_cf(cf(&db, CF_RAFT), K_PURGED, enc(&Some(log_id)));
-            b.delete_range_cf(
-                cf(&db, CF_LOG),
-                0u64.to_be_bytes(),
-                (log_id.index + 1).to_be_bytes(),
-            );
+            purge_into(&db, &mut b, log_id);
             db.write_opt(b, &synced()).map_err(io_write)
         })
         .await
@@ -633,7 +673,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 last_membership: membership,
                 snapshot_id,
             };
-            let _current = files.lock();
+            let mut waiting = files.lock();
             if current_snapshot(&db)?.is_some_and(|c| c.meta.last_log_id >= applied) {
                 // A snapshot installed meanwhile is newer: it stays current, and this one is
                 // handed to openraft from the open file only.
@@ -645,8 +685,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 meta: meta.clone(),
                 file: name.clone(),
             };
-            db.put_cf_opt(cf(&db, CF_SM), K_SNAPSHOT_FILE, enc(&r), &synced())
-                .map_err(io_write)?;
+            let mut b = WriteBatch::default();
+            b.put_cf(cf(&db, CF_SM), K_SNAPSHOT_FILE, enc(&r));
+            purge_covered(&db, &mut b, &mut waiting, applied);
+            db.write_opt(b, &synced()).map_err(io_write)?;
             files.remove_except(Some(&name)).map_err(io_write)?;
             // The handle that wrote it reads it: from the start.
             let data = std::fs::File::open(files.path(&name)).map_err(io_read)?;
@@ -730,7 +772,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let files = self.files.clone();
         let meta = meta.clone();
         blocking(move || {
-            let tmp = match files.received_path(&data).map_err(io_read)? {
+            // However the install ends, a received snapshot is no longer awaited.
+            struct Awaited<'a>(Option<&'a SnapshotFiles>);
+            impl Drop for Awaited<'_> {
+                fn drop(&mut self) {
+                    if let Some(f) = self.0 {
+                        f.installed();
+                    }
+                }
+            }
+            let received = files.received_path(&data).map_err(io_read)?;
+            let _awaited = Awaited(received.is_some().then_some(&*files));
+            let tmp = match received {
                 Some(p) => p,
                 None => {
                     // Not received here (a snapshot handed over in process): copy it in.
@@ -750,10 +803,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 STATE_CFS.len() as u64,
             )
             .map_err(|e| SErr::from(StorageIOError::read_snapshot(Some(meta.signature()), &e)))?;
-            let _current = files.lock();
+            let mut waiting = files.lock();
             let name = files.seal(&tmp).map_err(io_write)?;
-            // First record the snapshot and that it is being installed: a crash from here on
-            // finishes the install at the next open.
+            // First record the snapshot and that it is being installed (and the log purge that
+            // waited for it): a crash from here on finishes the install at the next open.
             let sm = cf(&db, CF_SM);
             let mut b = WriteBatch::default();
             b.put_cf(
@@ -766,6 +819,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             );
             b.put_cf(sm, K_INSTALLING, []);
             b.delete_cf(sm, K_SNAPSHOT);
+            purge_covered(&db, &mut b, &mut waiting, meta.last_log_id);
             db.write_opt(b, &synced()).map_err(io_write)?;
             load_snapshot(&db, &files.path(&name), &meta)?;
             files.remove_except(Some(&name)).map_err(io_write)

@@ -61,3 +61,81 @@ async fn snapshot_log_id_matches_its_data_under_concurrent_applies() {
     applier.await.unwrap();
     assert!(checked > 0);
 }
+
+/// openraft purges the log up to a snapshot it is installing before the state machine has
+/// recorded that snapshot. A follower killed in between could not start again (seen under the
+/// nemesis: "purge_upto 1159 <= snapshot_last_log_id 1079" violated at open). A purge waits
+/// for the snapshot that covers it and is written with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_is_never_recorded_past_the_recorded_snapshot() {
+    use openraft::storage::RaftLogStorage;
+    let at = |i: u64| LogId::new(CommittedLeaderId::new(1, 1), i);
+    // A snapshot at 30, from another store, to install.
+    let src = tempfile::tempdir().unwrap();
+    let (_l, mut sm_src, _r) = skein_queue::open(src.path()).unwrap();
+    sm_src.apply((1..=30).map(enqueue)).await.unwrap();
+    let snap30 = sm_src
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    {
+        use tokio::io::AsyncReadExt as _;
+        let mut f = snap30.snapshot;
+        f.read_to_end(&mut bytes).await.unwrap();
+    }
+    // What openraft does on a follower: receive the snapshot into a file of the store's.
+    async fn receive(sm: &mut skein_queue::StateMachine, bytes: &[u8]) -> Box<tokio::fs::File> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut f = sm.begin_receiving_snapshot().await.unwrap();
+        f.write_all(bytes).await.unwrap();
+        f
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot_and_purge = || async {
+        let (mut log, mut sm, _r) = skein_queue::open(dir.path()).unwrap();
+        let snap = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .map(|s| s.meta.last_log_id);
+        let purged = log.get_log_state().await.unwrap().last_purged_log_id;
+        (snap.flatten().map(|l| l.index), purged.map(|l| l.index))
+    };
+    {
+        let (mut log, mut sm, _r) = skein_queue::open(dir.path()).unwrap();
+        sm.apply((1..=10).map(enqueue)).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // Snapshot 30 arrives; openraft purges up to it before the state machine has
+        // recorded it; then the node dies.
+        let _received = receive(&mut sm, &bytes).await;
+        log.purge(at(15)).await.unwrap();
+    }
+    let (snap, purged) = snapshot_and_purge().await;
+    assert_eq!(snap, Some(10));
+    assert!(
+        purged.is_none_or(|p| p <= 10),
+        "purged to {purged:?} past the recorded snapshot {snap:?}"
+    );
+    {
+        // This time the install finishes: the purge is recorded with it.
+        let (mut log, mut sm, _r) = skein_queue::open(dir.path()).unwrap();
+        let file = receive(&mut sm, &bytes).await;
+        log.purge(at(15)).await.unwrap();
+        sm.install_snapshot(&snap30.meta, file).await.unwrap();
+    }
+    assert_eq!(snapshot_and_purge().await, (Some(30), Some(15)));
+    {
+        // A purge the current snapshot covers is written at once.
+        let (mut log, _sm, _r) = skein_queue::open(dir.path()).unwrap();
+        log.purge(at(25)).await.unwrap();
+    }
+    assert_eq!(snapshot_and_purge().await, (Some(30), Some(25)));
+}

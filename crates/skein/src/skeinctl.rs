@@ -119,6 +119,8 @@ enum Cmd {
     Retry(queue::Scope),
     /// Bounce queued mail (a DSN to each return path says why).
     Bounce(queue::BounceArgs),
+    /// Senders connected to the leader: source IPs, assignments held and allowed at once.
+    Senders,
     /// Admin tokens: create (prints the secret once), list, revoke.
     #[command(subcommand)]
     Token(tokens::TokenCmd),
@@ -398,6 +400,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bounce(a) => queue::bounce(&mut c, a).await?,
         Cmd::Tenant(cmd) => tenants::tenant(&mut c, cmd).await?,
         Cmd::Token(cmd) => tokens::token(&mut c, cmd, cli.json).await?,
+        Cmd::Senders => {
+            let r = c
+                .list_senders(ListSendersRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if r.senders.is_empty() && !cli.json {
+                println!("no sender connected (mail waits until one is)");
+            }
+            for s in r.senders {
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"name": s.name, "source_ips": s.source_ips,
+                            "max_in_flight": s.max_in_flight, "in_flight": s.in_flight})
+                    );
+                } else {
+                    println!(
+                        "{:<20} {:>5} of {:<5} leases  {}",
+                        s.name,
+                        s.in_flight,
+                        s.max_in_flight,
+                        s.source_ips.join(", ")
+                    );
+                }
+            }
+        }
         Cmd::Suppression(cmd) => tenants::suppression(&mut c, cmd, cli.json).await?,
         Cmd::Dkim(cmd) => tenants::dkim(&mut c, cmd, cli.json).await?,
     }

@@ -4,6 +4,7 @@
 mod check;
 mod convert;
 mod membership;
+mod messages;
 mod queue_actions;
 mod shaping;
 mod tenants;
@@ -325,19 +326,11 @@ impl Admin for AdminService {
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let limit = page_limit(req.get_ref().limit)?;
         let local = req.get_ref().local;
+        let filter = messages::MessageFilter::from_request(req.get_ref())?;
         let read = |after: &str| -> Result<Response<ListMessagesResponse>, Status> {
-            let msgs = self
-                .ctx
-                .reader
-                .list_messages(after, limit)
-                .map_err(ClusterError::from)?;
-            let next_after = if msgs.len() == limit {
-                msgs.last().map(|m| m.id.clone()).unwrap_or_default()
-            } else {
-                String::new()
-            };
+            let (messages, next_after) = messages::list(&self.ctx.reader, after, limit, &filter)?;
             Ok(Response::new(ListMessagesResponse {
-                messages: msgs.into_iter().map(|m| to_proto(m, None)).collect(),
+                messages,
                 next_after,
             }))
         };
@@ -788,6 +781,26 @@ impl Admin for AdminService {
                 .map(|i| shaping::ip_info(i, &st, &backoffs, now))
                 .collect();
             Ok(Response::new(ListIpsResponse { ips }))
+        })
+    }
+
+    async fn list_senders(
+        &self,
+        req: Request<ListSendersRequest>,
+    ) -> Result<Response<ListSendersResponse>, Status> {
+        forward_or!(self, req, list_senders, {
+            let senders = self
+                .held
+                .senders()
+                .into_iter()
+                .map(|s| SenderInfo {
+                    name: s.name,
+                    source_ips: s.ips,
+                    max_in_flight: s.max_in_flight,
+                    in_flight: s.in_flight,
+                })
+                .collect();
+            Ok(Response::new(ListSendersResponse { senders }))
         })
     }
 

@@ -60,13 +60,28 @@ pub struct Backoff {
     pub until_ms: i64,
 }
 
-/// What the scheduler holds back (queues, and (IP, provider) pairs backing off), as it last
-/// published it (once a second at most), for the Admin API. Empty on a node that does not
-/// lead.
+/// A connected sender as the scheduler counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderView {
+    /// Its name.
+    pub name: String,
+    /// The source IPs it announced.
+    pub ips: Vec<String>,
+    /// Assignments it works on at once.
+    pub max_in_flight: u32,
+    /// Leases it holds now.
+    pub in_flight: u32,
+}
+
+/// What the scheduler holds back (queues, and (IP, provider) pairs backing off) and the senders
+/// it works with, as it last published them (once a second at most), for the Admin API. Empty
+/// on a node that does not lead.
 #[derive(Debug, Default)]
 pub struct HeldQueues {
-    inner: std::sync::Mutex<(Vec<HeldQueue>, Vec<Backoff>)>,
+    inner: std::sync::Mutex<Published>,
 }
+
+type Published = (Vec<HeldQueue>, Vec<Backoff>, Vec<SenderView>);
 
 impl HeldQueues {
     /// The queues held back now.
@@ -87,8 +102,17 @@ impl HeldQueues {
             .clone()
     }
 
-    fn set(&self, queues: Vec<HeldQueue>, backoffs: Vec<Backoff>) {
-        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = (queues, backoffs);
+    /// The connected senders.
+    pub fn senders(&self) -> Vec<SenderView> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .2
+            .clone()
+    }
+
+    fn set(&self, published: Published) {
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = published;
     }
 }
 
@@ -137,7 +161,7 @@ pub async fn run(
                 tracing::info!("no longer leader: closing sender sessions");
                 sessions.disconnect_all();
                 planner.reset();
-                held.set(Vec::new(), Vec::new());
+                held.set(Default::default());
             }
             leading = false;
             // A session opened just as this node became leader (before the watch says so) is
@@ -217,10 +241,11 @@ pub async fn run(
             look_up_mx(&cluster, resolver.clone(), domain, mx_tx.clone());
         }
         if published.elapsed() >= Duration::from_secs(1) {
-            held.set(
+            held.set((
                 planner.held_queues(),
                 planner.backoffs(cluster.clock.now_ms()),
-            );
+                planner.sender_views(),
+            ));
             published = std::time::Instant::now();
         }
         match result {

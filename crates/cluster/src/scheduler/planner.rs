@@ -341,6 +341,22 @@ impl Planner {
         out
     }
 
+    /// The connected senders, by name.
+    pub fn sender_views(&self) -> Vec<super::SenderView> {
+        let mut out: Vec<_> = self
+            .sessions
+            .values()
+            .map(|s| super::SenderView {
+                name: s.name.clone(),
+                ips: s.ips.iter().map(|(ip, _)| ip.clone()).collect(),
+                max_in_flight: s.max_in_flight as u32,
+                in_flight: s.in_flight.len() as u32,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// The (IP, provider) pairs backing off at `now_ms`.
     pub fn backoffs(&self, now_ms: i64) -> Vec<super::Backoff> {
         let mut out: Vec<_> = self

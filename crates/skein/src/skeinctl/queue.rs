@@ -10,13 +10,44 @@ use super::Client;
 /// `skeinctl messages`: one page of stored messages.
 #[derive(clap::Args)]
 pub struct MessagesArgs {
+    /// Start after this message id (a previous listing's last).
     #[arg(long, default_value = "")]
     pub after: String,
+    /// How many to show; past 1000 the pages are fetched one after another.
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
     /// Read this node's own state (not forwarded to the leader).
     #[arg(long)]
     pub local: bool,
+    /// Only messages with a recipient in this state (queued, leased, deferred, delivered,
+    /// bounced, expired, suppressed), or pending / done.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only this tenant's messages ("" for mail relayed by IP address).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only messages to this address.
+    #[arg(long = "rcpt")]
+    pub recipient: Option<String>,
+    /// Only messages received at least this long ago ("1h", "2d").
+    #[arg(long)]
+    pub older_than: Option<skein_core::HumanDuration>,
+    /// Only messages received at most this long ago.
+    #[arg(long)]
+    pub newer_than: Option<skein_core::HumanDuration>,
+}
+
+/// "delivered 2, deferred 1": how many recipients are in each state, in the order they occur.
+fn state_counts(m: &Message) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for r in &m.recipients {
+        match counts.iter_mut().find(|(s, _)| *s == r.state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&r.state, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    parts.join(", ")
 }
 
 /// `skeinctl queues`: one page of queues, or sums.
@@ -109,29 +140,57 @@ fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
 /// Runs `messages`.
 pub async fn messages(c: &mut Client, a: MessagesArgs, json: bool) -> anyhow::Result<()> {
     let MessagesArgs {
-        after,
+        mut after,
         limit,
         local,
+        state,
+        tenant,
+        recipient,
+        older_than,
+        newer_than,
     } = a;
-    let r = c
-        .list_messages(ListMessagesRequest {
-            after,
-            limit,
-            local,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let ago = |d: Option<skein_core::HumanDuration>| d.map_or(0, |d| now - d.0.as_millis() as i64);
+    let mut left = limit.max(1) as usize;
+    let mut shown = Vec::new();
+    loop {
+        let r = c
+            .list_messages(ListMessagesRequest {
+                after: after.clone(),
+                limit: left.min(1000) as u32,
+                local,
+                state: state.clone().unwrap_or_default(),
+                tenant: tenant.clone(),
+                recipient: recipient.clone().unwrap_or_default(),
+                received_after_ms: ago(newer_than),
+                received_before_ms: ago(older_than),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        left = left.saturating_sub(r.messages.len());
+        shown.extend(r.messages);
+        if left == 0 || r.next_after.is_empty() {
+            if !r.next_after.is_empty() {
+                eprintln!("(more: --after {})", r.next_after);
+            }
+            break;
+        }
+        after = r.next_after;
+    }
+    let r = ListMessagesResponse {
+        messages: shown,
+        next_after: String::new(),
+    };
     for m in &r.messages {
         if json {
             println!("{}", message_json(m));
         } else {
-            let state = match m.remaining {
-                0 => "done".to_string(),
-                n => format!("{n} pending"),
-            };
+            let state = state_counts(m);
             println!(
-                "{} {:>8} {:<10} <{}> -> {}",
+                "{} {:>8} {:<20} <{}> -> {}",
                 m.id,
                 m.size,
                 state,
@@ -139,9 +198,6 @@ pub async fn messages(c: &mut Client, a: MessagesArgs, json: bool) -> anyhow::Re
                 m.rcpt_to.join(", ")
             );
         }
-    }
-    if !r.next_after.is_empty() && !json {
-        println!("(more: --after {})", r.next_after);
     }
     Ok(())
 }
