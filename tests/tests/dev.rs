@@ -707,3 +707,18 @@ async fn messages_list_by_state_and_filter() -> anyhow::Result<()> {
     assert!(senders.contains("127.0.0.1"), "{senders}");
     Ok(())
 }
+
+/// An edge whose queue nodes do not answer says so in its log, naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_says_when_no_queue_node_answers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dead = format!("127.0.0.189:{}", free_port("127.0.0.189"));
+    let edge = Edge::start(dir.path(), "127.0.0.188", std::slice::from_ref(&dead), "").await?;
+    wait_for("the warning", Duration::from_secs(20), || async {
+        let log = edge.proc.log_text();
+        (log.contains("no queue node answers") && log.contains(&dead)).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&edge.proc.log_text(), 10)))?;
+    Ok(())
+}

@@ -109,10 +109,29 @@ impl Edge {
     }
 
     /// Keeps the credential cache fresh until the task is dropped.
+    /// Says so (once, until it changes) when no queue node answers: mail is then refused
+    /// with a temporary error, and an operator should know why from the edge's own log.
     pub async fn refresh_credentials(self: Arc<Self>) {
+        let mut reachable: Option<bool> = None;
         loop {
-            if let Err(e) = self.credentials.refresh().await {
-                tracing::debug!(%e, "credentials refresh");
+            match self.credentials.refresh().await {
+                Ok(()) => {
+                    if reachable == Some(false) {
+                        tracing::info!("a queue node answers again");
+                    }
+                    reachable = Some(true);
+                }
+                Err(e) => {
+                    if reachable != Some(false) {
+                        tracing::warn!(
+                            nodes = %self.cfg.queue.join(", "),
+                            error = %e.message(),
+                            "no queue node answers: mail is refused with 451 until one does \
+                             (check [edge] queue, the nodes, and [cluster_tls])"
+                        );
+                    }
+                    reachable = Some(false);
+                }
             }
             tokio::time::sleep(self.cfg.credentials_refresh.0).await;
         }
