@@ -247,6 +247,31 @@ async fn membership_mistakes_are_refused_and_a_removed_node_stops() -> anyhow::R
     let st = status(&c.addrs[leader]).await?;
     assert_eq!(st.members.len(), 3, "nothing changed: {:?}", st.members);
 
+    // Every member knows its cluster's id; node 6's is another. A Raft call from node 6's
+    // cluster is refused before anything is read from it.
+    let ours = st.cluster_id.clone();
+    assert_eq!(ours.len(), 32, "{st:?}");
+    for a in &c.addrs {
+        assert_eq!(status(a).await?.cluster_id, ours);
+    }
+    let theirs = status(&addr6).await?.cluster_id;
+    assert!(!theirs.is_empty() && theirs != ours);
+    let mut raft = skein_proto::raft::raft_client::RaftClient::connect(format!(
+        "http://{}",
+        c.addrs[follower]
+    ))
+    .await?;
+    let mut vote = tonic::Request::new(skein_proto::raft::RaftPayload {
+        data: vec![1, 2, 3],
+    });
+    vote.metadata_mut()
+        .insert("x-skein-cluster", theirs.parse()?);
+    let s = raft.vote(vote).await.unwrap_err();
+    refused(
+        s,
+        &format!("this node belongs to cluster {ours}, the caller to cluster {theirs}"),
+    );
+
     // Node 4 properly; then it goes down, and is not promoted while down.
     a.add_learner(AddLearnerRequest {
         id: 4,
@@ -268,6 +293,11 @@ async fn membership_mistakes_are_refused_and_a_removed_node_stops() -> anyhow::R
     .await?
     .into_inner();
     assert!(r.members.iter().any(|m| m.id == 4 && m.voter), "{r:?}");
+    assert_eq!(
+        status(&addr4).await?.cluster_id,
+        ours,
+        "the joiner learned the id"
+    );
     // The leader reports each member's replication.
     let st = status(&c.addrs[leader]).await?;
     assert!(st.members.iter().all(|m| m.replicating), "{:?}", st.members);

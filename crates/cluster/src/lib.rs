@@ -16,7 +16,8 @@
 //!   retries) and the driver that proposes its rounds and sends assignments; [`events`]
 //!   writes the JSON delivery events.
 //! - [`propose`]: every Raft proposal, with a deadline (openraft does not always answer).
-//! - [`removal`]: a node removed from the cluster notices and stops serving.
+//! - [`removal`]: a node removed from the cluster notices and stops serving; [`identity`]:
+//!   the cluster id every Raft call carries, so a node never mixes into another cluster.
 //! - [`error`]: [`ClusterError`] and the one table mapping it to gRPC statuses.
 //! - [`incoming`]: the gRPC port's accepted connections, limited in number, accept errors
 //!   backed off; [`auth`]: who may call what (certificate roles, Admin tokens).
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod identity;
 pub mod incoming;
 pub mod ingest;
 pub mod network;

@@ -37,14 +37,27 @@ pub const MAX_RAFT_MESSAGE: usize = 256 * 1024 * 1024;
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
     tls: Option<ClientTlsConfig>,
+    identity: Option<Arc<crate::identity::ClusterIdentity>>,
 }
 
 impl Channels {
-    /// Channels over mutual TLS with `tls` (this node's certificate), or plaintext without.
-    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+    /// Channels over mutual TLS with `tls` (this node's certificate), or plaintext without;
+    /// Raft calls carry `identity`'s cluster id.
+    pub fn new(
+        tls: Option<ClientTlsConfig>,
+        identity: Option<Arc<crate::identity::ClusterIdentity>>,
+    ) -> Self {
         Self {
             inner: Arc::default(),
             tls,
+            identity,
+        }
+    }
+
+    /// Adds this node's cluster id to a Raft call.
+    fn stamp<T>(&self, req: &mut Request<T>) {
+        if let Some(id) = &self.identity {
+            id.stamp(req);
         }
     }
 
@@ -170,6 +183,7 @@ impl Connection {
         let mut client = self.client().map_err(|e| unreachable(&e))?;
         let mut request = Request::new(RaftPayload { data });
         request.set_timeout(limit);
+        self.channels.stamp(&mut request);
         // Bounded here too, not only by openraft's own timers: the transport never waits on
         // a peer that does not answer longer than openraft allowed.
         let reply = skein_proto::call_within(limit, async {
@@ -273,7 +287,8 @@ impl Connection {
                 Ok(c) => raft_client(c),
                 Err(err) => return Some(Err(unreachable(&err))),
             };
-            self.uploads.insert(e.log_id, start_upload(client, data));
+            self.uploads
+                .insert(e.log_id, start_upload(client, data, &self.channels));
             parts.push(Part::Staged(e.log_id));
         }
         // Wait for the uploads for half of what openraft allows this call, keeping the other
@@ -354,12 +369,17 @@ const STAGED_MISSING: &str = "staged entries not held";
 
 /// Uploads one encoded entry in the background, with a deadline sized to it: it goes on when
 /// the AppendEntries that started it times out.
-fn start_upload(mut client: RaftClient<Channel>, data: Vec<u8>) -> watch::Receiver<Upload> {
+fn start_upload(
+    mut client: RaftClient<Channel>,
+    data: Vec<u8>,
+    channels: &Channels,
+) -> watch::Receiver<Upload> {
     let (tx, rx) = watch::channel(Upload::Running);
+    let limit = upload_deadline(data.len());
+    let mut request = Request::new(RaftPayload { data });
+    request.set_timeout(limit);
+    channels.stamp(&mut request);
     tokio::spawn(async move {
-        let limit = upload_deadline(data.len());
-        let mut request = Request::new(RaftPayload { data });
-        request.set_timeout(limit);
         let r = skein_proto::call_within(limit, client.stage_entry(request)).await;
         let state = match r {
             Ok(_) => Upload::Done,
@@ -413,15 +433,21 @@ pub struct RaftService {
     raft: Raft<TypeConfig>,
     staged: Arc<Mutex<Staged>>,
     clock: SharedClock,
+    identity: Option<Arc<crate::identity::ClusterIdentity>>,
 }
 
 impl RaftService {
-    /// Serves `raft`.
-    pub fn new(raft: Raft<TypeConfig>, clock: SharedClock) -> Self {
+    /// Serves `raft`, to callers of `identity`'s cluster (when given).
+    pub fn new(
+        raft: Raft<TypeConfig>,
+        clock: SharedClock,
+        identity: Option<Arc<crate::identity::ClusterIdentity>>,
+    ) -> Self {
         Self {
             raft,
             staged: Arc::new(Mutex::new(Staged::new(STAGED_BUDGET, STAGED_TTL))),
             clock,
+            identity,
         }
     }
 
@@ -441,9 +467,20 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
         .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
 }
 
+impl RaftService {
+    /// Refuses a call from another cluster (see [`crate::identity`]).
+    fn admit<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        match &self.identity {
+            Some(id) => id.check(req.metadata()),
+            None => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let r: VoteRequest<NodeId> = decode(req.get_ref())?;
         encode(&self.raft.vote(r).await)
     }
@@ -452,6 +489,7 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let r: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.append_entries(r).await)
     }
@@ -460,6 +498,7 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let r: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(r).await)
     }
@@ -468,6 +507,7 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let size = req.get_ref().data.len();
         let entry: Entry<TypeConfig> = decode(req.get_ref())?;
         let now = self.clock.now_ms();
@@ -481,6 +521,7 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        self.admit(&req)?;
         let r: StagedAppend = decode(req.get_ref())?;
         let entries = self.staged().resolve(r.entries).map_err(|missing| {
             let ids: Vec<String> = missing.iter().map(|id| id.to_string()).collect();

@@ -125,7 +125,8 @@ pub async fn start(
         None => clock,
     };
     let (log, sm, reader) = skein_queue::open(&cfg.data_dir)?;
-    let channels = Channels::new(tls.map(|id| id.client()));
+    let identity = Arc::new(crate::identity::ClusterIdentity::load(reader.clone())?);
+    let channels = Channels::new(tls.map(|id| id.client()), Some(identity.clone()));
     let raft = Raft::new(
         cfg.id,
         Arc::new(raft_config(cfg)?),
@@ -222,9 +223,13 @@ pub async fn start(
         .add_service(reflection().build_v1().expect(DESCRIPTORS))
         .add_service(reflection().build_v1alpha().expect(DESCRIPTORS))
         .add_service(
-            RaftServer::new(RaftService::new(raft.clone(), cluster.clock.clone()))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            RaftServer::new(RaftService::new(
+                raft.clone(),
+                cluster.clock.clone(),
+                Some(identity.clone()),
+            ))
+            .max_decoding_message_size(MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE),
         )
         .add_service(
             IngestServer::new(IngestService::new(
@@ -279,7 +284,8 @@ pub async fn start(
                     )
                 })
                 .collect();
-            tracing::info!(?members, "initializing cluster");
+            let id = identity.found()?;
+            tracing::info!(?members, cluster = %id, "initializing cluster");
             match raft.initialize(members).await {
                 // A new cluster: every founder runs this release, so it writes its format.
                 Ok(()) => {

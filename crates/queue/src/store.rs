@@ -85,6 +85,8 @@ const K_CLOCK: &[u8] = b"clock";
 
 const K_VOTE: &[u8] = b"vote";
 const K_PURGED: &[u8] = b"last_purged";
+/// Key of the cluster's id in the `raft` column family (this node's own record).
+const K_CLUSTER_ID: &[u8] = b"cluster_id";
 const K_APPLIED: &[u8] = b"last_applied";
 const K_MEMBERSHIP: &[u8] = b"membership";
 const K_COUNT: &[u8] = b"message_count";
@@ -1030,6 +1032,26 @@ pub struct QueueReader {
 }
 
 impl QueueReader {
+    /// The id of the cluster this node belongs to, as recorded on this node (not replicated:
+    /// each node learns it from its founder, see skein-cluster's `identity`).
+    pub fn cluster_id(&self) -> Result<Option<String>, QueueError> {
+        match self.db.get_cf(cf(&self.db, CF_RAFT), K_CLUSTER_ID)? {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the cluster this node belongs to (synced).
+    pub fn set_cluster_id(&self, id: &str) -> Result<(), QueueError> {
+        self.db.put_cf_opt(
+            cf(&self.db, CF_RAFT),
+            K_CLUSTER_ID,
+            id.as_bytes(),
+            &synced(),
+        )?;
+        Ok(())
+    }
+
     /// Every Admin token, by name.
     pub fn tokens(&self) -> Result<Vec<crate::tokens::TokenRecord>, QueueError> {
         crate::tokens::all(&self.db)

@@ -310,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "term": s.term, "state": s.state, "last_log_index": s.last_log_index,
                         "last_applied_index": s.last_applied_index, "message_count": s.message_count,
                         "format": s.format, "release_format": s.release_format,
+                        "cluster_id": s.cluster_id,
                         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
                     })
                 );
@@ -336,6 +337,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "log {} applied {} messages {}",
                     s.last_log_index, s.last_applied_index, s.message_count
                 );
+                if !s.cluster_id.is_empty() {
+                    println!("cluster {}", s.cluster_id);
+                }
                 if s.format < s.release_format {
                     println!(
                         "format {} (this release writes {}: run `skeinctl finalize-upgrade` \

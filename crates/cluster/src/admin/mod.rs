@@ -221,6 +221,12 @@ impl Admin for AdminService {
             purged_index,
             format: self.ctx.reader.format().map_err(ClusterError::from)?,
             release_format: skein_queue::FORMAT,
+            cluster_id: self
+                .ctx
+                .reader
+                .cluster_id()
+                .map_err(ClusterError::from)?
+                .unwrap_or_default(),
         }))
     }
 
