@@ -3,9 +3,9 @@
 //! A removed node may never see the membership entry that removes it (the leader stops
 //! replicating to it once it is out), so it would keep running, calling elections nobody
 //! answers. Every few seconds without a leader, a node that once was a member asks the other
-//! members who leads, and asks that leader for its members: if the leader's own membership
-//! does not hold this node, it has been removed. So does a node whose own latest membership no
-//! longer holds it.
+//! members who leads, and asks that leader for its members: if the leader has applied the
+//! entry that made this node a member and its own membership no longer holds it, it has been
+//! removed. So has a node whose own latest membership no longer holds it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ async fn status(ctx: &Cluster, addr: &str) -> Option<ClusterStatusResponse> {
 
 /// Whether this node has been removed, asking the cluster when it has no leader.
 async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
-    let (members, leader) = {
+    let (members, leader, since) = {
         let m = ctx.raft.metrics();
         let m = m.borrow();
         let members: Vec<(u64, String)> = m
@@ -42,7 +42,9 @@ async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
             .nodes()
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
-        (members, m.current_leader)
+        // The log entry of the membership that lists this node.
+        let since = m.membership_config.log_id().map_or(0, |l| l.index);
+        (members, m.current_leader, since)
     };
     let listed = members.iter().any(|(id, _)| *id == ctx.id);
     if listed {
@@ -70,6 +72,11 @@ async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
                 _ => continue,
             }
         };
+        // Only a leader that has applied the entry that made this node a member can say a later
+        // one took it out (an old leader cut off since then never saw it added).
+        if leader.last_applied_index < since {
+            continue;
+        }
         return !leader.members.iter().any(|m| m.id == ctx.id);
     }
     false
