@@ -40,7 +40,7 @@ TOML
   "$BIN" dev --config "$dir/dev.toml" >"$dir/dev.log" 2>&1 & local dev=$!
   wait_port 127.0.0.1:2525; wait_port 127.0.0.1:7070; sleep 1
   if [ "$2" = 1 ]; then
-    until "$CTL" status 2>/dev/null | grep -q "^format 4"; do sleep 0.2; done
+    until "$CTL" status 2>/dev/null | grep -Eq "^format ([4-9]|[1-9][0-9])"; do sleep 0.2; done
     for i in $(seq 20); do
       "$CTL" ip add "127.0.1.$i" --hostname "o$i.bench.test" --warm >/dev/null
     done
