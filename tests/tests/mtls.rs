@@ -443,3 +443,54 @@ async fn skeinctl_with_and_without_a_token() -> anyhow::Result<()> {
     assert!(!ok);
     Ok(())
 }
+
+/// `skein dev` with `[cluster_tls]` and one certificate naming node, edge and sender (and the
+/// sender's source IP): its roles speak mutual TLS among themselves in one process, mail is
+/// delivered, and the gRPC port takes TLS only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_every_role_over_mutual_tls() -> anyhow::Result<()> {
+    let pki = tempfile::tempdir()?;
+    let d = pki.path().to_str().unwrap();
+    certs(&["init", "--dir", d])?;
+    certs(&[
+        "issue",
+        "--dir",
+        d,
+        "--name",
+        "dev",
+        "--role",
+        "node",
+        "--role",
+        "edge",
+        "--role",
+        "sender",
+        "--ip",
+        "127.0.0.1",
+    ])?;
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.157";
+    let rig = DevWithSink::start(
+        dir.path(),
+        ip,
+        "127.0.0.158",
+        "",
+        &tls_section(pki.path(), "dev"),
+        &[],
+    )
+    .await?;
+    submit_relayed(ip, rig.smtp, "dev-tls@example.net")?;
+    wait_for("delivery", Duration::from_secs(30), || async {
+        (!rig.sink.messages_for("dev-tls@example.net").is_empty()).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", tail(&rig.dev.log_text(), 20)))?;
+    let (ok, _, _) = skeinctl(&rig.grpc, &["status"])?;
+    assert!(!ok, "plaintext is not served");
+    let ca = pki.path().join("ca.pem");
+    let (ok, _, err) = skeinctl(&rig.grpc, &["--ca", ca.to_str().unwrap(), "status"])?;
+    assert!(
+        !ok && err.contains("operator certificate or an Admin token"),
+        "{err}"
+    );
+    Ok(())
+}
