@@ -705,6 +705,17 @@ async fn messages_list_by_state_and_filter() -> anyhow::Result<()> {
     })
     .await?;
     assert!(senders.contains("127.0.0.1"), "{senders}");
+    // The hard bounce put its address on the suppression list: when and why are shown.
+    let (ok, out, err) = skeinctl(&rig.grpc, &["suppression", "list", "--tenant", ""])?;
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("reject-x@example.net"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(" since 20") && line.contains("5.1.1"),
+        "{out}"
+    );
     Ok(())
 }
 

@@ -189,7 +189,12 @@ pub async fn suppression(c: &mut Client, cmd: SuppressionCmd, json: bool) -> any
                             "reason": s.reason, "at_ms": s.at_ms})
                     );
                 } else {
-                    println!("{} {}", s.address, s.reason);
+                    println!(
+                        "{:<40} since {}  {}",
+                        s.address,
+                        super::shaping::ms_utc(s.at_ms),
+                        s.reason
+                    );
                 }
             }
             if !r.next_after.is_empty() && !json {
