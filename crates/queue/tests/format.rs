@@ -54,6 +54,18 @@ fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
     }
 }
 
+/// A scheduler entry of `ops` at `now_ms` (the fixtures' MTA name).
+fn deliver(index: u64, now_ms: i64, ops: Vec<DeliveryOp>) -> Entry<TypeConfig> {
+    cmd(
+        index,
+        Request::Deliver {
+            now_ms,
+            mta: "relay.example".into(),
+            ops,
+        },
+    )
+}
+
 fn cmd(index: u64, r: Request) -> Entry<TypeConfig> {
     at(index, EntryPayload::Normal(r))
 }
