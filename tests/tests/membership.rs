@@ -214,6 +214,8 @@ async fn membership_mistakes_are_refused_and_a_removed_node_stops() -> anyhow::R
         &format!("id = 4\nlisten = \"{addr4}\"\njoin = true"),
     )?;
     wait_listening(addr4.parse()?, Duration::from_secs(20)).await?;
+    let (_, out, _) = skeinctl(&addr4, &["status"])?;
+    assert!(out.contains("node 4: not part of a cluster yet"), "{out}");
     let s = a
         .add_learner(AddLearnerRequest {
             id: 5,

@@ -10,8 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use skein_proto::admin::admin_client::AdminClient;
-use skein_proto::admin::{ClusterStatusRequest, ClusterStatusResponse};
 use tokio::sync::Notify;
 
 use crate::route::Cluster;
@@ -20,16 +18,6 @@ use crate::route::Cluster;
 const EVERY: Duration = Duration::from_secs(2);
 /// How long one status call may take.
 const ASK_LIMIT: Duration = Duration::from_secs(2);
-
-async fn status(ctx: &Cluster, addr: &str) -> Option<ClusterStatusResponse> {
-    let ch = ctx.channel(addr).ok()?;
-    let mut req = tonic::Request::new(ClusterStatusRequest {});
-    req.set_timeout(ASK_LIMIT);
-    skein_proto::call_within(ASK_LIMIT, AdminClient::new(ch).cluster_status(req))
-        .await
-        .ok()
-        .map(|r| r.into_inner())
-}
 
 /// Whether this node has been removed, asking the cluster when it has no leader.
 async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
@@ -57,7 +45,7 @@ async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
         return false;
     }
     for (id, addr) in members.iter().filter(|(id, _)| *id != ctx.id) {
-        let Some(s) = status(ctx, addr).await else {
+        let Some(s) = ctx.node_status(addr, ASK_LIMIT).await.ok() else {
             continue;
         };
         if s.leader_id == 0 || s.leader_id == ctx.id {
@@ -67,7 +55,7 @@ async fn removed(ctx: &Cluster, was_member: &mut bool) -> bool {
         let leader = if s.leader_id == *id {
             s
         } else {
-            match status(ctx, &s.leader_addr).await {
+            match ctx.node_status(&s.leader_addr, ASK_LIMIT).await.ok() {
                 Some(l) if l.leader_id == l.node_id => l,
                 _ => continue,
             }

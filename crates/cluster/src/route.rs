@@ -100,6 +100,23 @@ impl Cluster {
         })
     }
 
+    /// The status of the node at `addr` (its Admin ClusterStatus), or why it did not answer
+    /// within `limit`.
+    pub async fn node_status(
+        &self,
+        addr: &str,
+        limit: Duration,
+    ) -> Result<skein_proto::admin::ClusterStatusResponse, String> {
+        use skein_proto::admin::admin_client::AdminClient;
+        let ch = self.channel(addr).map_err(|e| e.to_string())?;
+        let mut req = tonic::Request::new(skein_proto::admin::ClusterStatusRequest {});
+        req.set_timeout(limit);
+        skein_proto::call_within(limit, AdminClient::new(ch).cluster_status(req))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    }
+
     /// Proposes `cmd` (leader only) and waits for it to apply, at most `commit_timeout`.
     pub async fn propose(
         &self,

@@ -4,25 +4,13 @@
 
 use std::time::Duration;
 
-use skein_proto::admin::admin_client::AdminClient;
-use skein_proto::admin::{ClusterStatusRequest, ClusterStatusResponse, Member};
+use skein_proto::admin::Member;
 use tonic::Status;
 
 use crate::route::Cluster;
 
 /// How long a node being added or promoted may take to answer.
 const PROBE_LIMIT: Duration = Duration::from_secs(3);
-
-/// The status of the node at `addr`, or why it does not answer.
-async fn probe(ctx: &Cluster, addr: &str) -> Result<ClusterStatusResponse, String> {
-    let ch = ctx.channel(addr).map_err(|e| e.to_string())?;
-    let mut req = tonic::Request::new(ClusterStatusRequest {});
-    req.set_timeout(PROBE_LIMIT);
-    skein_proto::call_within(PROBE_LIMIT, AdminClient::new(ch).cluster_status(req))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_string())
-}
 
 fn refuse(why: String) -> Status {
     Status::failed_precondition(why)
@@ -31,7 +19,7 @@ fn refuse(why: String) -> Status {
 /// Refuses to add `id` at `addr` unless a Skein node of that id answers there and is part of
 /// no cluster (started with `join = true`, data directory empty).
 pub(super) async fn check_new_learner(ctx: &Cluster, id: u64, addr: &str) -> Result<(), Status> {
-    let s = probe(ctx, addr).await.map_err(|e| {
+    let s = ctx.node_status(addr, PROBE_LIMIT).await.map_err(|e| {
         refuse(format!(
             "no Skein node answers at {addr} ({e}): start node {id} there with `join = true` \
              first, then add it"
@@ -69,25 +57,58 @@ pub(super) async fn check_promotion(
     if m.voter {
         return Ok(());
     }
-    if let Err(e) = probe(ctx, &m.addr).await {
+    if let Err(e) = ctx.node_status(&m.addr, PROBE_LIMIT).await {
         return Err(refuse(format!(
             "node {id} at {} does not answer ({e}): promoting it would add a voter that cannot \
              vote",
             m.addr
         )));
     }
+    match lag_refusal(m, max_lag) {
+        Some(why) => Err(refuse(why)),
+        None => Ok(()),
+    }
+}
+
+/// Why learner `m` is not caught up enough (within `max_lag` entries) to be promoted, if so.
+fn lag_refusal(m: &Member, max_lag: u64) -> Option<String> {
+    let id = m.id;
     if !m.replicating {
-        return Err(refuse(format!(
+        return Some(format!(
             "node {id} has not acknowledged any replication yet: wait for it to catch up \
              (`skeinctl status` shows each member's lag)"
-        )));
+        ));
     }
     if m.lag > max_lag {
-        return Err(refuse(format!(
+        return Some(format!(
             "node {id} is {} log entries behind (at most {max_lag} to be promoted): wait for it \
              to catch up (`skeinctl status` shows each member's lag)",
             m.lag
-        )));
+        ));
     }
-    Ok(())
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learner_is_promoted_only_once_caught_up() {
+        let learner = |replicating, lag| Member {
+            id: 4,
+            addr: "127.0.0.4:7070".into(),
+            voter: false,
+            replicating,
+            lag,
+        };
+        assert!(lag_refusal(&learner(false, 0), 1000)
+            .unwrap()
+            .contains("not acknowledged any replication"));
+        assert!(lag_refusal(&learner(true, 1001), 1000)
+            .unwrap()
+            .contains("1001 log entries behind (at most 1000"));
+        assert_eq!(lag_refusal(&learner(true, 1000), 1000), None);
+        assert_eq!(lag_refusal(&learner(true, 0), 0), None);
+    }
 }
