@@ -88,6 +88,17 @@ pub(super) fn list(
     limit: usize,
     filter: &MessageFilter,
 ) -> Result<(Vec<Message>, String), ClusterError> {
+    list_scanning(reader, after, limit, filter, SCAN_LIMIT)
+}
+
+/// [`list`], looking at `scan_limit` messages at most.
+fn list_scanning(
+    reader: &QueueReader,
+    after: &str,
+    limit: usize,
+    filter: &MessageFilter,
+    scan_limit: usize,
+) -> Result<(Vec<Message>, String), ClusterError> {
     let mut out = Vec::new();
     let mut cursor = after.to_string();
     let mut scanned = 0;
@@ -119,7 +130,7 @@ pub(super) fn list(
                     }
                 }
             }
-            if scanned == SCAN_LIMIT {
+            if scanned == scan_limit {
                 // This call has looked enough; the next goes on after what it looked at.
                 return Ok((out, id));
             }
@@ -127,5 +138,67 @@ pub(super) fn list(
         if !full {
             return Ok((out, String::new()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::storage::RaftStateMachine as _;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use skein_queue::{NewMessage, Request};
+
+    fn message(n: usize) -> NewMessage {
+        NewMessage {
+            tenant: String::new(),
+            mail_from: "app@example.com".into(),
+            rcpt_to: vec![format!("r{n}@example.net")],
+            data: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            client_ip: "127.0.0.1".into(),
+            helo: "c".into(),
+            edge: "e".into(),
+            smtputf8: false,
+            body_8bit: false,
+        }
+    }
+
+    /// Pages cover every match exactly once, however few matches a bounded scan finds.
+    #[tokio::test]
+    async fn pages_go_on_after_what_a_bounded_scan_looked_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, reader) = skein_queue::open(dir.path()).unwrap();
+        let entries: Vec<Entry<_>> = (1..=10)
+            .map(|n| Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), n as u64),
+                payload: EntryPayload::Normal(Request::Enqueue {
+                    received_at_ms: 1_000,
+                    messages: vec![message(n)],
+                }),
+            })
+            .collect();
+        sm.apply(entries).await.unwrap();
+        let pages = |filter: MessageFilter, limit: usize| {
+            let mut seen = Vec::new();
+            let (mut after, mut calls) = (String::new(), 0);
+            loop {
+                calls += 1;
+                let (msgs, next) = list_scanning(&reader, &after, limit, &filter, 3).unwrap();
+                seen.extend(msgs.into_iter().map(|m| m.rcpt_to[0].clone()));
+                if next.is_empty() {
+                    return (seen, calls);
+                }
+                after = next;
+            }
+        };
+        let only8 = MessageFilter {
+            recipient: Some("r8@example.net".into()),
+            ..Default::default()
+        };
+        let (seen, calls) = pages(only8, 100);
+        assert_eq!(seen, ["r8@example.net"]);
+        assert!(calls >= 4, "3 messages a call: {calls} calls");
+        let (seen, _) = pages(MessageFilter::default(), 4);
+        let want: Vec<String> = (1..=10).map(|n| format!("r{n}@example.net")).collect();
+        assert_eq!(seen, want, "every message once, in order");
     }
 }
