@@ -151,6 +151,21 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
         "source IP and EHLO name go together: {peer} {ehlo}"
     );
     assert_eq!(rcpt(&st, "ok1@ex.test").history[0].source_ip, peer);
+    // The topmost Received: field is the sender's and names the queue id the client was
+    // given; the edge's follows it.
+    let data = m["data"].as_str().unwrap();
+    assert!(
+        data.starts_with(&format!(
+            "Received: from dev.skein.test\r\n\tby {ehlo} (Skein) id {m1};\r\n\t"
+        )),
+        "{data}"
+    );
+    let fields: Vec<usize> = data.match_indices("Received: ").map(|(i, _)| i).collect();
+    assert_eq!(fields.len(), 2, "{data}");
+    assert!(
+        data[fields[1]..].contains("by dev.skein.test (Skein) with ESMTP;"),
+        "{data}"
+    );
 
     // Every kind of outcome in one message.
     let m2 = submit_one(

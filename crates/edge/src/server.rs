@@ -333,10 +333,8 @@ impl Edge {
         // The pool a tenant's message asks for is for Skein only: taken out before signing,
         // never delivered.
         let (pool, data) = skein_smtp::header::take_header(data, POOL_HEADER);
-        let id = format!("{:016X}", fastrand::u64(..));
         let date = skein_core::date::rfc5322(self.clock.now_ms());
-        let header =
-            skein_smtp::received::received_header(&env, ip, &self.cfg.hostname, &id, &date);
+        let header = skein_smtp::received::received_header(&env, ip, &self.cfg.hostname, &date);
         let signature = match &env.tenant {
             Some(t) => self.dkim_signature(t, &data).await,
             None => None,

@@ -152,7 +152,7 @@ impl Deliverer {
             let tx = Transaction {
                 mail_from,
                 rcpts: rcpts.iter().map(|(_, r)| r.clone()).collect(),
-                body: a.data.to_vec(),
+                body: self.stamped(a, &rcpts),
                 smtputf8: a.smtputf8,
             };
             let (used, sent) = self.send(a, tx).await;
@@ -166,6 +166,20 @@ impl Deliverer {
             .map(|v| v.unwrap_or_else(|| verdict_failure("no verdict".into())))
             .collect();
         (mx, verdicts)
+    }
+
+    /// The message as this sender relays it: its `Received:` field (naming the queue id) and
+    /// the stored message.
+    fn stamped(&self, a: &Assignment, rcpts: &[(usize, skein_smtp::address::Address)]) -> Vec<u8> {
+        let to: Vec<String> = rcpts.iter().map(|(_, r)| r.to_string()).collect();
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        let date = skein_core::date::rfc5322(self.clock.now_ms());
+        let header =
+            skein_smtp::received::relay_header(&a.edge, &a.ehlo, &a.message_id, &to, &date);
+        let mut body = Vec::with_capacity(header.len() + a.data.len());
+        body.extend_from_slice(header.as_bytes());
+        body.extend_from_slice(&a.data);
+        body
     }
 
     /// Sends `tx` (the assignment's valid recipients): the MX used (or last tried) and one

@@ -447,6 +447,7 @@ fn send(cluster: &Cluster, sessions: &Sessions, s: &Send) -> Result<bool, crate:
             .unwrap_or_default(),
         max_connections: p.provider.as_ref().map_or(0, |p| p.max_connections),
         max_per_connection: p.provider.as_ref().map_or(0, |p| p.max_per_connection),
+        edge: msg.edge,
     };
     Ok(sessions.send(p.slot.conn, a))
 }
