@@ -220,6 +220,13 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
         (r.state.as_str(), r.history[0].enhanced.as_str()),
         ("bounced", "5.1.2")
     );
+    // A domain-level bounce counts towards suppressing the address; `skeinctl message`
+    // says so.
+    assert!(
+        r.note
+            .starts_with("1 domain-level bounces of this address since"),
+        "{r:?}"
+    );
     let r = rcpt(&st, "tempfail-x@ex.test");
     assert_eq!(r.state, "expired", "{r:?}");
     assert!(r.history.len() >= 3, "retried until the maximum age: {r:?}");
@@ -278,6 +285,11 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
         !suppressed.contains("tempfail-x@ex.test"),
         "expiry is not a hard bounce"
     );
+    // The domain (NXDOMAIN, null MX) failed, not the mailbox: one bounce suppresses nothing
+    // (a resolver's bad minute must not suppress a whole domain's addresses for ever).
+    for a in ["u@nope.test", "u@nullmx.test"] {
+        assert!(!suppressed.contains(a), "{a}: {suppressed:?}");
+    }
     admin_c
         .add_suppression(AddSuppressionRequest {
             tenant: String::new(),
@@ -298,6 +310,13 @@ async fn dev_delivers_by_mx_and_route_with_retries_bounces_and_suppression() -> 
     assert!(
         rcpt(&st, "reject-1@ex.test").history.is_empty(),
         "never attempted"
+    );
+    // `skeinctl message` says which entry stopped it.
+    let (ok, out, err) = skeinctl(&grpc_addr, &["message", &m3])?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("on the suppression list of relayed mail since") && out.contains("550 5.1.1"),
+        "{out}"
     );
     assert_eq!(rcpt(&st, "manual@ex.test").state, "suppressed");
     assert_eq!(rcpt(&st, "ok3@ex.test").state, "delivered");

@@ -532,9 +532,10 @@ async fn a_manual_clock_crosses_the_day_boundary() -> anyhow::Result<()> {
 }
 
 /// Operators' actions on queued mail: retry a deferred domain now (not counted as an extra
-/// attempt), bounce a retired domain's mail with a DSN that says why; bad scopes refused.
+/// attempt), bounce a retired domain's mail with a DSN that says why, delete one message
+/// (no DSN); bad scopes refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
+async fn retry_now_bounce_and_delete_queued_mail() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.89";
     let rig = DevWithSink::start(
@@ -550,7 +551,8 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
     let one = |rcpt: &str| submit_relayed(ip, rig.smtp, rcpt);
     let later = one("defer-1-a@later.test")?;
     let retired = one("defer-9-b@retired.test")?;
-    for id in [&later, &retired] {
+    let spam = one("defer-9-c@spam.test")?;
+    for id in [&later, &retired, &spam] {
         wait_for("a deferral", FINISH, || async {
             let m = message_status(&g, id).await.ok()?;
             (m.recipients[0].state == "deferred").then_some(())
@@ -595,6 +597,21 @@ async fn retry_now_and_bounce_queued_mail() -> anyhow::Result<()> {
         text.contains("bounced by the operator: domain retired"),
         "{text}"
     );
+
+    // Deleted: final at once, never sent again, no DSN (the one DSN so far is the bounce's).
+    let out = ctl(&g, &["delete", "--message", &spam])?;
+    assert!(out.contains("1 recipients deleted"), "{out}");
+    let m = message_status(&g, &spam).await?;
+    assert_eq!(m.recipients[0].state, "deleted");
+    assert!(m.recipients[0].final_at_ms > 0);
+    let out = ctl(&g, &["delete", "--message", &spam])?;
+    assert!(out.contains("0 recipients deleted"), "{out}");
+    // A DSN would have been queued by the same entry that deleted it.
+    let out = ctl(&g, &["messages", "--json"])?;
+    assert!(!out.contains(&format!("\"dsn_for\":\"{spam}\"")), "{out}");
+    assert!(out.contains(&format!("\"dsn_for\":\"{retired}\"")), "{out}");
+    let out = ctl(&g, &["messages", "--state", "deleted"])?;
+    assert!(out.contains(&spam) && !out.contains(&retired), "{out}");
     Ok(())
 }
 

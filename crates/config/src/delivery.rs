@@ -43,6 +43,39 @@ pub struct DeliveryConfig {
     /// Also log one line per outcome at info level (delivered, deferred with the reply,
     /// bounced, expired, suppressed). Default false; `skein dev` turns it on.
     pub log_outcomes: bool,
+    /// Which bounces put an address on its tenant's suppression list.
+    pub suppression: SuppressionPolicy,
+}
+
+/// `[node.delivery.suppression]`: which bounces suppress an address (the tenant's later mail
+/// to it is answered 250 and marked suppressed, never sent). A bounce saying the mailbox
+/// does not exist (x.1.1, x.1.3, x.1.6, x.2.1) suppresses at once; one saying the domain or
+/// its DNS failed (x.1.2, x.1.10), which a resolver's bad minute can produce for every address
+/// of a big domain, only after repeats over days. The bounce of a DSN suppresses nothing.
+/// Applies from replicated format 7; before, mailbox and domain failures suppress at once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuppressionPolicy {
+    /// Domain-level bounces of one address before it is suppressed; 0: never. Default 3.
+    pub domain_failures: u32,
+    /// Least time between the first and the latest of them. Default 2 days.
+    pub domain_failure_span: HumanDuration,
+    /// A count whose first bounce is older than this starts again. Default 30 days.
+    pub domain_failure_window: HumanDuration,
+    /// How long an entry a bounce adds lasts; `0s`: until removed. Entries an operator adds
+    /// last until removed. Default `0s`.
+    pub expire_after: HumanDuration,
+}
+
+impl Default for SuppressionPolicy {
+    fn default() -> Self {
+        Self {
+            domain_failures: 3,
+            domain_failure_span: HumanDuration(Duration::from_secs(2 * 86_400)),
+            domain_failure_window: HumanDuration(Duration::from_secs(30 * 86_400)),
+            expire_after: HumanDuration(Duration::ZERO),
+        }
+    }
 }
 
 /// Most recipients one scheduling round considers (`batch`). With the reports a round takes,
@@ -66,6 +99,7 @@ impl Default for DeliveryConfig {
             keep_finished: HumanDuration(Duration::from_secs(7 * 24 * 3600)),
             events: None,
             log_outcomes: false,
+            suppression: SuppressionPolicy::default(),
         }
     }
 }
@@ -101,6 +135,13 @@ impl DeliveryConfig {
         if self.keep_finished.0 < Duration::from_secs(1) {
             return Err(invalid(f("keep_finished"), "must be at least 1s"));
         }
+        let s = &self.suppression;
+        if s.domain_failure_window.0 < s.domain_failure_span.0 {
+            return Err(invalid(
+                f("suppression.domain_failure_window"),
+                "must be at least domain_failure_span",
+            ));
+        }
         if !(1..=MAX_BATCH).contains(&self.batch) {
             return Err(invalid(
                 f("batch"),
@@ -127,5 +168,24 @@ mod tests {
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("node.delivery.batch"), "{e}");
         assert!(e.contains("1-60000"), "{e}");
+    }
+
+    #[test]
+    fn suppression_window_covers_the_span() {
+        let mut c = DeliveryConfig::default();
+        c.suppression.domain_failure_span = HumanDuration(Duration::from_secs(40 * 86_400));
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("node.delivery.suppression.domain_failure_window"),
+            "{e}"
+        );
+        let c: DeliveryConfig =
+            toml::from_str("[suppression]\ndomain_failures = 0\nexpire_after = \"90d\"\n").unwrap();
+        assert_eq!(c.suppression.domain_failures, 0);
+        assert_eq!(
+            c.suppression.expire_after.0,
+            Duration::from_secs(90 * 86_400)
+        );
+        assert!(c.validate().is_ok());
     }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use delivery::DeliveryConfig;
+pub use delivery::{DeliveryConfig, SuppressionPolicy};
 pub use edge::{EdgeConfig, EdgeLimits, ListenerConfig, TlsMode};
 pub use node::{Member, NodeConfig, RaftTuning, TenantSeed};
 pub use sender::{DomainTls, Route, SenderConfig, SmtpTimeouts, SourceIp, TlsPolicy};

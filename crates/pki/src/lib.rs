@@ -143,12 +143,12 @@ impl fmt::Display for Roles {
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a source: a chain would say it twice).
+        error: std::io::Error,
     },
     /// PEM text holds no certificate or key of the expected kind.
     #[error("{what}: {reason}")]
@@ -340,9 +340,9 @@ impl Identity {
     /// Reads the three PEM files and checks them (see [`Identity::from_pem`]).
     pub fn load(ca: &Path, cert: &Path, key: &Path, now: SystemTime) -> Result<Self, PkiError> {
         let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| PkiError::Read {
+            std::fs::read_to_string(p).map_err(|error| PkiError::Read {
                 path: p.display().to_string(),
-                source,
+                error,
             })
         };
         Self::from_pem(

@@ -10,8 +10,8 @@ use rocksdb::{WriteBatch, DB};
 
 use crate::dsn;
 use crate::records::{
-    domain_of, rcpt_key, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, SuppressionRecord,
-    TenantRecord, MAX_HISTORY,
+    domain_of, rcpt_key, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, StrikeRecord,
+    SuppressionEntry, SuppressionRecord, TenantRecord, MAX_HISTORY,
 };
 use crate::shaping;
 use crate::store::{
@@ -20,7 +20,7 @@ use crate::store::{
 };
 use crate::store::{CF_SETTINGS, CF_SHAPING, CF_TENANTS};
 use crate::tokens;
-use crate::types::{message_id, DeliveryOp, Disposition, Response};
+use crate::types::{message_id, DeliveryOp, Disposition, Response, SuppressRule};
 use skein_shaping::IpMode;
 
 type Res<T> = Result<T, std::io::Error>;
@@ -71,6 +71,17 @@ pub(crate) fn dkim_key(tenant: &str, domain: &str) -> Vec<u8> {
     k.extend_from_slice(domain.to_ascii_lowercase().as_bytes());
     k
 }
+
+/// Key of an address's bounce count (format 7) in the `settings` column family: `strike/`,
+/// the tenant, a NUL, the lower-cased address.
+pub(crate) fn strike_key(tenant: &str, address: &str) -> Vec<u8> {
+    let mut k = STRIKE_PREFIX.to_vec();
+    k.extend(suppress_key(tenant, address));
+    k
+}
+
+/// Prefix of [`strike_key`]s.
+pub(crate) const STRIKE_PREFIX: &[u8] = b"strike/";
 
 /// Key of a suppression: tenant, a NUL, the lower-cased address.
 pub(crate) fn suppress_key(tenant: &str, address: &str) -> Vec<u8> {
@@ -133,6 +144,8 @@ pub(crate) struct Tx<'a> {
     /// Whether the cluster has IP records (read once per entry).
     shaping_on: Option<bool>,
     schedules: HashMap<String, skein_shaping::Schedule>,
+    /// Bounce counts written (or, `None`, removed) by this entry, by key.
+    strikes: HashMap<Vec<u8>, Option<StrikeRecord>>,
     /// Messages added by this entry.
     pub(crate) added: u64,
     /// Messages removed by this entry.
@@ -156,6 +169,7 @@ impl<'a> Tx<'a> {
             providers: None,
             shaping_on: None,
             schedules: HashMap::new(),
+            strikes: HashMap::new(),
             added: 0,
             removed: 0,
             now_ms: 0,
@@ -192,6 +206,12 @@ impl<'a> Tx<'a> {
         }
         for (k, v) in self.shaping.drain() {
             self.batch.put_cf(cf(db, CF_SHAPING), k, v);
+        }
+        for (k, v) in self.strikes.drain() {
+            match v {
+                Some(s) => self.batch.put_cf(cf(db, CF_SETTINGS), k, enc(&s)),
+                None => self.batch.delete_cf(cf(db, CF_SETTINGS), k),
+            }
         }
         for (queue, delta) in self.queue_counts.drain().filter(|(_, d)| *d != 0) {
             let h = cf(db, CF_QUEUE_STATS);
@@ -268,12 +288,107 @@ impl<'a> Tx<'a> {
         self.rcpts.insert(new.key.clone(), new);
     }
 
-    fn suppressed(&self, tenant: &str, address: &str) -> Res<bool> {
-        Ok(self
+    fn suppression(&self, tenant: &str, address: &str) -> Res<Option<SuppressionEntry>> {
+        match self
             .db
             .get_pinned_cf(cf(self.db, CF_SUPPRESS), suppress_key(tenant, address))
             .map_err(std::io::Error::other)?
-            .is_some())
+        {
+            Some(v) => Ok(Some(SuppressionEntry::decode(&v).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `tenant` suppresses `address` at `now_ms`. An entry that has lapsed is
+    /// removed.
+    fn suppressed(&mut self, tenant: &str, address: &str, now_ms: i64) -> Res<bool> {
+        match self.suppression(tenant, address)? {
+            Some(e) if e.applies_at(now_ms) => Ok(true),
+            Some(_) => {
+                self.batch
+                    .delete_cf(cf(self.db, CF_SUPPRESS), suppress_key(tenant, address));
+                Ok(false)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The bounce count of `key`, as this entry left it.
+    fn strike(&self, key: &[u8]) -> Res<Option<StrikeRecord>> {
+        match self.strikes.get(key) {
+            Some(s) => Ok(s.clone()),
+            None => self.get(CF_SETTINGS, key),
+        }
+    }
+
+    /// Adds `r`'s address to its tenant's suppression list as `rule` says, after its bounce
+    /// at `now_ms` (format 7).
+    fn suppress_by_rule(&mut self, r: &RcptRecord, rule: &SuppressRule, now_ms: i64) -> Res<()> {
+        let tenant = self.account(&r.tenant).to_string();
+        let reason = r
+            .last_reply
+            .as_ref()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        let lapse = |after: i64| (after > 0).then(|| now_ms.saturating_add(after));
+        match *rule {
+            SuppressRule::Never => {}
+            SuppressRule::Now { expire_after_ms } => {
+                let record = SuppressionRecord {
+                    tenant,
+                    address: r.address.clone(),
+                    reason,
+                    at_ms: now_ms,
+                };
+                self.suppress(record, lapse(expire_after_ms));
+            }
+            SuppressRule::After {
+                strikes,
+                span_ms,
+                window_ms,
+                expire_after_ms,
+            } => {
+                let key = strike_key(&tenant, &r.address);
+                let mut s = match self.strike(&key)? {
+                    Some(s) if now_ms.saturating_sub(s.first_ms) <= window_ms => s,
+                    _ => StrikeRecord {
+                        count: 0,
+                        first_ms: now_ms,
+                        last_ms: now_ms,
+                        reason: String::new(),
+                    },
+                };
+                s.count = s.count.saturating_add(1);
+                s.last_ms = now_ms;
+                s.reason = reason;
+                if s.count >= strikes.max(1) && s.last_ms - s.first_ms >= span_ms {
+                    let hours = (s.last_ms - s.first_ms) / 3_600_000;
+                    let record = SuppressionRecord {
+                        tenant,
+                        address: r.address.clone(),
+                        reason: format!(
+                            "{} bounces over {hours} hours, the latest: {}",
+                            s.count, s.reason
+                        ),
+                        at_ms: now_ms,
+                    };
+                    self.suppress(record, lapse(expire_after_ms));
+                    self.strikes.insert(key, None);
+                } else {
+                    self.strikes.insert(key, Some(s));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets `r`'s bounce count, if it has one: its address took a message.
+    fn clear_strikes(&mut self, r: &RcptRecord) -> Res<()> {
+        let key = strike_key(self.account(&r.tenant), &r.address);
+        if self.strike(&key)?.is_some() {
+            self.strikes.insert(key, None);
+        }
+        Ok(())
     }
 
     /// Writes `value` at `key` in column family `cf_name`.
@@ -359,7 +474,7 @@ impl<'a> Tx<'a> {
         let mut remaining = 0;
         let mut suppressed_addresses = Vec::new();
         for (idx, address) in rec.rcpt_to.iter().enumerate() {
-            let suppressed = self.suppressed(self.account(&rec.tenant), address)?;
+            let suppressed = self.suppressed(self.account(&rec.tenant), address, now)?;
             let r = RcptRecord {
                 key: rcpt_key(&rec.id, idx),
                 message_id: rec.id.clone(),
@@ -514,19 +629,21 @@ impl<'a> Tx<'a> {
         Ok(existed)
     }
 
-    /// Adds a suppression.
-    pub(crate) fn suppress(&mut self, mut s: SuppressionRecord) {
-        s.address = s.address.to_ascii_lowercase();
-        self.batch.put_cf(
-            cf(self.db, CF_SUPPRESS),
-            suppress_key(&s.tenant, &s.address),
-            enc(&s),
-        );
+    /// Adds a suppression that lapses at `expires_at_ms`, or never.
+    pub(crate) fn suppress(&mut self, mut record: SuppressionRecord, expires_at_ms: Option<i64>) {
+        record.address = record.address.to_ascii_lowercase();
+        let key = suppress_key(&record.tenant, &record.address);
+        let entry = SuppressionEntry {
+            record,
+            expires_at_ms,
+        };
+        self.batch
+            .put_cf(cf(self.db, CF_SUPPRESS), key, entry.encode());
     }
 
     /// Removes a suppression; false if there was none.
     pub(crate) fn unsuppress(&mut self, tenant: &str, address: &str) -> Res<bool> {
-        let existed = self.suppressed(tenant, address)?;
+        let existed = self.suppression(tenant, address)?.is_some();
         self.batch
             .delete_cf(cf(self.db, CF_SUPPRESS), suppress_key(tenant, address));
         Ok(existed)
@@ -931,6 +1048,9 @@ impl<'a> Tx<'a> {
                         Disposition::Delivered => {
                             new.attempts += 1;
                             new.state = RcptState::Delivered;
+                            if format >= crate::SUPPRESSION_FORMAT {
+                                self.clear_strikes(&new)?;
+                            }
                         }
                         Disposition::Retry { at_ms, counted } => {
                             new.attempts += u32::from(counted);
@@ -941,18 +1061,34 @@ impl<'a> Tx<'a> {
                             new.attempts += 1;
                             new.state = RcptState::Bounced;
                             if suppress {
-                                self.suppress(SuppressionRecord {
-                                    tenant: self.account(&new.tenant).to_string(),
-                                    address: new.address.clone(),
-                                    reason: new
-                                        .last_reply
-                                        .as_ref()
-                                        .map(|r| r.to_string())
-                                        .unwrap_or_default(),
-                                    at_ms: now_ms,
-                                });
+                                self.suppress(
+                                    SuppressionRecord {
+                                        tenant: self.account(&new.tenant).to_string(),
+                                        address: new.address.clone(),
+                                        reason: new
+                                            .last_reply
+                                            .as_ref()
+                                            .map(|r| r.to_string())
+                                            .unwrap_or_default(),
+                                        at_ms: now_ms,
+                                    },
+                                    None,
+                                );
                             }
                         }
+                        Disposition::BounceWith(rule) => {
+                            new.attempts += 1;
+                            new.state = RcptState::Bounced;
+                            // A return path (a DSN's recipient) is not an address the
+                            // tenant mails: its bounce suppresses nothing.
+                            let null_path = self
+                                .message(&new.message_id)?
+                                .is_none_or(|m| m.mail_from.is_empty());
+                            if !null_path {
+                                self.suppress_by_rule(&new, &rule, now_ms)?;
+                            }
+                        }
+                        Disposition::Delete => new.state = RcptState::Deleted,
                         Disposition::Expire => new.state = RcptState::Expired,
                     }
                     if new.state.is_final() {

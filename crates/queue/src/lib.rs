@@ -32,15 +32,15 @@ pub mod types;
 
 pub use records::{
     domain_of, rcpt_key, AttemptRecord, AttemptResult, DkimKeyRecord, Lease, MessageRecord,
-    RcptRecord, RcptState, Reply, SuppressionRecord, TenantRecord,
+    RcptRecord, RcptState, Reply, StrikeRecord, SuppressionEntry, SuppressionRecord, TenantRecord,
 };
 pub use shaping::{IpStatus, ShapingCommand, ShapingOutcome, ShapingState};
 pub use skein_shaping;
 pub use store::{open, LogStore, QueueHead, QueueReader, QueueStats, StateMachine};
 pub use tokens::{TokenCommand, TokenOutcome, TokenRecord, TokenScope};
 pub use types::{
-    DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, TypeConfig, FORMAT,
-    POOL_CHOICE_FORMAT, TOKENS_FORMAT,
+    DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, SuppressRule, TypeConfig,
+    FORMAT, POOL_CHOICE_FORMAT, SUPPRESSION_FORMAT, TOKENS_FORMAT,
 };
 
 /// Errors of the queue's own queries and of opening the store.

@@ -147,6 +147,8 @@ pub enum RcptState {
     Expired,
     /// On the tenant's suppression list: never attempted. Final.
     Suppressed,
+    /// Deleted by an operator: not sent, no DSN. Final (format 7).
+    Deleted,
 }
 
 impl RcptState {
@@ -154,7 +156,7 @@ impl RcptState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            Self::Delivered | Self::Bounced | Self::Expired | Self::Suppressed
+            Self::Delivered | Self::Bounced | Self::Expired | Self::Suppressed | Self::Deleted
         )
     }
 
@@ -168,6 +170,7 @@ impl RcptState {
             Self::Bounced => "bounced",
             Self::Expired => "expired",
             Self::Suppressed => "suppressed",
+            Self::Deleted => "deleted",
         }
     }
 }
@@ -235,4 +238,58 @@ pub struct SuppressionRecord {
     pub reason: String,
     /// When it was added.
     pub at_ms: i64,
+}
+
+/// A suppression as stored: the record, then (from format 7, for entries that expire) the
+/// time it lapses. Entries written before format 7 are the bare record and never lapse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionEntry {
+    /// The suppression.
+    pub record: SuppressionRecord,
+    /// When it stops applying (Unix ms), if it does.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl SuppressionEntry {
+    /// Whether it still applies at `now_ms`.
+    pub fn applies_at(&self, now_ms: i64) -> bool {
+        self.expires_at_ms.is_none_or(|e| now_ms < e)
+    }
+
+    /// The stored form: the postcard record, followed by the expiry when there is one.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = postcard::to_allocvec(&self.record).expect("postcard encodes plain data");
+        if let Some(e) = self.expires_at_ms {
+            v.extend(postcard::to_allocvec(&e).expect("postcard encodes plain data"));
+        }
+        v
+    }
+
+    /// Reads the stored form (both shapes).
+    pub fn decode(v: &[u8]) -> Result<Self, postcard::Error> {
+        let (record, rest) = postcard::take_from_bytes::<SuppressionRecord>(v)?;
+        let expires_at_ms = if rest.is_empty() {
+            None
+        } else {
+            Some(postcard::from_bytes::<i64>(rest)?)
+        };
+        Ok(Self {
+            record,
+            expires_at_ms,
+        })
+    }
+}
+
+/// Bounces of one address that count towards suppressing it under
+/// [`crate::SuppressRule::After`] (format 7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrikeRecord {
+    /// Bounces counted.
+    pub count: u32,
+    /// When the first was.
+    pub first_ms: i64,
+    /// When the latest was.
+    pub last_ms: i64,
+    /// The latest reply.
+    pub reason: String,
 }

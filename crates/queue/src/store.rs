@@ -29,7 +29,9 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
-use crate::records::{DkimKeyRecord, MessageRecord, RcptRecord, SuppressionRecord, TenantRecord};
+use crate::records::{
+    DkimKeyRecord, MessageRecord, RcptRecord, StrikeRecord, SuppressionEntry, TenantRecord,
+};
 use crate::snapfile::{
     check_content, get_bytes, get_varint, put_bytes, put_varint, Counting, SnapshotFiles,
 };
@@ -900,7 +902,7 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
         }
         Request::UpdateTenant { name, enabled, dsn } => tx.update_tenant(name, *enabled, *dsn)?,
         Request::Suppress(s) => {
-            tx.suppress(s.clone());
+            tx.suppress(s.clone(), None);
             Response::Suppression(true)
         }
         Request::Unsuppress { tenant, address } => {
@@ -1433,13 +1435,14 @@ impl QueueReader {
         }
     }
 
-    /// A tenant's suppressions after address `after` (exclusive), at most `limit`.
+    /// A tenant's suppressions after address `after` (exclusive), at most `limit`, lapsed
+    /// ones included (see [`SuppressionEntry::applies_at`]).
     pub fn suppressions(
         &self,
         tenant: &str,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<SuppressionRecord>, QueueError> {
+    ) -> Result<Vec<SuppressionEntry>, QueueError> {
         let prefix = crate::apply::suppress_key(tenant, "");
         let start = crate::apply::suppress_key(tenant, after);
         let mut out = Vec::new();
@@ -1455,12 +1458,44 @@ impl QueueReader {
             if !after.is_empty() && k.as_ref() == start.as_slice() {
                 continue;
             }
-            out.push(dec(&v).map_err(|source| QueueError::Corrupt {
-                cf: CF_SUPPRESS,
-                source,
-            })?);
+            out.push(
+                SuppressionEntry::decode(&v).map_err(|source| QueueError::Corrupt {
+                    cf: CF_SUPPRESS,
+                    source,
+                })?,
+            );
         }
         Ok(out)
+    }
+
+    /// `tenant`'s suppression of `address`, if there is one (lapsed or not).
+    pub fn suppression(
+        &self,
+        tenant: &str,
+        address: &str,
+    ) -> Result<Option<SuppressionEntry>, QueueError> {
+        let key = crate::apply::suppress_key(tenant, address);
+        match self.db.get_cf(cf(&self.db, CF_SUPPRESS), key)? {
+            Some(v) => Ok(Some(SuppressionEntry::decode(&v).map_err(|source| {
+                QueueError::Corrupt {
+                    cf: CF_SUPPRESS,
+                    source,
+                }
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The bounces counted towards suppressing `tenant`'s `address` (format 7), if any.
+    pub fn strikes(&self, tenant: &str, address: &str) -> Result<Option<StrikeRecord>, QueueError> {
+        let key = crate::apply::strike_key(tenant, address);
+        match self.db.get_cf(cf(&self.db, CF_SETTINGS), key)? {
+            Some(v) => Ok(Some(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_SETTINGS,
+                source,
+            })?)),
+            None => Ok(None),
+        }
     }
 
     /// DKIM keys, of one tenant or (with `None`) of all, by tenant and domain.

@@ -143,10 +143,13 @@ pub enum Request {
 /// ([`Request::Shaping`], [`DeliveryOp::LeaseShaped`], the `shaping` column family). 5: a
 /// message may choose a pool its tenant is allowed (`ShapingCommand::AllowPools`): it is
 /// queued as the stream `tenant+pool`, which uses its tenant's settings and suppression list.
-/// 6: Admin tokens ([`Request::Token`]). Behaviour
+/// 6: Admin tokens ([`Request::Token`]). 7: suppression rules and deletion
+/// ([`Disposition::BounceWith`], [`Disposition::Delete`]): the bounce of a message with a null
+/// reverse path (a DSN) suppresses nothing, suppressions may expire, domain-level failures
+/// suppress after repeats, and a delivery clears an address's count of them. Behaviour
 /// that changes how an existing command applies is decided by the replicated format, never
 /// by the release, so replicas of different releases apply every entry alike.
-pub const FORMAT: u32 = 6;
+pub const FORMAT: u32 = 7;
 
 /// The first format in which a message may choose a pool (streams `tenant+pool` use their
 /// tenant's settings; `ShapingCommand::AllowPools`).
@@ -154,6 +157,10 @@ pub const POOL_CHOICE_FORMAT: u32 = 5;
 
 /// The first format with Admin tokens ([`Request::Token`]).
 pub const TOKENS_FORMAT: u32 = 6;
+
+/// The first format with suppression rules and deletion ([`Disposition::BounceWith`],
+/// [`Disposition::Delete`]).
+pub const SUPPRESSION_FORMAT: u32 = 7;
 
 // The replicated format: commands are postcard-encoded enums, so variants and their fields
 // are never changed or reordered. A new shape of a command is a new variant added at the end
@@ -217,6 +224,27 @@ pub enum DeliveryOp {
     },
 }
 
+impl DeliveryOp {
+    /// This op as a cluster at `format` reads it (see [`Disposition::for_format`]); `None`
+    /// when it has no meaning there.
+    pub fn for_format(self, format: u32) -> Option<Self> {
+        match self {
+            Self::Report {
+                lease,
+                rcpt,
+                attempt,
+                disposition,
+            } => Some(Self::Report {
+                lease,
+                rcpt,
+                attempt,
+                disposition: disposition.for_format(format)?,
+            }),
+            other => Some(other),
+        }
+    }
+}
+
 /// What happens to a recipient after a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Disposition {
@@ -237,6 +265,62 @@ pub enum Disposition {
     },
     /// Too old: give up.
     Expire,
+    /// Bounce, adding the address to the tenant's suppression list as `rule` says (format
+    /// 7). The bounce of a message with a null reverse path (a DSN) never suppresses: its
+    /// recipient is a return path, not an address the tenant mails.
+    BounceWith(SuppressRule),
+    /// Deleted by an operator (format 7): final, no DSN.
+    Delete,
+}
+
+impl Disposition {
+    /// This disposition as a cluster at `format` reads it: before
+    /// [`SUPPRESSION_FORMAT`], a [`Disposition::BounceWith`] is the plain bounce that
+    /// suppresses at once for [`SuppressRule::Now`] (and never else). `None`: there is no
+    /// such decision before that format ([`Disposition::Delete`]).
+    pub fn for_format(self, format: u32) -> Option<Self> {
+        if format >= SUPPRESSION_FORMAT {
+            return Some(self);
+        }
+        match self {
+            Self::BounceWith(rule) => Some(Self::Bounce {
+                suppress: matches!(rule, SuppressRule::Now { .. }),
+            }),
+            Self::Delete => None,
+            other => Some(other),
+        }
+    }
+
+    /// Whether this ends in a bounce.
+    pub fn is_bounce(&self) -> bool {
+        matches!(self, Self::Bounce { .. } | Self::BounceWith(_))
+    }
+}
+
+/// How a bounce adds its address to the tenant's suppression list (format 7). Durations are
+/// in ms; an `expire_after_ms` of 0 keeps the entry until it is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SuppressRule {
+    /// Never (a failure that says nothing about the address).
+    Never,
+    /// At once: the address itself is bad (unknown user and the like).
+    Now {
+        /// How long the entry lasts.
+        expire_after_ms: i64,
+    },
+    /// After `strikes` bounces of this kind (the domain or its DNS failed), the first at
+    /// least `span_ms` before the latest; a count whose first bounce is older than
+    /// `window_ms` starts again, and a delivery to the address clears it.
+    After {
+        /// Bounces needed.
+        strikes: u32,
+        /// Least time between the first and the latest.
+        span_ms: i64,
+        /// How long a count lasts from its first bounce.
+        window_ms: i64,
+        /// How long the entry lasts.
+        expire_after_ms: i64,
+    },
 }
 
 /// The result of applying a [`Request`].

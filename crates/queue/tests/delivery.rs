@@ -207,8 +207,9 @@ async fn a_hard_bounce_sends_a_dsn_suppresses_and_frees_the_body() {
     // The address is suppressed (case-insensitively) for this tenant.
     let s = f.reader.suppressions("acme", "", 10).unwrap();
     assert_eq!(s.len(), 1);
-    assert_eq!(s[0].address, "gone@example.test");
-    assert!(s[0].reason.contains("5.1.1"));
+    assert_eq!(s[0].record.address, "gone@example.test");
+    assert!(s[0].record.reason.contains("5.1.1"));
+    assert_eq!(s[0].expires_at_ms, None);
     let r = f
         .apply(Request::Enqueue {
             received_at_ms: 60,

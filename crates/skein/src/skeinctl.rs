@@ -119,6 +119,8 @@ enum Cmd {
     Retry(queue::Scope),
     /// Bounce queued mail (a DSN to each return path says why).
     Bounce(queue::BounceArgs),
+    /// Delete queued mail: never sent, no DSN (spam from a broken account, say).
+    Delete(queue::Scope),
     /// Senders connected to the leader: source IPs, assignments held and allowed at once.
     Senders,
     /// Admin tokens: create (prints the secret once), list, revoke.
@@ -402,6 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Queues(a) => queue::queues(&mut c, a, cli.json).await?,
         Cmd::Retry(scope) => queue::retry(&mut c, scope).await?,
         Cmd::Bounce(a) => queue::bounce(&mut c, a).await?,
+        Cmd::Delete(scope) => queue::delete(&mut c, scope).await?,
         Cmd::Tenant(cmd) => tenants::tenant(&mut c, cmd).await?,
         Cmd::Token(cmd) => tokens::token(&mut c, cmd, cli.json).await?,
         Cmd::Senders => {

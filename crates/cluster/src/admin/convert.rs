@@ -2,7 +2,7 @@
 
 use skein_proto::admin::*;
 use skein_queue::{
-    AttemptResult, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, SuppressionRecord,
+    AttemptResult, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, SuppressionEntry,
     TenantRecord,
 };
 
@@ -68,15 +68,18 @@ pub(super) fn rcpt_proto(r: RcptRecord) -> RecipientStatus {
                 .into(),
             })
             .collect(),
+        note: String::new(),
     }
 }
 
-pub(super) fn suppression_proto(s: SuppressionRecord) -> Suppression {
+pub(super) fn suppression_proto(e: SuppressionEntry) -> Suppression {
+    let s = e.record;
     Suppression {
         tenant: s.tenant,
         address: s.address,
         reason: s.reason,
         at_ms: s.at_ms,
+        expires_at_ms: e.expires_at_ms.unwrap_or(0),
     }
 }
 
@@ -90,4 +93,43 @@ pub(super) fn dkim_key_proto(k: DkimKeyRecord) -> DkimKey {
         dns_record: k.dns_record,
         created_at_ms: k.created_at_ms,
     }
+}
+
+/// The note `skeinctl message` shows for a recipient: the suppression list entry that
+/// stopped a suppressed one, or a bounced one's count towards suppression.
+pub(super) fn suppression_note(
+    reader: &skein_queue::QueueReader,
+    r: &RcptRecord,
+) -> Result<String, crate::ClusterError> {
+    let tenant = skein_queue::skein_shaping::base_tenant(&r.tenant);
+    let date = skein_core::date::rfc5322;
+    let list = match tenant {
+        "" => "the suppression list of relayed mail".to_string(),
+        t => format!("tenant {t}'s suppression list"),
+    };
+    Ok(match r.state {
+        RcptState::Suppressed => match reader.suppression(tenant, &r.address)? {
+            Some(e) => {
+                let lapses = match e.expires_at_ms {
+                    Some(at) => format!(", until {}", date(at)),
+                    None => String::new(),
+                };
+                format!(
+                    "on {list} since {}{lapses}: {}",
+                    date(e.record.at_ms),
+                    e.record.reason
+                )
+            }
+            None => format!("was on {list} (since removed)"),
+        },
+        RcptState::Bounced => match reader.strikes(tenant, &r.address)? {
+            Some(s) => format!(
+                "{} domain-level bounces of this address since {} count towards suppressing it",
+                s.count,
+                date(s.first_ms)
+            ),
+            None => String::new(),
+        },
+        _ => String::new(),
+    })
 }

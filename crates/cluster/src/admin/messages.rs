@@ -20,6 +20,7 @@ const STATES: &[&str] = &[
     "bounced",
     "expired",
     "suppressed",
+    "deleted",
     "pending",
     "done",
 ];

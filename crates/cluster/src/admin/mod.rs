@@ -26,8 +26,8 @@ use skein_proto::admin::admin_client::AdminClient;
 use skein_proto::admin::admin_server::Admin;
 use skein_proto::admin::*;
 use skein_queue::{
-    Request as Command, Response as Applied, ShapingCommand, ShapingOutcome, SuppressionRecord,
-    TokenCommand, TokenOutcome,
+    Request as Command, Response as Applied, ShapingCommand, ShapingOutcome, SuppressionEntry,
+    SuppressionRecord, TokenCommand, TokenOutcome,
 };
 use tonic::{Request, Response, Status};
 
@@ -469,7 +469,13 @@ impl Admin for AdminService {
                 Some((m, d)) => {
                     let rcpts = self.ctx.reader.rcpts(&m.id).map_err(ClusterError::from)?;
                     let mut msg = to_proto(m, d);
-                    msg.recipients = rcpts.into_iter().map(rcpt_proto).collect();
+                    for r in rcpts {
+                        let note = suppression_note(&self.ctx.reader, &r)?;
+                        msg.recipients.push(RecipientStatus {
+                            note,
+                            ..rcpt_proto(r)
+                        });
+                    }
                     Ok(Response::new(msg))
                 }
                 None => Err(ClusterError::NotFound {
@@ -560,7 +566,9 @@ impl Admin for AdminService {
                 .suppressions(&r.tenant, &r.after.to_ascii_lowercase(), limit)
                 .map_err(ClusterError::from)?;
             let next_after = if list.len() == limit {
-                list.last().map(|s| s.address.clone()).unwrap_or_default()
+                list.last()
+                    .map(|s| s.record.address.clone())
+                    .unwrap_or_default()
             } else {
                 String::new()
             };
@@ -594,7 +602,10 @@ impl Admin for AdminService {
                 at_ms: self.ctx.clock.now_ms(),
             };
             self.write(Command::Suppress(rec.clone())).await?;
-            Ok(Response::new(suppression_proto(rec)))
+            Ok(Response::new(suppression_proto(SuppressionEntry {
+                record: rec,
+                expires_at_ms: None,
+            })))
         })
     }
 
@@ -1034,6 +1045,32 @@ impl Admin for AdminService {
             let n =
                 queue_actions::apply(&self.ctx, &self.mta, &rcpts, queue_actions::bounce(&reason))
                     .await?;
+            Ok(Response::new(QueueActionResponse {
+                recipients: n,
+                more,
+            }))
+        })
+    }
+
+    async fn delete_queued(
+        &self,
+        req: Request<QueueScope>,
+    ) -> Result<Response<QueueActionResponse>, Status> {
+        queue_actions::check(req.get_ref())?;
+        forward_or!(self, req, delete_queued, {
+            let format = self.ctx.reader.format().map_err(ClusterError::from)?;
+            ClusterError::require_format(
+                format,
+                skein_queue::SUPPRESSION_FORMAT,
+                "deleting queued mail",
+            )?;
+            self.linearize().await?;
+            let (rcpts, more) = queue_actions::recipients(
+                &self.ctx.reader,
+                req.get_ref(),
+                queue_actions::MAX_RECIPIENTS,
+            )?;
+            let n = queue_actions::apply(&self.ctx, "", &rcpts, queue_actions::delete).await?;
             Ok(Response::new(QueueActionResponse {
                 recipients: n,
                 more,

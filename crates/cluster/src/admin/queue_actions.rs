@@ -133,6 +133,16 @@ pub(super) fn retry_now(r: &RcptRecord, now_ms: i64) -> DeliveryOp {
     }
 }
 
+/// Deleted by the operator: no attempt, no DSN.
+pub(super) fn delete(r: &RcptRecord, _now_ms: i64) -> DeliveryOp {
+    DeliveryOp::Report {
+        lease: None,
+        rcpt: r.key.clone(),
+        attempt: None,
+        disposition: Disposition::Delete,
+    }
+}
+
 /// A bounce by the operator, recorded as an attempt so the DSN and the history say why.
 pub(super) fn bounce(reason: &str) -> impl Fn(&RcptRecord, i64) -> DeliveryOp + '_ {
     move |r, now_ms| DeliveryOp::Report {

@@ -67,7 +67,8 @@ pub(super) fn round_events(
                 None
             }
             Disposition::Delivered => Some("delivered"),
-            Disposition::Bounce { .. } => Some("bounced"),
+            Disposition::Bounce { .. } | Disposition::BounceWith(_) => Some("bounced"),
+            Disposition::Delete => Some("deleted"),
             Disposition::Expire => Some("expired"),
         };
         let attempt_event = e.clone();

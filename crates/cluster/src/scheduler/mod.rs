@@ -336,11 +336,16 @@ async fn round(
         "scheduling round"
     );
     let Round { now_ms, ops, .. } = &r;
+    // Decisions of a newer format are written as the cluster's format reads them.
+    let format = cluster.reader.format()?;
     let proposed = cluster
         .propose(Request::Deliver {
             now_ms: *now_ms,
             mta: planner.cfg().mta_name.clone(),
-            ops: ops.clone(),
+            ops: ops
+                .iter()
+                .filter_map(|op| op.clone().for_format(format))
+                .collect(),
         })
         .await;
     let (leased, applied, dsns) = match proposed.map(|w| w.data) {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use skein_config::DeliveryConfig;
-use skein_queue::{AttemptResult, Disposition, RcptRecord, Reply};
+use skein_queue::{AttemptResult, Disposition, RcptRecord, Reply, SuppressRule};
 
 /// The disposition of `rcpt` after an attempt that ended with `result` and `reply` at `now_ms`.
 /// `unit` is a random draw in `[0, 1)` for the jitter.
@@ -19,9 +19,7 @@ pub fn disposition(
     let too_old = now_ms.saturating_sub(rcpt.received_at_ms) >= ms(cfg.max_age.0);
     match result {
         AttemptResult::Delivered => Disposition::Delivered,
-        AttemptResult::Permanent => Disposition::Bounce {
-            suppress: is_hard_bounce(reply),
-        },
+        AttemptResult::Permanent => Disposition::BounceWith(suppress_rule(cfg, reply)),
         _ if too_old => Disposition::Expire,
         AttemptResult::Throttled => Disposition::Retry {
             at_ms: now_ms + ms(cfg.throttle_delay.0),
@@ -49,14 +47,37 @@ pub fn retry_delay(cfg: &DeliveryConfig, attempt: u32, unit: f64) -> Duration {
     Duration::from_secs_f64((base * spread).max(0.001))
 }
 
-/// Permanent failures that say the address itself is bad, so sending to it again would only
-/// hurt the sender's reputation: unknown user (x.1.1), bad destination system (x.1.2), bad
-/// address syntax (x.1.3), moved mailbox (x.1.6), null MX (x.1.10), disabled mailbox (x.2.1).
+/// How a permanent failure with `reply` adds its address to the suppression list: at once
+/// when the mailbox is bad ([`is_hard_bounce`]), after repeats when the domain or its DNS
+/// failed (x.1.2, x.1.10), never else.
+pub fn suppress_rule(cfg: &DeliveryConfig, reply: &Reply) -> SuppressRule {
+    let p = &cfg.suppression;
+    let expire_after_ms = ms(p.expire_after.0);
+    if is_hard_bounce(reply) {
+        return SuppressRule::Now { expire_after_ms };
+    }
+    let domain_level =
+        reply.code >= 500 && matches!(reply.enhanced.get(1..), Some(".1.2" | ".1.10"));
+    if domain_level && p.domain_failures > 0 {
+        return SuppressRule::After {
+            strikes: p.domain_failures,
+            span_ms: ms(p.domain_failure_span.0),
+            window_ms: ms(p.domain_failure_window.0),
+            expire_after_ms,
+        };
+    }
+    SuppressRule::Never
+}
+
+/// Permanent failures that say the mailbox itself is bad, so sending to it again would only
+/// hurt the sender's reputation: unknown user (x.1.1), bad address syntax (x.1.3), moved
+/// mailbox (x.1.6), disabled mailbox (x.2.1). Failures of the whole domain are not: see
+/// [`suppress_rule`].
 pub fn is_hard_bounce(reply: &Reply) -> bool {
     reply.code >= 500
         && matches!(
             reply.enhanced.get(1..),
-            Some(".1.1" | ".1.2" | ".1.3" | ".1.6" | ".1.10" | ".2.1")
+            Some(".1.1" | ".1.3" | ".1.6" | ".2.1")
         )
 }
 
@@ -159,7 +180,7 @@ mod tests {
                 10,
                 0.5
             ),
-            Disposition::Bounce { suppress: true }
+            Disposition::BounceWith(SuppressRule::Now { expire_after_ms: 0 })
         );
         assert_eq!(
             disposition(
@@ -170,7 +191,7 @@ mod tests {
                 10,
                 0.5
             ),
-            Disposition::Bounce { suppress: false }
+            Disposition::BounceWith(SuppressRule::Never)
         );
         // Five days old: a transient failure expires it, a delivery still counts.
         let old = rcpt(20, 0);
@@ -203,7 +224,11 @@ mod tests {
     #[test]
     fn hard_bounces_are_about_the_address() {
         assert!(is_hard_bounce(&reply(550, "5.1.1")));
-        assert!(is_hard_bounce(&reply(556, "5.1.10")));
+        assert!(
+            !is_hard_bounce(&reply(556, "5.1.10")),
+            "null MX is about the domain"
+        );
+        assert!(!is_hard_bounce(&reply(550, "5.1.2")));
         assert!(!is_hard_bounce(&reply(550, "5.1.11")));
         assert!(!is_hard_bounce(&reply(452, "4.1.1")));
         assert!(
@@ -211,5 +236,41 @@ mod tests {
             "mailbox full is not the address"
         );
         assert!(!is_hard_bounce(&reply(550, "")));
+    }
+
+    #[test]
+    fn mailbox_failures_suppress_at_once_and_domain_failures_after_repeats() {
+        let mut cfg = DeliveryConfig::default();
+        cfg.suppression.expire_after = skein_core::HumanDuration(Duration::from_secs(3600));
+        for code in ["5.1.1", "5.1.3", "5.1.6", "5.2.1"] {
+            assert_eq!(
+                suppress_rule(&cfg, &reply(550, code)),
+                SuppressRule::Now {
+                    expire_after_ms: 3_600_000
+                },
+                "{code}"
+            );
+        }
+        let after = SuppressRule::After {
+            strikes: 3,
+            span_ms: 2 * 86_400_000,
+            window_ms: 30 * 86_400_000,
+            expire_after_ms: 3_600_000,
+        };
+        assert_eq!(suppress_rule(&cfg, &reply(550, "5.1.2")), after);
+        assert_eq!(suppress_rule(&cfg, &reply(554, "5.1.10")), after);
+        // Policy, content, a 4xx that ended up permanent: nothing about the address.
+        for (code, enhanced) in [(554, "5.7.1"), (552, "5.3.4"), (450, "4.1.1"), (550, "")] {
+            assert_eq!(
+                suppress_rule(&cfg, &reply(code, enhanced)),
+                SuppressRule::Never,
+                "{code} {enhanced}"
+            );
+        }
+        cfg.suppression.domain_failures = 0;
+        assert_eq!(
+            suppress_rule(&cfg, &reply(550, "5.1.2")),
+            SuppressRule::Never
+        );
     }
 }

@@ -20,7 +20,7 @@ pub struct MessagesArgs {
     #[arg(long)]
     pub local: bool,
     /// Only messages with a recipient in this state (queued, leased, deferred, delivered,
-    /// bounced, expired, suppressed), or pending / done.
+    /// bounced, expired, suppressed, deleted), or pending / done.
     #[arg(long)]
     pub state: Option<String>,
     /// Only this tenant's messages ("" for mail relayed by IP address).
@@ -127,14 +127,18 @@ pub fn message_json(m: &Message) -> serde_json::Value {
 }
 
 fn recipient_json(r: &RecipientStatus) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "address": r.address, "state": r.state, "attempts": r.attempts, "due_ms": r.due_ms,
         "final_at_ms": r.final_at_ms, "sender": r.sender, "source_ip": r.source_ip,
         "history": r.history.iter().map(|a| serde_json::json!({
             "at_ms": a.at_ms, "sender": a.sender, "source_ip": a.source_ip, "mx": a.mx,
             "code": a.code, "enhanced": a.enhanced, "text": a.text, "result": a.result,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if !r.note.is_empty() {
+        v["note"] = r.note.clone().into();
+    }
+    v
 }
 
 /// Runs `messages`.
@@ -324,15 +328,7 @@ pub async fn retry(c: &mut Client, scope: Scope) -> anyhow::Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    println!(
-        "{} recipients due now{}",
-        r.recipients,
-        if r.more {
-            " (more remain: run again)"
-        } else {
-            ""
-        }
-    );
+    print_action(&r, "due now");
     Ok(())
 }
 
@@ -347,14 +343,27 @@ pub async fn bounce(c: &mut Client, a: BounceArgs) -> anyhow::Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    println!(
-        "{} recipients bounced{}",
-        r.recipients,
-        if r.more {
-            " (more remain: run again)"
-        } else {
-            ""
-        }
-    );
+    print_action(&r, "bounced");
     Ok(())
+}
+
+/// Runs `delete`.
+pub async fn delete(c: &mut Client, scope: Scope) -> anyhow::Result<()> {
+    let r = c
+        .delete_queued(QueueScope::from(scope))
+        .await
+        .map_err(status)?
+        .into_inner();
+    print_action(&r, "deleted");
+    Ok(())
+}
+
+/// Prints what a queue action did.
+fn print_action(r: &QueueActionResponse, done: &str) {
+    let more = if r.more {
+        " (more remain: run again)"
+    } else {
+        ""
+    };
+    println!("{} recipients {done}{more}", r.recipients);
 }

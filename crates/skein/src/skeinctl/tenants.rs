@@ -186,11 +186,16 @@ pub async fn suppression(c: &mut Client, cmd: SuppressionCmd, json: bool) -> any
                     println!(
                         "{}",
                         serde_json::json!({"tenant": s.tenant, "address": s.address,
-                            "reason": s.reason, "at_ms": s.at_ms})
+                            "reason": s.reason, "at_ms": s.at_ms,
+                            "expires_at_ms": s.expires_at_ms})
                     );
                 } else {
+                    let until = match s.expires_at_ms {
+                        0 => String::new(),
+                        at => format!(" until {}", super::shaping::ms_utc(at)),
+                    };
                     println!(
-                        "{:<40} since {}  {}",
+                        "{:<40} since {}{until}  {}",
                         s.address,
                         super::shaping::ms_utc(s.at_ms),
                         s.reason
