@@ -1011,16 +1011,8 @@ impl Admin for AdminService {
         queue_actions::check(req.get_ref())?;
         forward_or!(self, req, retry_now, {
             self.linearize().await?;
-            let (rcpts, more) = queue_actions::recipients(
-                &self.ctx.reader,
-                req.get_ref(),
-                queue_actions::MAX_RECIPIENTS,
-            )?;
-            let n = queue_actions::apply(&self.ctx, "", &rcpts, queue_actions::retry_now).await?;
-            Ok(Response::new(QueueActionResponse {
-                recipients: n,
-                more,
-            }))
+            let r = queue_actions::act(&self.ctx, "", req.get_ref(), queue_actions::retry_now);
+            Ok(Response::new(r.await?))
         })
     }
 
@@ -1040,15 +1032,10 @@ impl Admin for AdminService {
         }
         forward_or!(self, req, bounce_queued, {
             self.linearize().await?;
-            let (rcpts, more) =
-                queue_actions::recipients(&self.ctx.reader, &scope, queue_actions::MAX_RECIPIENTS)?;
-            let n =
-                queue_actions::apply(&self.ctx, &self.mta, &rcpts, queue_actions::bounce(&reason))
-                    .await?;
-            Ok(Response::new(QueueActionResponse {
-                recipients: n,
-                more,
-            }))
+            let op = queue_actions::bounce(&reason);
+            Ok(Response::new(
+                queue_actions::act(&self.ctx, &self.mta, &scope, op).await?,
+            ))
         })
     }
 
@@ -1065,16 +1052,8 @@ impl Admin for AdminService {
                 "deleting queued mail",
             )?;
             self.linearize().await?;
-            let (rcpts, more) = queue_actions::recipients(
-                &self.ctx.reader,
-                req.get_ref(),
-                queue_actions::MAX_RECIPIENTS,
-            )?;
-            let n = queue_actions::apply(&self.ctx, "", &rcpts, queue_actions::delete).await?;
-            Ok(Response::new(QueueActionResponse {
-                recipients: n,
-                more,
-            }))
+            let r = queue_actions::act(&self.ctx, "", req.get_ref(), queue_actions::delete);
+            Ok(Response::new(r.await?))
         })
     }
 

@@ -2,7 +2,7 @@
 //! (`Deliver` entries of `Report` ops without a lease), so they apply like any other outcome:
 //! a leased recipient is left to its sender, a bounce gets its DSN.
 
-use skein_proto::admin::QueueScope;
+use skein_proto::admin::{QueueActionResponse, QueueScope};
 use skein_queue::{
     AttemptRecord, AttemptResult, DeliveryOp, Disposition, QueueReader, QueueStats, RcptRecord,
     Reply, Request, Response,
@@ -92,6 +92,19 @@ pub(super) fn each_queue(
             }
         }
     }
+}
+
+/// Proposes `op` for the unfinished recipients in `scope` (at most [`MAX_RECIPIENTS`]): how
+/// many it applied to, and whether more remain.
+pub(super) async fn act(
+    cluster: &Cluster,
+    mta: &str,
+    scope: &QueueScope,
+    op: impl Fn(&RcptRecord, i64) -> DeliveryOp,
+) -> Result<QueueActionResponse, ClusterError> {
+    let (rcpts, more) = recipients(&cluster.reader, scope, MAX_RECIPIENTS)?;
+    let recipients = apply(cluster, mta, &rcpts, op).await?;
+    Ok(QueueActionResponse { recipients, more })
 }
 
 /// Proposes `op` for every recipient, a thousand per entry; returns how many applied.
