@@ -40,7 +40,7 @@ async fn learner_joins_is_promoted_and_a_node_is_removed() -> anyhow::Result<()>
     // A new cluster writes this release's format at once (a cluster upgraded from an older
     // release waits for `skeinctl finalize-upgrade`, which is idempotent).
     // This release's replicated format (skein_queue::FORMAT).
-    let release = 6;
+    let release = 7;
     wait_for("this release's format", Duration::from_secs(10), || async {
         let s = status(&c.addrs[follower]).await.ok()?;
         (s.format == release && s.release_format == release).then_some(())

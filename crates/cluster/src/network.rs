@@ -41,6 +41,11 @@ pub struct Channels {
 }
 
 impl Channels {
+    /// This node's cluster identity, when its calls carry one.
+    pub fn identity(&self) -> Option<&Arc<crate::identity::ClusterIdentity>> {
+        self.identity.as_ref()
+    }
+
     /// Channels over mutual TLS with `tls` (this node's certificate), or plaintext without;
     /// Raft calls carry `identity`'s cluster id.
     pub fn new(

@@ -53,6 +53,11 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
+    /// Connections to other nodes (and the cluster identity their calls carry).
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
     /// Node `id`, advertised at `addr`, on `raft` and the state `reader` reads; proposals
     /// wait at most `commit_timeout`; calls to other nodes go through `channels` (shared with
     /// Raft's network).
@@ -128,15 +133,31 @@ impl Cluster {
     /// Lets the cluster write this release's replicated format (leader only); returns the
     /// cluster's format. Only once every node runs this release (or a newer one).
     pub async fn finalize_format(&self) -> Result<u32, ClusterError> {
-        match self
+        let v = match self
             .propose(Request::SetFormat {
                 version: skein_queue::FORMAT,
             })
             .await?
             .data
         {
-            Response::Format(v) => Ok(v),
-            other => Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
+            Response::Format(v) => v,
+            other => return Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
+        };
+        if v >= skein_queue::CLUSTER_ID_FORMAT && self.reader.replicated_cluster_id()?.is_none() {
+            // A cluster founded before ids (or a new one, with its founder's id): recorded
+            // through the log, so every node agrees on it.
+            let Some(identity) = self.channels.identity() else {
+                return Ok(v);
+            };
+            match self
+                .propose(Request::ClusterId(identity.proposal()))
+                .await?
+                .data
+            {
+                Response::ClusterId(id) => tracing::info!(cluster = %id, "cluster id replicated"),
+                other => return Err(ClusterError::Raft(format!("unexpected response {other:?}"))),
+            }
         }
+        Ok(v)
     }
 }

@@ -40,7 +40,7 @@ pub use store::{open, LogStore, QueueHead, QueueReader, QueueStats, StateMachine
 pub use tokens::{TokenCommand, TokenOutcome, TokenRecord, TokenScope};
 pub use types::{
     DeliveryOp, Disposition, NewMessage, NodeId, Request, Response, SuppressRule, TypeConfig,
-    FORMAT, POOL_CHOICE_FORMAT, SUPPRESSION_FORMAT, TOKENS_FORMAT,
+    CLUSTER_ID_FORMAT, FORMAT, POOL_CHOICE_FORMAT, SUPPRESSION_FORMAT, TOKENS_FORMAT,
 };
 
 /// Errors of the queue's own queries and of opening the store.

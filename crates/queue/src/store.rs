@@ -89,6 +89,9 @@ const K_VOTE: &[u8] = b"vote";
 const K_PURGED: &[u8] = b"last_purged";
 /// Key of the cluster's id in the `raft` column family (this node's own record).
 const K_CLUSTER_ID: &[u8] = b"cluster_id";
+/// Key of the cluster's id in `settings` (format 7): the replicated record, which travels in
+/// snapshots.
+const K_REPLICATED_CLUSTER_ID: &[u8] = b"cluster_id";
 const K_APPLIED: &[u8] = b"last_applied";
 const K_MEMBERSHIP: &[u8] = b"membership";
 const K_COUNT: &[u8] = b"message_count";
@@ -918,12 +921,24 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             Response::Shaped(tx.shaping(at, cmd.clone())?)
         }
         Request::Token(cmd) => Response::Token(tx.token(cmd.clone())?),
+        Request::ClusterId(id) => match replicated_cluster_id(db).map_err(std::io::Error::other)? {
+            Some(known) => Response::ClusterId(known),
+            None => {
+                tx.put(CF_SETTINGS, K_REPLICATED_CLUSTER_ID, id.as_bytes().to_vec());
+                Response::ClusterId(id.clone())
+            }
+        },
         Request::Deliver { now_ms, mta, ops } => {
             let now_ms = time(*now_ms, tx)?;
             tx.now_ms = now_ms;
             tx.deliver(index, now_ms, mta, ops.clone(), format)?
         }
     })
+}
+
+fn replicated_cluster_id(db: &DB) -> Result<Option<String>, rocksdb::Error> {
+    let v = db.get_cf(cf(db, CF_SETTINGS), K_REPLICATED_CLUSTER_ID)?;
+    Ok(v.map(|v| String::from_utf8_lossy(&v).into_owned()))
 }
 
 /// Applies a group commit: each message gets the id of its position, unless its submission
@@ -1041,6 +1056,11 @@ impl QueueReader {
             Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
             None => Ok(None),
         }
+    }
+
+    /// The cluster id in the replicated state (format 7), if one was recorded there.
+    pub fn replicated_cluster_id(&self) -> Result<Option<String>, QueueError> {
+        Ok(replicated_cluster_id(&self.db)?)
     }
 
     /// Records the cluster this node belongs to (synced).

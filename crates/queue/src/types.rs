@@ -134,6 +134,10 @@ pub enum Request {
     },
     /// Creates or revokes an Admin token (format 6).
     Token(crate::tokens::TokenCommand),
+    /// Records the cluster's id in the replicated state unless it has one (format 7): how a
+    /// cluster founded before ids existed gets one that every node agrees on (the first
+    /// applied wins, whichever leaders proposed).
+    ClusterId(String),
 }
 
 /// The newest replicated format this release reads and, once the cluster's format says so,
@@ -146,7 +150,8 @@ pub enum Request {
 /// 6: Admin tokens ([`Request::Token`]). 7: suppression rules and deletion
 /// ([`Disposition::BounceWith`], [`Disposition::Delete`]): the bounce of a message with a null
 /// reverse path (a DSN) suppresses nothing, suppressions may expire, domain-level failures
-/// suppress after repeats, and a delivery clears an address's count of them. Behaviour
+/// suppress after repeats, and a delivery clears an address's count of them; the cluster id
+/// is replicated ([`Request::ClusterId`]). Behaviour
 /// that changes how an existing command applies is decided by the replicated format, never
 /// by the release, so replicas of different releases apply every entry alike.
 pub const FORMAT: u32 = 7;
@@ -157,6 +162,9 @@ pub const POOL_CHOICE_FORMAT: u32 = 5;
 
 /// The first format with Admin tokens ([`Request::Token`]).
 pub const TOKENS_FORMAT: u32 = 6;
+
+/// The first format that replicates the cluster id ([`Request::ClusterId`]).
+pub const CLUSTER_ID_FORMAT: u32 = 7;
 
 /// The first format with suppression rules and deletion ([`Disposition::BounceWith`],
 /// [`Disposition::Delete`]).
@@ -369,6 +377,8 @@ pub enum Response {
     Shaped(crate::shaping::ShapingOutcome),
     /// How a [`Request::Token`] applied.
     Token(crate::tokens::TokenOutcome),
+    /// The cluster id in force after a [`Request::ClusterId`].
+    ClusterId(String),
 }
 
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex

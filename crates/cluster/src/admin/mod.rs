@@ -221,12 +221,15 @@ impl Admin for AdminService {
             purged_index,
             format: self.ctx.reader.format().map_err(ClusterError::from)?,
             release_format: skein_queue::FORMAT,
-            cluster_id: self
-                .ctx
-                .reader
-                .cluster_id()
-                .map_err(ClusterError::from)?
-                .unwrap_or_default(),
+            cluster_id: match self.ctx.channels().identity() {
+                Some(identity) => identity.get().unwrap_or_default(),
+                None => self
+                    .ctx
+                    .reader
+                    .cluster_id()
+                    .map_err(ClusterError::from)?
+                    .unwrap_or_default(),
+            },
         }))
     }
 
