@@ -22,14 +22,14 @@ echo "== postfix (anchor)"
 bash "$shared/bench/postfix-accept.sh" "$N" "$S" "$L" | tail -1
 . "$shared/bench/postfix-common.sh"
 postfix_setup 127.0.0.9:2599 hold
-"$T/skein-load" --label postfix -s "$S" -m "$N" -l "$L" 127.0.0.1:2526
+"$T/skein-load" blast --label postfix -s "$S" -m "$N" -l "$L" 127.0.0.1:2526
 postfix_teardown
 
 echo "== skein dev (single node)"
 "$T/skein" dev --data-dir "$work/dev" >"$work/dev.log" 2>&1 &
 dev=$!; wait_port 127.0.0.1:2525; sleep 1
 source_run skein-dev 127.0.0.1:2525
-"$T/skein-load" --label skein-dev -s "$S" -m "$N" -l "$L" 127.0.0.1:2525
+"$T/skein-load" blast --label skein-dev -s "$S" -m "$N" -l "$L" 127.0.0.1:2525
 "$T/skeinctl" status | head -2
 kill $dev; wait $dev 2>/dev/null || true
 
@@ -43,5 +43,5 @@ printf '[edge]\nqueue = ["127.0.0.11:7071", "127.0.0.12:7071", "127.0.0.13:7071"
 "$T/skein" edge --config "$work/edge.toml" >"$work/edge.log" 2>&1 &
 wait_port 127.0.0.1:2525; sleep 2
 source_run skein-cluster 127.0.0.1:2525
-"$T/skein-load" --label skein-cluster -s "$S" -m "$N" -l "$L" 127.0.0.1:2525
+"$T/skein-load" blast --label skein-cluster -s "$S" -m "$N" -l "$L" 127.0.0.1:2525
 "$T/skeinctl" --server 127.0.0.12:7071 status | head -2

@@ -47,7 +47,7 @@ TOML
   fi
   local cpu0; cpu0=$(awk '{print $14+$15}' "/proc/$dev/stat")
   local t0; t0=$(now)
-  "$T/skein-load" 127.0.0.1:2525 -s "$S" -m "$N" -l "$L" \
+  "$T/skein-load" blast 127.0.0.1:2525 -s "$S" -m "$N" -l "$L" \
     --to u@gmail.com,u@yahoo.com,u@outlook.com,u@aol.com,u@icloud.com --label "$1" | tail -1
   until [ "$(grep -c '"type":"delivered"' "$dir/events.jsonl" 2>/dev/null || true)" -ge "$N" ]; do sleep 0.2; done
   local cpu1; cpu1=$(awk '{print $14+$15}' "/proc/$dev/stat")

@@ -20,8 +20,8 @@ wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/${1%:*}/${1#*:}) 2>/dev/
 "$BIN" dev --data-dir "$work/dev" --events "$work/events.jsonl" \
   --route slow.test=127.0.0.41:2541 --route fast.test=127.0.0.42:2542 >"$work/dev.log" 2>&1 &
 wait_port 127.0.0.41:2541; wait_port 127.0.0.42:2542; wait_port 127.0.0.1:2525; sleep 1
-"$T/skein-load" 127.0.0.1:2525 -s 20 -m "$B" -l 1024 --to r@slow.test --label backlog | tail -1
-"$T/skein-load" 127.0.0.1:2525 -s 4 -m "$F" -l 1024 --to r@fast.test --label fast | tail -1
+"$T/skein-load" blast 127.0.0.1:2525 -s 20 -m "$B" -l 1024 --to r@slow.test --label backlog | tail -1
+"$T/skein-load" blast 127.0.0.1:2525 -s 4 -m "$F" -l 1024 --to r@fast.test --label fast | tail -1
 count() { grep -c '"type":"attempt".*"domain":"fast.test"' "$work/events.jsonl" 2>/dev/null || true; }
 for _ in $(seq 1800); do [ "$(count)" -ge "$F" ] && break; sleep 0.5; done
 python3 - "$work/events.jsonl" "$B" "$F" "$D" <<'PY'

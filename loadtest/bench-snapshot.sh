@@ -32,7 +32,7 @@ done
 printf '[edge]\nqueue = ["127.0.0.31:7072", "127.0.0.32:7072", "127.0.0.33:7072"]\nrelay_networks = ["127.0.0.0/8"]\n[[edge.listeners]]\naddress = "127.0.0.30:2529"\n' >"$work/edge.toml"
 "$BIN" edge --config "$work/edge.toml" >"$work/edge.log" 2>&1 &
 wait_port 127.0.0.30:2529; sleep 2
-"$T/skein-load" 127.0.0.30:2529 -s 20 -m "$N" -l "$L" --label fill | tail -1
+"$T/skein-load" blast 127.0.0.30:2529 -s 20 -m "$N" -l "$L" --label fill | tail -1
 
 kill -9 "${pid[3]}"; wait "${pid[3]}" 2>/dev/null || true
 rm -rf "$work/n3"

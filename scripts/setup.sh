@@ -2,7 +2,8 @@
 # Installs what building Skein needs on a fresh Debian machine that has only Rust, gcc and
 # Python: libclang (RocksDB's bindings are generated with bindgen) and swaks (the SMTP client the
 # README uses); with --tests also the delivery test peers (aiosmtpd, dnsmasq,
-# python3-dkim) and cargo-nextest. Does nothing when everything is present.
+# python3-dkim), Chromium (the load report's plots are checked in a real browser) and
+# cargo-nextest. Does nothing when everything is present.
 set -euo pipefail
 need=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
@@ -14,6 +15,8 @@ if [ "${1:-}" = "--tests" ]; then
   dpkg -s python3-aiosmtpd >/dev/null 2>&1 || need+=(python3-aiosmtpd)
   dpkg -s dnsmasq-base >/dev/null 2>&1 || need+=(dnsmasq-base)
   dpkg -s python3-dkim >/dev/null 2>&1 || need+=(python3-dkim)
+  # The load harness's HTML report is loaded in headless Chromium by its test.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2

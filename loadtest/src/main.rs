@@ -1,148 +1,41 @@
-//! `skein-load`: submits messages over plain SMTP from many concurrent sessions and reports the
-//! acceptance rate and the latency from the final `.` to the `250` reply (p50/p90/p99/max).
-//! Works against any SMTP server (Skein, Postfix) so the figures compare like with like.
+//! `skein-load`: Skein's load harness.
 //!
-//! `skein-load --sessions 20 --messages 20000 --size 5120 127.0.0.1:2525`
+//! - `skein-load run --profile quick --out DIR` starts provider simulators and a cluster of its
+//!   own (or drives one with `--target`), submits an open-loop load with a leader kill
+//!   part-way, and writes `DIR/report.json` and `DIR/report.html`: rates, latencies, and the
+//!   verdicts the simulators count (lost, duplicates, limit violations). Exits 1 when anything
+//!   was lost or a limit was exceeded.
+//! - `skein-load blast SERVER` submits as fast as the server answers and prints the rate and
+//!   final-dot-to-250 latency: the bench scripts compare Skein with Postfix by it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod blast;
+mod gen;
+mod report;
+mod rig;
+mod run;
+mod sim;
+mod smtp;
 
-use anyhow::{bail, Context as _};
 use clap::Parser;
-use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-#[derive(Parser, Clone)]
-struct Args {
-    /// host:port of the SMTP server.
-    server: String,
-    /// Concurrent sessions.
-    #[arg(long, short = 's', default_value_t = 20)]
-    sessions: u64,
-    /// Messages in total.
-    #[arg(long, short = 'm', default_value_t = 20_000)]
-    messages: u64,
-    /// Approximate message size in bytes.
-    #[arg(long, short = 'l', default_value_t = 5120)]
-    size: usize,
-    /// Messages per connection before reconnecting.
-    #[arg(long, default_value_t = 100)]
-    per_connection: u64,
-    /// Recipients, comma-separated: message n goes to the (n mod count)-th.
-    #[arg(long, default_value = "rcpt@example.net", value_delimiter = ',')]
-    to: Vec<String>,
-    /// Label printed on the result line.
-    #[arg(long, default_value = "skein-load")]
-    label: String,
-}
-
-/// Reads one (possibly multi-line) reply; returns its code and last line.
-async fn reply<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<(u16, String)> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            bail!("server closed the connection");
-        }
-        if line.len() >= 4 && line.as_bytes()[3] == b' ' {
-            let code = line[..3].parse().context("reply code")?;
-            return Ok((code, line.trim_end().to_string()));
-        }
-    }
-}
-
-async fn expect<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, want: u16) -> anyhow::Result<()> {
-    let (code, text) = reply(r).await?;
-    if code != want {
-        bail!("expected {want}, got {text}");
-    }
-    Ok(())
-}
-
-async fn session(
-    args: Args,
-    next: Arc<AtomicU64>,
-    body: Arc<Vec<u8>>,
-) -> anyhow::Result<(Histogram<u64>, u64)> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut failed = 0;
-    'conn: loop {
-        let sock = TcpStream::connect(&args.server).await?;
-        sock.set_nodelay(true)?;
-        let (rd, mut wr) = sock.into_split();
-        let mut rd = BufReader::new(rd);
-        expect(&mut rd, 220).await?;
-        wr.write_all(b"EHLO load.test\r\n").await?;
-        expect(&mut rd, 250).await?;
-        for _ in 0..args.per_connection {
-            let n = next.fetch_add(1, Ordering::Relaxed);
-            if n >= args.messages {
-                let _ = wr.write_all(b"QUIT\r\n").await;
-                break 'conn;
-            }
-            let to = &args.to[(n % args.to.len() as u64) as usize];
-            // PIPELINING: envelope and DATA in one write, as smtp-source does.
-            wr.write_all(
-                format!("MAIL FROM:<sender@example.com>\r\nRCPT TO:<{to}>\r\nDATA\r\n").as_bytes(),
-            )
-            .await?;
-            expect(&mut rd, 250).await?;
-            expect(&mut rd, 250).await?;
-            expect(&mut rd, 354).await?;
-            wr.write_all(&body).await?;
-            let t = Instant::now();
-            wr.write_all(b".\r\n").await?;
-            let (code, _) = reply(&mut rd).await?;
-            if code == 250 {
-                hist.record(t.elapsed().as_micros().max(1) as u64)?;
-            } else {
-                failed += 1;
-            }
-        }
-        wr.write_all(b"QUIT\r\n").await?;
-    }
-    Ok((hist, failed))
+#[derive(Parser)]
+#[command(about = "Skein's load harness")]
+enum Cli {
+    /// Run a profile against simulated providers; write report.json and report.html.
+    Run(run::Args),
+    /// Submit as fast as the server answers; print rate and latency.
+    Blast(blast::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let line = "x".repeat(76) + "\r\n";
-    anyhow::ensure!(!args.to.is_empty(), "--to needs a recipient");
-    let mut body =
-        b"From: <sender@example.com>\r\nTo: <undisclosed-recipients:;>\r\nSubject: load\r\n\r\n"
-            .to_vec();
-    while body.len() + line.len() <= args.size {
-        body.extend_from_slice(line.as_bytes());
+    match Cli::parse() {
+        Cli::Run(a) => {
+            if !run::run(a).await? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cli::Blast(a) => blast::run(a).await,
     }
-    let body = Arc::new(body);
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..args.sessions)
-        .map(|_| tokio::spawn(session(args.clone(), next.clone(), body.clone())))
-        .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut failed = 0;
-    for t in tasks {
-        let (h, f) = t.await??;
-        hist.add(h)?;
-        failed += f;
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let ms = |q: f64| Duration::from_micros(hist.value_at_quantile(q)).as_secs_f64() * 1000.0;
-    println!(
-        "{} accepted={} failed={} seconds={:.2} rate={:.0}/s dot-to-250 p50={:.2}ms p90={:.2}ms p99={:.2}ms max={:.2}ms",
-        args.label,
-        hist.len(),
-        failed,
-        secs,
-        hist.len() as f64 / secs,
-        ms(0.5),
-        ms(0.9),
-        ms(0.99),
-        hist.max() as f64 / 1000.0
-    );
-    Ok(())
 }

@@ -1,0 +1,367 @@
+//! The run's report: `report.json` (the figures) and `report.html` (the same, with plots as
+//! inline SVG: no script, no network, opens offline).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// Latency percentiles, ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Samples.
+    pub count: u64,
+}
+
+impl Latency {
+    /// From a histogram of µs.
+    pub fn from_us(h: &hdrhistogram::Histogram<u64>) -> Self {
+        let ms = |v: u64| v as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            count: h.len(),
+        }
+    }
+}
+
+/// Recipients one source IP sent one provider in one hour, against its limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct HourlyUse {
+    /// Source IP.
+    pub ip: String,
+    /// Provider.
+    pub provider: String,
+    /// Unix hour.
+    pub hour: i64,
+    /// Recipients sent (refused ones past the limit included).
+    pub sent: u64,
+    /// The provider's limit per IP (0: none).
+    pub limit: u64,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Second {
+    /// Seconds since the start.
+    pub t: u64,
+    /// Messages acknowledged by the edge.
+    pub accepted: u64,
+    /// Recipients accepted by the simulators.
+    pub delivered: u64,
+}
+
+/// A fault the run caused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// When (ms since the start).
+    pub at_ms: u64,
+    /// What.
+    pub what: String,
+}
+
+/// Everything a run found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The profile run.
+    pub profile: String,
+    /// Messages the generator tried.
+    pub submitted: u64,
+    /// Acknowledged with 250.
+    pub accepted: u64,
+    /// Refused with a reply.
+    pub refused: u64,
+    /// Lost to connection errors before the reply to the final dot.
+    pub errors: u64,
+    /// Distinct (message, recipient) pairs the simulators accepted.
+    pub delivered: u64,
+    /// Distinct (message, recipient) pairs a DSN reported.
+    pub bounced: u64,
+    /// Temporary failures the simulators gave.
+    pub deferrals: u64,
+    /// Acknowledged recipients neither delivered nor reported by a DSN by the end.
+    pub lost: u64,
+    /// Deliveries past the first of a (message, recipient).
+    pub duplicates: u64,
+    /// Deliveries of messages the edge never acknowledged (stored though the reply was lost).
+    pub unacknowledged_deliveries: u64,
+    /// Limits the simulators saw exceeded.
+    pub limit_violations: u64,
+    /// Acknowledged messages per second over the generator's run.
+    pub accepted_per_s: f64,
+    /// Delivered recipients per second, from the first acknowledgement to the last delivery.
+    pub delivered_per_s: f64,
+    /// Final dot to 250 at the edge.
+    pub accept_latency_ms: Latency,
+    /// Scheduled arrival to 250 (open loop: waiting for a session included).
+    pub arrival_latency_ms: Latency,
+    /// Acknowledgement to the simulator's 250 (first delivery of each).
+    pub end_to_end_ms: Latency,
+    /// Per IP, provider and hour.
+    pub hourly: Vec<HourlyUse>,
+    /// The violations, as the simulators recorded them.
+    pub violations: Vec<crate::sim::Violation>,
+    /// Faults caused.
+    pub faults: Vec<Fault>,
+    /// Per second.
+    pub timeline: Vec<Second>,
+    /// A sample of what was lost (load id and recipient), at most 20.
+    pub lost_sample: Vec<String>,
+    /// End-to-end latency samples, ms (for the histogram).
+    #[serde(skip)]
+    pub end_to_end_samples: Vec<f64>,
+}
+
+impl Report {
+    /// Whether the run passed: nothing lost, no limit exceeded.
+    pub fn passed(&self) -> bool {
+        self.lost == 0 && self.limit_violations == 0
+    }
+
+    /// The summary table printed at the end.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let l = |x: &Latency| {
+            format!(
+                "p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1} ms",
+                x.p50, x.p90, x.p99, x.max
+            )
+        };
+        let _ = writeln!(s, "profile            {}", self.profile);
+        let _ = writeln!(
+            s,
+            "submitted          {} (accepted {}, refused {}, connection errors {})",
+            self.submitted, self.accepted, self.refused, self.errors
+        );
+        let _ = writeln!(
+            s,
+            "delivered          {} recipients, bounced {}, deferrals {}",
+            self.delivered, self.bounced, self.deferrals
+        );
+        let _ = writeln!(s, "accepted/s         {:.1}", self.accepted_per_s);
+        let _ = writeln!(s, "delivered/s        {:.1}", self.delivered_per_s);
+        let _ = writeln!(s, "accept latency     {}", l(&self.accept_latency_ms));
+        let _ = writeln!(s, "arrival latency    {}", l(&self.arrival_latency_ms));
+        let _ = writeln!(s, "end to end         {}", l(&self.end_to_end_ms));
+        let _ = writeln!(s, "faults             {}", self.faults.len());
+        let _ = writeln!(s, "LOST               {}", self.lost);
+        let _ = writeln!(s, "DUPLICATES         {}", self.duplicates);
+        let _ = writeln!(s, "LIMIT VIOLATIONS   {}", self.limit_violations);
+        let _ = writeln!(
+            s,
+            "verdict            {}",
+            if self.passed() { "PASS" } else { "FAIL" }
+        );
+        s
+    }
+
+    /// The HTML report: the summary and three plots.
+    pub fn html(&self) -> String {
+        let mut h = String::from(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Skein load report</title>\
+             <style>body{font-family:sans-serif;margin:2em;color:#222}\
+             table{border-collapse:collapse}td,th{padding:2px 10px;text-align:left}\
+             .fail{color:#b00;font-weight:bold}.pass{color:#070;font-weight:bold}\
+             svg{background:#fafafa;border:1px solid #ddd;margin:1em 0}</style></head><body>",
+        );
+        let verdict = if self.passed() {
+            "<span class=\"pass\">PASS</span>"
+        } else {
+            "<span class=\"fail\">FAIL</span>"
+        };
+        let _ = write!(
+            h,
+            "<h1>Skein load report: {} {verdict}</h1><table>",
+            esc(&self.profile)
+        );
+        for line in self.summary().lines() {
+            let (k, v) = line.split_at(line.len().min(19));
+            let _ = write!(
+                h,
+                "<tr><th>{}</th><td>{}</td></tr>",
+                esc(k.trim()),
+                esc(v.trim())
+            );
+        }
+        h.push_str("</table>");
+        h.push_str("<h2>Throughput</h2>");
+        h.push_str(&self.throughput_svg());
+        h.push_str("<h2>End-to-end latency</h2>");
+        h.push_str(&histogram_svg(&self.end_to_end_samples));
+        h.push_str("<h2>Per source IP and provider, per hour, against the limit</h2>");
+        h.push_str(&self.hourly_svg());
+        if !self.violations.is_empty() {
+            h.push_str("<h2 class=\"fail\">Violations</h2><table><tr><th>at</th><th>kind</th><th>provider</th><th>IP</th><th>limit</th></tr>");
+            for v in self.violations.iter().take(200) {
+                let _ = write!(
+                    h,
+                    "<tr><td>{:.1}s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    v.at_ms as f64 / 1000.0,
+                    v.kind,
+                    esc(&v.provider),
+                    esc(&v.source_ip),
+                    v.limit
+                );
+            }
+            h.push_str("</table>");
+        }
+        h.push_str("</body></html>\n");
+        h
+    }
+
+    fn throughput_svg(&self) -> String {
+        let (w, ht, pad) = (800.0, 260.0, 40.0);
+        let n = self.timeline.len().max(2) as f64;
+        let top = self
+            .timeline
+            .iter()
+            .map(|s| s.accepted.max(s.delivered))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let x = |t: f64| pad + t / (n - 1.0) * (w - 2.0 * pad);
+        let y = |v: f64| ht - pad - v / top * (ht - 2.0 * pad);
+        let line = |f: &dyn Fn(&Second) -> u64| {
+            self.timeline
+                .iter()
+                .map(|s| format!("{:.1},{:.1}", x(s.t as f64), y(f(s) as f64)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mut s = format!(
+            "<svg id=\"throughput\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\">"
+        );
+        let _ = write!(
+            s,
+            "<line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#888\"/>\
+             <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"#888\"/>\
+             <text x=\"4\" y=\"{pad}\" font-size=\"11\">{top}/s</text>\
+             <text x=\"{r}\" y=\"{tb}\" font-size=\"11\" text-anchor=\"end\">{secs} s</text>",
+            b = ht - pad,
+            r = w - pad,
+            tb = ht - pad + 16.0,
+            secs = self.timeline.len()
+        );
+        for f in &self.faults {
+            let fx = x(f.at_ms as f64 / 1000.0);
+            let _ = write!(
+                s,
+                "<line class=\"fault\" x1=\"{fx:.1}\" y1=\"{pad}\" x2=\"{fx:.1}\" y2=\"{b}\" stroke=\"#d33\" stroke-dasharray=\"4 3\"/>\
+                 <text x=\"{fx:.1}\" y=\"{t}\" font-size=\"11\" fill=\"#d33\">{}</text>",
+                esc(&f.what),
+                b = ht - pad,
+                t = pad - 6.0
+            );
+        }
+        let _ = write!(
+            s,
+            "<polyline class=\"accepted\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\
+             <polyline class=\"delivered\" fill=\"none\" stroke=\"#2ca02c\" stroke-width=\"2\" points=\"{}\"/>\
+             <text x=\"{l}\" y=\"16\" font-size=\"12\" fill=\"#1f77b4\">accepted/s</text>\
+             <text x=\"{l2}\" y=\"16\" font-size=\"12\" fill=\"#2ca02c\">delivered/s</text></svg>",
+            line(&|s| s.accepted),
+            line(&|s| s.delivered),
+            l = pad,
+            l2 = pad + 100.0
+        );
+        s
+    }
+
+    fn hourly_svg(&self) -> String {
+        let rows: Vec<&HourlyUse> = self.hourly.iter().collect();
+        let (w, bar, pad) = (800.0, 18.0, 200.0);
+        let ht = 30.0 + rows.len().max(1) as f64 * (bar + 6.0);
+        let top = rows
+            .iter()
+            .map(|r| r.sent.max(r.limit))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let x = |v: f64| pad + v / top * (w - pad - 20.0);
+        let mut s = format!(
+            "<svg id=\"hourly\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\">"
+        );
+        for (i, r) in rows.iter().enumerate() {
+            let y = 20.0 + i as f64 * (bar + 6.0);
+            let over = r.limit > 0 && r.sent > r.limit;
+            let _ = write!(
+                s,
+                "<text x=\"4\" y=\"{ty:.1}\" font-size=\"11\">{} {} h{}</text>\
+                 <rect class=\"sent\" x=\"{pad}\" y=\"{y:.1}\" width=\"{bw:.1}\" height=\"{bar}\" fill=\"{c}\"/>\
+                 <text x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"11\">{}</text>",
+                esc(&r.ip),
+                esc(&r.provider),
+                r.hour % 24,
+                r.sent,
+                ty = y + 13.0,
+                bw = (x(r.sent as f64) - pad).max(1.0),
+                c = if over { "#d33" } else { "#17becf" },
+                tx = x(r.sent as f64) + 4.0
+            );
+            if r.limit > 0 {
+                let lx = x(r.limit as f64);
+                let _ = write!(
+                    s,
+                    "<line class=\"limit\" x1=\"{lx:.1}\" y1=\"{y0:.1}\" x2=\"{lx:.1}\" y2=\"{y1:.1}\" stroke=\"#000\" stroke-width=\"2\"/>",
+                    y0 = y - 2.0,
+                    y1 = y + bar + 2.0
+                );
+            }
+        }
+        s.push_str("</svg>");
+        s
+    }
+}
+
+/// A histogram of `samples` (ms) in 20 bins.
+fn histogram_svg(samples: &[f64]) -> String {
+    let (w, ht, pad) = (800.0, 220.0, 40.0);
+    let max = samples.iter().cloned().fold(0.0f64, f64::max).max(1.0);
+    let bins = 20;
+    let mut counts = vec![0u64; bins];
+    for v in samples {
+        let i = ((v / max) * bins as f64).floor() as usize;
+        counts[i.min(bins - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let bw = (w - 2.0 * pad) / bins as f64;
+    let mut s = format!(
+        "<svg id=\"latency\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\">"
+    );
+    for (i, c) in counts.iter().enumerate() {
+        let h = *c as f64 / top * (ht - 2.0 * pad);
+        let _ = write!(
+            s,
+            "<rect class=\"bin\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#9467bd\"><title>{c}</title></rect>",
+            pad + i as f64 * bw,
+            ht - pad - h,
+            bw - 2.0
+        );
+    }
+    let _ = write!(
+        s,
+        "<text x=\"{pad}\" y=\"{t:.1}\" font-size=\"11\">0</text>\
+         <text x=\"{r}\" y=\"{t:.1}\" font-size=\"11\" text-anchor=\"end\">{max:.0} ms</text>\
+         <text x=\"4\" y=\"{pad}\" font-size=\"11\">{top}</text></svg>",
+        t = ht - pad + 16.0,
+        r = w - pad
+    );
+    s
+}
+
+/// `s` safe in HTML text.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,263 @@
+//! The cluster a run starts for itself: queue nodes, an edge and a sender as separate `skein`
+//! processes on loopback addresses, configured through files and the Admin API (skeinctl).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+/// One process of the cluster.
+struct Proc {
+    name: String,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(bin)
+            .args(&self.args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} ({})", self.name, bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How to lay the cluster out.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Queue nodes.
+    pub nodes: usize,
+    /// The first three octets of the addresses (`127.0.5`): nodes on .1-.N, the edge on .10,
+    /// source IPs on .21 on.
+    pub net: String,
+    /// Source IPs of the sender.
+    pub source_ips: usize,
+    /// Static routes: (recipient domain, `ip:port`).
+    pub routes: Vec<(String, String)>,
+}
+
+/// A running cluster.
+pub struct Rig {
+    bin: PathBuf,
+    ctl: PathBuf,
+    procs: Vec<Proc>,
+    /// The queue nodes' gRPC addresses (node id i+1 at index i).
+    pub nodes: Vec<String>,
+    /// The edge's SMTP address.
+    pub smtp: String,
+    /// The source IPs.
+    pub source_ips: Vec<String>,
+}
+
+impl Rig {
+    /// Writes the configuration under `dir` and starts every process with the binaries in
+    /// `bin_dir`.
+    pub fn start(dir: &Path, bin_dir: &Path, l: &Layout) -> anyhow::Result<Self> {
+        let bin = bin_dir.join("skein");
+        let ctl = bin_dir.join("skeinctl");
+        for b in [&bin, &ctl] {
+            if !b.exists() {
+                bail!(
+                    "{} not found: build the workspace (cargo build --workspace --bins) or pass \
+                     --bin-dir",
+                    b.display()
+                );
+            }
+        }
+        let ip = |last: usize| format!("{}.{last}", l.net);
+        let nodes: Vec<String> = (1..=l.nodes)
+            .map(|i| Ok(format!("{}:{}", ip(i), free_port(&ip(i))?)))
+            .collect::<anyhow::Result<_>>()?;
+        let members = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ id = {}, addr = \"{a}\" }}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let quoted = nodes
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut procs = Vec::new();
+        for (i, addr) in nodes.iter().enumerate() {
+            let id = i + 1;
+            let cfg = dir.join(format!("node{id}.toml"));
+            std::fs::write(
+                &cfg,
+                format!(
+                    "[node]\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
+                     initial_members = [{members}]\n\
+                     [node.delivery]\nmta_name = \"load.skein.test\"\nretry_first = \"1s\"\n\
+                     retry_max = \"3s\"\nlease = \"10s\"\nthrottle_delay = \"2s\"\n",
+                    dir.join(format!("node{id}")).display()
+                ),
+            )?;
+            procs.push(Proc {
+                name: format!("node {id}"),
+                args: vec!["node".into(), "--config".into(), cfg.display().to_string()],
+                log: dir.join(format!("node{id}.log")),
+                child: None,
+            });
+        }
+        let smtp = format!("{}:{}", ip(10), free_port(&ip(10))?);
+        let edge = dir.join("edge.toml");
+        std::fs::write(
+            &edge,
+            format!(
+                "[edge]\nhostname = \"edge.load.test\"\nqueue = [{quoted}]\n\
+                 relay_networks = [\"127.0.0.0/8\"]\n[[edge.listeners]]\naddress = \"{smtp}\"\n\
+                 [edge.limits]\nmax_connections_per_ip = 2000\n"
+            ),
+        )?;
+        procs.push(Proc {
+            name: "edge".into(),
+            args: vec!["edge".into(), "--config".into(), edge.display().to_string()],
+            log: dir.join("edge.log"),
+            child: None,
+        });
+        let source_ips: Vec<String> = (0..l.source_ips).map(|i| ip(21 + i)).collect();
+        let sources = source_ips
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{{ ip = \"{a}\", ehlo = \"o{}.load.test\" }}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let routes = l
+            .routes
+            .iter()
+            .map(|(d, to)| format!("{{ domain = \"{d}\", to = \"{to}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sender = dir.join("sender.toml");
+        std::fs::write(
+            &sender,
+            format!(
+                "[sender]\nname = \"load-sender\"\ncluster = [{quoted}]\nmax_in_flight = 128\n\
+                 source_ips = [{sources}]\nroutes = [{routes}]\n\
+                 allow_destinations = [\"127.0.0.0/8\"]\ntls = \"disabled\"\n\
+                 [sender.timeouts]\nconnect = \"5s\"\n"
+            ),
+        )?;
+        procs.push(Proc {
+            name: "sender".into(),
+            args: vec![
+                "sender".into(),
+                "--config".into(),
+                sender.display().to_string(),
+            ],
+            log: dir.join("sender.log"),
+            child: None,
+        });
+        let mut rig = Self {
+            bin,
+            ctl,
+            procs,
+            nodes,
+            smtp,
+            source_ips,
+        };
+        for p in &mut rig.procs {
+            p.spawn(&rig.bin)?;
+        }
+        Ok(rig)
+    }
+
+    /// Runs skeinctl against the nodes: its standard output.
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.ctl)
+            .arg("--server")
+            .arg(self.nodes.join(","))
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "skeinctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the cluster has a leader that writes at least replicated format `format`,
+    /// and the edge listens.
+    pub async fn ready(&self, format: u32, limit: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + limit;
+        loop {
+            let ok = self
+                .ctl(&["--json", "status"])
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .is_some_and(|v| {
+                    v["leader_id"].as_u64().unwrap_or(0) != 0
+                        && v["format"].as_u64().unwrap_or(0) >= u64::from(format)
+                });
+            if ok && tokio::net::TcpStream::connect(&self.smtp).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                bail!("the cluster was not ready within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The current leader's node id.
+    pub fn leader(&self) -> anyhow::Result<u64> {
+        let s = self.ctl(&["--json", "status"])?;
+        let v: serde_json::Value = serde_json::from_str(&s)?;
+        match v["leader_id"].as_u64() {
+            Some(id) if id > 0 => Ok(id),
+            _ => bail!("no leader"),
+        }
+    }
+
+    /// SIGKILLs queue node `id`.
+    pub fn kill_node(&mut self, id: u64) {
+        self.procs[id as usize - 1].kill();
+    }
+
+    /// Starts queue node `id` again (same data directory).
+    pub fn restart_node(&mut self, id: u64) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        self.procs[id as usize - 1].spawn(&bin)
+    }
+
+    /// Stops everything.
+    pub fn stop(&mut self) {
+        for p in &mut self.procs {
+            p.kill();
+        }
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
