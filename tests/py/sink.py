@@ -10,6 +10,7 @@ Listens on every ADDRESS:PORT given and prints one JSON line per event to stdout
 What it answers is decided by the recipient's local part, so a test scripts outcomes by
 choosing addresses:
   reject-*      550 5.1.1 at RCPT (a hard bounce)
+  nodomain-*    550 5.1.2 at RCPT (the domain failed, not the mailbox)
   policy-*      550 5.7.1 at RCPT (permanent, but not a reason to suppress)
   defer-N-*     450 4.2.1 at RCPT for the first N attempts, then accepted
   tempfail-*    451 4.3.0 at RCPT, always
@@ -46,6 +47,8 @@ def rcpt_reply(address):
     local = address.split("@", 1)[0].lower()
     if local.startswith("reject-"):
         return "550 5.1.1 <%s>: no such user here" % address
+    if local.startswith("nodomain-"):
+        return "550 5.1.2 <%s>: host or domain name not found" % address
     if local.startswith("policy-"):
         return "550 5.7.1 <%s>: refused by policy" % address
     if local.startswith("tempfail-"):

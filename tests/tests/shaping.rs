@@ -599,6 +599,7 @@ async fn retry_now_bounce_and_delete_queued_mail() -> anyhow::Result<()> {
     );
 
     // Deleted: final at once, never sent again, no DSN (the one DSN so far is the bounce's).
+    format_at_least(&g, 7).await?;
     let out = ctl(&g, &["delete", "--message", &spam])?;
     assert!(out.contains("1 recipients deleted"), "{out}");
     let m = message_status(&g, &spam).await?;
@@ -794,6 +795,80 @@ async fn a_message_chooses_its_pool_by_header() -> anyhow::Result<()> {
     assert!(
         row("bulk").is_empty(),
         "the stream's queue is done: {queues}"
+    );
+    Ok(())
+}
+
+/// A tenant's own suppression rule (here for mail relayed by IP address, tenant ""): domain
+/// failures suppress after two bounces instead of the default three over two days; a rule of
+/// 0 never suppresses them; clearing it goes back to the cluster's rule. skeinctl shows each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_own_suppression_rule_decides_domain_failures() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.84";
+    let rig = DevWithSink::start(dir.path(), ip, "127.0.0.85", "", "", &[]).await?;
+    let g = rig.grpc.clone();
+    format_at_least(&g, 7).await?;
+    let out = ctl(&g, &["suppression", "policy"])?;
+    assert!(out.contains("the cluster's rule"), "{out}");
+    let out = ctl(
+        &g,
+        &[
+            "suppression",
+            "policy",
+            "--domain-failures",
+            "2",
+            "--span",
+            "0s",
+        ],
+    )?;
+    assert!(
+        out.contains("domain-level bounces after 2 bounces") && out.contains("until removed"),
+        "{out}"
+    );
+    let e = ctl_err(&g, &["suppression", "policy", "--span", "40d"])?;
+    assert!(e.contains("domain_failure_window_ms"), "{e}");
+    let e = ctl_err(
+        &g,
+        &["suppression", "policy", "--tenant", "nobody", "--clear"],
+    )?;
+    assert!(e.contains("NotFound"), "{e}");
+
+    let bounce = async |rcpt: &str| {
+        let id = submit_relayed(ip, rig.smtp, rcpt)?;
+        wait_final(&g, &id, FINISH).await
+    };
+    let m = bounce("nodomain-a@gone.test").await?;
+    assert_eq!(m.recipients[0].state, "bounced");
+    assert!(
+        m.recipients[0].note.starts_with("1 domain-level bounces"),
+        "{m:?}"
+    );
+    let listed = || ctl(&g, &["suppression", "list"]);
+    assert!(!listed()?.contains("nodomain-a@gone.test"));
+    bounce("nodomain-a@gone.test").await?;
+    let list = listed()?;
+    assert!(
+        list.contains("nodomain-a@gone.test") && list.contains("2 bounces over 0 hours"),
+        "{list}"
+    );
+    let m = bounce("nodomain-a@gone.test").await?;
+    assert_eq!(m.recipients[0].state, "suppressed");
+
+    // Never, then back to the cluster's rule (three bounces over two days: not in a test).
+    ctl(&g, &["suppression", "policy", "--domain-failures", "0"])?;
+    for _ in 0..3 {
+        bounce("nodomain-b@gone.test").await?;
+    }
+    ctl(&g, &["suppression", "policy", "--clear"])?;
+    assert!(ctl(&g, &["suppression", "policy"])?.contains("the cluster's rule"));
+    for _ in 0..2 {
+        bounce("nodomain-c@gone.test").await?;
+    }
+    let list = listed()?;
+    assert!(
+        !list.contains("nodomain-b@") && !list.contains("nodomain-c@"),
+        "{list}"
     );
     Ok(())
 }

@@ -61,6 +61,7 @@ const ADMIN_READS: &[&str] = &[
     "QueueSummary",
     "ListTenants",
     "ListSuppressions",
+    "GetSuppressionPolicy",
     "ListDkimKeys",
     "ListIps",
     "ListSchedules",

@@ -396,6 +396,11 @@ impl<'a> Tx<'a> {
         self.batch.put_cf(cf(self.db, cf_name), key, value);
     }
 
+    /// Deletes `key` in column family `cf_name`.
+    pub(crate) fn delete(&mut self, cf_name: &str, key: &[u8]) {
+        self.batch.delete_cf(cf(self.db, cf_name), key);
+    }
+
     /// The queue id of `tenant`'s submission `id` if it was stored at or after `since_ms`.
     pub(crate) fn submitted(
         &mut self,

@@ -33,6 +33,7 @@ pub mod types;
 pub use records::{
     domain_of, rcpt_key, AttemptRecord, AttemptResult, DkimKeyRecord, Lease, MessageRecord,
     RcptRecord, RcptState, Reply, StrikeRecord, SuppressionEntry, SuppressionRecord, TenantRecord,
+    TenantSuppressionPolicy,
 };
 pub use shaping::{IpStatus, ShapingCommand, ShapingOutcome, ShapingState};
 pub use skein_shaping;

@@ -280,6 +280,20 @@ impl SuppressionEntry {
     }
 }
 
+/// A tenant's own rule for which domain-level bounces suppress (format 7), in place of the
+/// leader's `[node.delivery.suppression]`. Durations in ms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSuppressionPolicy {
+    /// Domain-level bounces before an address is suppressed; 0: never.
+    pub domain_failures: u32,
+    /// Least time between the first and the latest of them.
+    pub domain_failure_span_ms: i64,
+    /// A count whose first bounce is older starts again.
+    pub domain_failure_window_ms: i64,
+    /// How long an entry a bounce adds lasts; 0: until removed.
+    pub expire_after_ms: i64,
+}
+
 /// Bounces of one address that count towards suppressing it under
 /// [`crate::SuppressRule::After`] (format 7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

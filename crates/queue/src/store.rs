@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::apply::Tx;
 use crate::records::{
     DkimKeyRecord, MessageRecord, RcptRecord, StrikeRecord, SuppressionEntry, TenantRecord,
+    TenantSuppressionPolicy,
 };
 use crate::snapfile::{
     check_content, get_bytes, get_varint, put_bytes, put_varint, Counting, SnapshotFiles,
@@ -921,6 +922,23 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             Response::Shaped(tx.shaping(at, cmd.clone())?)
         }
         Request::Token(cmd) => Response::Token(tx.token(cmd.clone())?),
+        Request::SuppressionPolicy { tenant, policy } => {
+            if !tenant.is_empty()
+                && db
+                    .get_cf(cf(db, CF_TENANTS), tenant.as_bytes())
+                    .map_err(std::io::Error::other)?
+                    .is_none()
+            {
+                Response::TenantNotFound
+            } else {
+                let key = policy_key(tenant);
+                match policy {
+                    Some(p) => tx.put(CF_SETTINGS, &key, enc(p)),
+                    None => tx.delete(CF_SETTINGS, &key),
+                }
+                Response::TenantUpdated
+            }
+        }
         Request::ClusterId(id) => match replicated_cluster_id(db).map_err(std::io::Error::other)? {
             Some(known) => Response::ClusterId(known),
             None => {
@@ -934,6 +952,11 @@ fn apply_one(db: &DB, tx: &mut Tx<'_>, entry: &Entry<TypeConfig>) -> std::io::Re
             tx.deliver(index, now_ms, mta, ops.clone(), format)?
         }
     })
+}
+
+/// Key of a tenant's own suppression rule in `settings` (format 7).
+fn policy_key(tenant: &str) -> Vec<u8> {
+    [b"suppolicy/".as_slice(), tenant.as_bytes()].concat()
 }
 
 fn replicated_cluster_id(db: &DB) -> Result<Option<String>, rocksdb::Error> {
@@ -1054,6 +1077,23 @@ impl QueueReader {
     pub fn cluster_id(&self) -> Result<Option<String>, QueueError> {
         match self.db.get_cf(cf(&self.db, CF_RAFT), K_CLUSTER_ID)? {
             Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// `tenant`'s own suppression rule (format 7), if it has one.
+    pub fn suppression_policy(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<TenantSuppressionPolicy>, QueueError> {
+        match self
+            .db
+            .get_cf(cf(&self.db, CF_SETTINGS), policy_key(tenant))?
+        {
+            Some(v) => Ok(Some(dec(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_SETTINGS,
+                source,
+            })?)),
             None => Ok(None),
         }
     }

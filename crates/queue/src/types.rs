@@ -134,6 +134,15 @@ pub enum Request {
     },
     /// Creates or revokes an Admin token (format 6).
     Token(crate::tokens::TokenCommand),
+    /// Sets (`Some`) or clears a tenant's own suppression rule (format 7). Answers
+    /// `TenantUpdated`, or `TenantNotFound` (the empty tenant, mail relayed by IP address,
+    /// always exists).
+    SuppressionPolicy {
+        /// Tenant.
+        tenant: String,
+        /// The rule; `None` goes back to the leader's configuration.
+        policy: Option<crate::records::TenantSuppressionPolicy>,
+    },
     /// Records the cluster's id in the replicated state unless it has one (format 7): how a
     /// cluster founded before ids existed gets one that every node agrees on (the first
     /// applied wins, whichever leaders proposed).

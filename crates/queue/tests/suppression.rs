@@ -321,3 +321,35 @@ fn decisions_of_format_7_are_written_as_older_formats_read_them() {
     assert_eq!(now.clone().for_format(7), Some(now));
     assert_eq!(Disposition::Expire.for_format(1), Some(Disposition::Expire));
 }
+
+#[tokio::test]
+async fn a_tenants_own_rule_is_set_cleared_and_travels_in_snapshots() {
+    let mut f = at_format_7().await;
+    let rule = skein_queue::TenantSuppressionPolicy {
+        domain_failures: 1,
+        domain_failure_span_ms: 0,
+        domain_failure_window_ms: DAY,
+        expire_after_ms: 0,
+    };
+    let set = |tenant: &str, policy: Option<skein_queue::TenantSuppressionPolicy>| {
+        Request::SuppressionPolicy {
+            tenant: tenant.into(),
+            policy,
+        }
+    };
+    assert_eq!(
+        f.apply(set("nobody", Some(rule.clone()))).await,
+        Response::TenantNotFound
+    );
+    // Mail relayed by IP address ("") has a rule of its own too.
+    assert_eq!(
+        f.apply(set("", Some(rule.clone()))).await,
+        Response::TenantUpdated
+    );
+    assert_eq!(f.reader.suppression_policy("").unwrap(), Some(rule.clone()));
+    assert_eq!(f.reader.suppression_policy("acme").unwrap(), None);
+    let copy = f.copy_by_snapshot().await;
+    assert_eq!(copy.reader.suppression_policy("").unwrap(), Some(rule));
+    assert_eq!(f.apply(set("", None)).await, Response::TenantUpdated);
+    assert_eq!(f.reader.suppression_policy("").unwrap(), None);
+}

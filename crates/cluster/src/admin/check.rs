@@ -89,3 +89,35 @@ pub(super) fn check_address(address: &str) -> Result<(), Status> {
         ))
     }
 }
+
+/// A tenant's own suppression rule from a request, checked: spans within ten years, the
+/// window covering the span.
+pub(super) fn check_policy(
+    r: &skein_proto::admin::SetSuppressionPolicyRequest,
+) -> Result<skein_queue::TenantSuppressionPolicy, Status> {
+    const TEN_YEARS_MS: u64 = 3650 * 86_400_000;
+    for (field, v) in [
+        ("domain_failure_span_ms", r.domain_failure_span_ms),
+        ("domain_failure_window_ms", r.domain_failure_window_ms),
+        ("expire_after_ms", r.expire_after_ms),
+    ] {
+        if v > TEN_YEARS_MS {
+            return Err(invalid(field, "at most ten years"));
+        }
+    }
+    if r.domain_failure_window_ms < r.domain_failure_span_ms {
+        return Err(invalid(
+            "domain_failure_window_ms",
+            "must be at least domain_failure_span_ms",
+        ));
+    }
+    if r.domain_failures > 1000 {
+        return Err(invalid("domain_failures", "at most 1000 (0: never)"));
+    }
+    Ok(skein_queue::TenantSuppressionPolicy {
+        domain_failures: r.domain_failures,
+        domain_failure_span_ms: r.domain_failure_span_ms as i64,
+        domain_failure_window_ms: r.domain_failure_window_ms as i64,
+        expire_after_ms: r.expire_after_ms as i64,
+    })
+}

@@ -133,3 +133,24 @@ pub(super) fn suppression_note(
         _ => String::new(),
     })
 }
+
+/// A tenant's suppression rule as the Admin API shows it (`None`: the configuration's).
+pub(super) fn policy_proto(
+    tenant: String,
+    own: Option<skein_queue::TenantSuppressionPolicy>,
+) -> SuppressionPolicy {
+    match own {
+        Some(p) => SuppressionPolicy {
+            tenant,
+            own: true,
+            domain_failures: p.domain_failures,
+            domain_failure_span_ms: p.domain_failure_span_ms as u64,
+            domain_failure_window_ms: p.domain_failure_window_ms as u64,
+            expire_after_ms: p.expire_after_ms as u64,
+        },
+        None => SuppressionPolicy {
+            tenant,
+            ..Default::default()
+        },
+    }
+}

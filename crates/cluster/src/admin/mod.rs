@@ -636,6 +636,54 @@ impl Admin for AdminService {
         })
     }
 
+    async fn get_suppression_policy(
+        &self,
+        req: Request<GetSuppressionPolicyRequest>,
+    ) -> Result<Response<SuppressionPolicy>, Status> {
+        check_suppression_tenant(&req.get_ref().tenant)?;
+        forward_or!(self, req, get_suppression_policy, {
+            self.linearize().await?;
+            let tenant = req.get_ref().tenant.clone();
+            let own = self
+                .ctx
+                .reader
+                .suppression_policy(&tenant)
+                .map_err(ClusterError::from)?;
+            Ok(Response::new(policy_proto(tenant, own)))
+        })
+    }
+
+    async fn set_suppression_policy(
+        &self,
+        req: Request<SetSuppressionPolicyRequest>,
+    ) -> Result<Response<SuppressionPolicy>, Status> {
+        let r = req.get_ref();
+        check_suppression_tenant(&r.tenant)?;
+        let policy = (!r.clear).then(|| check_policy(r)).transpose()?;
+        forward_or!(self, req, set_suppression_policy, {
+            let format = self.ctx.reader.format().map_err(ClusterError::from)?;
+            ClusterError::require_format(
+                format,
+                skein_queue::SUPPRESSION_FORMAT,
+                "suppression rules per tenant",
+            )?;
+            let tenant = req.get_ref().tenant.clone();
+            let resp = self
+                .write(Command::SuppressionPolicy {
+                    tenant: tenant.clone(),
+                    policy: policy.clone(),
+                })
+                .await?;
+            match resp {
+                Applied::TenantUpdated => Ok(Response::new(policy_proto(tenant, policy))),
+                _ => Err(ClusterError::NotFound {
+                    what: format!("tenant {tenant:?}"),
+                }
+                .into()),
+            }
+        })
+    }
+
     async fn set_dkim_key(
         &self,
         req: Request<SetDkimKeyRequest>,

@@ -83,6 +83,9 @@ pub struct ReportIn {
     pub sender: String,
     /// The current record of each of `report.rcpts` (same order), `None` when gone.
     pub records: Vec<Option<RcptRecord>>,
+    /// For each of `records`, its tenant's own suppression rule when it has one and the
+    /// recipient failed permanently (else the configuration's applies).
+    pub policies: Vec<Option<skein_config::SuppressionPolicy>>,
 }
 
 /// Adds the report ops for `reports` to `plan`. Attempt times and the reporting sender are
@@ -105,9 +108,11 @@ pub fn reports(
         report,
         sender,
         records,
+        mut policies,
     } in reports
     {
-        for (r, rec) in report.rcpts.iter().zip(records) {
+        policies.resize(records.len(), None);
+        for ((r, rec), own) in report.rcpts.iter().zip(records).zip(policies) {
             let Some(rec) = rec else {
                 continue;
             };
@@ -142,6 +147,9 @@ pub fn reports(
                 text: one_line(&r.text, 1000),
             };
             let mut disposition = policy::disposition(cfg, &rec, result, &reply, now_ms, rng.f64());
+            if let (Disposition::BounceWith(_), Some(own)) = (&disposition, own) {
+                disposition = Disposition::BounceWith(policy::suppress_rule(&own, &reply));
+            }
             if shaped && result == AttemptResult::Throttled {
                 if let Disposition::Retry { .. } = disposition {
                     disposition = Disposition::Retry {
@@ -365,7 +373,7 @@ mod tests {
 
     use skein_core::{ByteSize, HumanDuration};
     use skein_proto::work::RecipientResult;
-    use skein_queue::{Lease, RcptState};
+    use skein_queue::{Lease, RcptState, SuppressRule};
 
     use super::*;
 
@@ -602,6 +610,7 @@ mod tests {
                 report,
                 sender: "sender-a".into(),
                 records: vec![Some(rec), None],
+                policies: Vec::new(),
             }],
             false,
             &mut plan,
@@ -616,6 +625,29 @@ mod tests {
             disposition,
             Disposition::Retry { at_ms, counted: true } if *at_ms > NOW
         ));
+    }
+
+    /// The round that takes one report from sender-a about `rec`, with its tenant's rule.
+    fn plan_one(
+        report: Report,
+        rec: RcptRecord,
+        own: Option<skein_config::SuppressionPolicy>,
+    ) -> RoundPlan {
+        let mut plan = RoundPlan::default();
+        super::reports(
+            &cfg(),
+            NOW,
+            &mut fastrand::Rng::with_seed(1),
+            vec![ReportIn {
+                report,
+                sender: "sender-a".into(),
+                records: vec![Some(rec)],
+                policies: vec![own],
+            }],
+            false,
+            &mut plan,
+        );
+        plan
     }
 
     /// What a sender reports cannot put lines into DSNs or histories: control characters
@@ -638,19 +670,7 @@ mod tests {
         };
         let mut got = Vec::new();
         for (code, enhanced) in [(550, "5.1.1"), (999, "5.1.1\r\nX: y"), (550, "5.1234.1")] {
-            let mut plan = RoundPlan::default();
-            super::reports(
-                &cfg(),
-                NOW,
-                &mut fastrand::Rng::with_seed(1),
-                vec![ReportIn {
-                    report: report(code, enhanced),
-                    sender: "sender-a".into(),
-                    records: vec![Some(rec.clone())],
-                }],
-                false,
-                &mut plan,
-            );
+            let plan = plan_one(report(code, enhanced), rec.clone(), None);
             let a = &plan.reported[0].1;
             assert_eq!(a.reply.text, "no  Subject: injected ");
             assert_eq!(a.mx, "mx.x.test  X-Evil: 1");
@@ -664,6 +684,68 @@ mod tests {
                 (550, String::new())
             ]
         );
+    }
+
+    /// A tenant's own suppression rule decides its domain-level bounces instead of the
+    /// configuration's; mailbox bounces suppress at once either way.
+    #[test]
+    fn a_tenants_own_rule_decides_its_bounces() {
+        let rec = leased_to_a();
+        let rule = |enhanced: &str, own: Option<skein_config::SuppressionPolicy>| {
+            let report = Report {
+                lease: 5,
+                rcpts: vec![RecipientResult {
+                    key: "A0000".into(),
+                    outcome: Outcome::Permanent as i32,
+                    code: 550,
+                    enhanced: enhanced.into(),
+                    text: "no".into(),
+                }],
+                ..Default::default()
+            };
+            let plan = plan_one(report, rec.clone(), own);
+            match &plan.reported[0].2 {
+                Disposition::BounceWith(r) => r.clone(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let day = 86_400_000;
+        assert_eq!(
+            rule("5.1.2", None),
+            SuppressRule::After {
+                strikes: 3,
+                span_ms: 2 * day,
+                window_ms: 30 * day,
+                expire_after_ms: 0
+            }
+        );
+        let once = skein_queue::TenantSuppressionPolicy {
+            domain_failures: 1,
+            domain_failure_span_ms: 0,
+            domain_failure_window_ms: day,
+            expire_after_ms: 7 * day,
+        };
+        let once = Some(super::policy::tenant_policy(&once));
+        assert_eq!(
+            rule("5.1.2", once.clone()),
+            SuppressRule::After {
+                strikes: 1,
+                span_ms: 0,
+                window_ms: day,
+                expire_after_ms: 7 * day
+            }
+        );
+        assert_eq!(
+            rule("5.1.1", once),
+            SuppressRule::Now {
+                expire_after_ms: 7 * day
+            }
+        );
+        let never = skein_config::SuppressionPolicy {
+            domain_failures: 0,
+            ..Default::default()
+        };
+        assert_eq!(rule("5.1.2", Some(never)), SuppressRule::Never);
     }
 
     /// A failure reported by a session that does not hold the lease (another sender, or a
@@ -686,6 +768,7 @@ mod tests {
             },
             sender: sender.into(),
             records: vec![Some(rec.clone())],
+            policies: Vec::new(),
         };
         let mut plan = RoundPlan::default();
         let mut rng = fastrand::Rng::with_seed(3);

@@ -392,6 +392,9 @@ impl Planner {
         };
         let reports = self.pending.len().min(MAX_REPORTS_PER_ROUND);
         let mut inputs = Vec::with_capacity(reports);
+        // Tenants' own suppression rules, read once a round for those with a permanent
+        // failure reported.
+        let mut own: HashMap<String, Option<skein_config::SuppressionPolicy>> = HashMap::new();
         for r in &self.pending[..reports] {
             let records = r
                 .report
@@ -399,10 +402,29 @@ impl Planner {
                 .iter()
                 .map(|x| view.rcpt(&x.key))
                 .collect::<Result<Vec<_>, _>>()?;
+            let mut policies = Vec::with_capacity(records.len());
+            for (x, rec) in r.report.rcpts.iter().zip(&records) {
+                let permanent = x.outcome == skein_proto::work::Outcome::Permanent as i32;
+                let policy = match rec {
+                    Some(rec) if permanent => match own.get(&rec.tenant) {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = view
+                                .suppression_policy(&rec.tenant)?
+                                .map(|p| super::policy::tenant_policy(&p));
+                            own.insert(rec.tenant.clone(), p.clone());
+                            p
+                        }
+                    },
+                    _ => None,
+                };
+                policies.push(policy);
+            }
             inputs.push(ReportIn {
                 report: r.report.clone(),
                 sender: r.sender.clone(),
                 records,
+                policies,
             });
         }
         // The limits and counters are read at most every SHAPING_REFRESH_MS (and at each new
@@ -1053,6 +1075,7 @@ mod tests {
         clock: i64,
         shaping: Option<ShapingState>,
         suspended: Vec<skein_shaping::Suspension>,
+        policies: HashMap<String, skein_queue::TenantSuppressionPolicy>,
     }
 
     impl MemView {
@@ -1149,6 +1172,13 @@ mod tests {
 
         fn message_size(&self, _id: &str) -> u64 {
             1_000
+        }
+
+        fn suppression_policy(
+            &self,
+            tenant: &str,
+        ) -> Result<Option<skein_queue::TenantSuppressionPolicy>, QueueError> {
+            Ok(self.policies.get(tenant).cloned())
         }
 
         fn clock_ms(&self) -> Result<i64, QueueError> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use skein_config::DeliveryConfig;
+use skein_config::{DeliveryConfig, SuppressionPolicy};
 use skein_queue::{AttemptResult, Disposition, RcptRecord, Reply, SuppressRule};
 
 /// The disposition of `rcpt` after an attempt that ended with `result` and `reply` at `now_ms`.
@@ -19,7 +19,7 @@ pub fn disposition(
     let too_old = now_ms.saturating_sub(rcpt.received_at_ms) >= ms(cfg.max_age.0);
     match result {
         AttemptResult::Delivered => Disposition::Delivered,
-        AttemptResult::Permanent => Disposition::BounceWith(suppress_rule(cfg, reply)),
+        AttemptResult::Permanent => Disposition::BounceWith(suppress_rule(&cfg.suppression, reply)),
         _ if too_old => Disposition::Expire,
         AttemptResult::Throttled => Disposition::Retry {
             at_ms: now_ms + ms(cfg.throttle_delay.0),
@@ -50,8 +50,7 @@ pub fn retry_delay(cfg: &DeliveryConfig, attempt: u32, unit: f64) -> Duration {
 /// How a permanent failure with `reply` adds its address to the suppression list: at once
 /// when the mailbox is bad ([`is_hard_bounce`]), after repeats when the domain or its DNS
 /// failed (x.1.2, x.1.10), never else.
-pub fn suppress_rule(cfg: &DeliveryConfig, reply: &Reply) -> SuppressRule {
-    let p = &cfg.suppression;
+pub fn suppress_rule(p: &SuppressionPolicy, reply: &Reply) -> SuppressRule {
     let expire_after_ms = ms(p.expire_after.0);
     if is_hard_bounce(reply) {
         return SuppressRule::Now { expire_after_ms };
@@ -67,6 +66,17 @@ pub fn suppress_rule(cfg: &DeliveryConfig, reply: &Reply) -> SuppressRule {
         };
     }
     SuppressRule::Never
+}
+
+/// A tenant's own rule ([`skein_queue::TenantSuppressionPolicy`]) in the configuration's terms.
+pub fn tenant_policy(p: &skein_queue::TenantSuppressionPolicy) -> SuppressionPolicy {
+    let d = |ms: i64| skein_core::HumanDuration(Duration::from_millis(ms.max(0) as u64));
+    SuppressionPolicy {
+        domain_failures: p.domain_failures,
+        domain_failure_span: d(p.domain_failure_span_ms),
+        domain_failure_window: d(p.domain_failure_window_ms),
+        expire_after: d(p.expire_after_ms),
+    }
 }
 
 /// Permanent failures that say the mailbox itself is bad, so sending to it again would only
@@ -244,7 +254,7 @@ mod tests {
         cfg.suppression.expire_after = skein_core::HumanDuration(Duration::from_secs(3600));
         for code in ["5.1.1", "5.1.3", "5.1.6", "5.2.1"] {
             assert_eq!(
-                suppress_rule(&cfg, &reply(550, code)),
+                suppress_rule(&cfg.suppression, &reply(550, code)),
                 SuppressRule::Now {
                     expire_after_ms: 3_600_000
                 },
@@ -257,19 +267,22 @@ mod tests {
             window_ms: 30 * 86_400_000,
             expire_after_ms: 3_600_000,
         };
-        assert_eq!(suppress_rule(&cfg, &reply(550, "5.1.2")), after);
-        assert_eq!(suppress_rule(&cfg, &reply(554, "5.1.10")), after);
+        assert_eq!(suppress_rule(&cfg.suppression, &reply(550, "5.1.2")), after);
+        assert_eq!(
+            suppress_rule(&cfg.suppression, &reply(554, "5.1.10")),
+            after
+        );
         // Policy, content, a 4xx that ended up permanent: nothing about the address.
         for (code, enhanced) in [(554, "5.7.1"), (552, "5.3.4"), (450, "4.1.1"), (550, "")] {
             assert_eq!(
-                suppress_rule(&cfg, &reply(code, enhanced)),
+                suppress_rule(&cfg.suppression, &reply(code, enhanced)),
                 SuppressRule::Never,
                 "{code} {enhanced}"
             );
         }
         cfg.suppression.domain_failures = 0;
         assert_eq!(
-            suppress_rule(&cfg, &reply(550, "5.1.2")),
+            suppress_rule(&cfg.suppression, &reply(550, "5.1.2")),
             SuppressRule::Never
         );
     }

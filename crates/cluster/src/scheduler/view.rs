@@ -1,7 +1,9 @@
 //! What the planner reads of the queue: ready queues, their due recipients, recipient records
 //! and message sizes. [`QueueReader`] is the real one; tests use an in-memory one.
 
-use skein_queue::{QueueError, QueueHead, QueueReader, RcptRecord, ShapingState};
+use skein_queue::{
+    QueueError, QueueHead, QueueReader, RcptRecord, ShapingState, TenantSuppressionPolicy,
+};
 use skein_shaping::Suspension;
 
 /// Reads over the applied queue state, as the planner needs them.
@@ -27,6 +29,12 @@ pub trait QueueView {
     fn shaping(&self, now_ms: i64) -> Result<Option<ShapingState>, QueueError>;
     /// Operators' suspensions in force at `now_ms` (with or without IP records).
     fn suspensions(&self, now_ms: i64) -> Result<Vec<Suspension>, QueueError>;
+    /// The own suppression rule of the tenant whose settings queue tenant `tenant` uses
+    /// (`acme+bulk` is acme's), if it has one.
+    fn suppression_policy(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<TenantSuppressionPolicy>, QueueError>;
 }
 
 impl QueueView for QueueReader {
@@ -68,5 +76,12 @@ impl QueueView for QueueReader {
 
     fn suspensions(&self, now_ms: i64) -> Result<Vec<Suspension>, QueueError> {
         QueueReader::suspensions(self, now_ms)
+    }
+
+    fn suppression_policy(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<TenantSuppressionPolicy>, QueueError> {
+        QueueReader::suppression_policy(self, skein_shaping::base_tenant(tenant))
     }
 }

@@ -86,6 +86,28 @@ pub enum SuppressionCmd {
         #[arg(long, default_value = "")]
         tenant: String,
     },
+    /// Show a tenant's suppression rule; with any setting, give it its own (format 7).
+    /// Mailbox bounces (5.1.1 ...) always suppress at once; this decides domain-level ones.
+    Policy {
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Domain-level bounces (5.1.2, 5.1.10) of an address before it is suppressed; 0:
+        /// never. Default 3.
+        #[arg(long)]
+        domain_failures: Option<u32>,
+        /// Least time between the first and the latest of them. Default 2d.
+        #[arg(long)]
+        span: Option<skein_core::HumanDuration>,
+        /// A count older than this starts again. Default 30d.
+        #[arg(long)]
+        window: Option<skein_core::HumanDuration>,
+        /// How long entries bounces add last; 0s: until removed. Default 0s.
+        #[arg(long)]
+        expire_after: Option<skein_core::HumanDuration>,
+        /// Remove the tenant's own rule: the leader's [node.delivery.suppression] applies.
+        #[arg(long, conflicts_with_all = ["domain_failures", "span", "window", "expire_after"])]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,8 +253,82 @@ pub async fn suppression(c: &mut Client, cmd: SuppressionCmd, json: bool) -> any
             .map_err(status)?;
             println!("removed the suppression of {address} for tenant {tenant:?}");
         }
+        SuppressionCmd::Policy {
+            tenant,
+            domain_failures,
+            span,
+            window,
+            expire_after,
+            clear,
+        } => {
+            let set = clear
+                || domain_failures.is_some()
+                || span.is_some()
+                || window.is_some()
+                || expire_after.is_some();
+            let p = if set {
+                let d = skein_config::SuppressionPolicy::default();
+                let ms = |v: Option<skein_core::HumanDuration>, d: skein_core::HumanDuration| {
+                    v.unwrap_or(d).0.as_millis() as u64
+                };
+                c.set_suppression_policy(SetSuppressionPolicyRequest {
+                    tenant,
+                    clear,
+                    domain_failures: domain_failures.unwrap_or(d.domain_failures),
+                    domain_failure_span_ms: ms(span, d.domain_failure_span),
+                    domain_failure_window_ms: ms(window, d.domain_failure_window),
+                    expire_after_ms: ms(expire_after, d.expire_after),
+                })
+                .await
+            } else {
+                c.get_suppression_policy(GetSuppressionPolicyRequest { tenant })
+                    .await
+            }
+            .map_err(status)?
+            .into_inner();
+            print_policy(&p, json);
+        }
     }
     Ok(())
+}
+
+fn print_policy(p: &SuppressionPolicy, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"tenant": p.tenant, "own": p.own,
+                "domain_failures": p.domain_failures,
+                "domain_failure_span_ms": p.domain_failure_span_ms,
+                "domain_failure_window_ms": p.domain_failure_window_ms,
+                "expire_after_ms": p.expire_after_ms})
+        );
+        return;
+    }
+    if !p.own {
+        println!(
+            "tenant {:?}: the cluster's rule ([node.delivery.suppression] on the leader)",
+            p.tenant
+        );
+        return;
+    }
+    let d = |ms: u64| skein_core::HumanDuration(std::time::Duration::from_millis(ms));
+    let domain = match p.domain_failures {
+        0 => "never".to_string(),
+        n => format!(
+            "after {n} bounces, the first at least {} before the last, within {}",
+            d(p.domain_failure_span_ms),
+            d(p.domain_failure_window_ms)
+        ),
+    };
+    let lasts = match p.expire_after_ms {
+        0 => "until removed".to_string(),
+        ms => format!("for {}", d(ms)),
+    };
+    println!(
+        "tenant {:?}: mailbox bounces suppress at once; domain-level bounces {domain}; entries \
+         last {lasts}",
+        p.tenant
+    );
 }
 
 /// Runs a `dkim` command.
