@@ -3,6 +3,7 @@
 //! slow server shows in the latency instead of slowing the load), to a weighted mix of
 //! recipient domains, each message carrying its `X-Load-Id`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,8 +123,31 @@ impl Generated {
     }
 }
 
-/// Runs `load`; `at_ms` gives the run's clock.
-pub async fn run(load: Load, at_ms: impl Fn() -> u64 + Send + Sync + 'static) -> Generated {
+/// Counts while the load runs, for the progress line.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    submitted: Arc<AtomicU64>,
+    accepted: Arc<AtomicU64>,
+}
+
+impl Progress {
+    /// Messages tried so far.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    /// Messages acknowledged so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `load`, counting in `progress`; `at_ms` gives the run's clock.
+pub async fn run(
+    load: Load,
+    progress: Progress,
+    at_ms: impl Fn() -> u64 + Send + Sync + 'static,
+) -> Generated {
     let at_ms = Arc::new(at_ms);
     let (tx, rx) = tokio::sync::mpsc::channel::<(u64, Instant)>(load.messages.max(1) as usize);
     let rx = Arc::new(Mutex::new(rx));
@@ -142,7 +166,14 @@ pub async fn run(load: Load, at_ms: impl Fn() -> u64 + Send + Sync + 'static) ->
         })
     };
     let workers: Vec<_> = (0..load.sessions)
-        .map(|_| tokio::spawn(worker(load.clone(), rx.clone(), at_ms.clone())))
+        .map(|_| {
+            tokio::spawn(worker(
+                load.clone(),
+                rx.clone(),
+                progress.clone(),
+                at_ms.clone(),
+            ))
+        })
         .collect();
     let _ = schedule.await;
     let mut out = Generated::empty();
@@ -170,6 +201,7 @@ type Queue = Arc<Mutex<tokio::sync::mpsc::Receiver<(u64, Instant)>>>;
 async fn worker(
     load: Arc<Load>,
     rx: Queue,
+    progress: Progress,
     at_ms: Arc<impl Fn() -> u64 + Send + Sync>,
 ) -> Generated {
     let mut g = Generated::empty();
@@ -187,6 +219,7 @@ async fn worker(
             return g;
         };
         g.submitted += 1;
+        progress.submitted.fetch_add(1, Ordering::Relaxed);
         let rcpt = load.recipient(n);
         let body = load.message(n, &rcpt);
         let attempt = async |conn: &mut Option<_>| -> anyhow::Result<(u16, Duration)> {
@@ -235,6 +268,7 @@ async fn worker(
         };
         match attempt(&mut conn).await {
             Ok((250, dot)) => {
+                progress.accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = g.dot_to_250.record(dot.as_micros().max(1) as u64);
                 let _ = g
                     .arrival_to_250

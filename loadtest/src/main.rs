@@ -9,6 +9,8 @@
 //!   final-dot-to-250 latency: the bench scripts compare Skein with Postfix by it.
 
 mod blast;
+mod clock;
+mod dns;
 mod gen;
 mod report;
 mod rig;

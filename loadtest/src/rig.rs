@@ -56,8 +56,14 @@ pub struct Layout {
     pub net: String,
     /// Source IPs of the sender.
     pub source_ips: usize,
-    /// Static routes: (recipient domain, `ip:port`).
+    /// Static routes: (recipient domain, `ip:port`), when there is no DNS server.
     pub routes: Vec<(String, String)>,
+    /// The DNS server (`ip:port`) for recipient domains, and the port MX hosts listen on.
+    pub dns: Option<(String, u16)>,
+    /// Extra lines for every queue node's `[node.delivery]`.
+    pub delivery: String,
+    /// Extra lines for every queue node's `[node]`.
+    pub node: String,
 }
 
 /// A running cluster.
@@ -103,6 +109,10 @@ impl Rig {
             .map(|a| format!("\"{a}\""))
             .collect::<Vec<_>>()
             .join(", ");
+        let nameservers = match &l.dns {
+            Some((dns, _)) => format!("nameservers = [\"{dns}\"]\n"),
+            None => String::new(),
+        };
         let mut procs = Vec::new();
         for (i, addr) in nodes.iter().enumerate() {
             let id = i + 1;
@@ -111,10 +121,11 @@ impl Rig {
                 &cfg,
                 format!(
                     "[node]\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
-                     initial_members = [{members}]\n\
-                     [node.delivery]\nmta_name = \"load.skein.test\"\nretry_first = \"1s\"\n\
-                     retry_max = \"3s\"\nlease = \"10s\"\nthrottle_delay = \"2s\"\n",
-                    dir.join(format!("node{id}")).display()
+                     initial_members = [{members}]\n{nameservers}{}\n\
+                     [node.delivery]\nmta_name = \"load.skein.test\"\n{}\n",
+                    dir.join(format!("node{id}")).display(),
+                    l.node,
+                    l.delivery,
                 ),
             )?;
             procs.push(Proc {
@@ -153,12 +164,16 @@ impl Rig {
             .map(|(d, to)| format!("{{ domain = \"{d}\", to = \"{to}\" }}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let resolve = match &l.dns {
+            Some((_, port)) => format!("{nameservers}smtp_port = {port}\n"),
+            None => String::new(),
+        };
         let sender = dir.join("sender.toml");
         std::fs::write(
             &sender,
             format!(
                 "[sender]\nname = \"load-sender\"\ncluster = [{quoted}]\nmax_in_flight = 128\n\
-                 source_ips = [{sources}]\nroutes = [{routes}]\n\
+                 source_ips = [{sources}]\nroutes = [{routes}]\n{resolve}\
                  allow_destinations = [\"127.0.0.0/8\"]\ntls = \"disabled\"\n\
                  [sender.timeouts]\nconnect = \"5s\"\n"
             ),

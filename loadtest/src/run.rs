@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::dns;
 use crate::gen::Load;
 use crate::report::{Fault, HourlyUse, Latency, Report, Second};
 use crate::rig::{free_port, Layout, Rig};
@@ -19,7 +20,8 @@ use crate::sim::{self, Provider, RunClock, SharedLedger};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// quick: 3 queue nodes, an edge, a sender with 4 source IPs, provider limits active, the
-    /// leader SIGKILLed part-way (under a minute).
+    /// leader SIGKILLed part-way (under a minute). day: a million messages over a 24-hour
+    /// day of scaled time through 16 warm IPs (about 45 minutes here).
     #[arg(long, default_value = "quick")]
     pub profile: String,
     /// Where the report goes (created).
@@ -54,9 +56,25 @@ pub struct Args {
     /// Cause no faults.
     #[arg(long)]
     pub no_faults: bool,
+    /// Static routes to the simulators instead of MX records from a DNS server (dnsmasq).
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Run the cluster's clocks and the simulators' hours this many times faster than real
+    /// time (the `day` profile sets it so the load spans 24 hours).
+    #[arg(long)]
+    pub time_scale: Option<f64>,
     /// How long to wait for the last deliveries after the load, seconds.
     #[arg(long, default_value_t = 90)]
     pub drain: u64,
+}
+
+/// One simulated provider: its name (as Skein's provider table has it), the MX host its
+/// domains point at, and its limits per source IP (0: none).
+struct SimSpec {
+    name: &'static str,
+    mx: &'static str,
+    hourly: u64,
+    conns: u32,
 }
 
 /// A profile's settings.
@@ -67,11 +85,54 @@ struct Profile {
     rate: f64,
     sessions: usize,
     size: usize,
-    /// (provider, recipient domain, weight, hourly per IP, connections per IP).
-    providers: Vec<(&'static str, &'static str, u32, u64, u32)>,
+    sims: Vec<SimSpec>,
+    /// Recipient domains: (domain, weight, index of the simulator its MX is).
+    dests: Vec<(&'static str, u32, usize)>,
     /// Kill the leader when this share of the messages has been scheduled.
     kill_leader_at: Option<f64>,
+    /// Virtual seconds the load spans (scaled time: the cluster's clocks and the
+    /// simulators' hours run that much faster); `None`: real time.
+    virtual_span_s: Option<f64>,
 }
+
+fn sims(gmail: u64, yahoo: u64, outlook: u64, conns: u32) -> Vec<SimSpec> {
+    vec![
+        SimSpec {
+            name: "gmail",
+            mx: "gmail-smtp-in.l.google.com",
+            hourly: gmail,
+            conns,
+        },
+        SimSpec {
+            name: "yahoo",
+            mx: "mta5.am0.yahoodns.net",
+            hourly: yahoo,
+            conns,
+        },
+        SimSpec {
+            name: "outlook",
+            mx: "outlook-com.olc.protection.outlook.com",
+            hourly: outlook,
+            conns,
+        },
+        SimSpec {
+            name: "default",
+            mx: "mx.custom.test",
+            hourly: 0,
+            conns: 0,
+        },
+    ]
+}
+
+/// Where the generator's mail goes: the providers' own domains, a custom domain hosted at
+/// Google (known by its MX only), and custom domains.
+const DESTS: [(&str, u32, usize); 5] = [
+    ("gmail.com", 30, 0),
+    ("brand.test", 10, 0),
+    ("yahoo.com", 15, 1),
+    ("outlook.com", 15, 2),
+    ("custom.test", 30, 3),
+];
 
 fn profile(name: &str) -> anyhow::Result<Profile> {
     match name {
@@ -82,16 +143,27 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             rate: 50.0,
             sessions: 10,
             size: 2048,
-            providers: vec![
-                ("gmail", "gmail.com", 40, 120, 10),
-                ("yahoo", "yahoo.com", 15, 60, 10),
-                ("outlook", "outlook.com", 15, 60, 10),
-                ("default", "custom.test", 30, 0, 0),
-            ],
+            sims: sims(120, 60, 60, 10),
+            dests: DESTS.to_vec(),
             kill_leader_at: Some(0.4),
+            virtual_span_s: None,
+        }),
+        // A million messages over a 24-hour day (scaled time), through 16 warm IPs within
+        // per-provider hourly limits, the leader killed half-way.
+        "day" => Ok(Profile {
+            nodes: 3,
+            source_ips: 16,
+            messages: 1_000_000,
+            rate: 400.0,
+            sessions: 40,
+            size: 5120,
+            sims: sims(1_500, 1_000, 1_000, 20),
+            dests: DESTS.to_vec(),
+            kill_leader_at: Some(0.5),
+            virtual_span_s: Some(86_400.0),
         }),
         other => anyhow::bail!(
-            "no profile {other:?} (this release has: quick; day, warmup, max and soak are \
+            "no profile {other:?} (this release has: quick, day; warmup, max and soak are \
              still to come)"
         ),
     }
@@ -101,33 +173,71 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
 pub async fn run(a: Args) -> anyhow::Result<bool> {
     let p = profile(&a.profile)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let clock = RunClock::start();
+    let messages = a.messages.unwrap_or(p.messages);
+    let rate = a.rate.unwrap_or(p.rate);
+    // Scaled time: the load's real duration stands for the profile's virtual span.
+    let scale = match (a.time_scale, p.virtual_span_s) {
+        (Some(s), _) => s.max(1.0),
+        (None, Some(span)) => (span / (messages as f64 / rate)).max(1.0),
+        (None, None) => 1.0,
+    };
+    let clock = RunClock::start(scale);
     let ledger = SharedLedger::default();
-    // The simulators, and the DSN sink for the reverse paths' domain.
-    let mut routes = Vec::new();
+    // The simulators all listen on one port (MX hosts are reached on the sender's
+    // smtp_port), each on its own address; and the DSN sink for the reverse paths' domain.
+    let sim_ips: Vec<String> = (1..=p.sims.len())
+        .map(|i| format!("{}.{i}", a.sim_net))
+        .chain([format!("{}.99", a.sim_net)])
+        .collect();
+    let port = common_port(&sim_ips)?;
     let mut limits = BTreeMap::new();
-    for (i, (name, domain, _, hourly, conns)) in p.providers.iter().enumerate() {
-        let ip = format!("{}.{}", a.sim_net, i + 1);
-        let addr = format!("{ip}:{}", free_port(&ip)?).parse()?;
-        let bound = sim::start(
-            Provider::new(name, *hourly, *conns),
+    let mut zones = Vec::new();
+    for (i, spec) in p.sims.iter().enumerate() {
+        let addr = format!("{}:{port}", sim_ips[i]).parse()?;
+        sim::start(
+            Provider::new(spec.name, spec.hourly, spec.conns),
             addr,
             ledger.clone(),
             clock,
         )
         .await?;
-        routes.push((domain.to_string(), bound.to_string()));
-        limits.insert(name.to_string(), *hourly);
+        limits.insert(spec.name.to_string(), spec.hourly);
     }
-    let ip = format!("{}.99", a.sim_net);
-    let returns = sim::start(
+    let returns = sim_ips.last().expect("the DSN sink's address");
+    sim::start(
         Provider::new("returns", 0, 0),
-        format!("{ip}:{}", free_port(&ip)?).parse()?,
+        format!("{returns}:{port}").parse()?,
         ledger.clone(),
         clock,
     )
     .await?;
-    routes.push(("load.test".into(), returns.to_string()));
+    let mut routes = Vec::new();
+    for (domain, _, sim) in &p.dests {
+        zones.push(dns::Zone {
+            domain: domain.to_string(),
+            mx: p.sims[*sim].mx.to_string(),
+            ip: sim_ips[*sim].clone(),
+        });
+        routes.push((domain.to_string(), format!("{}:{port}", sim_ips[*sim])));
+    }
+    zones.push(dns::Zone {
+        domain: "load.test".into(),
+        mx: "mx.load.test".into(),
+        ip: returns.clone(),
+    });
+    routes.push(("load.test".into(), format!("{returns}:{port}")));
+    let dns = if a.no_dns {
+        None
+    } else if dns::Dns::available() {
+        Some(dns::Dns::start(
+            &format!("{}.53", a.sim_net),
+            &zones,
+            &a.out.join("dns.log"),
+        )?)
+    } else {
+        eprintln!("dnsmasq is not installed: static routes to the simulators instead of MX");
+        None
+    };
     let source_ips = a.source_ips.unwrap_or(p.source_ips);
     let bin_dir = match &a.bin_dir {
         Some(d) => d.clone(),
@@ -139,18 +249,43 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     let mut rig = None;
     let target = match &a.target {
         Some(t) => {
-            println!("driving {t}; its senders must route these domains to the simulators:");
-            for (d, to) in &routes {
-                println!("  {{ domain = \"{d}\", to = \"{to}\" }}");
+            println!("driving {t}; its senders must deliver these domains to the simulators:");
+            match &dns {
+                Some(d) => println!("  nameservers = [\"{}\"], smtp_port = {port}", d.addr),
+                None => {
+                    for (d, to) in &routes {
+                        println!("  {{ domain = \"{d}\", to = \"{to}\" }}");
+                    }
+                }
             }
             t.clone()
         }
         None => {
+            // Durations the cluster counts on its own clock are stretched with time, so they
+            // last as long in real time as at scale 1.
+            let v = |real_s: f64| format!("\"{}ms\"", (real_s * scale * 1000.0) as u64);
             let layout = Layout {
                 nodes: p.nodes,
                 net: a.net.clone(),
                 source_ips,
-                routes: routes.clone(),
+                routes: if dns.is_some() {
+                    Vec::new()
+                } else {
+                    routes.clone()
+                },
+                dns: dns.as_ref().map(|d| (d.addr.clone(), port)),
+                delivery: format!(
+                    "retry_first = {}\nretry_max = {}\nlease = {}\nthrottle_delay = {}\n",
+                    v(1.0),
+                    v(3.0),
+                    v(10.0),
+                    v(2.0)
+                ),
+                node: if scale > 1.0 {
+                    "clock = \"manual\"".into()
+                } else {
+                    String::new()
+                },
             };
             let r = Rig::start(&a.out, &bin_dir, &layout)?;
             r.ready(4, Duration::from_secs(60)).await?;
@@ -158,34 +293,52 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                 shape(&r, &p)?;
             }
             let smtp = r.smtp.clone();
+            if scale > 1.0 {
+                tokio::spawn(crate::clock::drive(r.nodes.clone(), clock));
+            }
             rig = Some(r);
             smtp
         }
     };
     let load = Load {
         target,
-        messages: a.messages.unwrap_or(p.messages),
-        rate: a.rate.unwrap_or(p.rate),
+        messages,
+        rate,
         sessions: p.sessions,
         per_connection: 50,
         size: p.size,
         domains: p
-            .providers
+            .dests
             .iter()
-            .map(|(_, d, w, _, _)| (d.to_string(), *w))
+            .map(|(d, w, _)| (d.to_string(), *w))
             .collect(),
         tempfail: 0.03,
         permfail: 0.03,
         return_domain: "load.test".into(),
     };
     println!(
-        "{}: {} messages at {}/s to {}",
-        a.profile, load.messages, load.rate, load.target
+        "{}: {} messages at {}/s to {}{}{}",
+        a.profile,
+        load.messages,
+        load.rate,
+        load.target,
+        if dns.is_some() {
+            ", MX from a DNS server"
+        } else {
+            ""
+        },
+        if scale > 1.0 {
+            format!(", time x{scale:.0}")
+        } else {
+            String::new()
+        }
     );
     let mut faults = Vec::new();
-    let messages = load.messages;
-    let rate = load.rate;
-    let generator = tokio::spawn(crate::gen::run(load, move || clock.elapsed_ms()));
+    let progress = crate::gen::Progress::default();
+    let generator = tokio::spawn(crate::gen::run(load, progress.clone(), move || {
+        clock.elapsed_ms()
+    }));
+    let reporter = tokio::spawn(report_progress(progress.clone(), ledger.clone(), clock));
     if let (Some(share), false, Some(r)) = (p.kill_leader_at, a.no_faults, rig.as_mut()) {
         tokio::time::sleep(Duration::from_secs_f64(messages as f64 * share / rate)).await;
         let leader = r.leader()?;
@@ -194,7 +347,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             at_ms: clock.elapsed_ms(),
             what: format!("SIGKILL leader (node {leader})"),
         });
-        println!("SIGKILLed the leader, node {leader}");
+        eprintln!("SIGKILLed the leader, node {leader}");
         tokio::time::sleep(Duration::from_secs(3)).await;
         r.restart_node(leader)?;
         faults.push(Fault {
@@ -227,8 +380,10 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    reporter.abort();
     let report = build(&a.profile, &g, &ledger, &limits, faults, &expected);
     drop(rig);
+    drop(dns);
     std::fs::write(
         a.out.join("report.json"),
         serde_json::to_string_pretty(&report)?,
@@ -237,6 +392,43 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     print!("{}", report.summary());
     println!("report: {}", a.out.join("report.html").display());
     Ok(report.passed())
+}
+
+/// A port free on every one of `ips`.
+fn common_port(ips: &[String]) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let port = free_port(&ips[0])?;
+        if ips
+            .iter()
+            .all(|ip| std::net::TcpListener::bind((ip.as_str(), port)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port free on all of {ips:?}")
+}
+
+/// Prints a progress line every few seconds until aborted.
+async fn report_progress(p: crate::gen::Progress, ledger: SharedLedger, clock: RunClock) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (delivered, bounced, deferrals, violations) = {
+            let l = ledger.lock().unwrap();
+            (
+                l.deliveries.len(),
+                l.bounces.len(),
+                l.deferrals,
+                l.violations.len(),
+            )
+        };
+        eprintln!(
+            "{:>6.0}s  submitted {}  accepted {}  delivered {delivered}  bounced {bounced}  \
+             deferrals {deferrals}  violations {violations}",
+            clock.elapsed_ms() as f64 / 1000.0,
+            p.submitted(),
+            p.accepted(),
+        );
+    }
 }
 
 /// Tells the cluster about the source IPs (warm) and the providers' limits, as an operator
@@ -252,22 +444,22 @@ fn shape(r: &Rig, p: &Profile) -> anyhow::Result<()> {
             "--warm",
         ])?;
     }
-    for (name, domain, _, hourly, conns) in &p.providers {
-        if *hourly == 0 {
+    for s in &p.sims {
+        if s.hourly == 0 {
             continue;
         }
+        // Skein's table knows these providers by their domains and MX hosts already: only
+        // the limits are the simulators'.
         r.ctl(&[
             "provider",
             "set",
-            name,
-            "--domains",
-            domain,
+            s.name,
             "--warm-hourly",
-            &hourly.to_string(),
+            &s.hourly.to_string(),
             "--warming-hourly",
-            &hourly.to_string(),
+            &s.hourly.to_string(),
             "--max-connections",
-            &conns.to_string(),
+            &s.conns.to_string(),
         ])?;
     }
     Ok(())

@@ -110,33 +110,42 @@ pub struct Ledger {
 /// The ledger, shared by the simulators and the run.
 pub type SharedLedger = Arc<Mutex<Ledger>>;
 
-/// The clock the simulators count hours by: wall time (Unix ms), and the run's start.
+/// The run's clock: real time since the start, and the virtual wall time the cluster and the
+/// simulators count hours and days by, which runs `scale` times faster from the start's wall
+/// time (1: the wall clock itself).
 #[derive(Debug, Clone, Copy)]
 pub struct RunClock {
     started: std::time::Instant,
     started_unix_ms: i64,
+    scale: f64,
 }
 
 impl RunClock {
-    /// Starts now.
-    pub fn start() -> Self {
+    /// Starts now, at `scale`.
+    pub fn start(scale: f64) -> Self {
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         Self {
             started: std::time::Instant::now(),
             started_unix_ms: unix,
+            scale: scale.max(1.0),
         }
     }
 
-    /// Milliseconds since the start.
+    /// Real milliseconds since the start.
     pub fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// The Unix hour now.
+    /// Virtual wall time now (Unix ms).
+    pub fn virtual_ms(&self) -> i64 {
+        self.started_unix_ms + (self.elapsed_ms() as f64 * self.scale) as i64
+    }
+
+    /// The virtual Unix hour now.
     pub fn hour(&self) -> i64 {
-        (self.started_unix_ms + self.elapsed_ms() as i64) / 3_600_000
+        self.virtual_ms() / 3_600_000
     }
 }
 
@@ -415,7 +424,7 @@ mod tests {
     #[test]
     fn the_hourly_limit_is_counted_per_source_ip() {
         let ledger = SharedLedger::default();
-        let clock = RunClock::start();
+        let clock = RunClock::start(1.0);
         let p = Provider::new("yahoo", 2, 0);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
         let other: IpAddr = "127.0.0.10".parse().unwrap();
