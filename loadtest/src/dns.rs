@@ -39,7 +39,24 @@ impl Dns {
     }
 
     /// Starts dnsmasq on `ip` answering for `zones` only (nothing is forwarded anywhere).
-    pub fn start(ip: &str, zones: &[Zone], log: &Path) -> anyhow::Result<Self> {
+    pub fn for_zones(ip: &str, zones: &[Zone], log: &Path) -> anyhow::Result<Self> {
+        let mut records = Vec::new();
+        for z in zones {
+            // Authoritative for the domain and for the MX host's names: anything else there
+            // is NXDOMAIN, never asked of the Internet.
+            records.push(format!("--local=/{}/", z.domain));
+            records.push(format!("--local=/{}/", z.mx));
+            records.push(format!("--mx-host={},{},10", z.domain, z.mx));
+            records.push(format!("--host-record={},{}", z.mx, z.ip));
+        }
+        Self::start(ip, &records, log)
+    }
+
+    /// Starts dnsmasq on `ip` answering only from `records`, given as dnsmasq options
+    /// (`--local=/test/` to be authoritative for a zone, `--mx-host=ex.test,mx1.ex.test,10`,
+    /// `--host-record=mx1.ex.test,127.0.0.41`, `--dns-rr=null.test,15,000000` for a null
+    /// MX); nothing is forwarded anywhere, and queries are logged to `log`.
+    pub fn start(ip: &str, records: &[String], log: &Path) -> anyhow::Result<Self> {
         let port = crate::rig::free_port(ip)?;
         let mut args = vec![
             "--no-daemon".to_string(),
@@ -55,21 +72,14 @@ impl Dns {
             "--user=root".into(),
             "--log-queries".into(),
         ];
-        for z in zones {
-            // Authoritative for the domain and for the MX host's names: anything else there
-            // is NXDOMAIN, never asked of the Internet.
-            args.push(format!("--local=/{}/", z.domain));
-            args.push(format!("--local=/{}/", z.mx));
-            args.push(format!("--mx-host={},{},10", z.domain, z.mx));
-            args.push(format!("--host-record={},{}", z.mx, z.ip));
-        }
+        args.extend(records.iter().cloned());
         let err = std::fs::File::create(log)?;
         let child = Command::new("dnsmasq")
             .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::from(err))
             .spawn()
-            .context("starting dnsmasq")?;
+            .context("starting dnsmasq (is dnsmasq-base installed?)")?;
         let dns = Self {
             child,
             addr: format!("{ip}:{port}"),

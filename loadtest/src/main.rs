@@ -8,17 +8,8 @@
 //! - `skein-load blast SERVER` submits as fast as the server answers and prints the rate and
 //!   final-dot-to-250 latency: the bench scripts compare Skein with Postfix by it.
 
-mod blast;
-mod clock;
-mod dns;
-mod gen;
-mod report;
-mod rig;
-mod run;
-mod sim;
-mod smtp;
-
 use clap::Parser;
+use skein_load::{blast, run};
 
 #[derive(Parser)]
 #[command(about = "Skein's load harness")]

@@ -229,7 +229,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     let dns = if a.no_dns {
         None
     } else if dns::Dns::available() {
-        Some(dns::Dns::start(
+        Some(dns::Dns::for_zones(
             &format!("{}.53", a.sim_net),
             &zones,
             &a.out.join("dns.log"),

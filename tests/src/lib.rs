@@ -855,63 +855,23 @@ impl DevWithSink {
 }
 
 /// A real DNS server for test zones: dnsmasq answering only from its command line, for names
-/// under `.test` (everything else there is NXDOMAIN).
-pub struct Dns {
-    child: Child,
-    /// `ip:port` it answers on.
-    pub addr: String,
-}
+/// under `.test` (everything else there is NXDOMAIN). The load harness's, with `.test` local.
+pub struct Dns(skein_load::dns::Dns);
 
 impl Dns {
     /// Starts dnsmasq on `ip` with records given as dnsmasq options, e.g.
     /// `--mx-host=ex.test,mx1.ex.test,10`, `--host-record=mx1.ex.test,127.0.0.41`, or
     /// `--dns-rr=null.test,15,000000` (a null MX).
     pub fn start(ip: &str, records: &[String], log: &Path) -> anyhow::Result<Self> {
-        let port = free_port(ip);
-        let err = std::fs::File::create(log)?;
-        let child = Command::new("dnsmasq")
-            .args([
-                "--no-daemon",
-                "--port",
-                &port.to_string(),
-                "--listen-address",
-                ip,
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--conf-file=/dev/null",
-                "--local=/test/",
-                "--local-ttl=60",
-                "--log-queries",
-                "--user=root",
-            ])
-            .args(records)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(err))
-            .spawn()
-            .context("starting dnsmasq (is dnsmasq-base installed?)")?;
-        let dns = Self {
-            child,
-            addr: format!("{ip}:{port}"),
-        };
-        let start = Instant::now();
-        while !std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .contains("started")
-        {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("dnsmasq did not start: {}", std::fs::read_to_string(log)?);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(dns)
+        let records = [&["--local=/test/".to_string()], records].concat();
+        Ok(Self(skein_load::dns::Dns::start(ip, &records, log)?))
     }
 }
 
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Dns {
+    type Target = skein_load::dns::Dns;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 

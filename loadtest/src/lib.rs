@@ -1,0 +1,14 @@
+//! Skein's load harness, as a library: provider simulators, an open-loop generator, the
+//! cluster a run starts, scaled time, a DNS server for simulated domains, and the report.
+//! The `skein-load` binary runs it; the integration tests reuse its DNS server.
+#![warn(missing_docs)]
+
+pub mod blast;
+pub mod clock;
+pub mod dns;
+pub mod gen;
+pub mod report;
+pub mod rig;
+pub mod run;
+pub mod sim;
+pub mod smtp;
