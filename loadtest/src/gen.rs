@@ -88,6 +88,8 @@ pub struct Accepted {
     pub rcpt: String,
     /// When the `250` came (ms since the run started).
     pub at_ms: u64,
+    /// The queue id the reply named ("" if it named none).
+    pub queue_id: String,
 }
 
 /// What the generator saw.
@@ -222,7 +224,7 @@ async fn worker(
         progress.submitted.fetch_add(1, Ordering::Relaxed);
         let rcpt = load.recipient(n);
         let body = load.message(n, &rcpt);
-        let attempt = async |conn: &mut Option<_>| -> anyhow::Result<(u16, Duration)> {
+        let attempt = async |conn: &mut Option<_>| -> anyhow::Result<(u16, Duration, String)> {
             if conn.is_none() {
                 let (rd, wr) = connect(&load.target).await?;
                 *conn = Some((rd, wr, 0u64));
@@ -244,14 +246,14 @@ async fn worker(
                     let _ = reply(rd).await?;
                     wr.write_all(b"RSET\r\n").await?;
                     reply(rd).await?;
-                    return Ok((code, Duration::ZERO));
+                    return Ok((code, Duration::ZERO, String::new()));
                 }
             }
             let (code, _) = reply(rd).await?;
             if code != 354 {
                 wr.write_all(b"RSET\r\n").await?;
                 reply(rd).await?;
-                return Ok((code, Duration::ZERO));
+                return Ok((code, Duration::ZERO, String::new()));
             }
             let mut data = Vec::with_capacity(body.len() + 3);
             for line in body.split_inclusive(|b| *b == b'\n') {
@@ -263,11 +265,11 @@ async fn worker(
             wr.write_all(&data).await?;
             let t = Instant::now();
             wr.write_all(b".\r\n").await?;
-            let (code, _) = reply(rd).await?;
-            Ok((code, t.elapsed()))
+            let (code, text) = reply(rd).await?;
+            Ok((code, t.elapsed(), queue_id(&text)))
         };
         match attempt(&mut conn).await {
-            Ok((250, dot)) => {
+            Ok((250, dot, queue_id)) => {
                 progress.accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = g.dot_to_250.record(dot.as_micros().max(1) as u64);
                 let _ = g
@@ -277,9 +279,10 @@ async fn worker(
                     id: n,
                     rcpt: rcpt.to_ascii_lowercase(),
                     at_ms: at_ms(),
+                    queue_id,
                 });
             }
-            Ok((code, _)) => {
+            Ok((code, _, _)) => {
                 g.refused += 1;
                 // A 421 closes the session; so does any reply the server gives before closing.
                 if code == 421 {
@@ -298,6 +301,14 @@ async fn worker(
             }
         }
     }
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as ID` reply.
+fn queue_id(reply: &str) -> String {
+    reply
+        .rsplit_once("queued as ")
+        .map(|(_, id)| id.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -326,5 +337,10 @@ mod tests {
         assert_eq!(load.recipient(7), load.recipient(7), "the same every run");
         let m = String::from_utf8(load.message(7, "u-7@gmail.com")).unwrap();
         assert!(m.contains("X-Load-Id: 7\r\n") && m.len() <= 100 + 80, "{m}");
+        assert_eq!(
+            queue_id("250 2.0.0 Ok: queued as 0000000000100000"),
+            "0000000000100000"
+        );
+        assert_eq!(queue_id("250 2.0.0 Ok"), "");
     }
 }

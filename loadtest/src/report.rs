@@ -49,6 +49,19 @@ pub struct HourlyUse {
     pub limit: u64,
 }
 
+/// Recipients one source IP sent in one day, against its warm-up cap.
+#[derive(Debug, Clone, Serialize)]
+pub struct DailyUse {
+    /// Source IP.
+    pub ip: String,
+    /// Its warm-up day (1 is the first) when it warms up, else the Unix day.
+    pub day: i64,
+    /// Recipients delivered from it that day (DSNs included), every provider together.
+    pub sent: u64,
+    /// The warm-up schedule's cap that day (0: none).
+    pub cap: u64,
+}
+
 /// One second of the run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Second {
@@ -88,8 +101,14 @@ pub struct Report {
     pub bounced: u64,
     /// Temporary failures the simulators gave.
     pub deferrals: u64,
-    /// Acknowledged recipients neither delivered nor reported by a DSN by the end.
+    /// Acknowledged recipients neither delivered nor reported by a DSN by the end, nor held
+    /// or given up by the queue's own account.
     pub lost: u64,
+    /// Of the rest, those still queued at the end (held back by the limits).
+    pub held_at_end: u64,
+    /// Of the rest, those the queue gave up (expired or bounced) whose DSN was not seen (it
+    /// waits behind the limits too, or expired itself: no DSN is sent about a DSN).
+    pub given_up: u64,
     /// Deliveries past the first of a (message, recipient).
     pub duplicates: u64,
     /// Deliveries of messages the edge never acknowledged (stored though the reply was lost).
@@ -108,6 +127,8 @@ pub struct Report {
     pub end_to_end_ms: Latency,
     /// Per IP, provider and hour.
     pub hourly: Vec<HourlyUse>,
+    /// Per IP and day.
+    pub daily: Vec<DailyUse>,
     /// The violations, as the simulators recorded them.
     pub violations: Vec<crate::sim::Violation>,
     /// Faults caused.
@@ -153,6 +174,13 @@ impl Report {
         let _ = writeln!(s, "arrival latency    {}", l(&self.arrival_latency_ms));
         let _ = writeln!(s, "end to end         {}", l(&self.end_to_end_ms));
         let _ = writeln!(s, "faults             {}", self.faults.len());
+        if self.held_at_end + self.given_up > 0 {
+            let _ = writeln!(
+                s,
+                "unfinished         {} still queued, {} given up without a DSN seen",
+                self.held_at_end, self.given_up
+            );
+        }
         let _ = writeln!(s, "LOST               {}", self.lost);
         let _ = writeln!(s, "DUPLICATES         {}", self.duplicates);
         let _ = writeln!(s, "LIMIT VIOLATIONS   {}", self.limit_violations);
@@ -197,7 +225,13 @@ impl Report {
         h.push_str(&self.throughput_svg());
         h.push_str("<h2>End-to-end latency</h2>");
         h.push_str(&histogram_svg(&self.end_to_end_samples));
-        h.push_str("<h2>Per source IP and provider, per hour, against the limit</h2>");
+        if self.daily.iter().any(|d| d.cap > 0) {
+            h.push_str("<h2>Per source IP, per warm-up day, against the schedule</h2>");
+            h.push_str(&self.daily_svg());
+        }
+        h.push_str(
+            "<h2>Per source IP and provider, per hour, against the limit (the 60 nearest)</h2>",
+        );
         h.push_str(&self.hourly_svg());
         if !self.violations.is_empty() {
             h.push_str("<h2 class=\"fail\">Violations</h2><table><tr><th>at</th><th>kind</th><th>provider</th><th>IP</th><th>limit</th></tr>");
@@ -276,8 +310,85 @@ impl Report {
         s
     }
 
+    fn daily_svg(&self) -> String {
+        let (w, ht, pad) = (800.0, 300.0, 40.0);
+        let days = self.daily.iter().map(|d| d.day).max().unwrap_or(1).max(2) as f64;
+        let top = self
+            .daily
+            .iter()
+            .map(|d| d.sent.max(d.cap))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let x = |d: f64| pad + (d - 1.0) / (days - 1.0) * (w - 2.0 * pad);
+        let y = |v: f64| ht - pad - v / top * (ht - 2.0 * pad);
+        let mut s = format!(
+            "<svg id=\"daily\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\">\
+             <text x=\"4\" y=\"{pad}\" font-size=\"11\">{top}/day</text>\
+             <text x=\"{r}\" y=\"{b}\" font-size=\"11\" text-anchor=\"end\">day {days}</text>",
+            r = w - pad,
+            b = ht - pad + 16.0
+        );
+        // The cap as steps (the same for every IP), then each IP's days.
+        let mut caps: Vec<(i64, u64)> = self
+            .daily
+            .iter()
+            .filter(|d| d.cap > 0)
+            .map(|d| (d.day, d.cap))
+            .collect();
+        caps.sort();
+        caps.dedup_by_key(|c| c.0);
+        let steps = caps
+            .iter()
+            .map(|(d, c)| format!("{:.1},{:.1}", x(*d as f64), y(*c as f64)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = write!(
+            s,
+            "<polyline class=\"cap\" fill=\"none\" stroke=\"#000\" stroke-dasharray=\"6 3\" stroke-width=\"2\" points=\"{steps}\"/>"
+        );
+        let palette = [
+            "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+        ];
+        let mut ips: Vec<&str> = self
+            .daily
+            .iter()
+            .filter(|d| d.cap > 0)
+            .map(|d| d.ip.as_str())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        for (i, ip) in ips.iter().enumerate() {
+            let pts = self
+                .daily
+                .iter()
+                .filter(|d| d.ip == *ip)
+                .map(|d| format!("{:.1},{:.1}", x(d.day as f64), y(d.sent as f64)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let c = palette[i % palette.len()];
+            let _ = write!(
+                s,
+                "<polyline class=\"ip\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{pts}\"/>\
+                 <text x=\"{lx}\" y=\"16\" font-size=\"12\" fill=\"{c}\">{}</text>",
+                esc(ip),
+                lx = pad + 110.0 * i as f64
+            );
+        }
+        s.push_str("</svg>");
+        s
+    }
+
     fn hourly_svg(&self) -> String {
-        let rows: Vec<&HourlyUse> = self.hourly.iter().collect();
+        // The hours nearest their limit (all of them in a short run): at most 60 rows.
+        let mut rows: Vec<&HourlyUse> = self.hourly.iter().filter(|r| r.limit > 0).collect();
+        if rows.is_empty() {
+            rows = self.hourly.iter().collect();
+        }
+        let share = |r: &HourlyUse| r.sent as f64 / r.limit.max(1) as f64;
+        rows.sort_by(|a, b| share(b).total_cmp(&share(a)));
+        rows.truncate(60);
+        rows.sort_by(|a, b| (&a.ip, &a.provider, a.hour).cmp(&(&b.ip, &b.provider, b.hour)));
         let (w, bar, pad) = (800.0, 18.0, 200.0);
         let ht = 30.0 + rows.len().max(1) as f64 * (bar + 6.0);
         let top = rows

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 
 use crate::dns;
 use crate::gen::Load;
-use crate::report::{Fault, HourlyUse, Latency, Report, Second};
+use crate::report::{DailyUse, Fault, HourlyUse, Latency, Report, Second};
 use crate::rig::{free_port, Layout, Rig};
 use crate::sim::{self, Provider, RunClock, SharedLedger};
 
@@ -93,6 +93,8 @@ struct Profile {
     /// Virtual seconds the load spans (scaled time: the cluster's clocks and the
     /// simulators' hours run that much faster); `None`: real time.
     virtual_span_s: Option<f64>,
+    /// The source IPs start warming up by this schedule (day, daily cap) instead of warm.
+    warmup: Option<&'static [(u32, u64)]>,
 }
 
 fn sims(gmail: u64, yahoo: u64, outlook: u64, conns: u32) -> Vec<SimSpec> {
@@ -147,6 +149,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             kill_leader_at: Some(0.4),
             virtual_span_s: None,
+            warmup: None,
         }),
         // A million messages over a 24-hour day (scaled time), through 16 warm IPs within
         // per-provider hourly limits, the leader killed half-way.
@@ -161,9 +164,27 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             kill_leader_at: Some(0.5),
             virtual_span_s: Some(86_400.0),
+            warmup: None,
+        }),
+        // A new pool of two IPs warming up over 25 days under demand far above what the
+        // schedule allows: every IP's daily sends must stay under the curve; mail past it
+        // waits, and what waits past the maximum age (5 days) bounces. Five more days of
+        // drain let the last of it deliver or expire.
+        "warmup" => Ok(Profile {
+            nodes: 3,
+            source_ips: 2,
+            messages: 20_000,
+            rate: 80.0,
+            sessions: 10,
+            size: 2048,
+            sims: sims(0, 0, 0, 20),
+            dests: DESTS.to_vec(),
+            kill_leader_at: None,
+            virtual_span_s: Some(25.0 * 86_400.0),
+            warmup: Some(&[(1, 20), (3, 40), (7, 80), (14, 160), (21, 320)]),
         }),
         other => anyhow::bail!(
-            "no profile {other:?} (this release has: quick, day; warmup, max and soak are \
+            "no profile {other:?} (this release has: quick, day, warmup; max and soak are \
              still to come)"
         ),
     }
@@ -247,6 +268,8 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             .to_path_buf(),
     };
     let mut rig = None;
+    // The virtual day the IPs were added (their warm-up day 1).
+    let mut warm_from = clock.day();
     let target = match &a.target {
         Some(t) => {
             println!("driving {t}; its senders must deliver these domains to the simulators:");
@@ -275,11 +298,13 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                 },
                 dns: dns.as_ref().map(|d| (d.addr.clone(), port)),
                 delivery: format!(
-                    "retry_first = {}\nretry_max = {}\nlease = {}\nthrottle_delay = {}\n",
+                    "retry_first = {}\nretry_max = {}\nlease = {}\nthrottle_delay = {}\n\
+                     keep_finished = {}\n",
                     v(1.0),
                     v(3.0),
                     v(10.0),
-                    v(2.0)
+                    v(2.0),
+                    v(3600.0)
                 ),
                 node: if scale > 1.0 {
                     "clock = \"manual\"".into()
@@ -291,6 +316,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             r.ready(4, Duration::from_secs(60)).await?;
             if !a.no_shaping {
                 shape(&r, &p)?;
+                warm_from = clock.day();
             }
             let smtp = r.smtp.clone();
             if scale > 1.0 {
@@ -381,7 +407,61 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     reporter.abort();
-    let report = build(&a.profile, &g, &ledger, &limits, faults, &expected);
+    // What the queue itself says of the recipients the simulators never saw finish: still
+    // queued (held back by the limits), or given up (expired or bounced, its DSN not seen:
+    // it may itself wait behind the limits). The rest are lost.
+    let unresolved: Vec<&crate::gen::Accepted> = {
+        let l = ledger.lock().unwrap();
+        g.accepted
+            .iter()
+            .filter(|m| {
+                let k = (m.id, m.rcpt.clone());
+                !l.deliveries.contains_key(&k) && !l.bounces.contains(&k)
+            })
+            .collect()
+    };
+    let mut fate = Fate::default();
+    if !unresolved.is_empty() {
+        if let Some(r) = &rig {
+            match queue_states(r) {
+                Ok(states) => {
+                    for m in &unresolved {
+                        let state = states
+                            .get(&(m.queue_id.clone(), m.rcpt.clone()))
+                            .map(String::as_str);
+                        match state {
+                            Some("queued" | "deferred" | "leased") => fate.held += 1,
+                            Some("expired" | "bounced" | "suppressed" | "deleted") => {
+                                fate.given_up += 1
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => eprintln!("could not read the queue's states: {e:#}"),
+            }
+        }
+    }
+    let warmup = p.warmup.map(|steps| Warmup {
+        steps,
+        from_day: warm_from,
+        ips: rig
+            .as_ref()
+            .map(|r| r.source_ips.clone())
+            .unwrap_or_default(),
+    });
+    let mut report = build(
+        &a.profile,
+        &g,
+        &ledger,
+        &limits,
+        faults,
+        &expected,
+        warmup.as_ref(),
+    );
+    report.held_at_end = fate.held;
+    report.given_up = fate.given_up;
+    report.lost = report.lost.saturating_sub(fate.held + fate.given_up);
     drop(rig);
     drop(dns);
     std::fs::write(
@@ -392,6 +472,32 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     print!("{}", report.summary());
     println!("report: {}", a.out.join("report.html").display());
     Ok(report.passed())
+}
+
+/// Recipients the simulators never saw finish, by what the queue says of them.
+#[derive(Debug, Default)]
+struct Fate {
+    held: u64,
+    given_up: u64,
+}
+
+/// Every recipient's state in the queue: (queue id, lower-case address) → state.
+fn queue_states(r: &Rig) -> anyhow::Result<std::collections::HashMap<(String, String), String>> {
+    let out = r.ctl(&["--json", "messages", "--limit", "4000000000"])?;
+    let mut states = std::collections::HashMap::new();
+    for line in out.lines().filter(|l| !l.trim().is_empty()) {
+        let m: serde_json::Value = serde_json::from_str(line)?;
+        let id = m["id"].as_str().unwrap_or_default().to_string();
+        for rc in m["recipients"].as_array().into_iter().flatten() {
+            let address = rc["address"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let state = rc["state"].as_str().unwrap_or_default().to_string();
+            states.insert((id.clone(), address), state);
+        }
+    }
+    Ok(states)
 }
 
 /// A port free on every one of `ips`.
@@ -434,15 +540,19 @@ async fn report_progress(p: crate::gen::Progress, ledger: SharedLedger, clock: R
 /// Tells the cluster about the source IPs (warm) and the providers' limits, as an operator
 /// would.
 fn shape(r: &Rig, p: &Profile) -> anyhow::Result<()> {
+    if let Some(steps) = p.warmup {
+        let mut args = vec!["schedule".to_string(), "set".into(), "loadwarm".into()];
+        args.extend(steps.iter().map(|(d, n)| format!("{d}:{n}")));
+        r.ctl(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    }
     for (i, ip) in r.source_ips.iter().enumerate() {
-        r.ctl(&[
-            "ip",
-            "add",
-            ip,
-            "--hostname",
-            &format!("o{}.load.test", i + 1),
-            "--warm",
-        ])?;
+        let host = format!("o{}.load.test", i + 1);
+        let mut args = vec!["ip", "add", ip, "--hostname", &host];
+        match p.warmup {
+            Some(_) => args.extend(["--schedule", "loadwarm"]),
+            None => args.push("--warm"),
+        }
+        r.ctl(&args)?;
     }
     for s in &p.sims {
         if s.hourly == 0 {
@@ -465,6 +575,24 @@ fn shape(r: &Rig, p: &Profile) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The warm-up the source IPs follow: the schedule, the virtual day they started, which IPs.
+struct Warmup {
+    steps: &'static [(u32, u64)],
+    from_day: i64,
+    ips: Vec<String>,
+}
+
+impl Warmup {
+    /// The daily cap on warm-up day `day` (1 is the first).
+    fn cap(&self, day: i64) -> u64 {
+        self.steps
+            .iter()
+            .take_while(|(d, _)| i64::from(*d) <= day)
+            .last()
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
 fn build(
     profile: &str,
     g: &crate::gen::Generated,
@@ -472,8 +600,36 @@ fn build(
     limits: &BTreeMap<String, u64>,
     faults: Vec<Fault>,
     expected: &HashSet<(u64, String)>,
+    warmup: Option<&Warmup>,
 ) -> Report {
     let l = ledger.lock().unwrap();
+    let mut violations = l.violations.clone();
+    let mut daily = Vec::new();
+    for ((ip, day), sent) in &l.daily {
+        let (index, cap) = match warmup {
+            Some(w) if w.ips.contains(ip) => {
+                let index = day - w.from_day + 1;
+                (index, w.cap(index))
+            }
+            _ => (*day, 0),
+        };
+        if cap > 0 && *sent > cap {
+            violations.push(crate::sim::Violation {
+                kind: "daily",
+                provider: String::new(),
+                source_ip: ip.clone(),
+                hour: day * 24,
+                limit: cap,
+                at_ms: 0,
+            });
+        }
+        daily.push(DailyUse {
+            ip: ip.clone(),
+            day: index,
+            sent: *sent,
+            cap,
+        });
+    }
     let accepted_at: std::collections::HashMap<(u64, String), u64> = g
         .accepted
         .iter()
@@ -539,16 +695,19 @@ fn build(
         bounced: l.bounces.len() as u64,
         deferrals: l.deferrals,
         lost: lost.len() as u64,
+        held_at_end: 0,
+        given_up: 0,
         duplicates,
         unacknowledged_deliveries: unacknowledged,
-        limit_violations: l.violations.len() as u64,
+        limit_violations: violations.len() as u64,
         accepted_per_s: g.accepted.len() as f64 / g.seconds.max(0.001),
         delivered_per_s: l.deliveries.len() as f64 / span,
         accept_latency_ms: Latency::from_us(&g.dot_to_250),
         arrival_latency_ms: Latency::from_us(&g.arrival_to_250),
         end_to_end_ms: Latency::from_us(&e2e),
         hourly,
-        violations: l.violations.clone(),
+        violations,
+        daily,
         faults,
         timeline,
         lost_sample: lost.into_iter().take(20).collect(),

@@ -97,6 +97,9 @@ pub struct Ledger {
     pub bounces: HashSet<(u64, String)>,
     /// Recipients accepted (or refused past the limit) per (source IP, provider, Unix hour).
     pub hourly: BTreeMap<(String, String, i64), u64>,
+    /// Recipients accepted (DSNs included) per (source IP, Unix day), every provider
+    /// together: what a warm-up schedule caps.
+    pub daily: BTreeMap<(String, i64), u64>,
     /// Limits gone past.
     pub violations: Vec<Violation>,
     /// Temporary failures given (tempfail, limits).
@@ -146,6 +149,11 @@ impl RunClock {
     /// The virtual Unix hour now.
     pub fn hour(&self) -> i64 {
         self.virtual_ms() / 3_600_000
+    }
+
+    /// The virtual Unix day now (UTC).
+    pub fn day(&self) -> i64 {
+        self.virtual_ms() / 86_400_000
     }
 }
 
@@ -355,7 +363,9 @@ fn take(
         return "554 5.6.0 No X-Load-Id: not a load test message\r\n".into();
     };
     let mut l = ledger.lock().unwrap();
+    let day = (ip.to_string(), clock.day());
     if from.is_empty() {
+        *l.daily.entry(day).or_default() += rcpts.len() as u64;
         // A DSN: the recipients it reports, from its delivery-status part.
         for line in text.lines() {
             if let Some(r) = line.strip_prefix("Final-Recipient:") {
@@ -377,6 +387,7 @@ fn take(
             return "450 4.2.0 Mailbox busy, try again later\r\n".into();
         }
     }
+    *l.daily.entry(day).or_default() += rcpts.len() as u64;
     let at_ms = clock.elapsed_ms();
     for r in rcpts {
         l.deliveries
