@@ -2,10 +2,11 @@
 # Installs what building Skein needs on a fresh Debian machine that has only Rust, gcc and
 # Python: libclang (RocksDB's bindings are generated with bindgen) and swaks (the SMTP client the
 # README uses); with --tests also the delivery test peers (aiosmtpd, dnsmasq,
-# python3-dkim), Chromium (the load report's plots are checked in a real browser) and
-# cargo-nextest. Does nothing when everything is present.
+# python3-dkim), Chromium (the load report's plots are checked in a real browser),
+# Prometheus's promtool (metrics are checked by it) and cargo-nextest. Does nothing when everything is present.
 set -euo pipefail
 need=()
+lean=()
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
@@ -17,12 +18,21 @@ if [ "${1:-}" = "--tests" ]; then
   dpkg -s python3-dkim >/dev/null 2>&1 || need+=(python3-dkim)
   # The load harness's HTML report is loaded in headless Chromium by its test.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  # Metrics are checked with Prometheus's promtool (installed alone below: no recommends).
+  command -v promtool >/dev/null 2>&1 || lean+=(prometheus)
 fi
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ((${#lean[@]})); then
+  echo "setup: installing ${lean[*]}" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  ((${#need[@]})) || $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${lean[@]}" >/dev/null
 fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2

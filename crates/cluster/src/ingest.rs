@@ -182,7 +182,16 @@ async fn run(
                 }
             };
             let proposal = crate::propose::propose(&raft, cmd, limits.commit_timeout);
+            let started = std::time::Instant::now();
             let result = hold_while_leading(&raft, permit, proposal).await;
+            match &result {
+                Ok(_) => {
+                    crate::metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+                    crate::metrics::COMMITTED_BATCHES.inc();
+                    crate::metrics::COMMITTED_MESSAGES.add(n as u64);
+                }
+                Err(_) => crate::metrics::FAILED_MESSAGES.add(n as u64),
+            }
             match result {
                 Ok(r) => match r.data {
                     Response::Enqueued {

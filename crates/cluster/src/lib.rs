@@ -35,6 +35,7 @@ pub mod health;
 pub mod identity;
 pub mod incoming;
 pub mod ingest;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod propose;

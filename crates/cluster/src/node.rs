@@ -163,6 +163,16 @@ pub async fn start(
         channels,
     ));
 
+    if let Some(addr) = &cfg.http {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ClusterError::Invalid {
+                field: "node.http",
+                reason: format!("cannot listen on {addr}: {e}"),
+            })?;
+        tracing::info!(%addr, "metrics and probes: GET /metrics, /healthz, /readyz");
+        skein_observe::http::spawn(l, Arc::new(crate::metrics::NodeProbe::new(cluster.clone())));
+    }
     let sessions = Arc::new(crate::scheduler::Sessions::default());
     let held = Arc::new(crate::scheduler::HeldQueues::default());
     let (inputs_tx, inputs_rx) = tokio::sync::mpsc::channel(4096);

@@ -19,6 +19,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// gRPC listen address (Raft, Ingest and Admin). Default `127.0.0.1:7070`.
     pub listen: String,
+    /// Where to answer HTTP `GET /metrics` (Prometheus), `/healthz` and `/readyz` (probes),
+    /// e.g. `0.0.0.0:9464`. Unset: not served.
+    pub http: Option<String>,
     /// Address other nodes and edges use to reach this node. Default: `listen`.
     pub advertise: Option<String>,
     /// The cluster's founding voters (this node among them). The node with the lowest id
@@ -149,6 +152,7 @@ impl Default for NodeConfig {
             delivery: DeliveryConfig::default(),
             clock: ClockMode::System,
             nameservers: Vec::new(),
+            http: None,
             insecure: false,
             max_connections: 4096,
             promote_max_lag: 1000,
@@ -207,6 +211,10 @@ impl NodeConfig {
                 format!("{:?} is not an ip:port", self.listen),
             )
         })?;
+        if let Some(h) = &self.http {
+            h.parse::<SocketAddr>()
+                .map_err(|_| invalid("node.http", format!("{h:?} is not an ip:port")))?;
+        }
         if let Some(a) = &self.advertise {
             if !is_host_port(a) {
                 return Err(invalid(

@@ -369,6 +369,17 @@ async fn round(
     let now_ms = r.now_ms;
     let reported = r.plan.reported.clone();
     let expired = r.plan.expired.clone();
+    {
+        let applied: std::collections::HashSet<&str> = applied.iter().map(String::as_str).collect();
+        for (rec, attempt, _) in &reported {
+            if applied.contains(rec.key.as_str()) {
+                crate::metrics::ATTEMPTS[crate::metrics::result_index(attempt.result)].inc();
+            }
+        }
+        let gone = expired.iter().filter(|r| applied.contains(r.key.as_str()));
+        crate::metrics::EXPIRED.add(gone.count() as u64);
+        crate::metrics::DSNS.add(dsns.len() as u64);
+    }
     for s in planner.committed(r, leased) {
         if !send(cluster, sessions, &s)? {
             planner.not_sent(s);

@@ -1,0 +1,245 @@
+//! Metrics: counters and histograms updated without locks on the hot paths, and the
+//! Prometheus text exposition written at scrape time. Names follow Prometheus conventions:
+//! `skein_` prefix, base units (`_seconds`, `_bytes`), `_total` on counters.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// A counter at zero (usable in statics).
+    pub const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds (seconds) for latencies from a millisecond to ten seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// A distribution of durations over [`LATENCY_BUCKETS`].
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    /// An empty histogram (usable in statics).
+    pub const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len()],
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation of `seconds`.
+    pub fn observe(&self, seconds: f64) {
+        let seconds = seconds.max(0.0);
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Labels of one sample: (name, value) pairs.
+pub type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// The text exposition being written.
+#[derive(Debug, Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    /// An empty exposition.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: Labels<'_>, value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape_value(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A counter family (`name` ends in `_total`), one sample per label set.
+    pub fn counter(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, u64)]) {
+        debug_assert!(name.ends_with("_total"), "{name}");
+        self.head(name, help, "counter");
+        for (labels, v) in samples {
+            self.sample(name, labels, v);
+        }
+    }
+
+    /// A gauge family, one sample per label set.
+    pub fn gauge(&mut self, name: &str, help: &str, samples: &[(Labels<'_>, f64)]) {
+        self.head(name, help, "gauge");
+        for (labels, v) in samples {
+            self.sample(name, labels, v);
+        }
+    }
+
+    /// A histogram (`name` ends in its unit, `_seconds`).
+    pub fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.head(name, help, "histogram");
+        let mut cumulative = 0;
+        for (b, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let le = b.to_string();
+            self.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
+        }
+        let count = h.count();
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+        let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        self.sample(&format!("{name}_sum"), &[], sum);
+        self.sample(&format!("{name}_count"), &[], count);
+    }
+
+    /// The process's own figures from /proc (Linux): resident memory, open file
+    /// descriptors, CPU seconds; nothing elsewhere.
+    pub fn process(&mut self) {
+        let page = 4096.0;
+        if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        {
+            self.gauge(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+                &[(&[], rss * page)],
+            );
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.gauge(
+                "process_open_fds",
+                "Number of open file descriptors.",
+                &[(&[], fds.count() as f64)],
+            );
+        }
+        if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                // Fields after the command name (which may hold spaces) start at ") ".
+                let rest = s.rsplit_once(") ")?.1;
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+            })
+        {
+            // USER_HZ is 100 on every Linux Skein runs on.
+            self.counter_f64(
+                "process_cpu_seconds_total",
+                "Total user and system CPU time spent in seconds.",
+                ticks / 100.0,
+            );
+        }
+    }
+
+    fn counter_f64(&mut self, name: &str, help: &str, v: f64) {
+        self.head(name, help, "counter");
+        self.sample(name, &[], v);
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.0
+    }
+}
+
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_types_escaped_labels_and_cumulative_buckets() {
+        let h = Histogram::new();
+        for s in [0.0005, 0.003, 0.003, 20.0] {
+            h.observe(s);
+        }
+        let mut e = Exposition::new();
+        e.counter(
+            "skein_x_total",
+            "Things.\nMore.",
+            &[(&[("kind", "a\"b")], 3), (&[("kind", "c")], 0)],
+        );
+        e.histogram("skein_commit_seconds", "Commit time.", &h);
+        let t = e.finish();
+        assert!(t.contains("# HELP skein_x_total Things.\\nMore.\n"), "{t}");
+        assert!(t.contains("# TYPE skein_x_total counter\n"));
+        assert!(t.contains("skein_x_total{kind=\"a\\\"b\"} 3\n"), "{t}");
+        assert!(
+            t.contains("skein_commit_seconds_bucket{le=\"0.001\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("skein_commit_seconds_bucket{le=\"0.005\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("skein_commit_seconds_bucket{le=\"10\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("skein_commit_seconds_bucket{le=\"+Inf\"} 4\n"),
+            "{t}"
+        );
+        assert!(t.contains("skein_commit_seconds_count 4\n"), "{t}");
+    }
+}

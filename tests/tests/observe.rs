@@ -1,0 +1,125 @@
+//! Operational endpoints of a queue node: `GET /metrics` in the Prometheus text format
+//! (checked by Prometheus's own `promtool check metrics`), `/healthz` and `/readyz`, against
+//! `skein dev` delivering mail and a node that has not joined a cluster yet.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use skein_tests::*;
+
+/// GET `path` from `addr`: the status code and the body.
+fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.get(9..12).unwrap_or("0").parse()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// The value of the sample line starting with `series ` (name and labels, exactly).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.190";
+    let http = format!("{ip}:{}", free_port(ip));
+    let rig = DevWithSink::start_with(
+        dir.path(),
+        ip,
+        "127.0.0.191",
+        &format!("http = \"{http}\""),
+        "",
+        "",
+        &[],
+    )
+    .await?;
+    let id = submit_relayed(ip, rig.smtp, "someone@example.test")?;
+    let m = wait_final(&rig.grpc, &id, Duration::from_secs(30)).await?;
+    assert_eq!(m.recipients[0].state, "delivered");
+
+    wait_for("ready", Duration::from_secs(10), || async {
+        (get(&http, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .await?;
+    assert_eq!(get(&http, "/healthz")?, (200, "ok\n".into()));
+    let (status, text) = get(&http, "/metrics")?;
+    assert_eq!(status, 200);
+    assert!(
+        sample(&text, "skein_ingest_committed_messages_total").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "skein_delivery_attempts_total{result=\"delivered\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "skein_raft_leader"), Some(1.0), "{text}");
+    assert!(sample(&text, "skein_ingest_commit_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert_eq!(get(&http, "/nothing")?.0, 404);
+
+    // Prometheus's own checker: exit 0, no lint complaints.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("promtool (scripts/setup.sh --tests installs it): {e}"))?;
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())?;
+    let out = promtool.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A node waiting to be added to a cluster is alive but not ready, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_joined_is_live_but_not_ready() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.192";
+    let (grpc, http) = free_ports(ip);
+    let http = format!("{ip}:{http}");
+    let cfg = dir.path().join("node.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nid = 4\nlisten = \"{ip}:{grpc}\"\ndata_dir = \"{}\"\njoin = true\n\
+             http = \"{http}\"\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let _node = Proc::spawn(
+        &["node", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("node.log"),
+    )?;
+    wait_for("the HTTP endpoint", Duration::from_secs(30), || async {
+        get(&http, "/healthz").ok().filter(|r| r.0 == 200)
+    })
+    .await?;
+    let (status, why) = get(&http, "/readyz")?;
+    assert_eq!(status, 503);
+    assert!(why.contains("no leader known"), "{why}");
+    let (_, text) = get(&http, "/metrics")?;
+    assert_eq!(sample(&text, "skein_raft_has_leader"), Some(0.0), "{text}");
+    Ok(())
+}
