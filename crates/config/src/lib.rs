@@ -59,6 +59,53 @@ pub enum ConfigError {
     },
 }
 
+/// `text` with every `${NAME}` replaced by `lookup(NAME)`; `$${` is a literal `${`. An unset
+/// or malformed reference is an error naming it and its line.
+pub fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let line = text.len() - rest.len() + i;
+        let line = text[..line].matches('\n').count() + 1;
+        let Some(end) = rest[i + 2..].find('}') else {
+            return Err(format!("line {line}: `${{` without a closing `}}`"));
+        };
+        let name = &rest[i + 2..i + 2 + end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("line {line}: `${{{name}}}` is not a variable name"));
+        }
+        match lookup(name) {
+            Some(v) => out.push_str(&v),
+            None => {
+                return Err(format!(
+                    "line {line}: environment variable {name} is not set"
+                ))
+            }
+        }
+        rest = &rest[i + 2 + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// This host's name: `$HOSTNAME`, else the kernel's.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -104,13 +151,33 @@ impl Config {
         })
     }
 
-    /// Reads and parses a file (does not validate).
+    /// Reads and parses a file (does not validate). `${NAME}` in it is replaced by the
+    /// environment variable NAME (`$${` stands for a literal `${`), so one file serves every
+    /// pod of a StatefulSet; `[node] id_from_hostname` takes the node's id from the host
+    /// name's ordinal.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.display().to_string(),
+            path: origin.clone(),
             error,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let text = expand(&text, |name| std::env::var(name).ok()).map_err(|message| {
+            ConfigError::Parse {
+                path: origin.clone(),
+                message,
+            }
+        })?;
+        let mut cfg = Self::parse(&text, &origin)?;
+        if let Some(n) = cfg.node.as_mut().filter(|n| n.id_from_hostname) {
+            let host = hostname();
+            n.id = node::ordinal_id(&host).ok_or_else(|| {
+                invalid(
+                    "node.id_from_hostname",
+                    format!("host name {host:?} does not end in -N (a StatefulSet pod's ordinal)"),
+                )
+            })?;
+        }
+        Ok(cfg)
     }
 
     /// Checks every section present.
@@ -159,6 +226,32 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn environment_variables_are_expanded_and_missing_ones_named() {
+        let env = |name: &str| (name == "POD").then(|| "skein-node-2".to_string());
+        assert_eq!(
+            expand("a = \"${POD}.svc:7070\"\nb = \"$${POD}\"\n", env).unwrap(),
+            "a = \"skein-node-2.svc:7070\"\nb = \"${POD}\"\n"
+        );
+        let e = expand("x = 1\ny = \"${NOPE}\"", env).unwrap_err();
+        assert_eq!(e, "line 2: environment variable NOPE is not set");
+        assert!(expand("y = \"${A B}\"", env)
+            .unwrap_err()
+            .contains("not a variable name"));
+        assert!(expand("y = \"${POD\"", env)
+            .unwrap_err()
+            .contains("without a closing"));
+        assert_eq!(expand("no references", env).unwrap(), "no references");
+    }
+
+    #[test]
+    fn a_statefulset_pod_is_node_ordinal_plus_one() {
+        assert_eq!(node::ordinal_id("skein-node-0"), Some(1));
+        assert_eq!(node::ordinal_id("skein-node-12\n"), Some(13));
+        assert_eq!(node::ordinal_id("laptop"), None);
+        assert_eq!(node::ordinal_id("web-x"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -15,6 +15,8 @@ use crate::{invalid, ConfigError, DeliveryConfig};
 pub struct NodeConfig {
     /// This node's Raft id, unique in the cluster, > 0. Default 1.
     pub id: u64,
+    /// Take the id from the host name instead: a StatefulSet's pod `NAME-N` is node N+1.
+    pub id_from_hostname: bool,
     /// Where RocksDB keeps the log and the state. Default `./skein-data`.
     pub data_dir: PathBuf,
     /// gRPC listen address (Raft, Ingest and Admin). Default `127.0.0.1:7070`.
@@ -153,6 +155,7 @@ impl Default for NodeConfig {
             clock: ClockMode::System,
             nameservers: Vec::new(),
             http: None,
+            id_from_hostname: false,
             insecure: false,
             max_connections: 4096,
             promote_max_lag: 1000,
@@ -347,4 +350,10 @@ pub fn check_tenant_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The node id of a StatefulSet pod named `NAME-N`: N + 1 (ids start at 1).
+pub fn ordinal_id(hostname: &str) -> Option<u64> {
+    let (_, n) = hostname.trim().rsplit_once('-')?;
+    n.parse::<u64>().ok()?.checked_add(1)
 }

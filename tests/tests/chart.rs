@@ -1,0 +1,172 @@
+//! The Helm chart (`charts/skein`), rendered by a real helm (installed by
+//! `scripts/setup.sh --tests`): it lints; its objects are what a Raft cluster on Kubernetes
+//! needs (a StatefulSet started in parallel with probes on /healthz and /readyz, a headless
+//! Service publishing unready pods, a PodDisruptionBudget keeping a quorum); the config files
+//! it renders are accepted by `skein check-config` in each pod's environment; its schema and
+//! checks refuse bad values with the field named; and `k8s/skein.yaml` is its current output.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use skein_tests::{manifest_dir, skein_bin};
+
+fn helm() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cached = PathBuf::from(home).join(".cache/skein/tools/helm-3.17.2/helm");
+    if cached.exists() {
+        cached
+    } else {
+        PathBuf::from("helm")
+    }
+}
+
+fn chart() -> PathBuf {
+    manifest_dir().join("../charts/skein")
+}
+
+/// `helm template` with `args`: (success, stdout, stderr).
+fn template(args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(helm())
+        .args(["template", "skein"])
+        .arg(chart())
+        .args(["--namespace", "skein"])
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("helm (scripts/setup.sh --tests installs it): {e}"))?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// The documents of a rendered chart, as JSON (read by Debian's Python and PyYAML).
+fn objects(yaml: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("r.yaml");
+    std::fs::write(&file, yaml)?;
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(&file)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn find<'a>(objs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_chart_lints_and_renders_a_raft_cluster() -> anyhow::Result<()> {
+    let lint = Command::new(helm()).arg("lint").arg(chart()).output()?;
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let (ok, yaml, err) = template(&[
+        "--set",
+        "sender.replicas=1",
+        "--set",
+        "sender.sourceIps[0].ip=127.0.0.1",
+        "--set",
+        "sender.sourceIps[0].ehlo=mta1.example.com",
+    ])?;
+    assert!(ok, "{err}");
+    let objs = objects(&yaml)?;
+    let sts = find(&objs, "StatefulSet", "skein-node");
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(spec["podManagementPolicy"], "Parallel");
+    let c = &spec["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(c["startupProbe"]["failureThreshold"].as_u64().unwrap() >= 30);
+    assert_eq!(
+        spec["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "20Gi"
+    );
+    let headless = find(&objs, "Service", "skein-node");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    let pdb = find(&objs, "PodDisruptionBudget", "skein-node");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let smtp = find(&objs, "Service", "skein-smtp");
+    assert_eq!(smtp["spec"]["ports"][0]["port"], 25);
+
+    // Each pod's config, as the pod sees it, passes skein's own check.
+    let cm = &find(&objs, "ConfigMap", "skein-config")["data"];
+    let dir = tempfile::tempdir()?;
+    for (file, pod) in [
+        ("node.toml", "skein-node-0"),
+        ("node.toml", "skein-node-2"),
+        ("edge.toml", "skein-edge-abc"),
+        ("sender.toml", "skein-sender-abc"),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, cm[file].as_str().unwrap())?;
+        let out = Command::new(skein_bin())
+            .arg("check-config")
+            .arg(&path)
+            .env("POD_NAME", pod)
+            .env("HOSTNAME", pod)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{file} in {pod}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            cm[file]
+        );
+    }
+    let node = cm["node.toml"].as_str().unwrap();
+    assert_eq!(node.matches("{ id = ").count(), 3, "{node}");
+    assert!(node.contains("advertise = \"${POD_NAME}.skein-node.skein.svc.cluster.local:7070\""));
+    Ok(())
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_field() -> anyhow::Result<()> {
+    for (set, says) in [
+        ("node.replicas=2", "node.replicas"),
+        ("node.replicas=two", "node.replicas"),
+        ("node.storage.size=lots", "node.storage.size"),
+        ("edge.service.type=Magic", "edge.service.type"),
+        ("node.typo=1", "typo"),
+        ("sender.replicas=1", "sender.sourceIps"),
+    ] {
+        let (ok, _, err) = template(&["--set", set])?;
+        assert!(!ok && err.contains(says), "{set}: {err}");
+    }
+    Ok(())
+}
+
+/// `k8s/skein.yaml` is the chart's output with its defaults (after its two header lines).
+#[test]
+fn the_plain_manifests_are_the_charts_current_output() -> anyhow::Result<()> {
+    let (ok, yaml, err) = template(&[])?;
+    assert!(ok, "{err}");
+    let checked_in = std::fs::read_to_string(manifest_dir().join("../k8s/skein.yaml"))?;
+    let body: String = checked_in
+        .split_inclusive('\n')
+        .skip_while(|l| l.starts_with('#') && !l.starts_with("# Source:"))
+        .collect();
+    assert!(
+        body == yaml,
+        "k8s/skein.yaml is stale: regenerate it (see its header)"
+    );
+    Ok(())
+}
