@@ -26,6 +26,21 @@ pub fn manifest_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// A test tool `scripts/setup.sh --tests` caches under `~/.cache/skein/tools/NAME-VERSION/`,
+/// or else `name` on the PATH.
+pub fn cached_tool(name: &str, version: &str) -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cached = PathBuf::from(home)
+        .join(".cache/skein/tools")
+        .join(format!("{name}-{version}"))
+        .join(name);
+    if cached.exists() {
+        cached
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 /// The `skein` binary next to the test executable's `deps/` directory.
 pub fn skein_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

@@ -8,16 +8,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use skein_tests::{manifest_dir, skein_bin};
+use skein_tests::{cached_tool, manifest_dir, skein_bin};
 
 fn helm() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cached = PathBuf::from(home).join(".cache/skein/tools/helm-3.17.2/helm");
-    if cached.exists() {
-        cached
-    } else {
-        PathBuf::from("helm")
-    }
+    cached_tool("helm", "3.17.2")
 }
 
 fn chart() -> PathBuf {

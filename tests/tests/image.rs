@@ -6,16 +6,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use skein_tests::manifest_dir;
+use skein_tests::{cached_tool, manifest_dir};
 
 fn hadolint() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cached = PathBuf::from(home).join(".cache/skein/tools/hadolint-2.15.1/hadolint");
-    if cached.exists() {
-        cached
-    } else {
-        PathBuf::from("hadolint")
-    }
+    cached_tool("hadolint", "2.15.1")
 }
 
 #[test]
