@@ -6,7 +6,9 @@
 //! sending limits), from `fixtures/format_v4_entries.rs`; `fixtures/format-v5.txt` by release
 //! c1572a8 (format 5: pools chosen by message), from `fixtures/format_v5_entries.rs`;
 //! `fixtures/format-v6.txt` by release 635068c (format 6: Admin tokens), from
-//! `fixtures/format_v6_entries.rs`.
+//! `fixtures/format_v6_entries.rs`; `fixtures/format-v7.txt` by release bc18e07
+//! (suppression rules, deletion, tenants' rules, the cluster id), from
+//! `fixtures/format_v7_entries.rs`.
 //!
 //! `fixtures/format-v1.txt` was written by release 0.1.0 (the format before submission ids):
 //! one line per log entry covering every command, then a snapshot of the state they build and
@@ -46,6 +48,10 @@ include!("fixtures/format_v2_entries.rs");
 include!("fixtures/format_v4_entries.rs");
 include!("fixtures/format_v5_entries.rs");
 include!("fixtures/format_v6_entries.rs");
+include!("fixtures/format_v7_entries.rs");
+
+/// Written by release bc18e07 from [`entries_v7`].
+const FIXTURE_V7: &str = include_str!("fixtures/format-v7.txt");
 
 fn at(index: u64, payload: EntryPayload<TypeConfig>) -> Entry<TypeConfig> {
     Entry {
@@ -427,4 +433,40 @@ async fn v6_entries_and_snapshot_from_release_635068c_apply_to_the_same_state() 
         return;
     }
     check(FIXTURE_V6, entries_v6(), 47, "release 635068c").await;
+}
+
+/// Entries and a snapshot written by release bc18e07 (suppression rules with lapses and
+/// counts, a DSN's bounce, a deletion, a tenant's rule, the replicated cluster id) decode and
+/// apply to the same state here.
+#[tokio::test]
+async fn v7_entries_and_snapshot_from_release_bc18e07_apply_to_the_same_state() {
+    if let Ok(path) = std::env::var("SKEIN_WRITE_FORMAT_FIXTURE_V7") {
+        write_fixture(&path, "v7, written by release bc18e07", entries_v7()).await;
+        return;
+    }
+    check(FIXTURE_V7, entries_v7(), 56, "release bc18e07").await;
+
+    // And the entries did what format 7 says.
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm, r) = skein_queue::open(dir.path()).unwrap();
+    sm.apply(entries_v7()).await.unwrap();
+    let suppressed = |a: &str| r.suppression("acme", a).unwrap().is_some();
+    assert!(!suppressed("gone@x.example"), "lapsed, removed by entry 53");
+    assert!(suppressed("a@dead.example"), "second domain-level bounce");
+    assert!(!suppressed("b@dead.example"));
+    assert!(
+        r.strikes("acme", "b@dead.example").unwrap().is_none(),
+        "delivered"
+    );
+    assert!(!suppressed("return-path@x.example"), "a DSN's bounce");
+    let deleted = r
+        .rcpt(&format!("{:012X}{:04X}0000", 49, 3))
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleted.state, skein_queue::RcptState::Deleted);
+    assert!(r.suppression_policy("acme").unwrap().is_some());
+    assert_eq!(
+        r.replicated_cluster_id().unwrap().as_deref(),
+        Some("c0ffee")
+    );
 }
