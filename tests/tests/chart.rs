@@ -101,6 +101,9 @@ fn the_chart_lints_and_renders_a_raft_cluster() -> anyhow::Result<()> {
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
     let smtp = find(&objs, "Service", "skein-smtp");
     assert_eq!(smtp["spec"]["ports"][0]["port"], 25);
+    let edge =
+        &find(&objs, "Deployment", "skein-edge")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(edge["readinessProbe"]["httpGet"]["path"], "/readyz");
 
     // Each pod's config, as the pod sees it, passes skein's own check.
     let cm = &find(&objs, "ConfigMap", "skein-config")["data"];

@@ -34,14 +34,15 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let ip = "127.0.0.190";
-    let http = format!("{ip}:{}", free_port(ip));
+    let (port, edge_port) = free_ports(ip);
+    let (http, edge_http) = (format!("{ip}:{port}"), format!("{ip}:{edge_port}"));
     let rig = DevWithSink::start_with(
         dir.path(),
         ip,
         "127.0.0.191",
         &format!("http = \"{http}\""),
         "",
-        "",
+        &format!("http = \"{edge_http}\""),
         &[],
     )
     .await?;
@@ -69,7 +70,28 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
     assert!(sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
     assert_eq!(get(&http, "/nothing")?.0, 404);
 
-    // Prometheus's own checker: exit 0, no lint complaints.
+    promtool(&text)?;
+
+    // The edge's: the message it queued, its session, the queue reachable.
+    let (status, text) = get(&edge_http, "/metrics")?;
+    assert_eq!(status, 200);
+    assert!(
+        sample(&text, "skein_edge_messages_total{code=\"250\"}").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(sample(&text, "skein_edge_sessions_total").unwrap_or(0.0) >= 1.0);
+    assert!(sample(&text, "skein_edge_enqueue_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        sample(&text, "skein_edge_queue_reachable"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(get(&edge_http, "/readyz")?.0, 200);
+    promtool(&text)
+}
+
+/// Prometheus's own checker on `text`: exit 0, no lint complaints.
+fn promtool(text: &str) -> anyhow::Result<()> {
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -89,6 +111,38 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    Ok(())
+}
+
+/// An edge whose queue nodes do not answer is alive but not ready: mail would get 451.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_without_a_queue_is_not_ready() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.193";
+    let (smtp, http) = free_ports(ip);
+    let dead = free_port(ip);
+    let http = format!("{ip}:{http}");
+    let cfg = dir.path().join("edge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[edge]\nhostname = \"edge.test\"\nqueue = [\"{ip}:{dead}\"]\nhttp = \"{http}\"\n\
+             credentials_refresh = \"1s\"\n[[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n"
+        ),
+    )?;
+    let _edge = Proc::spawn(
+        &["edge", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("edge.log"),
+    )?;
+    wait_for(
+        "the edge's HTTP endpoint",
+        Duration::from_secs(30),
+        || async { get(&http, "/healthz").ok().filter(|r| r.0 == 200) },
+    )
+    .await?;
+    let (status, why) = get(&http, "/readyz")?;
+    assert_eq!(status, 503);
+    assert!(why.contains("no queue node answers"), "{why}");
     Ok(())
 }
 

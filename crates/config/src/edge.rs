@@ -20,6 +20,9 @@ pub struct EdgeConfig {
     /// Queue nodes to submit to (any of them; the edge follows the leader). Default
     /// `["127.0.0.1:7070"]`.
     pub queue: Vec<String>,
+    /// Where to answer HTTP `GET /metrics`, `/healthz` and `/readyz` (ready while a queue
+    /// node answers), e.g. `0.0.0.0:9465`. Unset: not served.
+    pub http: Option<String>,
     /// SMTP listeners. Default: STARTTLS on 127.0.0.1:2525.
     pub listeners: Vec<ListenerConfig>,
     /// Certificate and key; without them a self-signed certificate is generated at start.
@@ -144,6 +147,7 @@ impl Default for EdgeConfig {
         Self {
             hostname: "localhost".into(),
             queue: vec!["127.0.0.1:7070".into()],
+            http: None,
             listeners: vec![ListenerConfig {
                 address: "127.0.0.1:2525".into(),
                 tls: TlsMode::Starttls,
@@ -185,6 +189,10 @@ impl EdgeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
             return Err(invalid("edge.hostname", "must be a host name"));
+        }
+        if let Some(h) = &self.http {
+            h.parse::<std::net::SocketAddr>()
+                .map_err(|_| invalid("edge.http", format!("{h:?} is not an ip:port")))?;
         }
         if self.queue.is_empty() {
             return Err(invalid(

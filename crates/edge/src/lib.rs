@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod dkim;
 pub mod limits;
+pub mod metrics;
 pub mod queue;
 pub mod server;
 pub mod tls;

@@ -116,12 +116,16 @@ impl Edge {
         loop {
             match self.credentials.refresh().await {
                 Ok(()) => {
+                    crate::metrics::QUEUE_REACHABLE
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     if reachable == Some(false) {
                         tracing::info!("a queue node answers again");
                     }
                     reachable = Some(true);
                 }
                 Err(e) => {
+                    crate::metrics::QUEUE_REACHABLE
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     if reachable != Some(false) {
                         tracing::warn!(
                             nodes = %self.cfg.queue.join(", "),
@@ -156,12 +160,14 @@ impl Edge {
     ) -> std::io::Result<()> {
         let _ = sock.set_nodelay(true);
         let Some(_slot) = self.connections.acquire(peer.ip()) else {
+            crate::metrics::REFUSED_CONNECTIONS.inc();
             let mut sock = sock;
             let r = canned::too_many_connections(&self.cfg.hostname);
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), sock.write_all(&r.to_bytes())).await;
             return Ok(());
         };
+        let _open = crate::metrics::OpenSession::begin();
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let (mut conn, tls) = match mode {
             TlsMode::Starttls => (Conn::Plain(sock), None),
@@ -263,6 +269,7 @@ impl Edge {
                             out.clear();
                         }
                         let reply = self.store(envelope, data, peer.ip()).await;
+                        crate::metrics::dot_reply(reply.code);
                         session.message_done(reply);
                     }
                 }
@@ -365,7 +372,10 @@ impl Edge {
             // Pool names are lower-case.
             pool: pool.map(|p| p.to_ascii_lowercase()).unwrap_or_default(),
         };
-        match self.queue.enqueue(req).await {
+        let started = std::time::Instant::now();
+        let answer = self.queue.enqueue(req).await;
+        crate::metrics::ENQUEUE_SECONDS.observe(started.elapsed().as_secs_f64());
+        match answer {
             Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),
             Err(s) if s.code() == tonic::Code::InvalidArgument => {
                 tracing::warn!(status = %s, "queue refused message");

@@ -392,6 +392,16 @@ async fn start_edge(
         println!("  {kind:<22} {}", listener.local_addr()?);
         tasks.push(tokio::spawn(e.clone().serve(listener, l.tls)));
     }
+    if let Some(addr) = &edge.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the edge's metrics and probes on {addr}"))?;
+        println!("  {:<22} {}", "metrics and probes", listener.local_addr()?);
+        skein_observe::http::spawn(
+            listener,
+            std::sync::Arc::new(skein_edge::metrics::EdgeProbe),
+        );
+    }
     Ok(tasks)
 }
 
