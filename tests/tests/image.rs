@@ -26,6 +26,50 @@ fn the_dockerfile_passes_hadolint_and_ships_non_root() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(root.join("Dockerfile"))?;
+    // The builder's Rust is at least the workspace's rust-version (which covers what the
+    // dependencies need).
+    let version = |s: &str| -> [u32; 3] {
+        let mut v = [0; 3];
+        for (slot, p) in v.iter_mut().zip(s.split('.')) {
+            *slot = p.parse().unwrap_or(0);
+        }
+        v
+    };
+    let builder = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|l| l.split('-').next())
+        .expect("a rust: builder stage");
+    let workspace = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let msrv = workspace
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the workspace's rust-version");
+    assert!(version(builder) >= version(msrv), "rust:{builder} < {msrv}");
+    let meta = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(&root)
+        .output()?;
+    assert!(
+        meta.status.success(),
+        "{}",
+        String::from_utf8_lossy(&meta.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout)?;
+    let needed = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| Some((p["rust_version"].as_str()?, p["name"].as_str()?)))
+        .max_by_key(|(v, _)| version(v))
+        .expect("packages with a rust-version");
+    assert!(
+        version(msrv) >= version(needed.0),
+        "rust-version {msrv} is older than {} needs ({})",
+        needed.1,
+        needed.0
+    );
     let runtime = text
         .rsplit_once("\nFROM ")
         .map(|(_, r)| r)

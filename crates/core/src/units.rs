@@ -83,13 +83,13 @@ impl FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 86_400_000 == 0 && ms > 0 {
+        if ms.is_multiple_of(86_400_000) && ms > 0 {
             write!(f, "{}d", ms / 86_400_000)
-        } else if ms % 3_600_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(3_600_000) && ms > 0 {
             write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
+        } else if ms.is_multiple_of(60_000) && ms > 0 {
             write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
+        } else if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -134,12 +134,12 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (div, unit) in [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-            if n >= div && n % div == 0 {
+            if n >= div && n.is_multiple_of(div) {
                 return write!(f, "{}{unit}", n / div);
             }
         }
         for (div, unit) in [(1_000_000_000, "GB"), (1_000_000, "MB"), (1_000, "KB")] {
-            if n >= div && n % div == 0 {
+            if n >= div && n.is_multiple_of(div) {
                 return write!(f, "{}{unit}", n / div);
             }
         }

@@ -90,7 +90,7 @@ impl QueueClient {
                 Err(s) if retryable(&s) => {
                     tracing::debug!(node = %addr, status = %s, "enqueue retry");
                     attempt += 1;
-                    if attempt % self.nodes.len() == 0 {
+                    if attempt.is_multiple_of(self.nodes.len()) {
                         tokio::time::sleep(
                             backoff.min(deadline.saturating_duration_since(Instant::now())),
                         )
