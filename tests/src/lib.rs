@@ -836,6 +836,21 @@ impl DevWithSink {
         edge: &str,
         args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with_sender(dir, ip, sink_ip, node, delivery, edge, "", args).await
+    }
+
+    /// Like [`DevWithSink::start_with`], with extra TOML lines `sender` in `[sender]`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_with_sender(
+        dir: &Path,
+        ip: &str,
+        sink_ip: &str,
+        node: &str,
+        delivery: &str,
+        edge: &str,
+        sender: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let (grpc, smtp) = free_ports(ip);
         let grpc = format!("{ip}:{grpc}");
         let sink_addr = format!("{sink_ip}:{}", free_port(sink_ip));
@@ -849,7 +864,7 @@ impl DevWithSink {
                  [edge]\nhostname = \"dev.skein.test\"\nrelay_networks = [\"127.0.0.0/8\"]\n\
                  plaintext_auth_networks = [\"127.0.0.0/8\"]\n{edge}\n\
                  [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n\
-                 [sender]\nname = \"dev-sender\"\n\
+                 [sender]\nname = \"dev-sender\"\n{sender}\n\
                  routes = [{{ domain = \"*\", to = \"{sink_addr}\" }}]\n",
                 data = dir.join("data").display(),
             ),

@@ -104,6 +104,9 @@ fn the_chart_lints_and_renders_a_raft_cluster() -> anyhow::Result<()> {
     let edge =
         &find(&objs, "Deployment", "skein-edge")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(edge["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let sender =
+        &find(&objs, "Deployment", "skein-sender")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(sender["readinessProbe"]["httpGet"]["path"], "/readyz");
 
     // Each pod's config, as the pod sees it, passes skein's own check.
     let cm = &find(&objs, "ConfigMap", "skein-config")["data"];

@@ -36,13 +36,15 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
     let ip = "127.0.0.190";
     let (port, edge_port) = free_ports(ip);
     let (http, edge_http) = (format!("{ip}:{port}"), format!("{ip}:{edge_port}"));
-    let rig = DevWithSink::start_with(
+    let sender_http = format!("127.0.0.194:{}", free_port("127.0.0.194"));
+    let rig = DevWithSink::start_with_sender(
         dir.path(),
         ip,
         "127.0.0.191",
         &format!("http = \"{http}\""),
         "",
         &format!("http = \"{edge_http}\""),
+        &format!("http = \"{sender_http}\""),
         &[],
     )
     .await?;
@@ -87,6 +89,27 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
         "{text}"
     );
     assert_eq!(get(&edge_http, "/readyz")?.0, 200);
+    promtool(&text)?;
+
+    // The sender's: the delivery it made, its session with the leader open.
+    let (status, text) = get(&sender_http, "/metrics")?;
+    assert_eq!(status, 200);
+    assert!(
+        sample(
+            &text,
+            "skein_sender_recipients_total{outcome=\"delivered\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+    assert!(sample(&text, "skein_sender_delivery_seconds_count").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        sample(&text, "skein_sender_session_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(get(&sender_http, "/readyz")?.0, 200);
     promtool(&text)
 }
 

@@ -20,6 +20,9 @@ pub struct SenderConfig {
     pub cluster: Vec<String>,
     /// The source IPs this sender owns, each with the name it says in EHLO.
     pub source_ips: Vec<SourceIp>,
+    /// Where to answer HTTP `GET /metrics`, `/healthz` and `/readyz` (ready while a work
+    /// session with the leader is open), e.g. `0.0.0.0:9466`. Unset: not served.
+    pub http: Option<String>,
     /// Assignments worked on at once.
     pub max_in_flight: u32,
     /// Per-domain routes that bypass MX lookup (like a transport map or smarthost).
@@ -138,6 +141,7 @@ impl Default for SenderConfig {
             max_in_flight: 64,
             routes: Vec::new(),
             nameservers: Vec::new(),
+            http: None,
             smtp_port: 25,
             tls: TlsPolicy::Opportunistic,
             tls_policies: Vec::new(),
@@ -173,6 +177,10 @@ impl SenderConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() || self.name.len() > 64 {
             return Err(invalid("sender.name", "must be 1-64 characters"));
+        }
+        if let Some(h) = &self.http {
+            h.parse::<std::net::SocketAddr>()
+                .map_err(|_| invalid("sender.http", format!("{h:?} is not an ip:port")))?;
         }
         if self.cluster.is_empty() {
             return Err(invalid("sender.cluster", "needs at least one queue node"));

@@ -94,7 +94,20 @@ impl Deliverer {
 
     /// Delivers `a` and reports one result per recipient.
     pub async fn deliver(&self, a: &Assignment) -> Report {
+        let _working = crate::metrics::Working::begin();
+        let started = std::time::Instant::now();
         let (mx, verdicts) = self.attempt(a).await;
+        crate::metrics::ASSIGNMENTS.inc();
+        crate::metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
+        for v in &verdicts {
+            crate::metrics::RECIPIENTS[match v.class {
+                Class::Delivered => 0,
+                Class::Transient => 1,
+                Class::Permanent => 2,
+                Class::Throttled => 3,
+            }]
+            .inc();
+        }
         let rcpts = a
             .rcpts
             .iter()

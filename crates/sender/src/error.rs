@@ -21,6 +21,14 @@ pub enum SenderError {
         /// The operating system's words.
         reason: String,
     },
+    /// The metrics and probes address cannot be listened on.
+    #[error("[sender] http {address:?}: {reason}")]
+    Http {
+        /// The address.
+        address: String,
+        /// The operating system's words.
+        reason: String,
+    },
     /// A cluster address is not usable.
     #[error("cluster address {address:?}: {reason}")]
     Cluster {

@@ -19,6 +19,7 @@ pub mod destination;
 pub mod dns;
 pub mod error;
 pub mod gate;
+pub mod metrics;
 pub mod session;
 pub mod tls;
 

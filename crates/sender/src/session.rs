@@ -125,6 +125,16 @@ pub async fn run(
                 reason: e.to_string(),
             })?;
     }
+    if let Some(addr) = &cfg.http {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| SenderError::Http {
+                address: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        tracing::info!(%addr, "metrics and probes: GET /metrics, /healthz, /readyz");
+        skein_observe::http::spawn(l, Arc::new(crate::metrics::SenderProbe));
+    }
     let deliverer = Deliverer::new(cfg.clone(), clock.clone())?;
     let shared = Arc::new(Shared::default());
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight as usize));
@@ -274,6 +284,7 @@ impl SessionCtx<'_> {
             }
         };
         tracing::info!(node = %target, "work session open");
+        crate::metrics::SESSION_OPEN.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut sent: VecDeque<(Instant, Report)> = VecDeque::new();
         let mut draining = draining;
         let end = loop {
@@ -310,6 +321,7 @@ impl SessionCtx<'_> {
                 _ = tokio::time::sleep(Duration::from_millis(500)), if draining => {}
             }
         };
+        crate::metrics::SESSION_OPEN.store(false, std::sync::atomic::Ordering::Relaxed);
         if !matches!(end, SessionEnd::Shutdown) {
             // The stream broke: what was sent lately may not have arrived.
             self.shared.requeue_front(sent.into_iter().map(|(_, r)| r));
