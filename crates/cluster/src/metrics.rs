@@ -76,16 +76,12 @@ impl Probe for NodeProbe {
             "Time from proposing a group commit to its quorum commit.",
             &COMMIT_SECONDS,
         );
-        let labels: Vec<[(&str, &str); 1]> = RESULTS.iter().map(|r| [("result", *r)]).collect();
-        let attempts: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(&ATTEMPTS)
-            .map(|(l, c)| (l.as_slice(), c.get()))
-            .collect();
-        e.counter(
+        e.counter_by(
             "skein_delivery_attempts_total",
             "Delivery attempts recorded by this node's scheduler (as leader), by result.",
-            &attempts,
+            "result",
+            &RESULTS,
+            &ATTEMPTS,
         );
         e.counter(
             "skein_delivery_expired_total",

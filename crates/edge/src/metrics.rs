@@ -1,15 +1,15 @@
 //! An edge's metrics and probes: sessions, the replies to final dots by code, the time the
 //! queue takes to commit, and whether a queue node answers (readiness).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use skein_observe::metrics::{Counter, Exposition, Histogram};
+use skein_observe::metrics::{Counter, Exposition, Gauge, Histogram, Tracked};
 use skein_observe::Probe;
 
 /// SMTP sessions accepted (connections past the connection limits).
 pub static SESSIONS: Counter = Counter::new();
 /// Sessions open now.
-pub static OPEN_SESSIONS: AtomicI64 = AtomicI64::new(0);
+pub static OPEN_SESSIONS: Gauge = Gauge::new();
 /// Connections refused at once for the connection limits.
 pub static REFUSED_CONNECTIONS: Counter = Counter::new();
 /// The reply codes a final dot gets, and one more slot for any other.
@@ -32,21 +32,9 @@ pub fn dot_reply(code: u16) {
 }
 
 /// Counts a session for as long as it lives.
-pub struct OpenSession;
-
-impl OpenSession {
-    /// A session begins.
-    pub fn begin() -> Self {
-        SESSIONS.inc();
-        OPEN_SESSIONS.fetch_add(1, Ordering::Relaxed);
-        Self
-    }
-}
-
-impl Drop for OpenSession {
-    fn drop(&mut self) {
-        OPEN_SESSIONS.fetch_sub(1, Ordering::Relaxed);
-    }
+pub fn session() -> Tracked {
+    SESSIONS.inc();
+    OPEN_SESSIONS.track()
 }
 
 /// The probe of an edge.
@@ -64,23 +52,19 @@ impl Probe for EdgeProbe {
         e.gauge(
             "skein_edge_open_sessions",
             "SMTP sessions open now.",
-            &[(&[], OPEN_SESSIONS.load(Ordering::Relaxed) as f64)],
+            &[(&[], OPEN_SESSIONS.get() as f64)],
         );
         e.counter(
             "skein_edge_refused_connections_total",
             "Connections refused at once by the connection limits.",
             &[(&[], REFUSED_CONNECTIONS.get())],
         );
-        let labels: Vec<[(&str, &str); 1]> = CODES.iter().map(|c| [("code", *c)]).collect();
-        let replies: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(&DOT_REPLIES)
-            .map(|(l, c)| (l.as_slice(), c.get()))
-            .collect();
-        e.counter(
+        e.counter_by(
             "skein_edge_messages_total",
             "Messages that reached the final dot, by the reply's code (250: queued).",
-            &replies,
+            "code",
+            &CODES,
+            &DOT_REPLIES,
         );
         e.histogram(
             "skein_edge_enqueue_seconds",

@@ -167,7 +167,7 @@ impl Edge {
                 tokio::time::timeout(Duration::from_secs(5), sock.write_all(&r.to_bytes())).await;
             return Ok(());
         };
-        let _open = crate::metrics::OpenSession::begin();
+        let _open = crate::metrics::session();
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let (mut conn, tls) = match mode {
             TlsMode::Starttls => (Conn::Plain(sock), None),

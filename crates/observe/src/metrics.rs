@@ -31,6 +31,38 @@ impl Counter {
     }
 }
 
+/// A value that goes up and down (sessions open, work in flight).
+#[derive(Debug, Default)]
+pub struct Gauge(std::sync::atomic::AtomicI64);
+
+impl Gauge {
+    /// A gauge at zero (usable in statics).
+    pub const fn new() -> Self {
+        Self(std::sync::atomic::AtomicI64::new(0))
+    }
+
+    /// Adds one until the returned guard is dropped.
+    pub fn track(&'static self) -> Tracked {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Tracked(self)
+    }
+
+    /// The value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One unit of a [`Gauge`], given back when dropped.
+#[derive(Debug)]
+pub struct Tracked(&'static Gauge);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Upper bounds (seconds) for latencies from a millisecond to ten seconds.
 pub const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -117,6 +149,25 @@ impl Exposition {
         for (labels, v) in samples {
             self.sample(name, labels, v);
         }
+    }
+
+    /// A counter family with one label, `label`, taking each of `values` for the counter at
+    /// the same position in `counters`.
+    pub fn counter_by(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+        counters: &[Counter],
+    ) {
+        let labels: Vec<[(&str, &str); 1]> = values.iter().map(|v| [(label, *v)]).collect();
+        let samples: Vec<(Labels<'_>, u64)> = labels
+            .iter()
+            .zip(counters)
+            .map(|(l, c)| (l.as_slice(), c.get()))
+            .collect();
+        self.counter(name, help, &samples);
     }
 
     /// A gauge family, one sample per label set.

@@ -94,7 +94,7 @@ impl Deliverer {
 
     /// Delivers `a` and reports one result per recipient.
     pub async fn deliver(&self, a: &Assignment) -> Report {
-        let _working = crate::metrics::Working::begin();
+        let _working = crate::metrics::IN_FLIGHT.track();
         let started = std::time::Instant::now();
         let (mx, verdicts) = self.attempt(a).await;
         crate::metrics::ASSIGNMENTS.inc();
