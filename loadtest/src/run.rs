@@ -75,6 +75,10 @@ struct SimSpec {
     mx: &'static str,
     hourly: u64,
     conns: u32,
+    /// Greylists first contacts.
+    greylist: bool,
+    /// Milliseconds before the reply to a final dot.
+    slow_ms: u64,
 }
 
 /// A profile's settings.
@@ -104,24 +108,34 @@ fn sims(gmail: u64, yahoo: u64, outlook: u64, conns: u32) -> Vec<SimSpec> {
             mx: "gmail-smtp-in.l.google.com",
             hourly: gmail,
             conns,
+            greylist: false,
+            slow_ms: 0,
         },
         SimSpec {
             name: "yahoo",
             mx: "mta5.am0.yahoodns.net",
             hourly: yahoo,
             conns,
+            greylist: false,
+            slow_ms: 0,
         },
         SimSpec {
             name: "outlook",
             mx: "outlook-com.olc.protection.outlook.com",
             hourly: outlook,
             conns,
+            greylist: false,
+            // Slow to answer the final dot.
+            slow_ms: 50,
         },
         SimSpec {
             name: "default",
             mx: "mx.custom.test",
             hourly: 0,
             conns: 0,
+            // Small providers greylist first contacts.
+            greylist: true,
+            slow_ms: 0,
         },
     ]
 }
@@ -215,13 +229,12 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     let mut zones = Vec::new();
     for (i, spec) in p.sims.iter().enumerate() {
         let addr = format!("{}:{port}", sim_ips[i]).parse()?;
-        sim::start(
-            Provider::new(spec.name, spec.hourly, spec.conns),
-            addr,
-            ledger.clone(),
-            clock,
-        )
-        .await?;
+        let provider = Provider {
+            greylist: spec.greylist,
+            reply_delay: Duration::from_millis(spec.slow_ms),
+            ..Provider::new(spec.name, spec.hourly, spec.conns)
+        };
+        sim::start(provider, addr, ledger.clone(), clock).await?;
         limits.insert(spec.name.to_string(), spec.hourly);
     }
     let returns = sim_ips.last().expect("the DSN sink's address");

@@ -6,7 +6,9 @@
 //! provider does (a `421`/`451` with the provider's text) and records a limit violation: a
 //! sender that shapes its traffic right never sees one. Local parts drive failures:
 //! `tempfail-*` is refused with `450 4.2.0` the first time per message and accepted on retry,
-//! `permfail-*` gets `550 5.1.1`. Every accepted recipient is recorded with the message's
+//! `permfail-*` gets `550 5.1.1`. A provider may greylist (the first try of each source IP,
+//! sender and recipient gets `450 4.2.0`, a retry after the wait is taken) and answer the
+//! final dot slowly. Every accepted recipient is recorded with the message's
 //! `X-Load-Id`, the source IP and the time, so duplicates and losses are counted by the
 //! receiving side. The `returns` simulator takes DSNs (null reverse path) and records which
 //! message and recipient each one reports.
@@ -30,7 +32,15 @@ pub struct Provider {
     pub max_connections_per_ip: u32,
     /// The reply past the hourly limit (`{ip}` is replaced by the source IP).
     pub throttle_reply: String,
+    /// Greylisting: the first try of each (source IP, sender, recipient) is refused with
+    /// `450 4.2.0`; one at least `GREYLIST_MS` later is taken.
+    pub greylist: bool,
+    /// How long the reply to a final dot takes (a slow provider).
+    pub reply_delay: Duration,
 }
+
+/// How long a greylisted triple must wait before its retry is taken (real ms).
+pub const GREYLIST_MS: u64 = 500;
 
 impl Provider {
     /// A provider named `name` with the reply its real servers give past their limits.
@@ -56,6 +66,8 @@ impl Provider {
             hourly_per_ip,
             max_connections_per_ip,
             throttle_reply,
+            greylist: false,
+            reply_delay: Duration::ZERO,
         }
     }
 }
@@ -106,6 +118,8 @@ pub struct Ledger {
     pub deferrals: u64,
     /// `tempfail-*` recipients already refused once: (load id, address).
     tempfailed: HashSet<(u64, String)>,
+    /// When each (source IP, sender, recipient) was first seen, for greylisting.
+    greylisted: HashMap<(IpAddr, String, String), u64>,
     /// Connections open per (provider, source IP).
     open: HashMap<(String, IpAddr), u32>,
 }
@@ -254,6 +268,12 @@ async fn session(
                 "503 5.5.1 MAIL first\r\n".into()
             } else if to.starts_with("permfail") {
                 "550 5.1.1 No such user here\r\n".into()
+            } else if p.greylist
+                && greylisted(ledger, clock, ip, from.as_deref().unwrap_or(""), &to)
+            {
+                // Postgrey's reply, the most common one. (451 4.7.1, which some greylisters
+                // send, is taken by Skein as a "slow down" for the whole provider class.)
+                "450 4.2.0 Recipient address rejected: Greylisted, try again later\r\n".into()
             } else if let Some(refusal) = count_hourly(p, ip, ledger, clock) {
                 refusal
             } else {
@@ -267,6 +287,9 @@ async fn session(
                 wr.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
                 let data = read_data(&mut rd).await?;
+                if !p.reply_delay.is_zero() {
+                    tokio::time::sleep(p.reply_delay).await;
+                }
                 let reply = take(
                     p,
                     ip,
@@ -294,6 +317,21 @@ async fn session(
         };
         wr.write_all(out.as_bytes()).await?;
     }
+}
+
+/// Whether the triple is still greylisted: its first try, or one too soon after it.
+fn greylisted(ledger: &SharedLedger, clock: RunClock, ip: IpAddr, from: &str, to: &str) -> bool {
+    let now = clock.elapsed_ms();
+    let mut l = ledger.lock().unwrap();
+    let first = *l
+        .greylisted
+        .entry((ip, from.to_ascii_lowercase(), to.to_string()))
+        .or_insert(now);
+    let waiting = now < first + GREYLIST_MS;
+    if waiting {
+        l.deferrals += 1;
+    }
+    waiting
 }
 
 /// Counts one recipient against `ip`'s hourly limit: the refusal when it is past it.
@@ -450,5 +488,23 @@ mod tests {
         let l = ledger.lock().unwrap();
         assert_eq!(l.violations.len(), 1);
         assert_eq!(l.violations[0].source_ip, "127.0.0.9");
+    }
+
+    /// Greylisting refuses a triple's first try and takes one after the wait; another
+    /// sender, recipient or source IP is a triple of its own.
+    #[test]
+    fn greylisting_refuses_first_contact_and_takes_a_later_retry() {
+        let ledger = SharedLedger::default();
+        let clock = RunClock::start(1.0);
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(greylisted(&ledger, clock, ip, "a@x", "b@y"));
+        assert!(greylisted(&ledger, clock, ip, "A@X", "b@y"), "too soon");
+        assert!(
+            greylisted(&ledger, clock, ip, "a@x", "c@y"),
+            "another recipient"
+        );
+        std::thread::sleep(Duration::from_millis(GREYLIST_MS + 50));
+        assert!(!greylisted(&ledger, clock, ip, "a@x", "b@y"));
+        assert_eq!(ledger.lock().unwrap().deferrals, 3);
     }
 }
