@@ -7,7 +7,7 @@
 //! sender that shapes its traffic right never sees one. Local parts drive failures:
 //! `tempfail-*` is refused with `450 4.2.0` the first time per message and accepted on retry,
 //! `permfail-*` gets `550 5.1.1`. A provider may greylist (the first try of each source IP,
-//! sender and recipient gets `450 4.2.0`, a retry after the wait is taken) and answer the
+//! sender and recipient gets `451 4.7.1 Greylisted`, a retry after the wait is taken) and answer the
 //! final dot slowly. Every accepted recipient is recorded with the message's
 //! `X-Load-Id`, the source IP and the time, so duplicates and losses are counted by the
 //! receiving side. The `returns` simulator takes DSNs (null reverse path) and records which
@@ -33,7 +33,7 @@ pub struct Provider {
     /// The reply past the hourly limit (`{ip}` is replaced by the source IP).
     pub throttle_reply: String,
     /// Greylisting: the first try of each (source IP, sender, recipient) is refused with
-    /// `450 4.2.0`; one at least `GREYLIST_MS` later is taken.
+    /// `451 4.7.1 Greylisted`; one at least `GREYLIST_MS` later is taken.
     pub greylist: bool,
     /// How long the reply to a final dot takes (a slow provider).
     pub reply_delay: Duration,
@@ -271,9 +271,9 @@ async fn session(
             } else if p.greylist
                 && greylisted(ledger, clock, ip, from.as_deref().unwrap_or(""), &to)
             {
-                // Postgrey's reply, the most common one. (451 4.7.1, which some greylisters
-                // send, is taken by Skein as a "slow down" for the whole provider class.)
-                "450 4.2.0 Recipient address rejected: Greylisted, try again later\r\n".into()
+                // As many greylisters answer: a 4.7.1 that a sender must not take for a
+                // rate limit (Skein did, and held back the whole provider class).
+                "451 4.7.1 Greylisted, please try again later\r\n".into()
             } else if let Some(refusal) = count_hourly(p, ip, ledger, clock) {
                 refusal
             } else {

@@ -157,6 +157,14 @@ fn local(class: Class, scope: Scope, code: u16, enhanced: &str, text: String) ->
     }
 }
 
+/// Whether a reply's text says it is greylisting.
+fn greylisting(reply: &RemoteReply) -> bool {
+    reply.lines.iter().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("greylist") || l.contains("graylist")
+    })
+}
+
 /// Classifies a server reply at `stage`.
 pub fn classify_reply(stage: Stage, reply: &RemoteReply) -> Verdict {
     let scope = match stage {
@@ -172,6 +180,9 @@ pub fn classify_reply(stage: Stage, reply: &RemoteReply) -> Verdict {
         // A positive reply where a failure was reported: the server broke the protocol.
         200..=399 => Class::Transient,
         421 => Class::Throttled,
+        // Greylisting (often 451 4.7.1) is about this sender and recipient, not a rate: a
+        // plain retry, never a back-off of the whole provider.
+        400..=499 if greylisting(reply) => Class::Transient,
         400..=499 if enhanced.starts_with("4.7.") => Class::Throttled,
         400..=499 => Class::Transient,
         // A 5xx greeting or EHLO refuses this client on this host, not the message: other MX
@@ -496,5 +507,34 @@ mod tests {
             );
             assert!(!v.text.is_empty());
         }
+    }
+
+    /// Greylisting in a 4.7.x reply is a plain deferral (found by the load harness: as a
+    /// "slow down" it held back the sending IP's whole provider class at each first contact);
+    /// other 4.7.x temporary replies stay a slow-down.
+    #[test]
+    fn greylisting_is_a_deferral_not_a_slow_down() {
+        let reply = |code: u16, enhanced: &str, text: &str| RemoteReply {
+            code,
+            enhanced: Some(enhanced.into()),
+            lines: vec![text.into()],
+        };
+        for r in [
+            reply(451, "4.7.1", "Greylisted, please try again in 300 seconds"),
+            reply(
+                450,
+                "4.7.1",
+                "<a@b>: Recipient address rejected: GREYLISTED",
+            ),
+            reply(451, "4.7.1", "Please retry later, you are graylisted"),
+        ] {
+            assert_eq!(
+                classify_reply(Stage::Rcpt, &r).class,
+                Class::Transient,
+                "{r:?}"
+            );
+        }
+        let limit = reply(451, "4.7.1", "Too many messages from your IP, slow down");
+        assert_eq!(classify_reply(Stage::Rcpt, &limit).class, Class::Throttled);
     }
 }
