@@ -265,11 +265,11 @@ impl Report {
         let x = |t: f64| pad + t / (n - 1.0) * (w - 2.0 * pad);
         let y = |v: f64| ht - pad - v / top * (ht - 2.0 * pad);
         let line = |f: &dyn Fn(&Second) -> u64| {
-            self.timeline
-                .iter()
-                .map(|s| format!("{:.1},{:.1}", x(s.t as f64), y(f(s) as f64)))
-                .collect::<Vec<_>>()
-                .join(" ")
+            points(
+                self.timeline
+                    .iter()
+                    .map(|s| (x(s.t as f64), y(f(s) as f64))),
+            )
         };
         let mut s = format!(
             "<svg id=\"throughput\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\">"
@@ -338,11 +338,7 @@ impl Report {
             .collect();
         caps.sort();
         caps.dedup_by_key(|c| c.0);
-        let steps = caps
-            .iter()
-            .map(|(d, c)| format!("{:.1},{:.1}", x(*d as f64), y(*c as f64)))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let steps = points(caps.iter().map(|(d, c)| (x(*d as f64), y(*c as f64))));
         let _ = write!(
             s,
             "<polyline class=\"cap\" fill=\"none\" stroke=\"#000\" stroke-dasharray=\"6 3\" stroke-width=\"2\" points=\"{steps}\"/>"
@@ -359,13 +355,12 @@ impl Report {
         ips.sort();
         ips.dedup();
         for (i, ip) in ips.iter().enumerate() {
-            let pts = self
-                .daily
-                .iter()
-                .filter(|d| d.ip == *ip)
-                .map(|d| format!("{:.1},{:.1}", x(d.day as f64), y(d.sent as f64)))
-                .collect::<Vec<_>>()
-                .join(" ");
+            let pts = points(
+                self.daily
+                    .iter()
+                    .filter(|d| d.ip == *ip)
+                    .map(|d| (x(d.day as f64), y(d.sent as f64))),
+            );
             let c = palette[i % palette.len()];
             let _ = write!(
                 s,
@@ -431,6 +426,13 @@ impl Report {
         s.push_str("</svg>");
         s
     }
+}
+
+/// SVG polyline points.
+fn points(pts: impl Iterator<Item = (f64, f64)>) -> String {
+    pts.map(|(x, y)| format!("{x:.1},{y:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A histogram of `samples` (ms) in 20 bins.
