@@ -18,9 +18,11 @@ use crate::smtp::{connect, reply};
 pub struct Load {
     /// The edge's SMTP address.
     pub target: String,
+    /// The first message's load id (the next ones count up from it).
+    pub first_id: u64,
     /// Messages in total.
     pub messages: u64,
-    /// Arrivals per second.
+    /// Arrivals per second; 0: as fast as the sessions are answered (closed loop).
     pub rate: f64,
     /// Sessions at once.
     pub sessions: usize,
@@ -112,6 +114,15 @@ pub struct Generated {
 }
 
 impl Generated {
+    /// Takes in a later phase's messages and time (its latencies stay its own).
+    pub fn absorb(&mut self, later: Generated) {
+        self.seconds += later.seconds;
+        self.submitted += later.submitted;
+        self.accepted.extend(later.accepted);
+        self.refused += later.refused;
+        self.errors += later.errors;
+    }
+
     fn empty() -> Self {
         Self {
             submitted: 0,
@@ -158,8 +169,13 @@ pub async fn run(
     let schedule = {
         let load = load.clone();
         tokio::spawn(async move {
-            for n in 0..load.messages {
-                let due = started + Duration::from_secs_f64(n as f64 / load.rate);
+            for i in 0..load.messages {
+                let n = load.first_id + i;
+                let due = if load.rate > 0.0 {
+                    started + Duration::from_secs_f64(i as f64 / load.rate)
+                } else {
+                    started
+                };
                 tokio::time::sleep_until(due.into()).await;
                 if tx.send((n, due)).await.is_err() {
                     return;
@@ -319,6 +335,7 @@ mod tests {
     fn the_mix_follows_the_weights_and_failure_shares() {
         let load = Load {
             target: String::new(),
+            first_id: 0,
             messages: 0,
             rate: 1.0,
             sessions: 1,

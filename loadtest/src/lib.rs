@@ -6,7 +6,9 @@
 pub mod blast;
 pub mod clock;
 pub mod dns;
+pub mod faults;
 pub mod gen;
+pub mod max;
 pub mod report;
 pub mod rig;
 pub mod run;

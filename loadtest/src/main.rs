@@ -1,8 +1,8 @@
 //! `skein-load`: Skein's load harness.
 //!
 //! - `skein-load run --profile quick --out DIR` starts provider simulators and a cluster of its
-//!   own (or drives one with `--target`), submits an open-loop load with a leader kill
-//!   part-way, and writes `DIR/report.json` and `DIR/report.html`: rates, latencies, and the
+//!   own (or drives one with `--target`), submits an open-loop load with the leader, the
+//!   sender and the edge killed part-way, and writes `DIR/report.json` and `DIR/report.html`: rates, latencies, and the
 //!   verdicts the simulators count (lost, duplicates, limit violations). Exits 1 when anything
 //!   was lost or a limit was exceeded.
 //! - `skein-load blast SERVER` submits as fast as the server answers and prints the rate and

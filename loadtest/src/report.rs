@@ -82,6 +82,52 @@ pub struct Fault {
     pub what: String,
 }
 
+/// How one process's resources grew: the largest value in the run's last quarter over the
+/// largest in its second quarter (1.0: level).
+#[derive(Debug, Clone, Serialize)]
+pub struct Growth {
+    /// The process.
+    pub process: String,
+    /// Resident memory.
+    pub rss: f64,
+    /// Open file descriptors.
+    pub fds: f64,
+    /// Data directory size (queue nodes only).
+    pub disk: Option<f64>,
+    /// Resident memory at the end, MiB.
+    pub rss_mib_end: f64,
+}
+
+/// Growth above this fails a leak-checked run.
+pub const MAX_GROWTH: f64 = 1.5;
+
+/// Each process's growth, from the samples (processes with too few samples are left out).
+pub fn growth_of(samples: &[crate::faults::Sample]) -> Vec<Growth> {
+    let mut by: std::collections::BTreeMap<&str, Vec<&crate::faults::Sample>> =
+        std::collections::BTreeMap::new();
+    for s in samples {
+        by.entry(&s.process).or_default().push(s);
+    }
+    by.into_iter()
+        .filter_map(|(process, ss)| {
+            let of = |f: fn(&crate::faults::Sample) -> u64| {
+                crate::faults::growth(&ss.iter().map(|s| f(s)).collect::<Vec<_>>())
+            };
+            Some(Growth {
+                process: process.to_string(),
+                rss: of(|s| s.rss_kib)?,
+                fds: of(|s| s.fds)?,
+                disk: ss
+                    .iter()
+                    .any(|s| s.disk_bytes > 0)
+                    .then(|| of(|s| s.disk_bytes))
+                    .flatten(),
+                rss_mib_end: ss.last()?.rss_kib as f64 / 1024.0,
+            })
+        })
+        .collect()
+}
+
 /// Everything a run found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -135,6 +181,17 @@ pub struct Report {
     pub faults: Vec<Fault>,
     /// Per second.
     pub timeline: Vec<Second>,
+    /// Duplicates the run may have and still pass: 0.01% of the accepted, plus the sender's
+    /// deliveries in flight for each SIGKILL of the sender or the leader.
+    pub duplicate_budget: u64,
+    /// The processes' resources over the run.
+    pub resources: Vec<crate::faults::Sample>,
+    /// How each process's resources grew over the second half of the run.
+    pub resource_growth: Vec<Growth>,
+    /// Whether growing memory or descriptors fail the run (the soak profile).
+    pub leak_check: bool,
+    /// The `max` profile's figures.
+    pub max: Option<crate::max::MaxRun>,
     /// A sample of what was lost (load id and recipient), at most 20.
     pub lost_sample: Vec<String>,
     /// End-to-end latency samples, ms (for the histogram).
@@ -145,7 +202,21 @@ pub struct Report {
 impl Report {
     /// Whether the run passed: nothing lost, no limit exceeded.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.limit_violations == 0
+        self.lost == 0
+            && self.limit_violations == 0
+            && self.duplicates <= self.duplicate_budget
+            && self.leaks().is_empty()
+    }
+
+    /// Processes whose memory or descriptors kept growing, when the run checks for it.
+    pub fn leaks(&self) -> Vec<&Growth> {
+        if !self.leak_check {
+            return Vec::new();
+        }
+        self.resource_growth
+            .iter()
+            .filter(|g| g.rss > MAX_GROWTH || g.fds > MAX_GROWTH)
+            .collect()
     }
 
     /// The summary table printed at the end.
@@ -174,6 +245,9 @@ impl Report {
         let _ = writeln!(s, "arrival latency    {}", l(&self.arrival_latency_ms));
         let _ = writeln!(s, "end to end         {}", l(&self.end_to_end_ms));
         let _ = writeln!(s, "faults             {}", self.faults.len());
+        for (k, v) in self.max.iter().flat_map(|m| m.summary()) {
+            let _ = writeln!(s, "{k:<19}{v}");
+        }
         if self.held_at_end + self.given_up > 0 {
             let _ = writeln!(
                 s,
@@ -182,7 +256,25 @@ impl Report {
             );
         }
         let _ = writeln!(s, "LOST               {}", self.lost);
-        let _ = writeln!(s, "DUPLICATES         {}", self.duplicates);
+        let _ = writeln!(
+            s,
+            "DUPLICATES         {} (allowed {})",
+            self.duplicates, self.duplicate_budget
+        );
+        for g in &self.resource_growth {
+            let disk = g
+                .disk
+                .map(|d| format!(", disk x{d:.2}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "growth {:<11} memory x{:.2} ({:.0} MiB at the end), descriptors x{:.2}{disk}",
+                g.process, g.rss, g.rss_mib_end, g.fds
+            );
+        }
+        if self.leak_check {
+            let _ = writeln!(s, "LEAKS              {}", self.leaks().len());
+        }
         let _ = writeln!(s, "LIMIT VIOLATIONS   {}", self.limit_violations);
         let _ = writeln!(
             s,
@@ -233,6 +325,10 @@ impl Report {
             "<h2>Per source IP and provider, per hour, against the limit (the 60 nearest)</h2>",
         );
         h.push_str(&self.hourly_svg());
+        if !self.resources.is_empty() {
+            h.push_str("<h2>Processes: memory, descriptors, data on disk</h2>");
+            h.push_str(&self.resources_svg());
+        }
         if !self.violations.is_empty() {
             h.push_str("<h2 class=\"fail\">Violations</h2><table><tr><th>at</th><th>kind</th><th>provider</th><th>IP</th><th>limit</th></tr>");
             for v in self.violations.iter().take(200) {
@@ -307,6 +403,82 @@ impl Report {
             l = pad,
             l2 = pad + 100.0
         );
+        s
+    }
+
+    /// Three panels over time, a line per process: resident memory, open descriptors, and
+    /// the queue nodes' data directories.
+    fn resources_svg(&self) -> String {
+        let (w, panel, pad) = (800.0, 150.0, 40.0);
+        let end = self
+            .resources
+            .iter()
+            .map(|s| s.at_ms)
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let mut procs: Vec<&str> = self.resources.iter().map(|s| s.process.as_str()).collect();
+        procs.sort();
+        procs.dedup();
+        // Not the throughput plot's colours.
+        let palette = [
+            "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#008080", "#800000",
+        ];
+        let ht = 3.0 * (panel + pad) + pad;
+        let mut s = format!(
+            "<svg id=\"resources\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{ht}\">"
+        );
+        type Value = fn(&crate::faults::Sample) -> f64;
+        let panels: [(&str, Value); 3] = [
+            ("memory MiB", |s| s.rss_kib as f64 / 1024.0),
+            ("descriptors", |s| s.fds as f64),
+            ("data MiB", |s| s.disk_bytes as f64 / 1_048_576.0),
+        ];
+        for (k, (label, value)) in panels.iter().enumerate() {
+            let top0 = pad + k as f64 * (panel + pad);
+            let top = self
+                .resources
+                .iter()
+                .map(value)
+                .fold(0.0, f64::max)
+                .max(1.0);
+            let x = |t: f64| pad + t / end * (w - 2.0 * pad);
+            let y = |v: f64| top0 + panel - v / top * panel;
+            let _ = write!(
+                s,
+                "<line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#888\"/>\
+                 <text x=\"4\" y=\"{t:.1}\" font-size=\"11\">{top:.0} {label}</text>",
+                b = top0 + panel,
+                r = w - pad,
+                t = top0 - 4.0,
+            );
+            for (i, p) in procs.iter().enumerate() {
+                let of: Vec<_> = self.resources.iter().filter(|s| s.process == *p).collect();
+                // At most about 800 points a line (a soak samples twice a second for hours).
+                let step = (of.len() / 800).max(1);
+                let pts = points(
+                    of.iter()
+                        .step_by(step)
+                        .map(|s| (x(s.at_ms as f64), y(value(s)))),
+                );
+                let _ = write!(
+                    s,
+                    "<polyline class=\"process\" fill=\"none\" stroke=\"{c}\" stroke-width=\"1.5\" points=\"{pts}\"/>",
+                    c = palette[i % palette.len()]
+                );
+            }
+        }
+        for (i, p) in procs.iter().enumerate() {
+            let _ = write!(
+                s,
+                "<text x=\"{lx}\" y=\"{ly}\" font-size=\"12\" fill=\"{c}\">{}</text>",
+                esc(p),
+                lx = pad + 90.0 * i as f64,
+                ly = ht - 8.0,
+                c = palette[i % palette.len()]
+            );
+        }
+        s.push_str("</svg>");
         s
     }
 

@@ -18,6 +18,8 @@ struct Proc {
     name: String,
     args: Vec<String>,
     log: PathBuf,
+    /// Its RocksDB directory (queue nodes).
+    data: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -44,6 +46,20 @@ impl Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// Deliveries the sender has in flight at most.
+pub const SENDER_IN_FLIGHT: u64 = 128;
+
+/// One process of the rig, for faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Queue node by id.
+    Node(u64),
+    /// The edge.
+    Edge,
+    /// The sender.
+    Sender,
 }
 
 /// How to lay the cluster out.
@@ -132,6 +148,7 @@ impl Rig {
                 name: format!("node {id}"),
                 args: vec!["node".into(), "--config".into(), cfg.display().to_string()],
                 log: dir.join(format!("node{id}.log")),
+                data: Some(dir.join(format!("node{id}"))),
                 child: None,
             });
         }
@@ -149,6 +166,7 @@ impl Rig {
             name: "edge".into(),
             args: vec!["edge".into(), "--config".into(), edge.display().to_string()],
             log: dir.join("edge.log"),
+            data: None,
             child: None,
         });
         let source_ips: Vec<String> = (0..l.source_ips).map(|i| ip(21 + i)).collect();
@@ -172,7 +190,7 @@ impl Rig {
         std::fs::write(
             &sender,
             format!(
-                "[sender]\nname = \"load-sender\"\ncluster = [{quoted}]\nmax_in_flight = 128\n\
+                "[sender]\nname = \"load-sender\"\ncluster = [{quoted}]\nmax_in_flight = {SENDER_IN_FLIGHT}\n\
                  source_ips = [{sources}]\nroutes = [{routes}]\n{resolve}\
                  allow_destinations = [\"127.0.0.0/8\"]\ntls = \"disabled\"\n\
                  [sender.timeouts]\nconnect = \"5s\"\n"
@@ -186,6 +204,7 @@ impl Rig {
                 sender.display().to_string(),
             ],
             log: dir.join("sender.log"),
+            data: None,
             child: None,
         });
         let mut rig = Self {
@@ -252,15 +271,37 @@ impl Rig {
         }
     }
 
-    /// SIGKILLs queue node `id`.
-    pub fn kill_node(&mut self, id: u64) {
-        self.procs[id as usize - 1].kill();
+    fn proc_index(&self, part: Part) -> usize {
+        match part {
+            Part::Node(id) => id as usize - 1,
+            Part::Edge => self.nodes.len(),
+            Part::Sender => self.nodes.len() + 1,
+        }
     }
 
-    /// Starts queue node `id` again (same data directory).
-    pub fn restart_node(&mut self, id: u64) -> anyhow::Result<()> {
-        let bin = self.bin.clone();
-        self.procs[id as usize - 1].spawn(&bin)
+    /// A process's name ("node 1", "edge", "sender").
+    pub fn name(&self, part: Part) -> String {
+        self.procs[self.proc_index(part)].name.clone()
+    }
+
+    /// SIGKILLs one process.
+    pub fn kill(&mut self, part: Part) {
+        let i = self.proc_index(part);
+        self.procs[i].kill();
+    }
+
+    /// Starts a killed process again (a queue node on the same data directory).
+    pub fn restart(&mut self, part: Part) -> anyhow::Result<()> {
+        let (i, bin) = (self.proc_index(part), self.bin.clone());
+        self.procs[i].spawn(&bin)
+    }
+
+    /// The running processes: name, pid and data directory (queue nodes).
+    pub fn processes(&self) -> Vec<(String, u32, Option<PathBuf>)> {
+        self.procs
+            .iter()
+            .filter_map(|p| Some((p.name.clone(), p.child.as_ref()?.id(), p.data.clone())))
+            .collect()
     }
 
     /// Stops everything.

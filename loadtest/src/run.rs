@@ -11,17 +11,23 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::dns;
+use crate::faults::{Plan, Sample, Target};
 use crate::gen::Load;
+use crate::max::{postfix_relay, Cpu, MaxPhase, MaxRun};
 use crate::report::{DailyUse, Fault, HourlyUse, Latency, Report, Second};
-use crate::rig::{free_port, Layout, Rig};
+use crate::rig::{free_port, Layout, Part, Rig, SENDER_IN_FLIGHT};
 use crate::sim::{self, Provider, RunClock, SharedLedger};
 
 /// `skein-load run` options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// quick: 3 queue nodes, an edge, a sender with 4 source IPs, provider limits active, the
-    /// leader SIGKILLed part-way (under a minute). day: a million messages over a 24-hour
-    /// day of scaled time through 16 warm IPs (about 45 minutes here).
+    /// leader, the sender and the edge SIGKILLed part-way (under a minute). day: a million
+    /// messages over a 24-hour day of scaled time through 16 warm IPs (about 45 minutes
+    /// here). warmup: 30 days of two new IPs warming up under too much demand. max: the
+    /// highest sustained rate, the accept latency at half of it, then Postfix on the same
+    /// load. soak: two hours at 400/s with a fault every 5 minutes; memory and descriptors
+    /// must level off.
     #[arg(long, default_value = "quick")]
     pub profile: String,
     /// Where the report goes (created).
@@ -53,9 +59,15 @@ pub struct Args {
     /// what the verdicts catch.
     #[arg(long)]
     pub no_shaping: bool,
-    /// Cause no faults.
+    /// Cause no faults (the same as `--faults none`).
     #[arg(long)]
     pub no_faults: bool,
+    /// Which processes to SIGKILL (and restart) when, instead of the profile's:
+    /// `TARGET@SHARE,...` with TARGET leader, follower, sender or edge and SHARE the part of
+    /// the load scheduled by then (0 to 1), and/or `every:SECONDS` (leader, sender, edge,
+    /// follower in turn); `none` for none.
+    #[arg(long)]
+    pub faults: Option<String>,
     /// Static routes to the simulators instead of MX records from a DNS server (dnsmasq).
     #[arg(long)]
     pub no_dns: bool,
@@ -63,6 +75,14 @@ pub struct Args {
     /// time (the `day` profile sets it so the load spans 24 hours).
     #[arg(long)]
     pub time_scale: Option<f64>,
+    /// max: skip Postfix relaying the same load (it runs after Skein, in the same run, when
+    /// postfix is installed).
+    #[arg(long)]
+    pub no_postfix: bool,
+    /// max: Postfix's relay benchmark (default: ../shared/bench/postfix-relay.sh from here,
+    /// or from the harness's source directory).
+    #[arg(long)]
+    pub postfix_script: Option<PathBuf>,
     /// How long to wait for the last deliveries after the load, seconds.
     #[arg(long, default_value_t = 90)]
     pub drain: u64,
@@ -92,8 +112,16 @@ struct Profile {
     sims: Vec<SimSpec>,
     /// Recipient domains: (domain, weight, index of the simulator its MX is).
     dests: Vec<(&'static str, u32, usize)>,
-    /// Kill the leader when this share of the messages has been scheduled.
-    kill_leader_at: Option<f64>,
+    /// Faults, as `--faults` takes them.
+    faults: &'static str,
+    /// Share of recipients that fail once (`tempfail-`), and of those that bounce
+    /// (`permfail-`), each.
+    failures: f64,
+    /// Fail the run when a process's memory or descriptors keep growing.
+    leak_check: bool,
+    /// Measure the highest sustained rate (the load as fast as it is answered), then the
+    /// accept latency at half of it, then Postfix relaying the same load.
+    measure_max: bool,
     /// Virtual seconds the load spans (scaled time: the cluster's clocks and the
     /// simulators' hours run that much faster); `None`: real time.
     virtual_span_s: Option<f64>,
@@ -161,12 +189,15 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             size: 2048,
             sims: sims(120, 60, 60, 10),
             dests: DESTS.to_vec(),
-            kill_leader_at: Some(0.4),
+            faults: "leader@0.3,sender@0.55,edge@0.8",
+            failures: 0.03,
+            leak_check: false,
+            measure_max: false,
             virtual_span_s: None,
             warmup: None,
         }),
         // A million messages over a 24-hour day (scaled time), through 16 warm IPs within
-        // per-provider hourly limits, the leader killed half-way.
+        // per-provider hourly limits, the leader killed half-way and the sender later.
         "day" => Ok(Profile {
             nodes: 3,
             source_ips: 16,
@@ -176,7 +207,10 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             size: 5120,
             sims: sims(1_500, 1_000, 1_000, 20),
             dests: DESTS.to_vec(),
-            kill_leader_at: Some(0.5),
+            faults: "leader@0.5,sender@0.75",
+            failures: 0.03,
+            leak_check: false,
+            measure_max: false,
             virtual_span_s: Some(86_400.0),
             warmup: None,
         }),
@@ -193,14 +227,58 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             size: 2048,
             sims: sims(0, 0, 0, 20),
             dests: DESTS.to_vec(),
-            kill_leader_at: None,
+            faults: "none",
+            failures: 0.03,
+            leak_check: false,
+            measure_max: false,
             virtual_span_s: Some(25.0 * 86_400.0),
             warmup: Some(&[(1, 20), (3, 40), (7, 80), (14, 160), (21, 320)]),
         }),
-        other => anyhow::bail!(
-            "no profile {other:?} (this release has: quick, day, warmup; max and soak are \
-             still to come)"
-        ),
+        // The highest sustained rate: 5 KB messages as fast as 20 sessions are answered, no
+        // limits, no failures; then half that rate for the accept latency; then Postfix.
+        "max" => Ok(Profile {
+            nodes: 3,
+            source_ips: 4,
+            messages: 20_000,
+            rate: 0.0,
+            sessions: 20,
+            size: 5120,
+            sims: sims(0, 0, 0, 0)
+                .into_iter()
+                .map(|s| SimSpec {
+                    greylist: false,
+                    slow_ms: 0,
+                    ..s
+                })
+                .collect(),
+            dests: DESTS.to_vec(),
+            faults: "none",
+            failures: 0.0,
+            leak_check: false,
+            measure_max: true,
+            virtual_span_s: None,
+            warmup: None,
+        }),
+        // Two hours at a steady 400 messages/s (half of what a debug build sustains here),
+        // a fault every five minutes (the leader, the sender, the edge, a follower in turn):
+        // nothing may be lost, and no process's memory or descriptors may keep growing.
+        "soak" => Ok(Profile {
+            nodes: 3,
+            source_ips: 8,
+            messages: 400 * 7_200,
+            rate: 400.0,
+            sessions: 40,
+            size: 5120,
+            sims: sims(0, 0, 0, 0),
+            dests: DESTS.to_vec(),
+            faults: "every:300",
+            failures: 0.03,
+            leak_check: true,
+            measure_max: false,
+            virtual_span_s: None,
+            warmup: None,
+        }),
+        other => anyhow::bail!("no profile {other:?} (quick, day, warmup, max, soak)"),
     }
 }
 
@@ -341,6 +419,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     };
     let load = Load {
         target,
+        first_id: 0,
         messages,
         rate,
         sessions: p.sessions,
@@ -351,8 +430,8 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             .iter()
             .map(|(d, w, _)| (d.to_string(), *w))
             .collect(),
-        tempfail: 0.03,
-        permfail: 0.03,
+        tempfail: p.failures,
+        permfail: p.failures,
         return_domain: "load.test".into(),
     };
     println!(
@@ -372,29 +451,30 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             String::new()
         }
     );
-    let mut faults = Vec::new();
-    let progress = crate::gen::Progress::default();
-    let generator = tokio::spawn(crate::gen::run(load, progress.clone(), move || {
-        clock.elapsed_ms()
-    }));
-    let reporter = tokio::spawn(report_progress(progress.clone(), ledger.clone(), clock));
-    if let (Some(share), false, Some(r)) = (p.kill_leader_at, a.no_faults, rig.as_mut()) {
-        tokio::time::sleep(Duration::from_secs_f64(messages as f64 * share / rate)).await;
-        let leader = r.leader()?;
-        r.kill_node(leader);
-        faults.push(Fault {
-            at_ms: clock.elapsed_ms(),
-            what: format!("SIGKILL leader (node {leader})"),
-        });
-        eprintln!("SIGKILLed the leader, node {leader}");
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        r.restart_node(leader)?;
-        faults.push(Fault {
-            at_ms: clock.elapsed_ms(),
-            what: format!("restart node {leader}"),
-        });
+    let plan = match (&a.faults, a.no_faults || rig.is_none()) {
+        (_, true) => Plan::default(),
+        (Some(f), false) => Plan::parse(f).map_err(anyhow::Error::msg)?,
+        (None, false) => Plan::parse(p.faults).map_err(anyhow::Error::msg)?,
+    };
+    if rate <= 0.0 && plan != Plan::default() {
+        anyhow::bail!("faults are planned by the share of the load sent: they need a fixed --rate");
     }
-    let g = generator.await?;
+    let progress = crate::gen::Progress::default();
+    let reporter = tokio::spawn(report_progress(progress.clone(), ledger.clone(), clock));
+    let mut conductor = Conductor {
+        due: plan.schedule(messages as f64 / rate).into(),
+        down: Vec::new(),
+        faults: Vec::new(),
+        samples: Vec::new(),
+        started: Instant::now(),
+        clock,
+        tick: tokio::time::interval(Duration::from_millis(500)),
+    };
+    let cpu_before = Cpu::now(rig.as_ref());
+    let started_ms = clock.elapsed_ms();
+    let mut g = conductor
+        .generate(load.clone(), &progress, &mut rig)
+        .await?;
     println!(
         "load done in {:.1} s: {} accepted, {} refused, {} connection errors; waiting for deliveries",
         g.seconds,
@@ -402,23 +482,39 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         g.refused,
         g.errors
     );
-    // Every acknowledged recipient must end delivered (once) or reported by a DSN.
-    let expected: HashSet<(u64, String)> =
-        g.accepted.iter().map(|m| (m.id, m.rcpt.clone())).collect();
-    let until = Instant::now() + Duration::from_secs(a.drain);
-    loop {
-        let open = {
-            let l = ledger.lock().unwrap();
-            expected
-                .iter()
-                .filter(|k| !l.deliveries.contains_key(*k) && !l.bounces.contains(*k))
-                .count()
+    let drain = Duration::from_secs(a.drain);
+    conductor
+        .drain(&keys(&g.accepted), &ledger, drain, &mut rig)
+        .await;
+    let max = if p.measure_max {
+        let first = MaxPhase::of(&g, &ledger, started_ms, cpu_before, Cpu::now(rig.as_ref()));
+        let half = Load {
+            first_id: messages,
+            messages: ((first.end_to_end_per_s / 2.0) * 20.0).clamp(100.0, messages as f64) as u64,
+            rate: (first.end_to_end_per_s / 2.0).max(1.0),
+            ..load.clone()
         };
-        if open == 0 || Instant::now() > until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        println!(
+            "{:.0} messages/s end to end at most; now {} at half that rate ({:.0}/s)",
+            first.end_to_end_per_s, half.messages, half.rate
+        );
+        let g2 = conductor
+            .generate(half.clone(), &progress, &mut rig)
+            .await?;
+        conductor
+            .drain(&keys(&g2.accepted), &ledger, drain, &mut rig)
+            .await;
+        let postfix = if a.no_postfix {
+            None
+        } else {
+            postfix_relay(a.postfix_script.as_deref(), messages, p.sessions, p.size)
+        };
+        let m = MaxRun::new(first, half.rate, &g2, postfix);
+        g.absorb(g2);
+        Some(m)
+    } else {
+        None
+    };
     reporter.abort();
     // What the queue itself says of the recipients the simulators never saw finish: still
     // queued (held back by the limits), or given up (expired or bounced, its DSN not seen:
@@ -468,11 +564,23 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         &g,
         &ledger,
         &limits,
-        faults,
-        &expected,
+        conductor.faults.clone(),
+        &keys(&g.accepted),
         warmup.as_ref(),
     );
     report.held_at_end = fate.held;
+    // A SIGKILL of the sender or the leader can repeat the deliveries in flight at that
+    // moment (the remote said 250, the report of it died): SMTP is at-least-once there.
+    let repeatable = conductor
+        .faults
+        .iter()
+        .filter(|f| f.what.starts_with("SIGKILL leader") || f.what == "SIGKILL sender")
+        .count() as u64;
+    report.duplicate_budget = report.accepted / 10_000 + repeatable * SENDER_IN_FLIGHT;
+    report.max = max;
+    report.resource_growth = crate::report::growth_of(&conductor.samples);
+    report.resources = conductor.samples;
+    report.leak_check = p.leak_check;
     report.given_up = fate.given_up;
     report.lost = report.lost.saturating_sub(fate.held + fate.given_up);
     drop(rig);
@@ -485,6 +593,132 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     print!("{}", report.summary());
     println!("report: {}", a.out.join("report.html").display());
     Ok(report.passed())
+}
+
+/// The (message, recipient) pairs of `accepted`.
+fn keys(accepted: &[crate::gen::Accepted]) -> HashSet<(u64, String)> {
+    accepted.iter().map(|m| (m.id, m.rcpt.clone())).collect()
+}
+
+/// Causes the planned faults and samples the processes' resources while a run goes on.
+struct Conductor {
+    /// Faults still to come: (seconds after the load started, target).
+    due: std::collections::VecDeque<(f64, Target)>,
+    /// Processes killed, to start again at the given time.
+    down: Vec<(Instant, Part)>,
+    faults: Vec<Fault>,
+    samples: Vec<Sample>,
+    started: Instant,
+    clock: RunClock,
+    tick: tokio::time::Interval,
+}
+
+impl Conductor {
+    /// Runs the generator with `load`, stepping meanwhile.
+    async fn generate(
+        &mut self,
+        load: Load,
+        progress: &crate::gen::Progress,
+        rig: &mut Option<Rig>,
+    ) -> anyhow::Result<crate::gen::Generated> {
+        let clock = self.clock;
+        let mut generator = tokio::spawn(crate::gen::run(load, progress.clone(), move || {
+            clock.elapsed_ms()
+        }));
+        loop {
+            tokio::select! {
+                g = &mut generator => return Ok(g?),
+                _ = self.tick.tick() => {
+                    if let Some(r) = rig.as_mut() {
+                        self.step(r, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every recipient in `expected` was delivered or reported by a DSN and
+    /// nothing is down, or `limit` passes, stepping meanwhile (restarts only: faults end
+    /// with the load).
+    async fn drain(
+        &mut self,
+        expected: &HashSet<(u64, String)>,
+        ledger: &SharedLedger,
+        limit: Duration,
+        rig: &mut Option<Rig>,
+    ) {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(r) = rig.as_mut() {
+                self.step(r, true);
+            }
+            let open = {
+                let l = ledger.lock().unwrap();
+                expected
+                    .iter()
+                    .filter(|k| !l.deliveries.contains_key(*k) && !l.bounces.contains(*k))
+                    .count()
+            };
+            if (open == 0 && self.down.is_empty()) || Instant::now() > until {
+                return;
+            }
+            self.tick.tick().await;
+        }
+    }
+
+    /// Does what is due: restarts, then (unless `load_over`) faults; then samples.
+    fn step(&mut self, r: &mut Rig, load_over: bool) {
+        let now = Instant::now();
+        let at_ms = self.clock.elapsed_ms();
+        let (back, still): (Vec<_>, Vec<_>) = self.down.drain(..).partition(|(t, _)| *t <= now);
+        self.down = still;
+        for (_, part) in back {
+            let restarted = r.restart(part);
+            match restarted {
+                Ok(()) => self.faults.push(Fault {
+                    at_ms,
+                    what: format!("restart {}", r.name(part)),
+                }),
+                Err(e) => eprintln!("could not restart {}: {e:#}", r.name(part)),
+            }
+        }
+        let elapsed = self.started.elapsed().as_secs_f64();
+        while !load_over && self.due.front().is_some_and(|(t, _)| *t <= elapsed) {
+            let (_, target) = self.due.pop_front().expect("a fault is due");
+            let part = match target {
+                Target::Leader | Target::Follower => {
+                    let Ok(leader) = r.leader() else {
+                        eprintln!("no leader to tell {target:?} by: fault skipped");
+                        continue;
+                    };
+                    let follower = (1..=r.nodes.len() as u64).find(|id| *id != leader);
+                    match (target, follower) {
+                        (Target::Leader, _) => Part::Node(leader),
+                        (_, Some(f)) => Part::Node(f),
+                        (_, None) => continue,
+                    }
+                }
+                Target::Sender => Part::Sender,
+                Target::Edge => Part::Edge,
+            };
+            if self.down.iter().any(|(_, p)| *p == part) {
+                continue;
+            }
+            r.kill(part);
+            let what = match target {
+                Target::Leader => format!("SIGKILL leader ({})", r.name(part)),
+                _ => format!("SIGKILL {}", r.name(part)),
+            };
+            eprintln!("{what}");
+            self.faults.push(Fault { at_ms, what });
+            self.down.push((now + target.down(), part));
+        }
+        for (process, pid, data) in r.processes() {
+            if let Some(s) = crate::faults::sample(at_ms, &process, pid, data.as_deref()) {
+                self.samples.push(s);
+            }
+        }
+    }
 }
 
 /// Recipients the simulators never saw finish, by what the queue says of them.
@@ -725,5 +959,6 @@ fn build(
         timeline,
         lost_sample: lost.into_iter().take(20).collect(),
         end_to_end_samples: samples,
+        ..Report::default()
     }
 }

@@ -13,7 +13,8 @@ import sys
 import zlib
 
 COLORS = {"#1f77b4": (0x1F, 0x77, 0xB4), "#2ca02c": (0x2C, 0xA0, 0x2C),
-          "#9467bd": (0x94, 0x67, 0xBD), "#d33": (0xDD, 0x33, 0x33)}
+          "#9467bd": (0x94, 0x67, 0xBD), "#d33": (0xDD, 0x33, 0x33),
+          "#ff7f0e": (0xFF, 0x7F, 0x0E)}
 
 
 def screenshot(html, png):
@@ -21,7 +22,7 @@ def screenshot(html, png):
     if not exe:
         sys.exit("chromium is not installed (scripts/setup.sh --tests installs it)")
     subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=900,1400", f"--screenshot={png}", f"file://{html}"],
+                    "--window-size=900,2600", f"--screenshot={png}", f"file://{html}"],
                    check=True, capture_output=True, timeout=120)
 
 

@@ -1,6 +1,6 @@
 //! The bundled load harness (`skein-load run`), its quick profile as CI runs it: a 3-node
 //! cluster, an edge and a sender started by the harness, provider simulators counting what
-//! arrives, a leader SIGKILLed part-way, and the verdicts. Then the same harness with the
+//! arrives, the leader, the sender and the edge SIGKILLed part-way, and the verdicts. Then the same harness with the
 //! providers' limits kept from Skein, to show the verdict catches a sender that exceeds them.
 
 use std::path::{Path, PathBuf};
@@ -25,6 +25,14 @@ fn run(out: &Path, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value, St
     );
     let report = std::fs::read_to_string(out.join("report.json"))
         .map_err(|e| anyhow::anyhow!("no report.json ({e}): {text}"))?;
+    // Kept beside the binaries whatever the verdict, to look into a failure.
+    let name = out.file_name().unwrap_or_default();
+    let kept = skein_bin()
+        .with_file_name("artifacts")
+        .join("load")
+        .join(name);
+    std::fs::create_dir_all(&kept)?;
+    std::fs::write(kept.join("report.json"), &report)?;
     Ok((
         o.status.code().unwrap_or(-1),
         serde_json::from_str(&report)?,
@@ -33,7 +41,7 @@ fn run(out: &Path, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value, St
 }
 
 #[test]
-fn the_quick_profile_passes_with_a_leader_kill_and_limits_held() -> anyhow::Result<()> {
+fn the_quick_profile_passes_through_kills_with_limits_held() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("quick");
     let (code, r, text) = run(&out, &["--profile", "quick"])?;
@@ -43,11 +51,55 @@ fn the_quick_profile_passes_with_a_leader_kill_and_limits_held() -> anyhow::Resu
     assert!(n("accepted") >= 700, "most of 800 are accepted: {text}");
     // Every accepted recipient ended delivered or bounced (permfail-*), counted by the
     // simulators; tempfail-* were deferred once and delivered.
-    assert_eq!(n("delivered") + n("bounced"), n("accepted"), "{text}");
+    // (Mail the edge committed as it was killed, its 250 never sent, may be delivered too.)
+    assert_eq!(
+        n("delivered") + n("bounced"),
+        n("accepted") + n("unacknowledged_deliveries"),
+        "{text}"
+    );
     assert!(n("bounced") > 0 && n("deferrals") > 0, "{text}");
-    assert!(r["faults"][0]["what"]
-        .as_str()
-        .is_some_and(|w| w.starts_with("SIGKILL leader")));
+    // The leader, the sender and the edge were each SIGKILLed and started again; the
+    // deliveries the sender and the leader had in flight may repeat, nothing more.
+    let faults: Vec<&str> = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["what"].as_str())
+        .collect();
+    for want in [
+        "SIGKILL leader",
+        "SIGKILL sender",
+        "SIGKILL edge",
+        "restart edge",
+    ] {
+        assert!(
+            faults.iter().any(|f| f.starts_with(want)),
+            "{want}: {faults:?}"
+        );
+    }
+    assert_eq!(
+        faults.iter().filter(|f| f.starts_with("restart")).count(),
+        3,
+        "{faults:?}"
+    );
+    assert!(n("duplicates") <= n("duplicate_budget"), "{text}");
+    assert_eq!(n("duplicate_budget"), 2 * 128, "{text}");
+    // Every process's memory, descriptors and (queue nodes) data were sampled throughout.
+    let samples = r["resources"].as_array().unwrap();
+    for p in ["node 1", "node 2", "node 3", "edge", "sender"] {
+        let of: Vec<_> = samples.iter().filter(|s| s["process"] == p).collect();
+        assert!(of.len() >= 10, "{p}: {} samples", of.len());
+        // (A sample just after a restart finds a process that has barely begun.)
+        assert!(of.iter().all(|s| s["rss_kib"].as_u64().unwrap() > 0), "{p}");
+        assert!(of.iter().all(|s| s["fds"].as_u64().unwrap() >= 3), "{p}");
+        assert!(
+            of.iter().any(|s| s["rss_kib"].as_u64().unwrap() > 5000),
+            "{p}"
+        );
+        assert!(of.iter().any(|s| s["fds"].as_u64().unwrap() > 10), "{p}");
+        let disk = of.last().unwrap()["disk_bytes"].as_u64().unwrap();
+        assert_eq!(disk > 0, p.starts_with("node"), "{p}: {disk}");
+    }
     // The load went out from every source IP, each within every provider's hourly limit.
     let hourly = r["hourly"].as_array().unwrap();
     let gmail: Vec<_> = hourly.iter().filter(|h| h["provider"] == "gmail").collect();
@@ -68,7 +120,7 @@ fn the_quick_profile_passes_with_a_leader_kill_and_limits_held() -> anyhow::Resu
         "{dns}"
     );
     let html = std::fs::read_to_string(out.join("report.html"))?;
-    for id in ["throughput", "latency", "hourly"] {
+    for id in ["throughput", "latency", "hourly", "resources"] {
         assert!(html.contains(&format!("<svg id=\"{id}\"")), "{id}");
     }
     assert!(html.contains("class=\"fault\"") && html.contains("PASS"));
@@ -94,6 +146,7 @@ fn the_quick_profile_passes_with_a_leader_kill_and_limits_held() -> anyhow::Resu
     assert!(px("#2ca02c") > 200, "delivered line: {seen}");
     assert!(px("#9467bd") > 1000, "latency bars: {seen}");
     assert!(px("#d33") > 10, "fault markers: {seen}");
+    assert!(px("#ff7f0e") > 200, "the resources' lines: {seen}");
     Ok(())
 }
 
@@ -188,5 +241,109 @@ fn scaled_time_spans_hours_and_keeps_every_limit() -> anyhow::Result<()> {
         .map(|h| h["hour"].as_i64().unwrap())
         .collect();
     assert!(hours.len() >= 2, "{hours:?}: {text}");
+    Ok(())
+}
+
+/// The max profile: the load as fast as 20 sessions are answered, then half that rate for the
+/// accept latency, with CPU per message counted (Postfix beside it is left out here: CI has
+/// no Postfix; README gives the figures of a run with it).
+#[test]
+fn the_max_profile_finds_the_highest_rate_then_measures_half_of_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("max");
+    let (code, r, text) = run(
+        &out,
+        &[
+            "--profile",
+            "max",
+            "--net",
+            "127.0.11",
+            "--sim-net",
+            "127.0.12",
+            "--messages",
+            "1500",
+            "--no-postfix",
+        ],
+    )?;
+    assert_eq!(code, 0, "{text}");
+    let n = |k: &str| r[k].as_u64().unwrap_or(u64::MAX);
+    assert_eq!(
+        (n("lost"), n("limit_violations"), n("bounced")),
+        (0, 0, 0),
+        "{text}"
+    );
+    let m = &r["max"];
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(-1.0);
+    let full = f(&m["full"]["end_to_end_per_s"]);
+    assert!(full > 10.0, "{text}");
+    assert_eq!(m["full"]["messages"], 1500, "{text}");
+    // Accepting runs ahead of delivering, never behind it.
+    assert!(f(&m["full"]["accepted_per_s"]) >= full * 0.9, "{text}");
+    assert!(f(&m["full"]["skein_cpu_ms_per_message"]) > 0.0, "{text}");
+    assert!(f(&m["full"]["machine_cpu_s_per_1000"]) > 0.0, "{text}");
+    let half = f(&m["half_load_per_s"]);
+    assert!((half - full / 2.0).abs() < 1.0, "{text}");
+    let accept = &m["half_load_accept_ms"];
+    assert!(accept["count"].as_u64().unwrap() >= 100, "{text}");
+    assert!(
+        f(&accept["p99"]) > 0.0 && f(&accept["p99"]) <= f(&accept["max"]),
+        "{text}"
+    );
+    assert!(m["postfix"].is_null() && m["ratio"].is_null(), "{text}");
+    // Both phases' messages were delivered: the second phase's ids follow the first's.
+    assert_eq!(n("delivered"), n("accepted"), "{text}");
+    assert!(n("accepted") > 1500 + 100, "{text}");
+    assert!(
+        text.contains("max end to end") && text.contains("half load"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// The soak profile, shortened: faults every few seconds take the leader, the sender, the
+/// edge and a follower in turn; nothing is lost, and the leak check (memory and descriptors
+/// over the second half against the first) is part of the verdict.
+#[test]
+fn a_short_soak_cycles_its_faults_and_checks_for_leaks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("soak");
+    let (code, r, text) = run(
+        &out,
+        &[
+            "--profile",
+            "soak",
+            "--net",
+            "127.0.13",
+            "--sim-net",
+            "127.0.14",
+            "--messages",
+            "2000",
+            "--rate",
+            "60",
+            "--faults",
+            "every:7",
+        ],
+    )?;
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(r["lost"], 0, "{text}");
+    let kills: Vec<&str> = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["what"].as_str())
+        .filter(|w| w.starts_with("SIGKILL"))
+        .collect();
+    assert_eq!(kills.len(), 4, "{kills:?}");
+    assert!(kills[0].starts_with("SIGKILL leader"), "{kills:?}");
+    assert_eq!(kills[1..3], ["SIGKILL sender", "SIGKILL edge"], "{kills:?}");
+    assert!(
+        kills[3].starts_with("SIGKILL node"),
+        "a follower: {kills:?}"
+    );
+    assert!(!kills[3].contains("leader"), "{kills:?}");
+    assert_eq!(r["leak_check"], true);
+    let growth = r["resource_growth"].as_array().unwrap();
+    assert_eq!(growth.len(), 5, "{growth:?}");
+    assert!(text.contains("LEAKS              0"), "{text}");
     Ok(())
 }
