@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::smtp::{connect, reply};
+use crate::smtp::{connect_as, reply, Login, Reader, Writer};
 
 /// What the generator sends.
 #[derive(Debug, Clone)]
@@ -39,6 +39,9 @@ pub struct Load {
     pub permfail: f64,
     /// Domain of the reverse paths (where DSNs go).
     pub return_domain: String,
+    /// Tenants the sessions log in as (STARTTLS, then AUTH PLAIN), taking turns with
+    /// sessions that relay by address: with two tenants, a third of the sessions each.
+    pub logins: Vec<Login>,
 }
 
 impl Load {
@@ -92,6 +95,8 @@ pub struct Accepted {
     pub at_ms: u64,
     /// The queue id the reply named ("" if it named none).
     pub queue_id: String,
+    /// The tenant it was submitted as ("" when relayed by address).
+    pub tenant: Arc<str>,
 }
 
 /// What the generator saw.
@@ -184,9 +189,14 @@ pub async fn run(
         })
     };
     let workers: Vec<_> = (0..load.sessions)
-        .map(|_| {
+        .map(|k| {
+            let login = match k % (load.logins.len() + 1) {
+                i if i < load.logins.len() => Some(load.logins[i].clone()),
+                _ => None,
+            };
             tokio::spawn(worker(
                 load.clone(),
+                login,
                 rx.clone(),
                 progress.clone(),
                 at_ms.clone(),
@@ -218,16 +228,14 @@ type Queue = Arc<Mutex<tokio::sync::mpsc::Receiver<(u64, Instant)>>>;
 /// One session slot: takes due messages and sends them, reconnecting when needed.
 async fn worker(
     load: Arc<Load>,
+    login: Option<Login>,
     rx: Queue,
     progress: Progress,
     at_ms: Arc<impl Fn() -> u64 + Send + Sync>,
 ) -> Generated {
     let mut g = Generated::empty();
-    let mut conn: Option<(
-        BufReader<tokio::net::tcp::OwnedReadHalf>,
-        tokio::net::tcp::OwnedWriteHalf,
-        u64,
-    )> = None;
+    let tenant: Arc<str> = login.as_ref().map_or("", |l| l.user.as_str()).into();
+    let mut conn: Option<(Reader, Writer, u64)> = None;
     loop {
         let next = rx.lock().await.recv().await;
         let Some((n, due)) = next else {
@@ -242,7 +250,7 @@ async fn worker(
         let body = load.message(n, &rcpt);
         let attempt = async |conn: &mut Option<_>| -> anyhow::Result<(u16, Duration, String)> {
             if conn.is_none() {
-                let (rd, wr) = connect(&load.target).await?;
+                let (rd, wr) = connect_as(&load.target, login.as_ref()).await?;
                 *conn = Some((rd, wr, 0u64));
             }
             let (rd, wr, sent) = conn.as_mut().expect("connected");
@@ -296,6 +304,7 @@ async fn worker(
                     rcpt: rcpt.to_ascii_lowercase(),
                     at_ms: at_ms(),
                     queue_id,
+                    tenant: tenant.clone(),
                 });
             }
             Ok((code, _, _)) => {
@@ -345,6 +354,7 @@ mod tests {
             tempfail: 0.1,
             permfail: 0.1,
             return_domain: "load.test".into(),
+            logins: Vec::new(),
         };
         let rcpts: Vec<String> = (0..4000).map(|n| load.recipient(n)).collect();
         let gmail = rcpts.iter().filter(|r| r.ends_with("@gmail.com")).count();

@@ -137,6 +137,8 @@ pub struct Report {
     pub submitted: u64,
     /// Acknowledged with 250.
     pub accepted: u64,
+    /// Of those, by the tenant the session logged in as ("" for relaying by address).
+    pub accepted_by_tenant: std::collections::BTreeMap<String, u64>,
     /// Refused with a reply.
     pub refused: u64,
     /// Lost to connection errors before the reply to the final dot.
@@ -239,6 +241,17 @@ impl Report {
             "delivered          {} recipients, bounced {}, deferrals {}",
             self.delivered, self.bounced, self.deferrals
         );
+        if self.accepted_by_tenant.keys().any(|t| !t.is_empty()) {
+            let by: Vec<String> = self
+                .accepted_by_tenant
+                .iter()
+                .map(|(t, n)| match t.as_str() {
+                    "" => format!("by address {n}"),
+                    t => format!("{t} {n}"),
+                })
+                .collect();
+            let _ = writeln!(s, "accepted as        {}", by.join(", "));
+        }
         let _ = writeln!(s, "accepted/s         {:.1}", self.accepted_per_s);
         let _ = writeln!(s, "delivered/s        {:.1}", self.delivered_per_s);
         let _ = writeln!(s, "accept latency     {}", l(&self.accept_latency_ms));

@@ -80,6 +80,9 @@ pub struct Layout {
     pub delivery: String,
     /// Extra lines for every queue node's `[node]`.
     pub node: String,
+    /// Tenants to create (each gets a password of its own); they log in with STARTTLS and
+    /// AUTH, the edge presenting a certificate the rig makes.
+    pub tenants: Vec<String>,
 }
 
 /// A running cluster.
@@ -93,6 +96,10 @@ pub struct Rig {
     pub smtp: String,
     /// The source IPs.
     pub source_ips: Vec<String>,
+    /// The edge's certificate (PEM): what clients trust.
+    pub edge_cert: PathBuf,
+    /// The tenants created and their passwords.
+    pub tenants: Vec<(String, String)>,
 }
 
 impl Rig {
@@ -153,13 +160,22 @@ impl Rig {
             });
         }
         let smtp = format!("{}:{}", ip(10), free_port(&ip(10))?);
+        // The edge's certificate, for its IP: clients that STARTTLS verify it.
+        let cert = rcgen::generate_simple_self_signed(vec!["edge.load.test".into(), ip(10)])?;
+        let (edge_cert, edge_key) = (dir.join("edge-cert.pem"), dir.join("edge-key.pem"));
+        std::fs::write(&edge_cert, cert.cert.pem())?;
+        std::fs::write(&edge_key, cert.signing_key.serialize_pem())?;
         let edge = dir.join("edge.toml");
         std::fs::write(
             &edge,
             format!(
                 "[edge]\nhostname = \"edge.load.test\"\nqueue = [{quoted}]\n\
-                 relay_networks = [\"127.0.0.0/8\"]\n[[edge.listeners]]\naddress = \"{smtp}\"\n\
-                 [edge.limits]\nmax_connections_per_ip = 2000\n"
+                 relay_networks = [\"127.0.0.0/8\"]\ncredentials_refresh = \"1s\"\n\
+                 [edge.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+                 [[edge.listeners]]\naddress = \"{smtp}\"\n\
+                 [edge.limits]\nmax_connections_per_ip = 2000\n",
+                edge_cert.display(),
+                edge_key.display()
             ),
         )?;
         procs.push(Proc {
@@ -214,6 +230,12 @@ impl Rig {
             nodes,
             smtp,
             source_ips,
+            edge_cert,
+            tenants: l
+                .tenants
+                .iter()
+                .map(|t| (t.clone(), format!("{t}-{:016x}", fastrand::u64(..))))
+                .collect(),
         };
         for p in &mut rig.procs {
             p.spawn(&rig.bin)?;
@@ -259,6 +281,41 @@ impl Rig {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// Creates the tenants and waits until the edge lets each of them log in.
+    pub async fn create_tenants(&self, limit: Duration) -> anyhow::Result<()> {
+        for (name, password) in &self.tenants {
+            self.ctl(&["tenant", "create", name, "--password", password])?;
+        }
+        let until = Instant::now() + limit;
+        for login in self.logins()? {
+            loop {
+                match crate::smtp::connect_as(&self.smtp, Some(&login)).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() > until => {
+                        bail!("tenant {} cannot log in: {e:#}", login.user)
+                    }
+                    // The edge learns new tenants on its next refresh.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenants' logins, trusting the edge's certificate.
+    pub fn logins(&self) -> anyhow::Result<Vec<crate::smtp::Login>> {
+        let tls = crate::smtp::trusting(&std::fs::read(&self.edge_cert)?)?;
+        Ok(self
+            .tenants
+            .iter()
+            .map(|(user, password)| crate::smtp::Login {
+                tls: tls.clone(),
+                user: user.clone(),
+                password: password.clone(),
+            })
+            .collect())
     }
 
     /// The current leader's node id.

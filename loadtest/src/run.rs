@@ -37,6 +37,13 @@ pub struct Args {
     /// route the simulated domains to the simulators (printed at start).
     #[arg(long)]
     pub target: Option<String>,
+    /// With --target: a tenant to log in as (STARTTLS, then AUTH PLAIN), NAME:PASSWORD;
+    /// repeat for several. Sessions take turns between the tenants and relaying by address.
+    #[arg(long)]
+    pub tenant: Vec<String>,
+    /// With --tenant: the edge's certificate, or the CA that signed it (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Where the skein and skeinctl binaries are (default: beside this one).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -117,6 +124,8 @@ struct Profile {
     /// Share of recipients that fail once (`tempfail-`), and of those that bounce
     /// (`permfail-`), each.
     failures: f64,
+    /// Tenants whose sessions log in (STARTTLS + AUTH); the other sessions relay by address.
+    tenants: &'static [&'static str],
     /// Fail the run when a process's memory or descriptors keep growing.
     leak_check: bool,
     /// Measure the highest sustained rate (the load as fast as it is answered), then the
@@ -191,6 +200,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             faults: "leader@0.3,sender@0.55,edge@0.8",
             failures: 0.03,
+            tenants: &["acme", "globex"],
             leak_check: false,
             measure_max: false,
             virtual_span_s: None,
@@ -209,6 +219,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             faults: "leader@0.5,sender@0.75",
             failures: 0.03,
+            tenants: &["acme", "globex"],
             leak_check: false,
             measure_max: false,
             virtual_span_s: Some(86_400.0),
@@ -229,6 +240,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             faults: "none",
             failures: 0.03,
+            tenants: &["acme", "globex"],
             leak_check: false,
             measure_max: false,
             virtual_span_s: Some(25.0 * 86_400.0),
@@ -254,6 +266,8 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             faults: "none",
             failures: 0.0,
+            // Relayed by address, as Postfix is by smtp-source.
+            tenants: &[],
             leak_check: false,
             measure_max: true,
             virtual_span_s: None,
@@ -273,6 +287,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             dests: DESTS.to_vec(),
             faults: "every:300",
             failures: 0.03,
+            tenants: &["acme", "globex"],
             leak_check: true,
             measure_max: false,
             virtual_span_s: None,
@@ -361,8 +376,29 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     let mut rig = None;
     // The virtual day the IPs were added (their warm-up day 1).
     let mut warm_from = clock.day();
+    let mut logins = Vec::new();
     let target = match &a.target {
         Some(t) => {
+            if !a.tenant.is_empty() {
+                let ca = a
+                    .tls_ca
+                    .as_ref()
+                    .context("--tenant needs --tls-ca: the edge's certificate or its CA (PEM)")?;
+                let tls = crate::smtp::trusting(
+                    &std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
+                )
+                .with_context(|| format!("{}", ca.display()))?;
+                for t in &a.tenant {
+                    let (user, password) = t
+                        .split_once(':')
+                        .with_context(|| format!("--tenant {t:?}: want NAME:PASSWORD"))?;
+                    logins.push(crate::smtp::Login {
+                        tls: tls.clone(),
+                        user: user.into(),
+                        password: password.into(),
+                    });
+                }
+            }
             println!("driving {t}; its senders must deliver these domains to the simulators:");
             match &dns {
                 Some(d) => println!("  nameservers = [\"{}\"], smtp_port = {port}", d.addr),
@@ -402,6 +438,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                 } else {
                     String::new()
                 },
+                tenants: p.tenants.iter().map(|t| t.to_string()).collect(),
             };
             let r = Rig::start(&a.out, &bin_dir, &layout)?;
             r.ready(4, Duration::from_secs(60)).await?;
@@ -409,6 +446,8 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                 shape(&r, &p)?;
                 warm_from = clock.day();
             }
+            r.create_tenants(Duration::from_secs(30)).await?;
+            logins = r.logins()?;
             let smtp = r.smtp.clone();
             if scale > 1.0 {
                 tokio::spawn(crate::clock::drive(r.nodes.clone(), clock));
@@ -433,6 +472,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         tempfail: p.failures,
         permfail: p.failures,
         return_domain: "load.test".into(),
+        logins,
     };
     println!(
         "{}: {} messages at {}/s to {}{}{}",
@@ -958,6 +998,10 @@ fn build(
         faults,
         timeline,
         lost_sample: lost.into_iter().take(20).collect(),
+        accepted_by_tenant: g.accepted.iter().fold(BTreeMap::new(), |mut by, m| {
+            *by.entry(m.tenant.to_string()).or_default() += 1;
+            by
+        }),
         end_to_end_samples: samples,
         ..Report::default()
     }

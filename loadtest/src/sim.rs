@@ -32,8 +32,10 @@ pub struct Provider {
     pub max_connections_per_ip: u32,
     /// The reply past the hourly limit (`{ip}` is replaced by the source IP).
     pub throttle_reply: String,
-    /// Greylisting: the first try of each (source IP, sender, recipient) is refused with
-    /// `451 4.7.1 Greylisted`; one at least `GREYLIST_MS` later is taken.
+    /// Greylisting: the first try of each (source network, sender, recipient) is refused
+    /// with `451 4.7.1 Greylisted`; one at least `GREYLIST_MS` later is taken. The network is
+    /// the source IP's /24 (IPv6: /64), as postgrey keys by default, so a retry from another
+    /// IP of the same pool is not greylisted again.
     pub greylist: bool,
     /// How long the reply to a final dot takes (a slow provider).
     pub reply_delay: Duration,
@@ -322,6 +324,10 @@ async fn session(
 /// Whether the triple is still greylisted: its first try, or one too soon after it.
 fn greylisted(ledger: &SharedLedger, clock: RunClock, ip: IpAddr, from: &str, to: &str) -> bool {
     let now = clock.elapsed_ms();
+    let ip = match ip {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+    };
     let mut l = ledger.lock().unwrap();
     let first = *l
         .greylisted
@@ -491,7 +497,8 @@ mod tests {
     }
 
     /// Greylisting refuses a triple's first try and takes one after the wait; another
-    /// sender, recipient or source IP is a triple of its own.
+    /// sender, recipient or source network is a triple of its own, another IP of the same
+    /// /24 is not.
     #[test]
     fn greylisting_refuses_first_contact_and_takes_a_later_retry() {
         let ledger = SharedLedger::default();
@@ -503,8 +510,12 @@ mod tests {
             greylisted(&ledger, clock, ip, "a@x", "c@y"),
             "another recipient"
         );
+        let other_net: IpAddr = "127.0.1.9".parse().unwrap();
+        assert!(greylisted(&ledger, clock, other_net, "a@x", "b@y"));
         std::thread::sleep(Duration::from_millis(GREYLIST_MS + 50));
+        let same_net: IpAddr = "127.0.0.200".parse().unwrap();
+        assert!(!greylisted(&ledger, clock, same_net, "a@x", "b@y"));
         assert!(!greylisted(&ledger, clock, ip, "a@x", "b@y"));
-        assert_eq!(ledger.lock().unwrap().deferrals, 3);
+        assert_eq!(ledger.lock().unwrap().deferrals, 4);
     }
 }

@@ -58,6 +58,12 @@ fn the_quick_profile_passes_through_kills_with_limits_held() -> anyhow::Result<(
         "{text}"
     );
     assert!(n("bounced") > 0 && n("deferrals") > 0, "{text}");
+    // A third of the sessions logged in as each tenant (STARTTLS, verifying the edge's
+    // certificate, then AUTH PLAIN), the rest relayed by address.
+    let by = &r["accepted_by_tenant"];
+    for t in ["acme", "globex", ""] {
+        assert!(by[t].as_u64().unwrap_or(0) > 150, "{t:?}: {by}");
+    }
     // The leader, the sender and the edge were each SIGKILLed and started again; the
     // deliveries the sender and the leader had in flight may repeat, nothing more.
     let faults: Vec<&str> = r["faults"]
