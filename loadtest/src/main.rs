@@ -15,7 +15,7 @@ use skein_load::{blast, run};
 #[command(about = "Skein's load harness")]
 enum Cli {
     /// Run a profile against simulated providers; write report.json and report.html.
-    Run(run::Args),
+    Run(Box<run::Args>),
     /// Submit as fast as the server answers; print rate and latency.
     Blast(blast::Args),
 }
@@ -24,7 +24,7 @@ enum Cli {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse() {
         Cli::Run(a) => {
-            if !run::run(a).await? {
+            if !run::run(*a).await? {
                 std::process::exit(1);
             }
             Ok(())
