@@ -5,6 +5,7 @@
 
 pub mod blast;
 pub mod clock;
+pub mod display;
 pub mod dns;
 pub mod faults;
 pub mod gen;

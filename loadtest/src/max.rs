@@ -194,14 +194,14 @@ pub fn postfix_relay(
     size: usize,
 ) -> Option<Postfix> {
     let Some(script) = script(explicit) else {
-        eprintln!("postfix-relay.sh not found (--postfix-script): Postfix not run");
+        crate::display::say("postfix-relay.sh not found (--postfix-script): Postfix not run");
         return None;
     };
     let installed = ["/usr/sbin/postfix", "/usr/bin/postfix"]
         .iter()
         .any(|p| Path::new(p).exists());
     if !installed {
-        eprintln!("postfix is not installed (apt-get install postfix): Postfix not run");
+        crate::display::say("postfix is not installed (apt-get install postfix): Postfix not run");
         return None;
     }
     println!("postfix relaying the same load ({})", script.display());
@@ -214,14 +214,14 @@ pub fn postfix_relay(
     let out = match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         Ok(o) => {
-            eprintln!(
+            crate::display::say(format!(
                 "postfix-relay.sh failed: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
-            );
+            ));
             return None;
         }
         Err(e) => {
-            eprintln!("postfix-relay.sh: {e}");
+            crate::display::say(format!("postfix-relay.sh: {e}"));
             return None;
         }
     };

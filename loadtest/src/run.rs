@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::display::say;
 use crate::dns;
 use crate::faults::{Plan, Sample, Target};
 use crate::gen::Load;
@@ -500,7 +501,12 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         anyhow::bail!("faults are planned by the share of the load sent: they need a fixed --rate");
     }
     let progress = crate::gen::Progress::default();
-    let reporter = tokio::spawn(report_progress(progress.clone(), ledger.clone(), clock));
+    let reporter = tokio::spawn(crate::display::run(
+        progress.clone(),
+        ledger.clone(),
+        clock,
+        messages,
+    ));
     let mut conductor = Conductor {
         due: plan.schedule(messages as f64 / rate).into(),
         down: Vec::new(),
@@ -556,6 +562,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         None
     };
     reporter.abort();
+    crate::display::finish();
     // What the queue itself says of the recipients the simulators never saw finish: still
     // queued (held back by the limits), or given up (expired or bounced, its DSN not seen:
     // it may itself wait behind the limits). The rest are lost.
@@ -587,7 +594,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                         }
                     }
                 }
-                Err(e) => eprintln!("could not read the queue's states: {e:#}"),
+                Err(e) => say(format!("could not read the queue's states: {e:#}")),
             }
         }
     }
@@ -719,7 +726,7 @@ impl Conductor {
                     at_ms,
                     what: format!("restart {}", r.name(part)),
                 }),
-                Err(e) => eprintln!("could not restart {}: {e:#}", r.name(part)),
+                Err(e) => say(format!("could not restart {}: {e:#}", r.name(part))),
             }
         }
         let elapsed = self.started.elapsed().as_secs_f64();
@@ -728,7 +735,7 @@ impl Conductor {
             let part = match target {
                 Target::Leader | Target::Follower => {
                     let Ok(leader) = r.leader() else {
-                        eprintln!("no leader to tell {target:?} by: fault skipped");
+                        say(format!("no leader to tell {target:?} by: fault skipped"));
                         continue;
                     };
                     let follower = (1..=r.nodes.len() as u64).find(|id| *id != leader);
@@ -749,7 +756,7 @@ impl Conductor {
                 Target::Leader => format!("SIGKILL leader ({})", r.name(part)),
                 _ => format!("SIGKILL {}", r.name(part)),
             };
-            eprintln!("{what}");
+            say(&what);
             self.faults.push(Fault { at_ms, what });
             self.down.push((now + target.down(), part));
         }
@@ -799,29 +806,6 @@ fn common_port(ips: &[String]) -> anyhow::Result<u16> {
         }
     }
     anyhow::bail!("no port free on all of {ips:?}")
-}
-
-/// Prints a progress line every few seconds until aborted.
-async fn report_progress(p: crate::gen::Progress, ledger: SharedLedger, clock: RunClock) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let (delivered, bounced, deferrals, violations) = {
-            let l = ledger.lock().unwrap();
-            (
-                l.deliveries.len(),
-                l.bounces.len(),
-                l.deferrals,
-                l.violations.len(),
-            )
-        };
-        eprintln!(
-            "{:>6.0}s  submitted {}  accepted {}  delivered {delivered}  bounced {bounced}  \
-             deferrals {deferrals}  violations {violations}",
-            clock.elapsed_ms() as f64 / 1000.0,
-            p.submitted(),
-            p.accepted(),
-        );
-    }
 }
 
 /// Tells the cluster about the source IPs (warm) and the providers' limits, as an operator

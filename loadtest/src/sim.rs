@@ -187,22 +187,56 @@ pub async fn start(
         while let Ok((sock, peer)) = listener.accept().await {
             let (p, ledger) = (p.clone(), ledger.clone());
             tokio::spawn(async move {
-                let key = (p.name.clone(), peer.ip());
-                let open = {
-                    let mut l = ledger.lock().unwrap();
-                    let n = l.open.entry(key.clone()).or_default();
-                    *n += 1;
-                    *n
-                };
-                let _ = session(&p, sock, peer.ip(), &ledger, clock, open).await;
-                let mut l = ledger.lock().unwrap();
-                if let Some(n) = l.open.get_mut(&key) {
-                    *n = n.saturating_sub(1);
-                }
+                let mut slot = OpenSlot::take(&ledger, &p.name, peer.ip());
+                let _ = session(&p, sock, peer.ip(), &ledger, clock, &mut slot).await;
             });
         }
     });
     Ok(local)
+}
+
+/// A connection counted against its source IP's connection limit, until released (at the
+/// QUIT, before the `221`: a client may open the next connection as soon as it reads it) or
+/// dropped (the client went away).
+struct OpenSlot {
+    ledger: SharedLedger,
+    key: (String, IpAddr),
+    /// Connections open from the IP, this one included, when it came.
+    open: u32,
+    released: bool,
+}
+
+impl OpenSlot {
+    fn take(ledger: &SharedLedger, provider: &str, ip: IpAddr) -> Self {
+        let key = (provider.to_string(), ip);
+        let mut l = ledger.lock().unwrap();
+        let n = l.open.entry(key.clone()).or_default();
+        *n += 1;
+        let open = *n;
+        drop(l);
+        Self {
+            ledger: ledger.clone(),
+            key,
+            open,
+            released: false,
+        }
+    }
+
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        let mut l = self.ledger.lock().unwrap();
+        if let Some(n) = l.open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Longest command line, and message, a simulator takes.
@@ -215,8 +249,9 @@ async fn session(
     ip: IpAddr,
     ledger: &SharedLedger,
     clock: RunClock,
-    open: u32,
+    slot: &mut OpenSlot,
 ) -> anyhow::Result<()> {
+    let open = slot.open;
     let (rd, mut wr) = sock.into_split();
     let mut rd = BufReader::new(rd);
     let limit = p.max_connections_per_ip;
@@ -312,6 +347,7 @@ async fn session(
         } else if upper == "NOOP" {
             "250 2.0.0 Ok\r\n".into()
         } else if upper == "QUIT" {
+            slot.release();
             wr.write_all(b"221 2.0.0 Bye\r\n").await?;
             return Ok(());
         } else {

@@ -13,11 +13,34 @@ fn load_bin() -> PathBuf {
 }
 
 fn run(out: &Path, extra: &[&str]) -> anyhow::Result<(i32, serde_json::Value, String)> {
-    let o = Command::new(load_bin())
-        .args(["run", "--out"])
-        .arg(out)
-        .args(extra)
-        .output()?;
+    let mut cmd = Command::new(load_bin());
+    cmd.args(["run", "--out"]).arg(out).args(extra);
+    finish(out, cmd)
+}
+
+/// Like [`run`], on a terminal: under `script`, which gives it a pseudo-terminal and copies
+/// what it draws.
+fn run_on_a_terminal(
+    out: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(i32, serde_json::Value, String)> {
+    let line = [
+        load_bin().display().to_string(),
+        "run".into(),
+        "--out".into(),
+    ]
+    .into_iter()
+    .chain([out.display().to_string()])
+    .chain(extra.iter().map(|a| a.to_string()))
+    .collect::<Vec<_>>()
+    .join(" ");
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    finish(out, cmd)
+}
+
+fn finish(out: &Path, mut cmd: Command) -> anyhow::Result<(i32, serde_json::Value, String)> {
+    let o = cmd.output()?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -158,12 +181,13 @@ fn the_quick_profile_passes_through_kills_with_limits_held() -> anyhow::Result<(
 
 /// With one source IP and Skein not told the providers' limits, it sends past them (yahoo
 /// and outlook: 60 an hour per IP, gmail 120; 10 connections each): the simulators refuse as
-/// the providers would, the report counts the violations, and the harness exits 1.
+/// the providers would, the report counts the violations, and the harness exits 1. Run on a
+/// terminal, which shows the live progress bar.
 #[test]
 fn exceeding_a_providers_limit_fails_the_run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("unshaped");
-    let (code, r, text) = run(
+    let (code, r, text) = run_on_a_terminal(
         &out,
         &[
             "--net",
@@ -206,6 +230,15 @@ fn exceeding_a_providers_limit_fails_the_run() -> anyhow::Result<()> {
     assert!(over, "{text}");
     let html = std::fs::read_to_string(out.join("report.html"))?;
     assert!(html.contains("FAIL") && html.contains("Violations"));
+    // On a terminal the progress is a bar redrawn in place, with the counts beside it.
+    assert!(
+        text.contains("/600 accepted") && text.contains("=>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r") || text.contains("\x1b["),
+        "redrawn: {text}"
+    );
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use rocksdb::{WriteBatch, DB};
 
 use crate::dsn;
+use crate::floors::{Floors, Index, Insert};
 use crate::records::{
     domain_of, rcpt_key, DkimKeyRecord, MessageRecord, RcptRecord, RcptState, StrikeRecord,
     SuppressionEntry, SuppressionRecord, TenantRecord, MAX_HISTORY,
@@ -129,6 +130,8 @@ struct Submitted {
 /// The changes of one log entry.
 pub(crate) struct Tx<'a> {
     db: &'a DB,
+    /// Where the time-ordered indexes' live keys begin (see [`crate::floors`]).
+    floors: &'a Floors,
     batch: WriteBatch,
     msgs: HashMap<String, MessageRecord>,
     rcpts: HashMap<String, RcptRecord>,
@@ -146,6 +149,9 @@ pub(crate) struct Tx<'a> {
     schedules: HashMap<String, skein_shaping::Schedule>,
     /// Bounce counts written (or, `None`, removed) by this entry, by key.
     strikes: HashMap<Vec<u8>, Option<StrikeRecord>>,
+    /// Keys this entry put in time-ordered indexes (index, prefix, key): they lower the
+    /// indexes' floors once the entry commits.
+    inserts: Vec<Insert>,
     /// Messages added by this entry.
     pub(crate) added: u64,
     /// Messages removed by this entry.
@@ -157,9 +163,10 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(db: &'a DB) -> Self {
+    pub(crate) fn new(db: &'a DB, floors: &'a Floors) -> Self {
         Self {
             db,
+            floors,
             batch: WriteBatch::default(),
             msgs: HashMap::new(),
             rcpts: HashMap::new(),
@@ -170,6 +177,7 @@ impl<'a> Tx<'a> {
             shaping_on: None,
             schedules: HashMap::new(),
             strikes: HashMap::new(),
+            inserts: Vec::new(),
             added: 0,
             removed: 0,
             now_ms: 0,
@@ -189,14 +197,17 @@ impl<'a> Tx<'a> {
     }
 
     /// The write batch with every change of the entry.
-    pub(crate) fn finish(mut self) -> WriteBatch {
+    /// The entry's writes, and the keys it put in time-ordered indexes (to report to the
+    /// floors once the batch commits).
+    pub(crate) fn finish(mut self) -> (WriteBatch, Vec<Insert>) {
         let db = self.db;
         for (id, m) in self.msgs.drain() {
             // Messages are only touched when they are added or one of their recipients
             // becomes final: one with none left finished in this entry.
             if m.remaining == 0 {
-                self.batch
-                    .put_cf(cf(db, CF_FINISHED), finished_key(self.now_ms, &id), []);
+                let k = finished_key(self.now_ms, &id);
+                self.batch.put_cf(cf(db, CF_FINISHED), &k, []);
+                self.inserts.push((Index::Finished, Vec::new(), k));
             }
             self.batch
                 .put_cf(cf(db, CF_MESSAGES), id.as_bytes(), enc(&m));
@@ -227,7 +238,7 @@ impl<'a> Tx<'a> {
                 n => self.batch.put_cf(h, &queue, enc(&n)),
             }
         }
-        self.batch
+        (self.batch, self.inserts)
     }
 
     /// Adds (`live`) or removes an unfinished recipient's entries in both due indexes, and
@@ -236,8 +247,11 @@ impl<'a> Tx<'a> {
         let (db, batch) = (self.db, &mut self.batch);
         let (due, queue_due) = (due_key(r.due_ms, &r.key), queue_due_key(r));
         if live {
-            batch.put_cf(cf(db, CF_DUE), due, []);
-            batch.put_cf(cf(db, CF_QUEUE_DUE), queue_due, []);
+            batch.put_cf(cf(db, CF_DUE), &due, []);
+            batch.put_cf(cf(db, CF_QUEUE_DUE), &queue_due, []);
+            self.inserts.push((Index::Due, Vec::new(), due));
+            let prefix = queue_prefix(&r.tenant, &r.domain);
+            self.inserts.push((Index::QueueDue, prefix, queue_due));
         } else {
             batch.delete_cf(cf(db, CF_DUE), due);
             batch.delete_cf(cf(db, CF_QUEUE_DUE), queue_due);
@@ -431,7 +445,10 @@ impl<'a> Tx<'a> {
             at_ms,
         };
         self.batch.put_cf(h, submission_key(&name), enc(&s));
-        self.batch.put_cf(h, submission_time_key(at_ms, &name), []);
+        let k = submission_time_key(at_ms, &name);
+        self.batch.put_cf(h, &k, []);
+        self.inserts
+            .push((Index::Submissions, vec![SUBMISSION_BY_TIME], k));
         self.submissions.insert(name, s);
     }
 
@@ -440,32 +457,44 @@ impl<'a> Tx<'a> {
     pub(crate) fn forget_submissions(&mut self, before_ms: i64, limit: usize) -> Res<()> {
         let db = self.db;
         let h = cf(db, CF_SUBMISSIONS);
-        let start = [SUBMISSION_BY_TIME];
-        for (forgotten, kv) in db
-            .iterator_cf(
-                h,
-                rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-            )
-            .enumerate()
-        {
-            let (k, _) = kv.map_err(std::io::Error::other)?;
-            if forgotten >= limit || k.first() != Some(&SUBMISSION_BY_TIME) || k.len() < 9 {
-                break;
-            }
-            let at = u64::from_be_bytes(k[1..9].try_into().unwrap_or_default());
-            if at >= before_ms.max(0) as u64 {
-                break;
-            }
-            let name = &k[9..];
-            // A later submission with the same id (after the window) has its own record.
-            if let Some(s) = self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(name))? {
-                if s.at_ms.max(0) as u64 == at {
-                    self.batch.delete_cf(h, submission_key(name));
+        let prefix = [SUBMISSION_BY_TIME];
+        // From the floor: what this node forgot before is gone (its tombstones skipped).
+        // Whatever this entry forgets is gone once it commits, and the floor set here is the
+        // first key it keeps.
+        let floors = self.floors;
+        floors.read(Index::Submissions, &prefix, |start| {
+            let mut kept = None;
+            for (forgotten, kv) in db
+                .iterator_cf(
+                    h,
+                    rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+                )
+                .enumerate()
+            {
+                let (k, _) = kv.map_err(std::io::Error::other)?;
+                if k.first() != Some(&SUBMISSION_BY_TIME) {
+                    break;
                 }
+                let at = k
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes);
+                if forgotten >= limit || at.is_none_or(|at| at >= before_ms.max(0) as u64) {
+                    kept = Some(k.to_vec());
+                    break;
+                }
+                let at = at.unwrap_or_default();
+                let name = &k[9..];
+                // A later submission with the same id (after the window) has its own record.
+                if let Some(s) = self.get::<Submitted>(CF_SUBMISSIONS, &submission_key(name))? {
+                    if s.at_ms.max(0) as u64 == at {
+                        self.batch.delete_cf(h, submission_key(name));
+                    }
+                }
+                self.batch.delete_cf(h, &k);
             }
-            self.batch.delete_cf(h, &k);
-        }
-        Ok(())
+            Ok(((), kept))
+        })
     }
 
     /// Adds a message and its recipients (due at `rec.received_at_ms`, or suppressed).
@@ -545,44 +574,52 @@ impl<'a> Tx<'a> {
     /// Removes up to `limit` messages that finished before `before_ms`; how many.
     pub(crate) fn purge(&mut self, before_ms: i64, limit: u32) -> Res<u32> {
         let db = self.db;
-        let mut purged = 0;
-        for kv in db.iterator_cf(cf(db, CF_FINISHED), rocksdb::IteratorMode::Start) {
-            let (k, _) = kv.map_err(std::io::Error::other)?;
-            let at = k
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if purged >= limit || at >= before_ms.max(0) as u64 {
-                break;
-            }
-            let id = String::from_utf8_lossy(&k[8..]).into_owned();
-            self.batch.delete_cf(cf(db, CF_FINISHED), &k);
-            let Some(m) = self.get::<MessageRecord>(CF_MESSAGES, id.as_bytes())? else {
-                continue;
-            };
-            if m.remaining > 0 {
-                continue; // not finished after all: keep it (and drop the stray index entry)
-            }
+        let floors = self.floors;
+        // From the floor, as `forget_submissions` does.
+        let purged = floors.read(Index::Finished, &[], |start| {
+            let mut purged = 0;
             for kv in db.iterator_cf(
-                cf(db, CF_RCPTS),
-                rocksdb::IteratorMode::From(id.as_bytes(), rocksdb::Direction::Forward),
+                cf(db, CF_FINISHED),
+                rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
             ) {
-                let (rk, rv) = kv.map_err(std::io::Error::other)?;
-                if !rk.starts_with(id.as_bytes()) {
-                    break;
+                let (k, _) = kv.map_err(std::io::Error::other)?;
+                let at = k
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if purged >= limit || at >= before_ms.max(0) as u64 {
+                    return Ok((purged, Some(k.to_vec())));
                 }
-                let r: RcptRecord = dec(&rv).map_err(corrupt)?;
-                if !r.state.is_final() {
-                    self.index_due(&r, false);
+                let id = String::from_utf8_lossy(&k[8..]).into_owned();
+                self.batch.delete_cf(cf(db, CF_FINISHED), &k);
+                let Some(m) = self.get::<MessageRecord>(CF_MESSAGES, id.as_bytes())? else {
+                    continue;
+                };
+                if m.remaining > 0 {
+                    continue; // not finished after all: keep it (and drop the stray index entry)
                 }
-                self.batch.delete_cf(cf(db, CF_RCPTS), &rk);
+                for kv in db.iterator_cf(
+                    cf(db, CF_RCPTS),
+                    rocksdb::IteratorMode::From(id.as_bytes(), rocksdb::Direction::Forward),
+                ) {
+                    let (rk, rv) = kv.map_err(std::io::Error::other)?;
+                    if !rk.starts_with(id.as_bytes()) {
+                        break;
+                    }
+                    let r: RcptRecord = dec(&rv).map_err(corrupt)?;
+                    if !r.state.is_final() {
+                        self.index_due(&r, false);
+                    }
+                    self.batch.delete_cf(cf(db, CF_RCPTS), &rk);
+                }
+                self.batch.delete_cf(cf(db, CF_MESSAGES), id.as_bytes());
+                self.batch.delete_cf(cf(db, CF_BODIES), id.as_bytes());
+                self.removed += 1;
+                purged += 1;
             }
-            self.batch.delete_cf(cf(db, CF_MESSAGES), id.as_bytes());
-            self.batch.delete_cf(cf(db, CF_BODIES), id.as_bytes());
-            self.removed += 1;
-            purged += 1;
-        }
+            Ok::<_, std::io::Error>((purged, None))
+        })?;
         // What shaped leases counted, for leases never reported (their sender vanished and
         // the recipients were leased again): forgotten with the finished mail.
         let mut stale = Vec::new();

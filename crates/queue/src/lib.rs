@@ -23,6 +23,7 @@
 
 mod apply;
 pub mod dsn;
+mod floors;
 pub mod records;
 pub mod shaping;
 mod snapfile;

@@ -29,6 +29,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
+use crate::floors::{Floors, Index};
 use crate::records::{
     DkimKeyRecord, MessageRecord, RcptRecord, StrikeRecord, SuppressionEntry, TenantRecord,
     TenantSuppressionPolicy,
@@ -175,6 +176,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
     if db.get_cf(cf(&db, CF_SM), K_QUEUE_INDEX)?.is_none() {
         rebuild_queue_index(&db)?;
     }
+    let floors = Arc::new(Floors::default());
     Ok((
         LogStore {
             db: db.clone(),
@@ -183,8 +185,9 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         StateMachine {
             db: db.clone(),
             files,
+            floors: floors.clone(),
         },
-        QueueReader { db },
+        QueueReader { db, floors },
     ))
 }
 
@@ -609,6 +612,7 @@ struct SnapshotRef {
 pub struct StateMachine {
     db: Arc<DB>,
     files: Arc<SnapshotFiles>,
+    floors: Arc<Floors>,
 }
 
 /// The applied log id and membership, read through `get` (the database or one snapshot of it).
@@ -723,6 +727,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let db = self.db.clone();
+        let floors = self.floors.clone();
         let mut count = self.count()?;
         let applied = self.applied()?.0.map(|l| l.index);
         let entries: Vec<_> = entries.into_iter().collect();
@@ -737,10 +742,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     out.push(Response::None);
                     continue;
                 }
-                let mut tx = Tx::new(&db);
+                let mut tx = Tx::new(&db, &floors);
                 let resp = apply_one(&db, &mut tx, &entry).map_err(io_write)?;
                 count = (count + tx.added).saturating_sub(tx.removed);
-                let mut batch = tx.finish();
+                let (mut batch, inserts) = tx.finish();
                 let sm = cf(&db, CF_SM);
                 batch.put_cf(sm, K_APPLIED, enc(&Some(entry.log_id)));
                 if let EntryPayload::Membership(m) = &entry.payload {
@@ -749,6 +754,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 batch.put_cf(sm, K_COUNT, enc(&count));
                 db.write(batch).map_err(io_write)?;
+                floors.inserted(inserts.iter().map(|(i, p, k)| (*i, &p[..], &k[..])));
                 out.push(resp);
             }
             Ok(out)
@@ -760,6 +766,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachine {
             db: self.db.clone(),
             files: self.files.clone(),
+            floors: self.floors.clone(),
         }
     }
 
@@ -777,6 +784,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot.flush().await.map_err(io_write)?;
         let data = snapshot.into_std().await;
         let db = self.db.clone();
+        let floors = self.floors.clone();
         let files = self.files.clone();
         let meta = meta.clone();
         blocking(move || {
@@ -829,7 +837,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             b.delete_cf(sm, K_SNAPSHOT);
             purge_covered(&db, &mut b, &mut waiting, meta.last_log_id);
             db.write_opt(b, &synced()).map_err(io_write)?;
-            load_snapshot(&db, &files.path(&name), &meta)?;
+            floors.rewrite(|| load_snapshot(&db, &files.path(&name), &meta))?;
             files.remove_except(Some(&name)).map_err(io_write)
         })
         .await
@@ -1069,6 +1077,8 @@ fn tenant_taken(db: &DB, t: &TenantRecord) -> Result<bool, std::io::Error> {
 #[derive(Debug, Clone)]
 pub struct QueueReader {
     db: Arc<DB>,
+    /// Where the due indexes' live keys begin (see [`crate::floors`]).
+    floors: Arc<Floors>,
 }
 
 impl QueueReader {
@@ -1197,64 +1207,82 @@ impl QueueReader {
     /// Unfinished recipients due at or before `now_ms` (queued or deferred ones whose time has
     /// come, and leased ones whose lease has lapsed), earliest first, at most `limit`.
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<RcptRecord>, QueueError> {
-        let mut out = Vec::new();
         let rcpts = cf(&self.db, CF_RCPTS);
-        for kv in self
-            .db
-            .iterator_cf(cf(&self.db, CF_DUE), IteratorMode::Start)
-        {
-            let (k, _) = kv?;
-            if out.len() >= limit || k.len() < 8 {
-                break;
+        self.floors.read(Index::Due, &[], |start| {
+            let mut out = Vec::new();
+            let mut first = None;
+            for kv in self.db.iterator_cf(
+                cf(&self.db, CF_DUE),
+                IteratorMode::From(start, Direction::Forward),
+            ) {
+                let (k, _) = kv?;
+                first.get_or_insert_with(|| k.to_vec());
+                if out.len() >= limit || k.len() < 8 {
+                    break;
+                }
+                let at = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
+                if at > now_ms.max(0) as u64 {
+                    break;
+                }
+                if let Some(r) = self.live_due(rcpts, at, &k[8..])? {
+                    out.push(r);
+                }
             }
-            let at = u64::from_be_bytes(k[..8].try_into().unwrap_or_default());
-            if at > now_ms.max(0) as u64 {
-                break;
-            }
-            if let Some(r) = self.live_due(rcpts, at, &k[8..])? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+            Ok((out, first))
+        })
     }
 
     /// Queues (a tenant's mail to one destination domain) whose earliest unfinished recipient
     /// is due by `now_ms`, at most `limit`, in index order. One seek per queue, however many
     /// recipients each holds.
     pub fn ready_queues(&self, now_ms: i64, limit: usize) -> Result<Vec<QueueHead>, QueueError> {
-        let h = cf(&self.db, CF_QUEUE_DUE);
         let mut out = Vec::new();
-        let mut it = self.db.raw_iterator_cf(h);
-        it.seek_to_first();
-        while out.len() < limit {
-            let Some(k) = it.key() else {
+        // The queues from their counts (one key each), then each one's first entry from its
+        // floor: the deleted entries at the front of a busy queue are never stepped over.
+        for kv in self
+            .db
+            .iterator_cf(cf(&self.db, CF_QUEUE_STATS), IteratorMode::Start)
+        {
+            if out.len() >= limit {
                 break;
-            };
-            let Some((tenant, domain, rest)) = split_queue_key(k) else {
-                // Not a key this release writes: step over it.
-                it.next();
+            }
+            let (prefix, _) = kv?;
+            let Some((tenant, domain, _)) = split_queue_key(&prefix) else {
                 continue;
             };
-            let prefix_len = k.len() - rest.len();
-            let at = rest
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            if at <= now_ms.max(0) as u64 {
-                out.push(QueueHead {
-                    tenant: tenant.to_string(),
-                    domain: domain.to_string(),
-                    due_ms: at as i64,
-                });
+            if let Some(at) = self.first_queue_due(&prefix)? {
+                if at <= now_ms {
+                    out.push(QueueHead {
+                        tenant: tenant.to_string(),
+                        domain: domain.to_string(),
+                        due_ms: at,
+                    });
+                }
             }
-            // Past every key of this queue: its prefix, then more than any time and key.
-            let mut next = k[..prefix_len].to_vec();
-            next.extend_from_slice(&[0xFF; 9]);
-            it.seek(&next);
         }
-        it.status()?;
         Ok(out)
+    }
+
+    /// The due time of the first entry of the queue with key prefix `prefix`.
+    fn first_queue_due(&self, prefix: &[u8]) -> Result<Option<i64>, QueueError> {
+        self.floors.read(Index::QueueDue, prefix, |start| {
+            let first = self
+                .db
+                .iterator_cf(
+                    cf(&self.db, CF_QUEUE_DUE),
+                    IteratorMode::From(start, Direction::Forward),
+                )
+                .next()
+                .transpose()?
+                .map(|(k, _)| k.to_vec())
+                .filter(|k| k.starts_with(prefix));
+            let at = first.as_ref().and_then(|k| {
+                k.get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(|b| u64::from_be_bytes(b) as i64)
+            });
+            Ok((at, first))
+        })
     }
 
     /// Queues with unfinished recipients, in (tenant, domain) order starting after `after`,
@@ -1287,20 +1315,7 @@ impl QueueReader {
                 cf: CF_QUEUE_STATS,
                 source,
             })?;
-            let first = self
-                .db
-                .iterator_cf(
-                    cf(&self.db, CF_QUEUE_DUE),
-                    IteratorMode::From(&k, Direction::Forward),
-                )
-                .next()
-                .transpose()?;
-            let oldest_due_ms = first
-                .filter(|(fk, _)| fk.starts_with(&k) && fk.len() >= k.len() + 8)
-                .map(|(fk, _)| {
-                    u64::from_be_bytes(fk[k.len()..k.len() + 8].try_into().unwrap_or_default())
-                        as i64
-                });
+            let oldest_due_ms = self.first_queue_due(&k)?;
             out.push(QueueStats {
                 tenant: tenant.to_string(),
                 domain: domain.to_string(),
@@ -1321,25 +1336,32 @@ impl QueueReader {
     ) -> Result<Vec<RcptRecord>, QueueError> {
         let prefix = crate::apply::queue_prefix(tenant, domain);
         let rcpts = cf(&self.db, CF_RCPTS);
-        let mut out = Vec::new();
-        for kv in self.db.iterator_cf(
-            cf(&self.db, CF_QUEUE_DUE),
-            IteratorMode::From(&prefix, Direction::Forward),
-        ) {
-            let (k, _) = kv?;
-            if out.len() >= limit || !k.starts_with(&prefix) || k.len() < prefix.len() + 8 {
-                break;
+        self.floors.read(Index::QueueDue, &prefix, |start| {
+            let mut out = Vec::new();
+            let mut first = None;
+            for kv in self.db.iterator_cf(
+                cf(&self.db, CF_QUEUE_DUE),
+                IteratorMode::From(start, Direction::Forward),
+            ) {
+                let (k, _) = kv?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                first.get_or_insert_with(|| k.to_vec());
+                if out.len() >= limit || k.len() < prefix.len() + 8 {
+                    break;
+                }
+                let rest = &k[prefix.len()..];
+                let at = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
+                if at > now_ms.max(0) as u64 {
+                    break;
+                }
+                if let Some(r) = self.live_due(rcpts, at, &rest[8..])? {
+                    out.push(r);
+                }
             }
-            let rest = &k[prefix.len()..];
-            let at = u64::from_be_bytes(rest[..8].try_into().unwrap_or_default());
-            if at > now_ms.max(0) as u64 {
-                break;
-            }
-            if let Some(r) = self.live_due(rcpts, at, &rest[8..])? {
-                out.push(r);
-            }
-        }
-        Ok(out)
+            Ok((out, first))
+        })
     }
 
     /// The recipient a `due` index entry (due time `at`, recipient key `key`) stands for, if
@@ -1432,20 +1454,24 @@ impl QueueReader {
     /// When the earliest unfinished recipient is due, if any.
     pub fn next_due_ms(&self) -> Result<Option<i64>, QueueError> {
         let rcpts = cf(&self.db, CF_RCPTS);
-        for kv in self
-            .db
-            .iterator_cf(cf(&self.db, CF_DUE), IteratorMode::Start)
-        {
-            let (k, _) = kv?;
-            let Some(at) = k.get(..8).and_then(|b| b.try_into().ok()) else {
-                continue;
-            };
-            let at = u64::from_be_bytes(at);
-            if self.live_due(rcpts, at, &k[8..])?.is_some() {
-                return Ok(Some(at as i64));
+        self.floors.read(Index::Due, &[], |start| {
+            let mut first = None;
+            for kv in self.db.iterator_cf(
+                cf(&self.db, CF_DUE),
+                IteratorMode::From(start, Direction::Forward),
+            ) {
+                let (k, _) = kv?;
+                first.get_or_insert_with(|| k.to_vec());
+                let Some(at) = k.get(..8).and_then(|b| b.try_into().ok()) else {
+                    continue;
+                };
+                let at = u64::from_be_bytes(at);
+                if self.live_due(rcpts, at, &k[8..])?.is_some() {
+                    return Ok((Some(at as i64), first));
+                }
             }
-        }
-        Ok(None)
+            Ok((None, first))
+        })
     }
 
     /// The time prefix of the first key of a time-ordered index.

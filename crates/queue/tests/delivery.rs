@@ -4,6 +4,7 @@
 mod common;
 
 use common::Fixture;
+use openraft::storage::{RaftSnapshotBuilder as _, RaftStateMachine as _};
 use skein_queue::{
     AttemptRecord, AttemptResult, DeliveryOp, Disposition, NewMessage, RcptState, Reply, Request,
     Response,
@@ -494,4 +495,111 @@ async fn command_time_never_goes_backwards_from_format_3() {
             assert_eq!(f.reader.clock_ms().unwrap(), 12_000);
         }
     }
+}
+
+/// Reads of the due indexes start where the live entries began at the last read (skipping the
+/// deleted ones at the front): a recipient added below that point since, by a later entry or
+/// by a snapshot installed over the state, is still found.
+#[tokio::test]
+async fn reads_find_recipients_added_below_where_the_last_read_began() {
+    let mut f = Fixture::new();
+    // Forty recipients leased and delivered: their index entries are deleted.
+    let mut keys = Vec::new();
+    for n in 0..40 {
+        let id = f
+            .enqueue(1000 + n, message("app@acme.test", &["a@example.test"]))
+            .await;
+        keys.push(format!("{id}0000"));
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    f.deliver(1100, vec![lease(1, 60_000, &refs)]).await;
+    let delivered = keys
+        .iter()
+        .map(|k| {
+            report(
+                1,
+                k,
+                attempt(250, "2.0.0", AttemptResult::Delivered),
+                Disposition::Delivered,
+            )
+        })
+        .collect();
+    f.deliver(1200, delivered).await;
+    // One more, deferred until 9000: the first live entry of its queue and of `due`.
+    let late = f
+        .enqueue(1300, message("app@acme.test", &["late@example.test"]))
+        .await;
+    let late = format!("{late}0000");
+    f.deliver(1300, vec![lease(2, 60_000, &[&late])]).await;
+    let retry = Disposition::Retry {
+        at_ms: 9000,
+        counted: true,
+    };
+    let a = attempt(451, "4.3.0", AttemptResult::Transient);
+    f.deliver(1400, vec![report(2, &late, a, retry)]).await;
+    let r = &f.reader;
+    assert!(r
+        .queue_due("acme", "example.test", 2000, 10)
+        .unwrap()
+        .is_empty());
+    assert!(r.due(2000, 10).unwrap().is_empty());
+    assert!(r.ready_queues(2000, 10).unwrap().is_empty());
+    assert_eq!(r.next_due_ms().unwrap(), Some(9000));
+    assert_eq!(r.queues(None, 10).unwrap()[0].first_due_ms, Some(9000));
+
+    // A new message, due before the deferred one: below where those reads began.
+    let early = f
+        .enqueue(3000, message("app@acme.test", &["early@example.test"]))
+        .await;
+    let early = format!("{early}0000");
+    let r = &f.reader;
+    let keys_of =
+        |v: Vec<skein_queue::RcptRecord>| -> Vec<String> { v.into_iter().map(|r| r.key).collect() };
+    assert_eq!(
+        keys_of(r.queue_due("acme", "example.test", 3000, 10).unwrap()),
+        std::slice::from_ref(&early)
+    );
+    assert_eq!(
+        keys_of(r.due(3000, 10).unwrap()),
+        std::slice::from_ref(&early)
+    );
+    let heads = r.ready_queues(3000, 10).unwrap();
+    assert_eq!((heads.len(), heads[0].due_ms), (1, 3000), "{heads:?}");
+    assert_eq!(r.next_due_ms().unwrap(), Some(3000));
+    assert_eq!(r.queues(None, 10).unwrap()[0].first_due_ms, Some(3000));
+    assert_eq!(
+        keys_of(r.queue_due("acme", "example.test", 10_000, 10).unwrap()),
+        [early.clone(), late.clone()],
+        "both, in due order"
+    );
+
+    // Another store whose reads began at a recipient due at 50,000 takes this state by a
+    // snapshot: what it reads is the snapshot's, from its front.
+    let mut g = Fixture::new();
+    g.enqueue(50_000, message("app@acme.test", &["x@example.test"]))
+        .await;
+    assert!(g
+        .reader
+        .queue_due("acme", "example.test", 10_000, 10)
+        .unwrap()
+        .is_empty());
+    assert!(g.reader.due(10_000, 10).unwrap().is_empty());
+    let snap =
+        f.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+    g.sm.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_of(
+            g.reader
+                .queue_due("acme", "example.test", 10_000, 10)
+                .unwrap()
+        ),
+        [early.clone(), late.clone()]
+    );
+    assert_eq!(keys_of(g.reader.due(10_000, 10).unwrap()), [early, late]);
 }
