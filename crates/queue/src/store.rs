@@ -1211,11 +1211,10 @@ impl QueueReader {
         self.floors.read(Index::Due, &[], |start| {
             let mut out = Vec::new();
             let mut first = None;
-            for kv in self.db.iterator_cf(
-                cf(&self.db, CF_DUE),
-                IteratorMode::From(start, Direction::Forward),
-            ) {
-                let (k, _) = kv?;
+            // Raw: stepped on only while more is wanted (see `first_queue_due`).
+            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_DUE));
+            it.seek(start);
+            while let Some(k) = it.key() {
                 first.get_or_insert_with(|| k.to_vec());
                 if out.len() >= limit || k.len() < 8 {
                     break;
@@ -1227,7 +1226,9 @@ impl QueueReader {
                 if let Some(r) = self.live_due(rcpts, at, &k[8..])? {
                     out.push(r);
                 }
+                it.next();
             }
+            it.status()?;
             Ok((out, first))
         })
     }
@@ -1266,16 +1267,15 @@ impl QueueReader {
     /// The due time of the first entry of the queue with key prefix `prefix`.
     fn first_queue_due(&self, prefix: &[u8]) -> Result<Option<i64>, QueueError> {
         self.floors.read(Index::QueueDue, prefix, |start| {
-            let first = self
-                .db
-                .iterator_cf(
-                    cf(&self.db, CF_QUEUE_DUE),
-                    IteratorMode::From(start, Direction::Forward),
-                )
-                .next()
-                .transpose()?
-                .map(|(k, _)| k.to_vec())
-                .filter(|k| k.starts_with(prefix));
+            // A raw iterator: the plain one steps on past the key it returns, over every
+            // deleted key up to the next live one, which is what floors are for avoiding.
+            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_QUEUE_DUE));
+            it.seek(start);
+            let first = it
+                .key()
+                .filter(|k| k.starts_with(prefix))
+                .map(<[u8]>::to_vec);
+            it.status()?;
             let at = first.as_ref().and_then(|k| {
                 k.get(prefix.len()..prefix.len() + 8)
                     .and_then(|b| b.try_into().ok())
@@ -1339,11 +1339,10 @@ impl QueueReader {
         self.floors.read(Index::QueueDue, &prefix, |start| {
             let mut out = Vec::new();
             let mut first = None;
-            for kv in self.db.iterator_cf(
-                cf(&self.db, CF_QUEUE_DUE),
-                IteratorMode::From(start, Direction::Forward),
-            ) {
-                let (k, _) = kv?;
+            // Raw: stepped on only while more is wanted (see `first_queue_due`).
+            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_QUEUE_DUE));
+            it.seek(start);
+            while let Some(k) = it.key() {
                 if !k.starts_with(&prefix) {
                     break;
                 }
@@ -1359,7 +1358,9 @@ impl QueueReader {
                 if let Some(r) = self.live_due(rcpts, at, &rest[8..])? {
                     out.push(r);
                 }
+                it.next();
             }
+            it.status()?;
             Ok((out, first))
         })
     }
@@ -1456,20 +1457,20 @@ impl QueueReader {
         let rcpts = cf(&self.db, CF_RCPTS);
         self.floors.read(Index::Due, &[], |start| {
             let mut first = None;
-            for kv in self.db.iterator_cf(
-                cf(&self.db, CF_DUE),
-                IteratorMode::From(start, Direction::Forward),
-            ) {
-                let (k, _) = kv?;
+            // Raw: stepped on only while more is wanted (see `first_queue_due`).
+            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_DUE));
+            it.seek(start);
+            while let Some(k) = it.key() {
                 first.get_or_insert_with(|| k.to_vec());
-                let Some(at) = k.get(..8).and_then(|b| b.try_into().ok()) else {
-                    continue;
-                };
-                let at = u64::from_be_bytes(at);
-                if self.live_due(rcpts, at, &k[8..])?.is_some() {
-                    return Ok((Some(at as i64), first));
+                if let Some(at) = k.get(..8).and_then(|b| b.try_into().ok()) {
+                    let at = u64::from_be_bytes(at);
+                    if self.live_due(rcpts, at, &k[8..])?.is_some() {
+                        return Ok((Some(at as i64), first));
+                    }
                 }
+                it.next();
             }
+            it.status()?;
             Ok((None, first))
         })
     }
