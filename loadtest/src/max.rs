@@ -43,7 +43,8 @@ impl Cpu {
 pub struct MaxPhase {
     /// Messages acknowledged.
     pub messages: u64,
-    /// Messages delivered per second, from the phase's start to its last delivery.
+    /// Messages delivered per second, from the phase's start to its last delivery (one
+    /// recipient each in this profile).
     pub end_to_end_per_s: f64,
     /// Messages acknowledged per second while the generator ran.
     pub accepted_per_s: f64,
@@ -73,11 +74,11 @@ impl MaxPhase {
                 last = last.max(ds.iter().map(|d| d.at_ms).min().unwrap_or(0));
             }
         }
-        let n = g.accepted.len().max(1) as f64;
+        let n = g.accepted_messages.max(1) as f64;
         Self {
-            messages: g.accepted.len() as u64,
+            messages: g.accepted_messages,
             end_to_end_per_s: delivered as f64 / ((last - started_ms) as f64 / 1000.0).max(0.001),
-            accepted_per_s: g.accepted.len() as f64 / g.seconds.max(0.001),
+            accepted_per_s: g.accepted_messages as f64 / g.seconds.max(0.001),
             skein_cpu_ms_per_message: after.skein_ms.saturating_sub(before.skein_ms) as f64 / n,
             machine_cpu_s_per_1000: after.machine_ms.saturating_sub(before.machine_ms) as f64 / n,
         }

@@ -135,9 +135,11 @@ pub struct Report {
     pub profile: String,
     /// Messages the generator tried.
     pub submitted: u64,
-    /// Acknowledged with 250.
+    /// Messages acknowledged with 250.
     pub accepted: u64,
-    /// Of those, by the tenant the session logged in as ("" for relaying by address).
+    /// Their recipients the edge took: what must each be delivered or bounced.
+    pub accepted_recipients: u64,
+    /// The messages, by the tenant the session logged in as ("" for relaying by address).
     pub accepted_by_tenant: std::collections::BTreeMap<String, u64>,
     /// Refused with a reply.
     pub refused: u64,
@@ -233,8 +235,8 @@ impl Report {
         let _ = writeln!(s, "profile            {}", self.profile);
         let _ = writeln!(
             s,
-            "submitted          {} (accepted {}, refused {}, connection errors {})",
-            self.submitted, self.accepted, self.refused, self.errors
+            "submitted          {} messages (accepted {} with {} recipients, refused {}, connection errors {})",
+            self.submitted, self.accepted, self.accepted_recipients, self.refused, self.errors
         );
         let _ = writeln!(
             s,

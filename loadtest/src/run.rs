@@ -57,7 +57,7 @@ pub struct Args {
     /// Messages (the profile's by default).
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Arrivals per second (the profile's by default).
+    /// Arrivals per second (the profile's by default); 0: as fast as they are answered.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Source IPs of the sender (the profile's by default).
@@ -116,7 +116,10 @@ struct Profile {
     messages: u64,
     rate: f64,
     sessions: usize,
-    size: usize,
+    /// Message sizes and their weights.
+    sizes: &'static [(usize, u32)],
+    /// Recipients per message and their weights.
+    rcpts: &'static [(usize, u32)],
     sims: Vec<SimSpec>,
     /// Recipient domains: (domain, weight, index of the simulator its MX is).
     dests: Vec<(&'static str, u32, usize)>,
@@ -129,6 +132,8 @@ struct Profile {
     tenants: &'static [&'static str],
     /// Fail the run when a process's memory or descriptors keep growing.
     leak_check: bool,
+    /// How long finished mail is kept (real seconds): the queue's data levels off after it.
+    keep_finished_s: f64,
     /// Measure the highest sustained rate (the load as fast as it is answered), then the
     /// accept latency at half of it, then Postfix relaying the same load.
     measure_max: bool,
@@ -178,6 +183,16 @@ fn sims(gmail: u64, yahoo: u64, outlook: u64, conns: u32) -> Vec<SimSpec> {
     ]
 }
 
+/// Message sizes as a sending service sees them: mostly small notifications, some with
+/// images, a few with attachments (8 KB on average).
+const MIXED_SIZES: &[(usize, u32)] = &[(2048, 55), (5120, 30), (20_480, 12), (102_400, 3)];
+
+/// Recipients per message: mostly one, some to a few (1.3 on average).
+const MIXED_RCPTS: &[(usize, u32)] = &[(1, 85), (2, 10), (5, 5)];
+
+/// The max profile's message size (Postfix relays the same).
+const MAX_SIZE: usize = 5120;
+
 /// Where the generator's mail goes: the providers' own domains, a custom domain hosted at
 /// Google (known by its MX only), and custom domains.
 const DESTS: [(&str, u32, usize); 5] = [
@@ -196,13 +211,15 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             messages: 800,
             rate: 50.0,
             sessions: 10,
-            size: 2048,
+            sizes: MIXED_SIZES,
+            rcpts: MIXED_RCPTS,
             sims: sims(120, 60, 60, 10),
             dests: DESTS.to_vec(),
             faults: "leader@0.3,sender@0.55,edge@0.8",
             failures: 0.03,
             tenants: &["acme", "globex"],
             leak_check: false,
+            keep_finished_s: 3600.0,
             measure_max: false,
             virtual_span_s: None,
             warmup: None,
@@ -215,13 +232,15 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             messages: 1_000_000,
             rate: 400.0,
             sessions: 40,
-            size: 5120,
+            sizes: MIXED_SIZES,
+            rcpts: MIXED_RCPTS,
             sims: sims(1_500, 1_000, 1_000, 20),
             dests: DESTS.to_vec(),
             faults: "leader@0.5,sender@0.75",
             failures: 0.03,
             tenants: &["acme", "globex"],
             leak_check: false,
+            keep_finished_s: 3600.0,
             measure_max: false,
             virtual_span_s: Some(86_400.0),
             warmup: None,
@@ -236,13 +255,15 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             messages: 20_000,
             rate: 80.0,
             sessions: 10,
-            size: 2048,
+            sizes: &[(2048, 1)],
+            rcpts: &[(1, 1)],
             sims: sims(0, 0, 0, 20),
             dests: DESTS.to_vec(),
             faults: "none",
             failures: 0.03,
             tenants: &["acme", "globex"],
             leak_check: false,
+            keep_finished_s: 3600.0,
             measure_max: false,
             virtual_span_s: Some(25.0 * 86_400.0),
             warmup: Some(&[(1, 20), (3, 40), (7, 80), (14, 160), (21, 320)]),
@@ -255,7 +276,8 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             messages: 20_000,
             rate: 0.0,
             sessions: 20,
-            size: 5120,
+            sizes: &[(MAX_SIZE, 1)],
+            rcpts: &[(1, 1)],
             sims: sims(0, 0, 0, 0)
                 .into_iter()
                 .map(|s| SimSpec {
@@ -270,6 +292,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             // Relayed by address, as Postfix is by smtp-source.
             tenants: &[],
             leak_check: false,
+            keep_finished_s: 3600.0,
             measure_max: true,
             virtual_span_s: None,
             warmup: None,
@@ -283,13 +306,16 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             messages: 400 * 7_200,
             rate: 400.0,
             sessions: 40,
-            size: 5120,
+            sizes: MIXED_SIZES,
+            rcpts: MIXED_RCPTS,
             sims: sims(0, 0, 0, 0),
             dests: DESTS.to_vec(),
             faults: "every:300",
             failures: 0.03,
             tenants: &["acme", "globex"],
             leak_check: true,
+            // Finished mail is kept 5 minutes, so the data levels off early in the run.
+            keep_finished_s: 300.0,
             measure_max: false,
             virtual_span_s: None,
             warmup: None,
@@ -432,7 +458,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                     v(3.0),
                     v(10.0),
                     v(2.0),
-                    v(3600.0)
+                    v(p.keep_finished_s)
                 ),
                 node: if scale > 1.0 {
                     "clock = \"manual\"".into()
@@ -464,7 +490,8 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         rate,
         sessions: p.sessions,
         per_connection: 50,
-        size: p.size,
+        sizes: p.sizes.to_vec(),
+        rcpts: p.rcpts.to_vec(),
         domains: p
             .dests
             .iter()
@@ -476,10 +503,14 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         logins,
     };
     println!(
-        "{}: {} messages at {}/s to {}{}{}",
+        "{}: {} messages {} to {}{}{}",
         a.profile,
         load.messages,
-        load.rate,
+        if load.rate > 0.0 {
+            format!("at {}/s", load.rate)
+        } else {
+            "as fast as they are answered".into()
+        },
         load.target,
         if dns.is_some() {
             ", MX from a DNS server"
@@ -524,7 +555,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     println!(
         "load done in {:.1} s: {} accepted, {} refused, {} connection errors; waiting for deliveries",
         g.seconds,
-        g.accepted.len(),
+        g.accepted_messages,
         g.refused,
         g.errors
     );
@@ -553,7 +584,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         let postfix = if a.no_postfix {
             None
         } else {
-            postfix_relay(a.postfix_script.as_deref(), messages, p.sessions, p.size)
+            postfix_relay(a.postfix_script.as_deref(), messages, p.sessions, MAX_SIZE)
         };
         let m = MaxRun::new(first, half.rate, &g2, postfix);
         g.absorb(g2);
@@ -623,7 +654,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         .iter()
         .filter(|f| f.what.starts_with("SIGKILL leader") || f.what == "SIGKILL sender")
         .count() as u64;
-    report.duplicate_budget = report.accepted / 10_000 + repeatable * SENDER_IN_FLIGHT;
+    report.duplicate_budget = report.accepted_recipients / 10_000 + repeatable * SENDER_IN_FLIGHT;
     report.max = max;
     report.resource_growth = crate::report::growth_of(&conductor.samples);
     report.resources = conductor.samples;
@@ -959,7 +990,8 @@ fn build(
     Report {
         profile: profile.into(),
         submitted: g.submitted,
-        accepted: g.accepted.len() as u64,
+        accepted: g.accepted_messages,
+        accepted_recipients: g.accepted.len() as u64,
         refused: g.refused,
         errors: g.errors,
         delivered: l.deliveries.len() as u64,
@@ -971,7 +1003,7 @@ fn build(
         duplicates,
         unacknowledged_deliveries: unacknowledged,
         limit_violations: violations.len() as u64,
-        accepted_per_s: g.accepted.len() as f64 / g.seconds.max(0.001),
+        accepted_per_s: g.accepted_messages as f64 / g.seconds.max(0.001),
         delivered_per_s: l.deliveries.len() as f64 / span,
         accept_latency_ms: Latency::from_us(&g.dot_to_250),
         arrival_latency_ms: Latency::from_us(&g.arrival_to_250),
@@ -982,10 +1014,7 @@ fn build(
         faults,
         timeline,
         lost_sample: lost.into_iter().take(20).collect(),
-        accepted_by_tenant: g.accepted.iter().fold(BTreeMap::new(), |mut by, m| {
-            *by.entry(m.tenant.to_string()).or_default() += 1;
-            by
-        }),
+        accepted_by_tenant: g.by_tenant.clone(),
         end_to_end_samples: samples,
         ..Report::default()
     }
