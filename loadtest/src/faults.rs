@@ -18,6 +18,8 @@ pub enum Target {
     Sender,
     /// The edge.
     Edge,
+    /// The link in front of one queue node: throttled (delayed and capped), then opened.
+    Link,
 }
 
 impl Target {
@@ -29,12 +31,14 @@ impl Target {
         Target::Follower,
     ];
 
-    /// How long the killed process stays down before it is started again.
+    /// How long the killed process stays down before it is started again (the link stays
+    /// throttled).
     pub fn down(self) -> Duration {
         match self {
             Target::Leader | Target::Follower => Duration::from_secs(3),
             Target::Sender => Duration::from_secs(2),
             Target::Edge => Duration::from_secs(1),
+            Target::Link => Duration::from_secs(8),
         }
     }
 
@@ -44,9 +48,10 @@ impl Target {
             "follower" => Target::Follower,
             "sender" => Target::Sender,
             "edge" => Target::Edge,
+            "link" => Target::Link,
             other => {
                 return Err(format!(
-                    "no fault target {other:?} (leader, follower, sender, edge)"
+                    "no fault target {other:?} (leader, follower, sender, edge, link)"
                 ))
             }
         })
@@ -94,6 +99,12 @@ impl Plan {
         }
         plan.at.sort_by(|a, b| a.0.total_cmp(&b.0));
         Ok(plan)
+    }
+
+    /// Whether the plan ever takes `target`.
+    pub fn uses(&self, target: Target) -> bool {
+        self.at.iter().any(|(_, t)| *t == target)
+            || (self.every.is_some() && Target::CYCLE.contains(&target))
     }
 
     /// The faults due in a load of `seconds`: (seconds from its start, target), in order.

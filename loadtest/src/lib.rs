@@ -9,6 +9,7 @@ pub mod display;
 pub mod dns;
 pub mod faults;
 pub mod gen;
+pub mod link;
 pub mod max;
 pub mod report;
 pub mod rig;

@@ -60,6 +60,9 @@ pub enum Part {
     Edge,
     /// The sender.
     Sender,
+    /// The throttled link in front of a queue node (killing it throttles it, restarting it
+    /// opens it again).
+    Link,
 }
 
 /// How to lay the cluster out.
@@ -83,6 +86,8 @@ pub struct Layout {
     /// Tenants to create (each gets a password of its own); they log in with STARTTLS and
     /// AUTH, the edge presenting a certificate the rig makes.
     pub tenants: Vec<String>,
+    /// The queue node everything reaches through a link that faults can throttle.
+    pub linked_node: Option<u64>,
 }
 
 /// A running cluster.
@@ -100,12 +105,14 @@ pub struct Rig {
     pub edge_cert: PathBuf,
     /// The tenants created and their passwords.
     pub tenants: Vec<(String, String)>,
+    /// The throttleable link, and the node behind it.
+    pub link: Option<(crate::link::Link, u64)>,
 }
 
 impl Rig {
     /// Writes the configuration under `dir` and starts every process with the binaries in
     /// `bin_dir`.
-    pub fn start(dir: &Path, bin_dir: &Path, l: &Layout) -> anyhow::Result<Self> {
+    pub async fn start(dir: &Path, bin_dir: &Path, l: &Layout) -> anyhow::Result<Self> {
         let bin = bin_dir.join("skein");
         let ctl = bin_dir.join("skeinctl");
         for b in [&bin, &ctl] {
@@ -121,6 +128,18 @@ impl Rig {
         let nodes: Vec<String> = (1..=l.nodes)
             .map(|i| Ok(format!("{}:{}", ip(i), free_port(&ip(i))?)))
             .collect::<anyhow::Result<_>>()?;
+        // The linked node listens elsewhere and advertises the link: its address in
+        // `nodes` (what every other process uses) is the link's.
+        let mut listen = nodes.clone();
+        let mut link = None;
+        if let Some(id) = l.linked_node.filter(|id| (1..=l.nodes as u64).contains(id)) {
+            let i = id as usize - 1;
+            listen[i] = format!("{}:{}", ip(i + 1), free_port(&ip(i + 1))?);
+            let throttle = crate::link::Throttle::DEFAULT;
+            let started =
+                crate::link::Link::start(nodes[i].parse()?, listen[i].parse()?, throttle).await?;
+            link = Some((started, id));
+        }
         let members = nodes
             .iter()
             .enumerate()
@@ -143,9 +162,11 @@ impl Rig {
             std::fs::write(
                 &cfg,
                 format!(
-                    "[node]\nid = {id}\nlisten = \"{addr}\"\ndata_dir = \"{}\"\n\
+                    "[node]\nid = {id}\nlisten = \"{}\"\nadvertise = \"{addr}\"\n\
+                     data_dir = \"{}\"\n\
                      initial_members = [{members}]\n{nameservers}{}\n\
                      [node.delivery]\nmta_name = \"load.skein.test\"\n{}\n",
+                    listen[i],
                     dir.join(format!("node{id}")).display(),
                     l.node,
                     l.delivery,
@@ -236,6 +257,7 @@ impl Rig {
                 .iter()
                 .map(|t| (t.clone(), format!("{t}-{:016x}", fastrand::u64(..))))
                 .collect(),
+            link,
         };
         for p in &mut rig.procs {
             p.spawn(&rig.bin)?;
@@ -328,29 +350,51 @@ impl Rig {
         }
     }
 
-    fn proc_index(&self, part: Part) -> usize {
+    fn proc_index(&self, part: Part) -> Option<usize> {
         match part {
-            Part::Node(id) => id as usize - 1,
-            Part::Edge => self.nodes.len(),
-            Part::Sender => self.nodes.len() + 1,
+            Part::Node(id) => Some(id as usize - 1),
+            Part::Edge => Some(self.nodes.len()),
+            Part::Sender => Some(self.nodes.len() + 1),
+            Part::Link => None,
         }
     }
 
-    /// A process's name ("node 1", "edge", "sender").
+    /// A part's name ("node 1", "edge", "sender", "link to node 3").
     pub fn name(&self, part: Part) -> String {
-        self.procs[self.proc_index(part)].name.clone()
+        match (self.proc_index(part), &self.link) {
+            (Some(i), _) => self.procs[i].name.clone(),
+            (None, Some((_, id))) => format!("link to node {id}"),
+            (None, None) => "link (none)".into(),
+        }
     }
 
-    /// SIGKILLs one process.
+    /// SIGKILLs one process (throttles the link).
     pub fn kill(&mut self, part: Part) {
-        let i = self.proc_index(part);
-        self.procs[i].kill();
+        match self.proc_index(part) {
+            Some(i) => self.procs[i].kill(),
+            None => {
+                if let Some((l, _)) = &self.link {
+                    l.set(true);
+                }
+            }
+        }
     }
 
-    /// Starts a killed process again (a queue node on the same data directory).
+    /// Starts a killed process again (a queue node on the same data directory; opens the
+    /// link).
     pub fn restart(&mut self, part: Part) -> anyhow::Result<()> {
-        let (i, bin) = (self.proc_index(part), self.bin.clone());
-        self.procs[i].spawn(&bin)
+        match self.proc_index(part) {
+            Some(i) => {
+                let bin = self.bin.clone();
+                self.procs[i].spawn(&bin)
+            }
+            None => {
+                if let Some((l, _)) = &self.link {
+                    l.set(false);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The running processes: name, pid and data directory (queue nodes).

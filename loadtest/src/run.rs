@@ -23,7 +23,8 @@ use crate::sim::{self, Provider, RunClock, SharedLedger};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// quick: 3 queue nodes, an edge, a sender with 4 source IPs, provider limits active, the
-    /// leader, the sender and the edge SIGKILLed part-way (under a minute). day: a million
+    /// link to node 3 throttled for 8 s, the leader, the sender and the edge SIGKILLed
+    /// part-way (under a minute). day: a million
     /// messages over a 24-hour day of scaled time through 16 warm IPs (about 45 minutes
     /// here). warmup: 30 days of two new IPs warming up under too much demand. max: the
     /// highest sustained rate, the accept latency at half of it, then Postfix on the same
@@ -71,9 +72,10 @@ pub struct Args {
     #[arg(long)]
     pub no_faults: bool,
     /// Which processes to SIGKILL (and restart) when, instead of the profile's:
-    /// `TARGET@SHARE,...` with TARGET leader, follower, sender or edge and SHARE the part of
+    /// `TARGET@SHARE,...` with TARGET leader, follower, sender, edge, or link (throttle the
+    /// link to the last node for 8 s: 100 ms and 256 KiB/s each way) and SHARE the part of
     /// the load scheduled by then (0 to 1), and/or `every:SECONDS` (leader, sender, edge,
-    /// follower in turn); `none` for none.
+    /// follower, link in turn); `none` for none.
     #[arg(long)]
     pub faults: Option<String>,
     /// Static routes to the simulators instead of MX records from a DNS server (dnsmasq).
@@ -215,7 +217,7 @@ fn profile(name: &str) -> anyhow::Result<Profile> {
             rcpts: MIXED_RCPTS,
             sims: sims(120, 60, 60, 10),
             dests: DESTS.to_vec(),
-            faults: "leader@0.3,sender@0.55,edge@0.8",
+            faults: "link@0.1,leader@0.3,sender@0.55,edge@0.8",
             failures: 0.03,
             tenants: &["acme", "globex"],
             leak_check: false,
@@ -400,6 +402,14 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             .context("the binary's directory")?
             .to_path_buf(),
     };
+    let plan = match (&a.faults, a.no_faults || a.target.is_some()) {
+        (_, true) => Plan::default(),
+        (Some(f), false) => Plan::parse(f).map_err(anyhow::Error::msg)?,
+        (None, false) => Plan::parse(p.faults).map_err(anyhow::Error::msg)?,
+    };
+    if rate <= 0.0 && plan != Plan::default() {
+        anyhow::bail!("faults are planned by the share of the load sent: they need a fixed --rate");
+    }
     let mut rig = None;
     // The virtual day the IPs were added (their warm-up day 1).
     let mut warm_from = clock.day();
@@ -466,8 +476,10 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                     String::new()
                 },
                 tenants: p.tenants.iter().map(|t| t.to_string()).collect(),
+                // The last node sits behind a link when the faults throttle one.
+                linked_node: plan.uses(Target::Link).then_some(p.nodes as u64),
             };
-            let r = Rig::start(&a.out, &bin_dir, &layout)?;
+            let r = Rig::start(&a.out, &bin_dir, &layout).await?;
             r.ready(4, Duration::from_secs(60)).await?;
             if !a.no_shaping {
                 shape(&r, &p)?;
@@ -523,14 +535,6 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             String::new()
         }
     );
-    let plan = match (&a.faults, a.no_faults || rig.is_none()) {
-        (_, true) => Plan::default(),
-        (Some(f), false) => Plan::parse(f).map_err(anyhow::Error::msg)?,
-        (None, false) => Plan::parse(p.faults).map_err(anyhow::Error::msg)?,
-    };
-    if rate <= 0.0 && plan != Plan::default() {
-        anyhow::bail!("faults are planned by the share of the load sent: they need a fixed --rate");
-    }
     let progress = crate::gen::Progress::default();
     let reporter = tokio::spawn(crate::display::run(
         progress.clone(),
@@ -755,7 +759,10 @@ impl Conductor {
             match restarted {
                 Ok(()) => self.faults.push(Fault {
                     at_ms,
-                    what: format!("restart {}", r.name(part)),
+                    what: match part {
+                        Part::Link => format!("open {}", r.name(part)),
+                        _ => format!("restart {}", r.name(part)),
+                    },
                 }),
                 Err(e) => say(format!("could not restart {}: {e:#}", r.name(part))),
             }
@@ -764,6 +771,8 @@ impl Conductor {
         while !load_over && self.due.front().is_some_and(|(t, _)| *t <= elapsed) {
             let (_, target) = self.due.pop_front().expect("a fault is due");
             let part = match target {
+                Target::Link if r.link.is_none() => continue,
+                Target::Link => Part::Link,
                 Target::Leader | Target::Follower => {
                     let Ok(leader) = r.leader() else {
                         say(format!("no leader to tell {target:?} by: fault skipped"));
@@ -783,8 +792,14 @@ impl Conductor {
                 continue;
             }
             r.kill(part);
-            let what = match target {
-                Target::Leader => format!("SIGKILL leader ({})", r.name(part)),
+            let what = match (target, &r.link) {
+                (Target::Leader, _) => format!("SIGKILL leader ({})", r.name(part)),
+                (Target::Link, Some((l, _))) => format!(
+                    "throttle {} ({} ms, {} KiB/s)",
+                    r.name(part),
+                    l.throttle.delay.as_millis(),
+                    l.throttle.bytes_per_s / 1024
+                ),
                 _ => format!("SIGKILL {}", r.name(part)),
             };
             say(&what);

@@ -1,6 +1,7 @@
 //! The bundled load harness (`skein-load run`), its quick profile as CI runs it: a 3-node
 //! cluster, an edge and a sender started by the harness, provider simulators counting what
-//! arrives, the leader, the sender and the edge SIGKILLed part-way, and the verdicts. Then the same harness with the
+//! arrives, a throttled link to one node, the leader, the sender and the edge SIGKILLed
+//! part-way, and the verdicts. Then the same harness with the
 //! providers' limits kept from Skein, to show the verdict catches a sender that exceeds them.
 
 use std::path::{Path, PathBuf};
@@ -89,8 +90,9 @@ fn the_quick_profile_passes_through_kills_with_limits_held() -> anyhow::Result<(
     for t in ["acme", "globex", ""] {
         assert!(by[t].as_u64().unwrap_or(0) > 150, "{t:?}: {by}");
     }
-    // The leader, the sender and the edge were each SIGKILLed and started again; the
-    // deliveries the sender and the leader had in flight may repeat, nothing more.
+    // The link to node 3 was throttled for 8 s; the leader, the sender and the edge were
+    // each SIGKILLed and started again; the deliveries the sender and the leader had in
+    // flight may repeat, nothing more.
     let faults: Vec<&str> = r["faults"]
         .as_array()
         .unwrap()
@@ -98,6 +100,8 @@ fn the_quick_profile_passes_through_kills_with_limits_held() -> anyhow::Result<(
         .filter_map(|f| f["what"].as_str())
         .collect();
     for want in [
+        "throttle link to node 3 (100 ms, 256 KiB/s)",
+        "open link to node 3",
         "SIGKILL leader",
         "SIGKILL sender",
         "SIGKILL edge",
