@@ -48,6 +48,23 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
         &[],
     )
     .await?;
+    // Sending limits in force: 127.0.0.1 (the dev sender's address) as a warm IP.
+    wait_for("a leader", Duration::from_secs(30), || async {
+        let (ok, _, _) = skeinctl(
+            &rig.grpc,
+            &[
+                "ip",
+                "add",
+                "127.0.0.1",
+                "--hostname",
+                "mta.skein.test",
+                "--warm",
+            ],
+        )
+        .ok()?;
+        ok.then_some(())
+    })
+    .await?;
     let id = submit_relayed(ip, rig.smtp, "someone@example.test")?;
     let m = wait_final(&rig.grpc, &id, Duration::from_secs(30)).await?;
     assert_eq!(m.recipients[0].state, "delivered");
@@ -68,6 +85,43 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
         "{text}"
     );
     assert_eq!(sample(&text, "skein_raft_leader"), Some(1.0), "{text}");
+    // Deliveries by result, source IP and provider; what the limits leave each IP.
+    let delivered = "skein_deliveries_total{result=\"delivered\",source_ip=\"127.0.0.1\",\
+                     provider=\"default\"}";
+    assert_eq!(sample(&text, delivered), Some(1.0), "{text}");
+    let of_ip = |name: &str| format!("{name}{{ip=\"127.0.0.1\",pool=\"default\"}}");
+    assert_eq!(
+        sample(&text, &of_ip("skein_ip_sent_today")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, &of_ip("skein_ip_warm")), Some(1.0), "{text}");
+    assert!(
+        sample(&text, &of_ip("skein_ip_daily_cap")).unwrap_or(0.0) > 1.0,
+        "{text}"
+    );
+    let hour = |name: &str, p: &str| format!("{name}{{ip=\"127.0.0.1\",provider=\"{p}\"}}");
+    assert_eq!(
+        sample(&text, &hour("skein_ip_provider_sent_this_hour", "default")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &hour("skein_ip_provider_sent_this_hour", "gmail")),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, &hour("skein_ip_provider_hourly_limit", "gmail")).unwrap_or(0.0) >= 500.0,
+        "{text}"
+    );
+    // The queue has nothing left to send.
+    assert_eq!(
+        sample(&text, "skein_queue_unfinished_recipients"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "skein_queues"), Some(0.0), "{text}");
     assert!(sample(&text, "skein_ingest_commit_seconds_count").unwrap_or(0.0) >= 1.0);
     assert!(sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
     assert_eq!(get(&http, "/nothing")?.0, 404);

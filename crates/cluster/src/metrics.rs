@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use skein_observe::metrics::{Counter, Exposition, Histogram};
+use skein_observe::metrics::{Counter, CounterFamily, Exposition, Histogram};
 use skein_observe::Probe;
 
 use crate::route::Cluster;
@@ -21,6 +21,8 @@ pub static COMMIT_SECONDS: Histogram = Histogram::new();
 pub static ATTEMPTS: [Counter; 4] = [const { Counter::new() }; 4];
 /// The results [`ATTEMPTS`] counts, in its order.
 pub const RESULTS: [&str; 4] = ["delivered", "transient", "permanent", "throttled"];
+/// Delivery attempts by result, source IP and provider ("" without sending limits).
+pub static DELIVERIES: CounterFamily = CounterFamily::new(&["result", "source_ip", "provider"]);
 /// Recipients this node's scheduler expired without an attempt.
 pub static EXPIRED: Counter = Counter::new();
 /// DSNs this node's scheduler generated.
@@ -34,6 +36,100 @@ pub fn result_index(r: skein_queue::AttemptResult) -> usize {
         skein_queue::AttemptResult::Permanent => 2,
         skein_queue::AttemptResult::Throttled => 3,
     }
+}
+
+/// Queues shown one by one (the largest); the rest are summed.
+const QUEUES_SHOWN: usize = 50;
+
+/// What the queue holds and what the sending limits leave (written by the leader only, so
+/// sums across nodes count once): the largest queues and how far behind each is, and per
+/// source IP its warm-up cap and each provider's hourly limit against what was sent.
+fn queue_gauges(e: &mut Exposition, reader: &skein_queue::QueueReader, now_ms: i64) {
+    if let Ok(mut queues) = reader.queues(None, 100_000) {
+        queues.sort_by_key(|q| std::cmp::Reverse(q.recipients));
+        let total: u64 = queues.iter().map(|q| q.recipients).sum();
+        e.gauge(
+            "skein_queue_unfinished_recipients",
+            "Unfinished recipients (queued, deferred or leased) in every queue.",
+            &[(&[], total as f64)],
+        );
+        e.gauge(
+            "skein_queues",
+            "Queues (tenant, domain) with unfinished recipients.",
+            &[(&[], queues.len() as f64)],
+        );
+        let shown = &queues[..queues.len().min(QUEUES_SHOWN)];
+        let key = |q: &skein_queue::QueueStats| vec![q.tenant.clone(), q.domain.clone()];
+        let rows: Vec<(Vec<String>, f64)> = shown
+            .iter()
+            .map(|q| (key(q), q.recipients as f64))
+            .collect();
+        e.gauge_rows(
+            "skein_queue_recipients",
+            "Unfinished recipients of the largest queues, by tenant and domain.",
+            &["tenant", "domain"],
+            &rows,
+        );
+        let rows: Vec<(Vec<String>, f64)> = shown
+            .iter()
+            .filter_map(|q| Some((key(q), q.first_due_ms?)))
+            .map(|(k, due)| (k, (now_ms - due).max(0) as f64 / 1000.0))
+            .collect();
+        e.gauge_rows(
+            "skein_queue_overdue_seconds",
+            "How long the first recipient of each of the largest queues has been due (0: none \
+             is due).",
+            &["tenant", "domain"],
+            &rows,
+        );
+    }
+    let Ok(st) = reader.shaping(now_ms) else {
+        return;
+    };
+    let ip = |s: &skein_queue::shaping::IpStatus| vec![s.record.ip.clone(), s.record.pool.clone()];
+    let rows = |f: &dyn Fn(&skein_queue::shaping::IpStatus) -> f64| -> Vec<(Vec<String>, f64)> {
+        st.ips.iter().map(|s| (ip(s), f(s))).collect()
+    };
+    e.gauge_rows(
+        "skein_ip_sent_today",
+        "Recipients leased from each source IP today (its warm-up day).",
+        &["ip", "pool"],
+        &rows(&|s| s.sent_today as f64),
+    );
+    e.gauge_rows(
+        "skein_ip_daily_cap",
+        "Each source IP's cap today, from its warm-up schedule or its quota.",
+        &["ip", "pool"],
+        &rows(&|s| s.cap as f64),
+    );
+    e.gauge_rows(
+        "skein_ip_warm",
+        "1 when the source IP counts as warm today.",
+        &["ip", "pool"],
+        &rows(&|s| f64::from(u8::from(s.warm))),
+    );
+    let mut sent = Vec::new();
+    let mut limit = Vec::new();
+    for s in &st.ips {
+        for p in st.providers.iter().filter(|p| p.hourly(s.warm) > 0) {
+            let k = vec![s.record.ip.clone(), p.name.clone()];
+            let n = s.sent_this_hour.get(&p.name).copied().unwrap_or(0);
+            sent.push((k.clone(), n as f64));
+            limit.push((k, p.hourly(s.warm) as f64));
+        }
+    }
+    e.gauge_rows(
+        "skein_ip_provider_sent_this_hour",
+        "Recipients leased from each source IP to each provider this hour.",
+        &["ip", "provider"],
+        &sent,
+    );
+    e.gauge_rows(
+        "skein_ip_provider_hourly_limit",
+        "Each provider's hourly limit for each source IP (its warm or warming limit).",
+        &["ip", "provider"],
+        &limit,
+    );
 }
 
 /// How far a node's applied state may trail its log and still call itself ready.
@@ -151,6 +247,15 @@ impl Probe for NodeProbe {
             );
         }
         let reader = &self.cluster.reader;
+        e.counter_family(
+            "skein_deliveries_total",
+            "Delivery attempts recorded by this node's scheduler (as leader), by result, source \
+             IP and provider.",
+            &DELIVERIES,
+        );
+        if leads {
+            queue_gauges(&mut e, reader, self.cluster.clock.now_ms());
+        }
         if let Ok(n) = reader.message_count() {
             e.gauge(
                 "skein_queue_messages",

@@ -31,6 +31,48 @@ impl Counter {
     }
 }
 
+/// Counters by label values (source IP, provider, result...), each created when its values
+/// are first seen. Past `MAX_SERIES` sets of values, new ones count under "other" so a
+/// flood of distinct values cannot grow memory or the exposition without bound.
+#[derive(Debug)]
+pub struct CounterFamily {
+    labels: &'static [&'static str],
+    counts: std::sync::Mutex<std::collections::BTreeMap<Vec<String>, u64>>,
+}
+
+/// The most label-value sets a [`CounterFamily`] keeps apart.
+pub const MAX_SERIES: usize = 2000;
+
+impl CounterFamily {
+    /// An empty family with these label names (usable in statics).
+    pub const fn new(labels: &'static [&'static str]) -> Self {
+        Self {
+            labels,
+            counts: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Adds `n` to the counter of `values` (one per label name, in order).
+    pub fn add(&self, values: &[&str], n: u64) {
+        debug_assert_eq!(values.len(), self.labels.len());
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        let key = if counts.contains_key(&key) || counts.len() < MAX_SERIES {
+            key
+        } else {
+            vec!["other".to_string(); self.labels.len()]
+        };
+        *counts.entry(key).or_default() += n;
+    }
+
+    /// The counter of `values`, 0 if never counted.
+    pub fn get(&self, values: &[&str]) -> u64 {
+        let key: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&key).copied().unwrap_or(0)
+    }
+}
+
 /// A value that goes up and down (sessions open, work in flight).
 #[derive(Debug, Default)]
 pub struct Gauge(std::sync::atomic::AtomicI64);
@@ -109,6 +151,23 @@ impl Histogram {
     }
 }
 
+/// Rows of label values paired with their names.
+fn label_rows<'a, V: Copy>(
+    names: &[&'a str],
+    rows: &'a [(Vec<String>, V)],
+) -> Vec<(Vec<(&'a str, &'a str)>, V)> {
+    rows.iter()
+        .map(|(values, v)| {
+            let pairs = names
+                .iter()
+                .zip(values)
+                .map(|(n, value)| (*n, value.as_str()))
+                .collect();
+            (pairs, *v)
+        })
+        .collect()
+}
+
 /// Labels of one sample: (name, value) pairs.
 pub type Labels<'a> = &'a [(&'a str, &'a str)];
 
@@ -168,6 +227,31 @@ impl Exposition {
             .map(|(l, c)| (l.as_slice(), c.get()))
             .collect();
         self.counter(name, help, &samples);
+    }
+
+    /// A counter family of a [`CounterFamily`]: one sample per set of label values seen.
+    pub fn counter_family(&mut self, name: &str, help: &str, f: &CounterFamily) {
+        let counts = f.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let rows: Vec<(Vec<String>, u64)> = counts.into_iter().collect();
+        let labelled = label_rows(f.labels, &rows);
+        let samples: Vec<(Labels<'_>, u64)> =
+            labelled.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+        self.counter(name, help, &samples);
+    }
+
+    /// A gauge family from rows of label values (one per name in `labels`, in order) and
+    /// their values.
+    pub fn gauge_rows(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        rows: &[(Vec<String>, f64)],
+    ) {
+        let labelled = label_rows(labels, rows);
+        let samples: Vec<(Labels<'_>, f64)> =
+            labelled.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+        self.gauge(name, help, &samples);
     }
 
     /// A gauge family, one sample per label set.
@@ -292,5 +376,41 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("skein_commit_seconds_count 4\n"), "{t}");
+    }
+
+    #[test]
+    fn families_keep_label_sets_apart_and_bounded() {
+        let f = CounterFamily::new(&["result", "ip"]);
+        f.add(&["delivered", "192.0.2.1"], 2);
+        f.add(&["delivered", "192.0.2.1"], 1);
+        f.add(&["deferred", "192.0.2.2"], 1);
+        assert_eq!(f.get(&["delivered", "192.0.2.1"]), 3);
+        let mut e = Exposition::new();
+        e.counter_family("skein_y_total", "Ys.", &f);
+        e.gauge_rows(
+            "skein_z",
+            "Zs.",
+            &["ip", "provider"],
+            &[(vec!["192.0.2.1".into(), "gmail".into()], 7.0)],
+        );
+        let t = e.finish();
+        assert!(
+            t.contains("skein_y_total{result=\"delivered\",ip=\"192.0.2.1\"} 3\n"),
+            "{t}"
+        );
+        assert!(t.contains("skein_y_total{result=\"deferred\",ip=\"192.0.2.2\"} 1\n"));
+        assert!(
+            t.contains("skein_z{ip=\"192.0.2.1\",provider=\"gmail\"} 7\n"),
+            "{t}"
+        );
+        for i in 0..MAX_SERIES + 10 {
+            f.add(&["delivered", &i.to_string()], 1);
+        }
+        assert_eq!(
+            f.counts.lock().unwrap().len(),
+            MAX_SERIES + 1,
+            "and one 'other'"
+        );
+        assert!(f.get(&["other", "other"]) >= 10);
     }
 }

@@ -374,6 +374,15 @@ async fn round(
         for (rec, attempt, _) in &reported {
             if applied.contains(rec.key.as_str()) {
                 crate::metrics::ATTEMPTS[crate::metrics::result_index(attempt.result)].inc();
+                let provider = r.plan.providers.get(&rec.key).map_or("", String::as_str);
+                crate::metrics::DELIVERIES.add(
+                    &[
+                        crate::metrics::RESULTS[crate::metrics::result_index(attempt.result)],
+                        &attempt.source_ip,
+                        provider,
+                    ],
+                    1,
+                );
             }
         }
         let gone = expired.iter().filter(|r| applied.contains(r.key.as_str()));

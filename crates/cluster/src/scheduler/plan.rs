@@ -66,6 +66,9 @@ pub struct RoundPlan {
     pub planned: Vec<Planned>,
     /// (recipient before, attempt, disposition) of each report op, for events.
     pub reported: Vec<(RcptRecord, AttemptRecord, Disposition)>,
+    /// The provider each reported recipient's domain belongs to (recipient key → name),
+    /// when sending limits are in force.
+    pub providers: std::collections::HashMap<String, String>,
     /// Recipients expired without an attempt.
     pub expired: Vec<RcptRecord>,
     /// Whether the assignment memory budget held work back.

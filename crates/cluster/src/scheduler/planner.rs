@@ -518,6 +518,14 @@ impl Planner {
             }
         }
 
+        // Each report's provider, for the metrics (with what was just learned of MX hosts).
+        if let Some(st) = &shaping {
+            for (rec, _, _) in &plan.reported {
+                let provider = st.provider(&rec.domain).name.clone();
+                plan.providers.insert(rec.key.clone(), provider);
+            }
+        }
+
         // An operator's change (an IP added, resumed or warmed, a limit raised) may free
         // what the old limits held: look again at once.
         if refreshed {
