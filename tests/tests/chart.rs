@@ -147,6 +147,7 @@ fn bad_values_are_refused_naming_the_field() -> anyhow::Result<()> {
         ("edge.service.type=Magic", "edge.service.type"),
         ("node.typo=1", "typo"),
         ("sender.replicas=1", "sender.sourceIps"),
+        ("grafanaDashboard.label=-bad-", "grafanaDashboard.label"),
     ] {
         let (ok, _, err) = template(&["--set", set])?;
         assert!(!ok && err.contains(says), "{set}: {err}");
@@ -168,5 +169,26 @@ fn the_plain_manifests_are_the_charts_current_output() -> anyhow::Result<()> {
         body == yaml,
         "k8s/skein.yaml is stale: regenerate it (see its header)"
     );
+    Ok(())
+}
+
+/// With `grafanaDashboard.enabled`, the dashboard goes in a ConfigMap labelled for Grafana's
+/// sidecar, the JSON whole; without it, nothing.
+#[test]
+fn the_grafana_dashboard_is_a_configmap_on_demand() -> anyhow::Result<()> {
+    let (ok, yaml, err) = template(&["--set", "grafanaDashboard.enabled=true"])?;
+    assert!(ok, "{err}");
+    let objs = objects(&yaml)?;
+    let cm = find(&objs, "ConfigMap", "skein-dashboard");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1", "{cm}");
+    let json: serde_json::Value = serde_json::from_str(cm["data"]["skein.json"].as_str().unwrap())?;
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        chart().join("dashboards/skein.json"),
+    )?)?;
+    assert_eq!(json, file);
+    assert!(json["panels"].as_array().unwrap().len() >= 10);
+    let (ok, yaml, err) = template(&[])?;
+    assert!(ok, "{err}");
+    assert!(!yaml.contains("skein-dashboard"));
     Ok(())
 }

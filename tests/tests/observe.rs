@@ -127,6 +127,7 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
     assert_eq!(get(&http, "/nothing")?.0, 404);
 
     promtool(&text)?;
+    let node_text = text.clone();
 
     // The edge's: the message it queued, its session, the queue reachable.
     let (status, text) = get(&edge_http, "/metrics")?;
@@ -144,6 +145,7 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
     );
     assert_eq!(get(&edge_http, "/readyz")?.0, 200);
     promtool(&text)?;
+    let edge_text = text.clone();
 
     // The sender's: the delivery it made, its session with the leader open.
     let (status, text) = get(&sender_http, "/metrics")?;
@@ -164,7 +166,60 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
         "{text}"
     );
     assert_eq!(get(&sender_http, "/readyz")?.0, 200);
-    promtool(&text)
+    promtool(&text)?;
+    let scraped = [node_text, edge_text, text].concat();
+    dashboard_queries_are_promql_over_these_metrics(&scraped)
+}
+
+/// Every query of the chart's Grafana dashboard is PromQL that Prometheus parses (`promtool
+/// check rules`, each as a recording rule), and names only metrics the node, the edge and
+/// the sender expose (in `scraped`, their scrapes together).
+fn dashboard_queries_are_promql_over_these_metrics(scraped: &str) -> anyhow::Result<()> {
+    let file = skein_tests::manifest_dir().join("../charts/skein/dashboards/skein.json");
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+    let exprs: Vec<String> = d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.yml");
+    let mut y = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        y.push_str(&format!(
+            "      - record: dashboard:q{i}\n        expr: {}\n",
+            serde_json::to_string(e)?
+        ));
+    }
+    std::fs::write(&rules, y)?;
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let families: std::collections::HashSet<&str> = scraped
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for e in &exprs {
+        let names = e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("skein_") || w.starts_with("process_"));
+        for name in names {
+            let family = name.trim_end_matches("_bucket");
+            assert!(families.contains(family), "{name} in {e}: not exposed");
+        }
+    }
+    Ok(())
 }
 
 /// Prometheus's own checker on `text`: exit 0, no lint complaints.
