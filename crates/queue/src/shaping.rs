@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use rocksdb::{Direction, IteratorMode, DB};
+use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use skein_shaping::{IpMode, IpRecord, Provider, Schedule, SuspendKind, Suspension};
 
@@ -182,20 +182,17 @@ fn named<T: for<'de> Deserialize<'de>>(
     kind: u8,
 ) -> Result<BTreeMap<String, T>, QueueError> {
     let mut out = BTreeMap::new();
-    for kv in db.iterator_cf(
-        cf(db, CF_SHAPING),
-        IteratorMode::From(&[kind], Direction::Forward),
-    ) {
-        let (k, v) = kv?;
-        if k.first() != Some(&kind) {
-            break;
-        }
-        let value = dec(&v).map_err(|source| QueueError::Corrupt {
+    // Bounded by the next kind: counters and lease counts come and go in between.
+    let mut it = crate::store::range(db, CF_SHAPING, &[kind], vec![kind + 1]);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let value = dec(v).map_err(|source| QueueError::Corrupt {
             cf: CF_SHAPING,
             source,
         })?;
         out.insert(String::from_utf8_lossy(&k[1..]).into_owned(), value);
+        it.next();
     }
+    it.status()?;
     Ok(out)
 }
 
@@ -348,14 +345,10 @@ pub(crate) fn schedules(db: &DB) -> Result<Vec<Schedule>, QueueError> {
 
 /// Whether any IP record exists: until one does, senders' own IPs are used without limits.
 pub(crate) fn any_ip(db: &DB) -> Result<bool, QueueError> {
-    Ok(db
-        .iterator_cf(
-            cf(db, CF_SHAPING),
-            IteratorMode::From(&[IP], Direction::Forward),
-        )
-        .next()
-        .transpose()?
-        .is_some_and(|(k, _)| k.first() == Some(&IP)))
+    let it = crate::store::range(db, CF_SHAPING, &[IP], vec![IP + 1]);
+    let any = it.key().is_some();
+    it.status()?;
+    Ok(any)
 }
 
 /// The mode an IP resumes to and the mode it takes, for a [`ShapingCommand::SetIpMode`].

@@ -29,7 +29,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
-use crate::floors::{Floors, Index};
+use crate::floors::{past, Floors, Index};
 use crate::records::{
     DkimKeyRecord, MessageRecord, RcptRecord, StrikeRecord, SuppressionEntry, TenantRecord,
     TenantSuppressionPolicy,
@@ -388,6 +388,30 @@ fn open_data(path: &Path) -> Result<Box<tokio::fs::File>, SErr> {
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     // The column families are all created by `open`; a missing one is a programming error.
     db.cf_handle(name).expect("column family created at open")
+}
+
+/// The key bounding a due index's entries under `prefix` due by `now_ms`: the prefix and
+/// the next millisecond.
+fn due_bound(prefix: &[u8], now_ms: i64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&(now_ms.max(0) as u64 + 1).to_be_bytes());
+    k
+}
+
+/// A raw iterator over column family `name` from `start`, ending before `end`. RocksDB stops
+/// at the bound: without one, stepping past the last key wanted walks on over every deleted
+/// key up to the next live one, beyond the range (tombstones left by consumed entries).
+pub(crate) fn range<'a>(
+    db: &'a DB,
+    name: &str,
+    start: &[u8],
+    end: Vec<u8>,
+) -> rocksdb::DBRawIteratorWithThreadMode<'a, DB> {
+    let mut o = rocksdb::ReadOptions::default();
+    o.set_iterate_upper_bound(end);
+    let mut it = db.raw_iterator_cf_opt(cf(db, name), o);
+    it.seek(start);
+    it
 }
 
 fn synced() -> WriteOptions {
@@ -1211,9 +1235,9 @@ impl QueueReader {
         self.floors.read(Index::Due, &[], |start| {
             let mut out = Vec::new();
             let mut first = None;
-            // Raw: stepped on only while more is wanted (see `first_queue_due`).
-            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_DUE));
-            it.seek(start);
+            // Only what is due by now (see `queue_due`).
+            let end = due_bound(&[], now_ms);
+            let mut it = range(&self.db, CF_DUE, start, end.clone());
             while let Some(k) = it.key() {
                 first.get_or_insert_with(|| k.to_vec());
                 if out.len() >= limit || k.len() < 8 {
@@ -1229,7 +1253,7 @@ impl QueueReader {
                 it.next();
             }
             it.status()?;
-            Ok((out, first))
+            Ok((out, Some(first.unwrap_or(end))))
         })
     }
 
@@ -1251,7 +1275,7 @@ impl QueueReader {
             let Some((tenant, domain, _)) = split_queue_key(&prefix) else {
                 continue;
             };
-            if let Some(at) = self.first_queue_due(&prefix)? {
+            if let Some(at) = self.first_queue_due(&prefix, Some(now_ms))? {
                 if at <= now_ms {
                     out.push(QueueHead {
                         tenant: tenant.to_string(),
@@ -1264,24 +1288,28 @@ impl QueueReader {
         Ok(out)
     }
 
-    /// The due time of the first entry of the queue with key prefix `prefix`.
-    fn first_queue_due(&self, prefix: &[u8]) -> Result<Option<i64>, QueueError> {
+    /// The due time of the first entry of the queue with key prefix `prefix`, looking only
+    /// at entries due by `until_ms` when given (what is due later is not stepped through).
+    fn first_queue_due(
+        &self,
+        prefix: &[u8],
+        until_ms: Option<i64>,
+    ) -> Result<Option<i64>, QueueError> {
         self.floors.read(Index::QueueDue, prefix, |start| {
-            // A raw iterator: the plain one steps on past the key it returns, over every
-            // deleted key up to the next live one, which is what floors are for avoiding.
-            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_QUEUE_DUE));
-            it.seek(start);
-            let first = it
-                .key()
-                .filter(|k| k.starts_with(prefix))
-                .map(<[u8]>::to_vec);
+            let end = match until_ms {
+                Some(t) => due_bound(prefix, t),
+                None => past(prefix),
+            };
+            let it = range(&self.db, CF_QUEUE_DUE, start, end.clone());
+            let first = it.key().map(<[u8]>::to_vec);
             it.status()?;
             let at = first.as_ref().and_then(|k| {
                 k.get(prefix.len()..prefix.len() + 8)
                     .and_then(|b| b.try_into().ok())
                     .map(|b| u64::from_be_bytes(b) as i64)
             });
-            Ok((at, first))
+            // Nothing before the bound: nothing visible below it.
+            Ok((at, Some(first.unwrap_or(end))))
         })
     }
 
@@ -1315,7 +1343,7 @@ impl QueueReader {
                 cf: CF_QUEUE_STATS,
                 source,
             })?;
-            let oldest_due_ms = self.first_queue_due(&k)?;
+            let oldest_due_ms = self.first_queue_due(&k, None)?;
             out.push(QueueStats {
                 tenant: tenant.to_string(),
                 domain: domain.to_string(),
@@ -1339,13 +1367,10 @@ impl QueueReader {
         self.floors.read(Index::QueueDue, &prefix, |start| {
             let mut out = Vec::new();
             let mut first = None;
-            // Raw: stepped on only while more is wanted (see `first_queue_due`).
-            let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_QUEUE_DUE));
-            it.seek(start);
+            // Only what is due by now: what is due later is not stepped through.
+            let end = due_bound(&prefix, now_ms);
+            let mut it = range(&self.db, CF_QUEUE_DUE, start, end.clone());
             while let Some(k) = it.key() {
-                if !k.starts_with(&prefix) {
-                    break;
-                }
                 first.get_or_insert_with(|| k.to_vec());
                 if out.len() >= limit || k.len() < prefix.len() + 8 {
                     break;
@@ -1361,7 +1386,7 @@ impl QueueReader {
                 it.next();
             }
             it.status()?;
-            Ok((out, first))
+            Ok((out, Some(first.unwrap_or(end))))
         })
     }
 
@@ -1457,7 +1482,7 @@ impl QueueReader {
         let rcpts = cf(&self.db, CF_RCPTS);
         self.floors.read(Index::Due, &[], |start| {
             let mut first = None;
-            // Raw: stepped on only while more is wanted (see `first_queue_due`).
+            // Raw: stepped on only while more is wanted.
             let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_DUE));
             it.seek(start);
             while let Some(k) = it.key() {
