@@ -196,7 +196,6 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// The write batch with every change of the entry.
     /// The entry's writes, and the keys it put in time-ordered indexes (to report to the
     /// floors once the batch commits).
     pub(crate) fn finish(mut self) -> (WriteBatch, Vec<Insert>) {

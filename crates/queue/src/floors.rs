@@ -1,17 +1,20 @@
 //! Where the live keys of the time-ordered indexes begin.
 //!
-//! The due indexes are time-ordered and consumed from the front: a recipient's entry is
-//! deleted when it is leased or finishes. In RocksDB a deleted key stays behind as a
+//! The due indexes, the finished messages and the edges' submission ids are time-ordered
+//! and consumed from the front: a recipient's due entry is deleted when it is leased or
+//! finishes, finished messages are purged, old submission ids forgotten. In RocksDB a deleted key stays behind as a
 //! tombstone until compaction drops it, and an iterator that starts at the front of an index
 //! steps over every one of them (in the memtable and in unflushed files alike). Under a
 //! backlog that is hundreds of thousands of steps for each read of a queue's head, and the
 //! leader spent most of its time doing it (found by the load harness's `day` profile).
 //!
 //! A floor is a key below which an index (or one queue of it) holds nothing visible: a read
-//! seeks straight to it, which jumps the tombstones. Floors are only ever raised by a read,
-//! to the first visible key it found, and lowered by every insert below them; both happen
-//! under one lock held for the whole read, and inserts are reported after their batch
-//! commits, so an insert a read could not see lowers the floor after that read set it.
+//! seeks straight to it, which jumps the tombstones. Floors are raised only by a read: to the
+//! first visible key it found, or to the bound it read up to when it found none (the purges
+//! in the apply path: to the first key they keep, their batch deleting the ones before; a
+//! batch that fails to commit stops the node). They are lowered by every insert below them.
+//! Both happen under one lock held for the whole read, and inserts are reported after their
+//! batch commits, so an insert a read could not see lowers the floor after that read set it.
 //! Floors live in memory only (they are not replicated state): a restarted node starts
 //! without them and finds them on its first reads.
 
@@ -53,9 +56,8 @@ pub(crate) fn past(prefix: &[u8]) -> Vec<u8> {
 
 impl Floors {
     /// Runs `read` on the range of `index` under `prefix`, starting at its floor (or at the
-    /// prefix), with the lock held. `read` returns its result and the first key at or past
-    /// the start that it saw in the range (`None`: the range held nothing more), which
-    /// becomes the floor.
+    /// prefix), with the lock held. `read` returns its result and the new floor: a key below
+    /// which, from the start, it saw nothing visible (`None`: the whole range).
     pub(crate) fn read<T, E>(
         &self,
         index: Index,
