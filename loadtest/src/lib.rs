@@ -5,12 +5,14 @@
 
 pub mod blast;
 pub mod clock;
+mod conductor;
 pub mod display;
 pub mod dns;
 pub mod faults;
 pub mod gen;
 pub mod link;
 pub mod max;
+mod profiles;
 pub mod report;
 pub mod rig;
 pub mod run;
