@@ -11,6 +11,9 @@ use crate::report::Fault;
 use crate::rig::{Part, Rig};
 use crate::sim::{RunClock, SharedLedger};
 
+/// Keys looked up under one hold of the ledger's lock while draining.
+const SLICE: usize = 10_000;
+
 /// Causes the planned faults and samples the processes' resources while a run goes on.
 pub(crate) struct Conductor {
     /// Faults still to come: (seconds after the load started, target).
@@ -59,18 +62,25 @@ impl Conductor {
         rig: &mut Option<Rig>,
     ) {
         let until = Instant::now() + limit;
+        // What is still open shrinks as it finishes: each look goes over what was open at
+        // the last one, a slice at a time, so the simulators (which record under the same
+        // lock) are never held up for long.
+        let mut open: Vec<&(u64, String)> = expected.iter().collect();
         loop {
             if let Some(r) = rig.as_mut() {
                 self.step(r, true);
             }
-            let open = {
+            let mut still = Vec::with_capacity(open.len());
+            for slice in open.chunks(SLICE) {
                 let l = ledger.lock().unwrap();
-                expected
-                    .iter()
-                    .filter(|k| !l.deliveries.contains_key(*k) && !l.bounces.contains(*k))
-                    .count()
-            };
-            if (open == 0 && self.down.is_empty()) || Instant::now() > until {
+                still.extend(
+                    slice
+                        .iter()
+                        .filter(|k| !l.deliveries.contains_key(**k) && !l.bounces.contains(**k)),
+                );
+            }
+            open = still;
+            if (open.is_empty() && self.down.is_empty()) || Instant::now() > until {
                 return;
             }
             self.tick.tick().await;
