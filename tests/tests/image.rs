@@ -47,8 +47,16 @@ fn the_dockerfile_passes_hadolint_and_ships_non_root() -> anyhow::Result<()> {
         .and_then(|l| l.strip_suffix('"'))
         .expect("the workspace's rust-version");
     assert!(version(builder) >= version(msrv), "rust:{builder} < {msrv}");
+    // The packages built for this machine (the image's platform too): others are not
+    // downloaded, and offline metadata cannot read them.
+    let rustc = Command::new("rustc").arg("-vV").output()?;
+    let host = String::from_utf8_lossy(&rustc.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .expect("rustc -vV names the host");
     let meta = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host])
         .current_dir(&root)
         .output()?;
     assert!(

@@ -13,8 +13,9 @@
 //! first visible key it found, or to the bound it read up to when it found none (the purges
 //! in the apply path: to the first key they keep, their batch deleting the ones before; a
 //! batch that fails to commit stops the node). They are lowered by every insert below them.
-//! Both happen under one lock held for the whole read, and inserts are reported after their
-//! batch commits, so an insert a read could not see lowers the floor after that read set it.
+//! Both happen under one lock: held for the whole of a read, and across the write of a batch
+//! with the lowering of the floors above its inserts, so no read sees the batch without the
+//! lowered floors, nor the lowered floors without the batch (see [`Floors::commit`]).
 //! Floors live in memory only (they are not replicated state): a restarted node starts
 //! without them and finds them on its first reads.
 
@@ -72,10 +73,19 @@ impl Floors {
         Ok(out)
     }
 
-    /// Keys a committed batch inserted: `(index, prefix, key)`. A floor above one comes down
-    /// to it.
-    pub(crate) fn inserted<'a>(&self, keys: impl IntoIterator<Item = (Index, &'a [u8], &'a [u8])>) {
+    /// Commits a batch (`write`) that inserts `keys` (`(index, prefix, key)`), bringing a
+    /// floor above any of them down to it, with reads held off: a read either ends before the
+    /// batch is visible (and its floor comes down after it) or starts after, from the lowered
+    /// floor. (Lowered after the write alone, a read between the two would seek past a key it
+    /// could see; lowered before alone, a read between the two could raise the floor again
+    /// over a key not yet visible to it.)
+    pub(crate) fn commit<'a, T>(
+        &self,
+        keys: impl IntoIterator<Item = (Index, &'a [u8], &'a [u8])>,
+        write: impl FnOnce() -> T,
+    ) -> T {
         let mut floors = self.floors.lock().unwrap_or_else(|p| p.into_inner());
+        let out = write();
         for (index, prefix, k) in keys {
             if let Some(f) = floors.get_mut(&(index, prefix.to_vec())) {
                 if k < f.as_slice() {
@@ -83,6 +93,13 @@ impl Floors {
                 }
             }
         }
+        out
+    }
+
+    /// Keys a batch inserted, lowering floors, outside a commit (tests).
+    #[cfg(test)]
+    pub(crate) fn inserted<'a>(&self, keys: impl IntoIterator<Item = (Index, &'a [u8], &'a [u8])>) {
+        self.commit(keys, || ());
     }
 
     /// Forgets every floor (after the indexes were rewritten wholesale: a snapshot).

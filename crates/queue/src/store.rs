@@ -786,8 +786,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     batch.put_cf(sm, K_MEMBERSHIP, enc(&stored));
                 }
                 batch.put_cf(sm, K_COUNT, enc(&count));
-                db.write(batch).map_err(io_write)?;
-                floors.inserted(inserts.iter().map(|(i, p, k)| (*i, &p[..], &k[..])));
+                let keys = inserts.iter().map(|(i, p, k)| (*i, &p[..], &k[..]));
+                floors.commit(keys, || db.write(batch)).map_err(io_write)?;
                 out.push(resp);
             }
             Ok(out)

@@ -603,3 +603,39 @@ async fn reads_find_recipients_added_below_where_the_last_read_began() {
     );
     assert_eq!(keys_of(g.reader.due(10_000, 10).unwrap()), [early, late]);
 }
+
+/// The scheduler's reads between a lease and the next message: the message is found.
+#[tokio::test]
+async fn a_message_after_a_lease_is_found_by_the_schedulers_reads() {
+    let mut f = Fixture::new();
+    let a = f
+        .enqueue(1000, message("app@acme.test", &["a@x.test"]))
+        .await;
+    let a = format!("{a}0000");
+    assert_eq!(f.reader.ready_queues(1000, 10).unwrap().len(), 1);
+    assert_eq!(
+        f.reader
+            .queue_due("acme", "x.test", 1000, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    f.deliver(1000, vec![lease(1, 61_000, &[&a])]).await;
+    assert!(f.reader.ready_queues(1500, 10).unwrap().is_empty());
+    assert!(f
+        .reader
+        .queue_due("acme", "x.test", 1500, 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(f.reader.next_due_ms().unwrap(), Some(61_000));
+    for (at, now) in [(1200, 1600), (1700, 1800)] {
+        let b = f.enqueue(at, message("app@acme.test", &["b@x.test"])).await;
+        assert_eq!(f.reader.next_due_ms().unwrap(), Some(at), "{b}");
+        let heads = f.reader.ready_queues(now, 10).unwrap();
+        assert_eq!(heads.len(), 1, "{b} {heads:?}");
+        let due = f.reader.queue_due("acme", "x.test", now, 10).unwrap();
+        assert_eq!(due.len(), 1, "{b}");
+        f.deliver(now, vec![lease(at as u64, 61_000, &[&due[0].key])])
+            .await;
+    }
+}
