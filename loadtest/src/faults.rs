@@ -132,6 +132,8 @@ pub struct Sample {
     pub at_ms: u64,
     /// The process ("node 1", "edge", "sender").
     pub process: String,
+    /// Its pid (a restarted process has another).
+    pub pid: u32,
     /// Resident memory, KiB.
     pub rss_kib: u64,
     /// Open file descriptors.
@@ -153,6 +155,7 @@ pub fn sample(at_ms: u64, process: &str, pid: u32, data: Option<&Path>) -> Optio
     Some(Sample {
         at_ms,
         process: process.to_string(),
+        pid,
         rss_kib,
         fds,
         disk_bytes: data.map_or(0, dir_bytes),

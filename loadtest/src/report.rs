@@ -101,12 +101,22 @@ pub struct Growth {
 /// Growth above this fails a leak-checked run.
 pub const MAX_GROWTH: f64 = 1.5;
 
-/// Each process's growth, from the samples (processes with too few samples are left out).
+/// A (re)started process's first seconds, left out of its growth: it is still opening its
+/// files and filling its caches.
+pub const WARMING_MS: u64 = 10_000;
+
+/// Each process's growth over its last life (since its last restart), from the samples after
+/// its first [`WARMING_MS`]; processes with too few such samples are left out.
 pub fn growth_of(samples: &[crate::faults::Sample]) -> Vec<Growth> {
     let mut by: std::collections::BTreeMap<&str, Vec<&crate::faults::Sample>> =
         std::collections::BTreeMap::new();
     for s in samples {
         by.entry(&s.process).or_default().push(s);
+    }
+    for ss in by.values_mut() {
+        let last = ss.last().map_or(0, |s| s.pid);
+        let born = ss.iter().find(|s| s.pid == last).map_or(0, |s| s.at_ms);
+        ss.retain(|s| s.pid == last && s.at_ms >= born + WARMING_MS);
     }
     by.into_iter()
         .filter_map(|(process, ss)| {

@@ -392,8 +392,14 @@ fn a_short_soak_cycles_its_faults_and_checks_for_leaks() -> anyhow::Result<()> {
     );
     assert!(!kills[3].contains("leader"), "{kills:?}");
     assert_eq!(r["leak_check"], true);
+    // Growth is judged over each process's last life past its first 10 s (a process killed
+    // late has too little of it); the node never killed and the one killed first are judged.
     let growth = r["resource_growth"].as_array().unwrap();
-    assert_eq!(growth.len(), 5, "{growth:?}");
+    let nodes = growth
+        .iter()
+        .filter(|g| g["process"].as_str().is_some_and(|p| p.starts_with("node")))
+        .count();
+    assert!(nodes >= 2, "{growth:?}");
     assert!(text.contains("LEAKS              0"), "{text}");
     Ok(())
 }
