@@ -47,8 +47,8 @@ pub(crate) struct Floors {
 /// A key below which a range holds nothing visible.
 type Floor = Vec<u8>;
 
-/// A key above every key under `prefix` that the due indexes hold (their keys go on with an
-/// 8-byte time and an ASCII recipient key): the floor of a range found empty.
+/// A key above every key under `prefix` that the time-ordered indexes hold (their keys go on
+/// with an 8-byte time and an ASCII key): the floor of a range found empty.
 pub(crate) fn past(prefix: &[u8]) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&[0xFF; 9]);
