@@ -4,7 +4,6 @@
 mod common;
 
 use common::Fixture;
-use openraft::storage::{RaftSnapshotBuilder as _, RaftStateMachine as _};
 use skein_queue::{
     AttemptRecord, AttemptResult, DeliveryOp, Disposition, NewMessage, RcptState, Reply, Request,
     Response,
@@ -584,15 +583,7 @@ async fn reads_find_recipients_added_below_where_the_last_read_began() {
         .unwrap()
         .is_empty());
     assert!(g.reader.due(10_000, 10).unwrap().is_empty());
-    let snap =
-        f.sm.get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
-    g.sm.install_snapshot(&snap.meta, snap.snapshot)
-        .await
-        .unwrap();
+    g.install_from(&mut f).await;
     assert_eq!(
         keys_of(
             g.reader

@@ -66,19 +66,24 @@ impl Fixture {
     /// A new store holding this one's state, by building a snapshot here and installing it
     /// there (at the same log index).
     pub async fn copy_by_snapshot(&mut self) -> Fixture {
-        let snap = self
+        let mut copy = Fixture::new();
+        copy.install_from(self).await;
+        copy
+    }
+
+    /// Replaces this store's state with `other`'s, by a snapshot built there.
+    pub async fn install_from(&mut self, other: &mut Fixture) {
+        let snap = other
             .sm
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
-        let mut copy = Fixture::new();
-        copy.sm
+        self.sm
             .install_snapshot(&snap.meta, snap.snapshot)
             .await
             .unwrap();
-        copy.index = self.index;
-        copy
+        self.index = other.index;
     }
 }
