@@ -675,3 +675,39 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::Sample;
+
+    fn sample(at_ms: u64, pid: u32, fds: u64) -> Sample {
+        Sample {
+            at_ms,
+            process: "node 1".into(),
+            pid,
+            rss_kib: 1000,
+            fds,
+            disk_bytes: 0,
+            cpu_ms: 0,
+        }
+    }
+
+    /// Growth is judged over the process's last life past its first 10 s: a restart's
+    /// start-up is not a leak, a climb in a long life is.
+    #[test]
+    fn growth_is_judged_over_the_last_life_past_its_start() {
+        // Life 1 (pid 1) then a restart (pid 2) whose descriptors climb for 10 s and level.
+        let mut ss: Vec<Sample> = (0..20).map(|i| sample(i * 500, 1, 50)).collect();
+        ss.extend((0..60).map(|i| sample(10_000 + i * 500, 2, (5 + i * 5).min(50))));
+        let g = growth_of(&ss);
+        assert_eq!(g.len(), 1);
+        assert!(g[0].fds < 1.01, "{g:?}");
+        // The same life climbing after its start is a leak.
+        let leak: Vec<Sample> = (0..80).map(|i| sample(i * 500, 3, 50 + i * 5)).collect();
+        assert!(growth_of(&leak)[0].fds > MAX_GROWTH);
+        // Too little of a life to judge: left out.
+        let young: Vec<Sample> = (0..25).map(|i| sample(i * 500, 4, 50)).collect();
+        assert!(growth_of(&young).is_empty());
+    }
+}
