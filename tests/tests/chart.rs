@@ -135,6 +135,40 @@ fn the_chart_lints_and_renders_a_raft_cluster() -> anyhow::Result<()> {
     let node = cm["node.toml"].as_str().unwrap();
     assert_eq!(node.matches("{ id = ").count(), 3, "{node}");
     assert!(node.contains("advertise = \"${POD_NAME}.skein-node.skein.svc.cluster.local:7070\""));
+    // Membership follows the StatefulSet, under an identity that may read it and its pods.
+    assert!(node.contains(
+        "[node.kubernetes]\nstatefulset = \"skein-node\"\n\
+         address = \"{pod}.skein-node.{namespace}.svc.cluster.local:7070\""
+    ));
+    assert_eq!(spec["template"]["spec"]["serviceAccountName"], "skein-node");
+    let role = find(&objs, "Role", "skein-node");
+    assert_eq!(role["rules"][0]["resources"][0], "statefulsets");
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get"]));
+    assert_eq!(role["rules"][1]["verbs"], serde_json::json!(["list"]));
+    let binding = find(&objs, "RoleBinding", "skein-node");
+    assert_eq!(binding["subjects"][0]["name"], "skein-node");
+
+    // Five replicas, three founders: pods 4 and 5 join; without the reconciler, no RBAC.
+    let (ok, yaml, err) = template(&[
+        "--set",
+        "node.replicas=5",
+        "--set",
+        "node.kubernetesMembership=false",
+    ])?;
+    assert!(ok, "{err}");
+    let objs = objects(&yaml)?;
+    let node = find(&objs, "ConfigMap", "skein-config")["data"]["node.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(node.matches("{ id = ").count(), 3, "{node}");
+    assert!(!node.contains("[node.kubernetes]"), "{node}");
+    assert!(!objs.iter().any(|o| o["kind"] == "Role"));
+    let sts = find(&objs, "StatefulSet", "skein-node");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
     Ok(())
 }
 

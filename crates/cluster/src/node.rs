@@ -29,6 +29,9 @@ pub struct NodeHandle {
     pub cluster: Arc<Cluster>,
     /// The address the gRPC server listens on.
     pub local_addr: std::net::SocketAddr,
+    /// The node's Admin service, for in-process callers (the Kubernetes membership
+    /// reconciler): calls made on it directly skip the gRPC port's authentication.
+    pub admin: AdminService,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     was_removed: Arc<std::sync::atomic::AtomicBool>,
@@ -223,6 +226,13 @@ pub async fn start(
                 reason: e.to_string(),
             })?;
     }
+    let admin = AdminService::new(
+        cluster.clone(),
+        manual,
+        cfg.delivery.mta_name.clone(),
+        held,
+        cfg.promote_max_lag,
+    );
     let auth = crate::auth::AuthLayer::new(tls.is_some(), cluster.clone());
     let server = server
         // A peer that stops answering HTTP/2 pings is dropped, freeing its place in
@@ -250,14 +260,8 @@ pub async fn start(
             .max_decoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(
-            AdminServer::new(AdminService::new(
-                cluster.clone(),
-                manual,
-                cfg.delivery.mta_name.clone(),
-                held,
-                cfg.promote_max_lag,
-            ))
-            .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
+            AdminServer::new(admin.clone())
+                .max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024),
         )
         .add_service(HealthServer::new(crate::health::HealthService::new(
             cluster.clone(),
@@ -275,7 +279,7 @@ pub async fn start(
         });
     let server = tokio::spawn(server);
 
-    if !cfg.join {
+    if !cfg.joins() {
         let founders = cfg.founders();
         let lowest = founders.iter().map(|m| m.id).min();
         let initialized = raft
@@ -312,6 +316,7 @@ pub async fn start(
     Ok(NodeHandle {
         cluster,
         local_addr,
+        admin,
         stop: Some(stop),
         server,
         was_removed,

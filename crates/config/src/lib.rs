@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use delivery::{DeliveryConfig, SuppressionPolicy};
 pub use edge::{EdgeConfig, EdgeLimits, ListenerConfig, TlsMode};
-pub use node::{Member, NodeConfig, RaftTuning, TenantSeed};
+pub use node::{KubernetesMembership, Member, NodeConfig, RaftTuning, TenantSeed};
 pub use sender::{DomainTls, Route, SenderConfig, SmtpTimeouts, SourceIp, TlsPolicy};
 
 /// A configuration could not be loaded or is invalid.
@@ -253,6 +253,69 @@ mod tests {
     }
 
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn kubernetes_membership_is_checked_and_lets_later_pods_join() {
+        const FOUNDERS: &str = "initial_members = [{ id = 1, addr = \"127.0.0.1:7070\" }]\n";
+        let with =
+            |id: u64, k: &str| format!("[node]\nid = {id}\n{FOUNDERS}[node.kubernetes]\n{k}");
+        let good =
+            "statefulset = \"skein-node\"\naddress = \"{pod}.skein-node.{namespace}.svc:7070\"\n";
+        // Node 4 is not a founder: with Kubernetes membership it waits to be added.
+        let cfg = Config::parse(&with(4, good), "t.toml").unwrap();
+        cfg.validate().unwrap();
+        let node = cfg.node.unwrap();
+        assert!(node.joins());
+        let k = node.kubernetes.unwrap();
+        assert_eq!(k.interval.0, Duration::from_secs(5));
+        assert_eq!(
+            k.address_of("skein-node-3", "mail", None).as_deref(),
+            Some("skein-node-3.skein-node.mail.svc:7070")
+        );
+        let by_ip = KubernetesMembership {
+            address: "{pod_ip}:7070".into(),
+            ..k
+        };
+        assert_eq!(by_ip.address_of("skein-node-3", "mail", None), None);
+        assert_eq!(
+            by_ip
+                .address_of("skein-node-3", "mail", Some("10.1.2.3"))
+                .as_deref(),
+            Some("10.1.2.3:7070")
+        );
+        // A founder founds.
+        let cfg = Config::parse(&with(1, good), "t.toml").unwrap();
+        assert!(!cfg.node.unwrap().joins());
+        for (k, field) in [
+            (
+                "statefulset = \"Skein_Node\"\naddress = \"{pod}:7070\"\n",
+                "node.kubernetes.statefulset",
+            ),
+            (
+                "statefulset = \"skein-node\"\naddress = \"{pod}\"\n",
+                "node.kubernetes.address",
+            ),
+            (
+                "statefulset = \"skein-node\"\naddress = \"{host}:7070\"\n",
+                "node.kubernetes.address",
+            ),
+            (
+                "statefulset = \"skein-node\"\naddress = \"{pod}:7070\"\ninterval = \"100ms\"\n",
+                "node.kubernetes.interval",
+            ),
+            (
+                "statefulset = \"skein-node\"\naddress = \"{pod}:7070\"\ntoken_file = \"t\"\n",
+                "node.kubernetes.api_server",
+            ),
+        ] {
+            let err = Config::parse(&with(4, k), "t.toml")
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains(field), "{k}: {err}");
+        }
+    }
 
     #[test]
     fn dev_default_is_valid() {

@@ -72,6 +72,102 @@ pub struct NodeConfig {
     /// (`skeinctl promote`): a voter far behind (or dead) counts toward the quorum without
     /// helping reach it. Default 1000.
     pub promote_max_lag: u64,
+    /// On Kubernetes: follow a StatefulSet's pods (`[node.kubernetes]`). The leader adds a
+    /// node for each new pod as a learner, promotes it once caught up, and removes the nodes
+    /// of pods the StatefulSet scaled away, one at a time and never leaving a voter majority
+    /// unreachable. A node then needs no `join`: one not among `initial_members` waits to be
+    /// added. Unset (the default): membership changes only through the Admin API.
+    pub kubernetes: Option<KubernetesMembership>,
+}
+
+/// `[node.kubernetes]`: membership that follows a StatefulSet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesMembership {
+    /// The StatefulSet whose pods are the queue nodes: pod `NAME-N` is node N+1.
+    pub statefulset: String,
+    /// Its namespace. Default: the pod's own (from its service account).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// A node's gRPC address, made from its pod: `{pod}` (the pod's name), `{namespace}`,
+    /// `{pod_ip}`, e.g. `"{pod}.skein-node.{namespace}.svc.cluster.local:7070"` (the
+    /// headless Service's stable names: what the chart uses). An address that changes when
+    /// the pod restarts (`{pod_ip}`) strands the node: the cluster keeps the old one.
+    pub address: String,
+    /// How often the leader compares the pods with the membership. Default 5s.
+    #[serde(default = "default_reconcile_interval")]
+    pub interval: HumanDuration,
+    /// The API server's URL. Default: the one a pod is given (in-cluster configuration).
+    #[serde(default)]
+    pub api_server: Option<String>,
+    /// With `api_server`: a file holding the bearer token to present.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// With `api_server`: the PEM file of the CA that signed the API server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_reconcile_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+impl KubernetesMembership {
+    /// The address of the node in `pod` (its IP `pod_ip`, when it has one yet), or `None`
+    /// while the template needs an IP the pod does not have.
+    pub fn address_of(&self, pod: &str, namespace: &str, pod_ip: Option<&str>) -> Option<String> {
+        if self.address.contains("{pod_ip}") && pod_ip.is_none() {
+            return None;
+        }
+        Some(
+            self.address
+                .replace("{pod}", pod)
+                .replace("{namespace}", namespace)
+                .replace("{pod_ip}", pod_ip.unwrap_or_default()),
+        )
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.statefulset.is_empty()
+            || self.statefulset.len() > 52
+            || !self
+                .statefulset
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                "node.kubernetes.statefulset",
+                format!(
+                    "{:?} is not a StatefulSet name (lowercase letters, digits and '-', at \
+                     most 52)",
+                    self.statefulset
+                ),
+            ));
+        }
+        let sample = self
+            .address_of("pod-0", "ns", Some("10.0.0.1"))
+            .unwrap_or_default();
+        if !is_host_port(&sample) || sample.contains(['{', '}']) {
+            return Err(invalid(
+                "node.kubernetes.address",
+                format!(
+                    "{:?} does not make a host:port (placeholders: {{pod}}, {{namespace}}, \
+                     {{pod_ip}})",
+                    self.address
+                ),
+            ));
+        }
+        if self.interval.0 < Duration::from_secs(1) {
+            return Err(invalid("node.kubernetes.interval", "at least 1s"));
+        }
+        if self.api_server.is_none() && (self.token_file.is_some() || self.ca_file.is_some()) {
+            return Err(invalid(
+                "node.kubernetes.api_server",
+                "token_file and ca_file go with api_server (in a pod, leave all three unset)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where a node's time comes from.
@@ -159,6 +255,7 @@ impl Default for NodeConfig {
             insecure: false,
             max_connections: 4096,
             promote_max_lag: 1000,
+            kubernetes: None,
         }
     }
 }
@@ -167,6 +264,13 @@ impl NodeConfig {
     /// The address to publish for this node.
     pub fn advertise_addr(&self) -> &str {
         self.advertise.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Whether this node starts by waiting to be added to a running cluster: `join`, or, when
+    /// membership follows Kubernetes, not being one of `initial_members`.
+    pub fn joins(&self) -> bool {
+        self.join
+            || (self.kubernetes.is_some() && !self.initial_members.iter().any(|m| m.id == self.id))
     }
 
     /// The founding voters, defaulting to this node alone.
@@ -236,7 +340,7 @@ impl NodeConfig {
                     "ids must be unique and > 0",
                 ));
             }
-            if !ids.contains(&self.id) {
+            if !ids.contains(&self.id) && self.kubernetes.is_none() {
                 return Err(invalid(
                     "node.initial_members",
                     format!("must include this node (id {})", self.id),
@@ -310,6 +414,9 @@ impl NodeConfig {
                     "at least 8 characters",
                 ));
             }
+        }
+        if let Some(k) = &self.kubernetes {
+            k.validate()?;
         }
         match (self.initial_members.is_empty(), self.join) {
             (true, false) => Err(invalid(

@@ -329,6 +329,19 @@ async fn start_node(
 
 async fn run_node(node: NodeConfig, tls: Option<Identity>) -> anyhow::Result<()> {
     let mut h = start_node(&node, tls.as_ref()).await?;
+    if let Some(k) = &node.kubernetes {
+        let (client, namespace) = skein_kube::connect(k).await?;
+        let reconciler = skein_kube::Reconciler::new(
+            h.admin.clone(),
+            client,
+            namespace,
+            k.clone(),
+            node.promote_max_lag,
+            clock(),
+            h.admin.reconciler_report(),
+        );
+        tokio::spawn(reconciler.run());
+    }
     println!(
         "skein node {} listening on {} (data in {})",
         node.id,

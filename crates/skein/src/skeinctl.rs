@@ -314,6 +314,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "format": s.format, "release_format": s.release_format,
                         "cluster_id": s.cluster_id,
                         "members": s.members.iter().map(member_json).collect::<Vec<_>>(),
+                        "reconciler": s.reconciler.as_ref().map(|r| serde_json::json!({
+                            "statefulset": r.statefulset, "waiting": r.waiting,
+                            "rounds": r.rounds,
+                            "events": r.events.iter().map(|e| serde_json::json!({
+                                "at_ms": e.at_ms, "what": e.what,
+                            })).collect::<Vec<_>>(),
+                        })),
                     })
                 );
             } else {
@@ -372,6 +379,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "  (members' replication: ask the leader, --server {})",
                         s.leader_addr
                     );
+                }
+                if let Some(r) = s.reconciler {
+                    println!(
+                        "membership follows StatefulSet {} ({} rounds): {}",
+                        r.statefulset,
+                        r.rounds,
+                        if r.waiting.is_empty() {
+                            "nothing to do".to_string()
+                        } else {
+                            r.waiting
+                        }
+                    );
+                    for e in r.events {
+                        println!("  {}  {}", shaping::ms_utc(e.at_ms as i64), e.what);
+                    }
                 }
             }
         }

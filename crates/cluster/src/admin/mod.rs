@@ -53,6 +53,8 @@ pub struct AdminService {
     held: Arc<crate::scheduler::HeldQueues>,
     /// Most log entries a learner may be behind to be promoted.
     promote_max_lag: u64,
+    /// What the Kubernetes membership reconciler reports, when the node runs one.
+    reconciler: Arc<std::sync::Mutex<Option<MembershipReconciler>>>,
 }
 
 impl AdminService {
@@ -72,7 +74,14 @@ impl AdminService {
             mta,
             held,
             promote_max_lag,
+            reconciler: Arc::default(),
         }
+    }
+
+    /// Where a membership reconciler running beside this node reports (`ClusterStatus`
+    /// returns it): `Some` once one runs.
+    pub fn reconciler_report(&self) -> Arc<std::sync::Mutex<Option<MembershipReconciler>>> {
+        self.reconciler.clone()
     }
 
     /// The members, with each one's replication as the leader sees it (when this node leads).
@@ -221,6 +230,11 @@ impl Admin for AdminService {
             purged_index,
             format: self.ctx.reader.format().map_err(ClusterError::from)?,
             release_format: skein_queue::FORMAT,
+            reconciler: self
+                .reconciler
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             cluster_id: match self.ctx.channels().identity() {
                 Some(identity) => identity.get().unwrap_or_default(),
                 None => self
