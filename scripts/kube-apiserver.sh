@@ -15,6 +15,13 @@ dir="$HOME/.cache/skein/tools/kube-apiserver-$VERSION"
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 log() { echo "kube-apiserver.sh: $*" >&2; }
 
+record_failure() {
+  [ -x "$dir/kube-apiserver" ] && return
+  mkdir -p "$(dirname "$dir")"
+  [ -s "$dir.failed" ] || echo "kube-apiserver.sh failed (line $1) before the build finished" >"$dir.failed"
+}
+trap 'record_failure $LINENO' ERR
+
 need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ! -x "$dir/kube-apiserver" ]; then
@@ -33,10 +40,14 @@ if [ ! -x "$dir/kube-apiserver" ]; then
   src_list=/etc/apt/sources.list.d/skein-deb-src.sources
   if [ ! -f "$src_list" ]; then
     log "adding a deb-src source"
-    awk 'BEGIN{RS=""} NR==1{print; exit}' /etc/apt/sources.list.d/debian.sources |
-      sed -e 's/^Types:.*/Types: deb-src/' -e 's/^Suites:.*/Suites: bookworm/' |
-      $SUDO tee "$src_list" >/dev/null
-    $SUDO apt-get update -qq
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+      awk 'BEGIN{RS=""} NR==1{print; exit}' /etc/apt/sources.list.d/debian.sources |
+        sed -e 's/^Types:.*/Types: deb-src/' -e 's/^Suites:.*/Suites: bookworm/'
+    else
+      printf '%s\n' 'Types: deb-src' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm' \
+        'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg'
+    fi | $SUDO tee "$src_list" >/dev/null
+    $SUDO apt-get update -qq || true
   fi
   mkdir -p "$(dirname "$dir")"
   work=$(mktemp -d)
