@@ -3,7 +3,7 @@
 # Python: libclang (RocksDB's bindings are generated with bindgen) and swaks (the SMTP client the
 # README uses); with --tests also the delivery test peers (aiosmtpd, dnsmasq,
 # python3-dkim), Chromium (the load report's plots are checked in a real browser),
-# Prometheus's promtool (metrics are checked by it), helm and kubectl, a Kubernetes API server
+# Prometheus's promtool (metrics are checked by it), helm, kubectl and kubernetes-validate, a Kubernetes API server
 # built from Debian's sources (scripts/kube-apiserver.sh) and cargo-nextest. Does nothing when everything is present.
 set -euo pipefail
 need=()
@@ -100,6 +100,18 @@ for path, sha in zip(sys.argv[3::2], sys.argv[4::2]):
     os.replace(path + ".part", path)
 PY
   rm -rf "$wheels"
+fi
+# kubernetes-validate (PyPI): the chart's rendered objects are checked against Kubernetes'
+# own schemas, offline (bundled for 1.25-1.37).
+KV_VERSION=1.37.0
+kv_dir="$HOME/.cache/skein/tools/kubernetes-validate-$KV_VERSION"
+if [ "${1:-}" = "--tests" ] && [ ! -x "$kv_dir/kubernetes-validate" ]; then
+  echo "setup: installing kubernetes-validate $KV_VERSION" >&2
+  rm -rf "$kv_dir"
+  python3 -m pip install --quiet --target "$kv_dir/lib" "kubernetes-validate==$KV_VERSION"
+  printf '#!/bin/sh\nPYTHONPATH="%s/lib" exec python3 -m kubernetes_validate "$@"\n' "$kv_dir" \
+    >"$kv_dir/kubernetes-validate"
+  chmod +x "$kv_dir/kubernetes-validate"
 fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2

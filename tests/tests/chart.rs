@@ -226,3 +226,156 @@ fn the_grafana_dashboard_is_a_configmap_on_demand() -> anyhow::Result<()> {
     assert!(!yaml.contains("skein-dashboard"));
     Ok(())
 }
+
+/// Realistic value sets, as `--set` arguments.
+const VALUE_SETS: &[&[&str]] = &[
+    &[],
+    // Production by hand: Secrets for every certificate, senders on the host network with
+    // two IPs, edges autoscaled, the dashboard.
+    &[
+        "clusterTls.nodeSecret=skein-node-pki",
+        "clusterTls.edgeSecret=skein-edge-pki",
+        "clusterTls.senderSecret=skein-sender-pki",
+        "edge.tlsSecret=mx-tls",
+        "edge.service.type=LoadBalancer",
+        "edge.autoscaling.enabled=true",
+        "sender.replicas=2",
+        "sender.hostNetwork=true",
+        "sender.sourceIps[0].ip=192.0.2.10",
+        "sender.sourceIps[0].ehlo=mta1.example.com",
+        "sender.sourceIps[1].ip=192.0.2.11",
+        "sender.sourceIps[1].ehlo=mta2.example.com",
+        "grafanaDashboard.enabled=true",
+    ],
+    // cert-manager makes the certificates.
+    &[
+        "certManager.enabled=true",
+        "certManager.issuerRef.kind=ClusterIssuer",
+        "certManager.smtpDnsNames[0]=mx.example.com",
+        "sender.replicas=1",
+        "sender.sourceIps[0].ip=192.0.2.10",
+        "sender.sourceIps[0].ehlo=mta1.example.com",
+    ],
+    // Five queue nodes, membership by hand.
+    &["node.replicas=5", "node.kubernetesMembership=false"],
+];
+
+fn set_args<'a>(sets: &[&'a str]) -> Vec<&'a str> {
+    sets.iter().flat_map(|s| ["--set", s]).collect()
+}
+
+/// Every rendering of the realistic value sets passes Kubernetes' own schemas (strict: no
+/// unknown fields) for the oldest and a recent supported version, checked by
+/// kubernetes-validate (installed by `scripts/setup.sh --tests`). Custom resources
+/// (cert-manager's, the Prometheus Operator's) have no schema there and are checked by the
+/// assertions below instead.
+#[test]
+fn every_rendering_passes_the_kubernetes_schemas() -> anyhow::Result<()> {
+    let validate = cached_tool("kubernetes-validate", "1.37.0");
+    let dir = tempfile::tempdir()?;
+    for (i, sets) in VALUE_SETS.iter().enumerate() {
+        let (ok, yaml, err) = template(&set_args(sets))?;
+        assert!(ok, "{sets:?}: {err}");
+        let objs = objects(&yaml)?;
+        let file = dir.path().join(format!("set{i}.yaml"));
+        std::fs::write(&file, &yaml)?;
+        for version in ["1.25.0", "1.32.0"] {
+            let out = Command::new(&validate)
+                .args(["--strict", "-k", version])
+                .arg(&file)
+                .output()
+                .map_err(|e| {
+                    anyhow::anyhow!("kubernetes-validate (scripts/setup.sh --tests): {e}")
+                })?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "{sets:?} on {version}:\n{text}");
+            let core = objs
+                .iter()
+                .filter(|o| {
+                    let v = o["apiVersion"].as_str().unwrap_or("");
+                    !v.starts_with("cert-manager.io/") && !v.starts_with("monitoring.coreos.com/")
+                })
+                .count();
+            assert_eq!(
+                text.matches(" passed for resource ").count(),
+                core,
+                "{sets:?}: {text}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// cert-manager: a Certificate per role naming the role as `skein certs issue` does (a
+/// sender's with its source IPs), mounted under the names `[cluster_tls]` reads, and the
+/// edges' SMTP certificate; the autoscaler replaces the edges' replica count.
+#[test]
+fn cert_manager_issues_every_roles_certificate_and_edges_autoscale() -> anyhow::Result<()> {
+    let mut sets = VALUE_SETS[2].to_vec();
+    sets.push("edge.autoscaling.enabled=true");
+    let (ok, yaml, err) = template(&set_args(&sets))?;
+    assert!(ok, "{err}");
+    let objs = objects(&yaml)?;
+    for role in ["node", "edge", "sender"] {
+        let c = find(&objs, "Certificate", &format!("skein-{role}-pki"));
+        assert_eq!(
+            c["spec"]["dnsNames"],
+            serde_json::json!([format!("{role}.skein.invalid")])
+        );
+        assert_eq!(c["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+        assert_eq!(c["spec"]["secretName"], format!("skein-{role}-pki"));
+        let usages = c["spec"]["usages"].as_array().unwrap();
+        assert!(usages.contains(&"client auth".into()) && usages.contains(&"server auth".into()));
+    }
+    let sender = find(&objs, "Certificate", "skein-sender-pki");
+    assert_eq!(
+        sender["spec"]["ipAddresses"],
+        serde_json::json!(["192.0.2.10"])
+    );
+    let smtp = find(&objs, "Certificate", "skein-smtp-tls");
+    assert_eq!(
+        smtp["spec"]["dnsNames"],
+        serde_json::json!(["mx.example.com"])
+    );
+    let edge = find(&objs, "Deployment", "skein-edge");
+    assert!(edge["spec"].get("replicas").is_none(), "{}", edge["spec"]);
+    let volumes = edge["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let pki = volumes
+        .iter()
+        .find(|v| v["name"] == "pki")
+        .expect("pki volume");
+    assert_eq!(pki["secret"]["secretName"], "skein-edge-pki");
+    assert_eq!(
+        pki["secret"]["items"][1],
+        serde_json::json!({"key": "tls.crt", "path": "cert.pem"})
+    );
+    let smtp_tls = volumes
+        .iter()
+        .find(|v| v["name"] == "smtp-tls")
+        .expect("smtp volume");
+    assert_eq!(smtp_tls["secret"]["secretName"], "skein-smtp-tls");
+    let cm = &find(&objs, "ConfigMap", "skein-config")["data"];
+    for file in ["node.toml", "edge.toml", "sender.toml"] {
+        assert!(
+            cm[file].as_str().unwrap().contains("[cluster_tls]"),
+            "{file}"
+        );
+    }
+    assert!(!cm["node.toml"]
+        .as_str()
+        .unwrap()
+        .contains("insecure = true"));
+    let hpa = find(&objs, "HorizontalPodAutoscaler", "skein-edge");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "skein-edge");
+    assert_eq!(hpa["spec"]["maxReplicas"], 10);
+    // Offline (and on any current cluster) the disruption budget is policy/v1.
+    assert_eq!(
+        find(&objs, "PodDisruptionBudget", "skein-node")["apiVersion"],
+        "policy/v1"
+    );
+    Ok(())
+}

@@ -37,3 +37,36 @@ ca = "/etc/skein/pki/ca.pem"
 cert = "/etc/skein/pki/cert.pem"
 key = "/etc/skein/pki/key.pem"
 {{- end -}}
+
+{{/* The Secret holding a role's cluster certificate ((list $ "node"|"edge"|"sender")): made
+by cert-manager when certManager.enabled, else clusterTls.<role>Secret; empty: none. */}}
+{{- define "skein.pkiSecret" -}}
+{{- $ := index . 0 -}}
+{{- $role := index . 1 -}}
+{{- if $.Values.certManager.enabled -}}
+{{- printf "%s-%s-pki" (include "skein.fullname" $) $role -}}
+{{- else -}}
+{{- index $.Values.clusterTls (printf "%sSecret" $role) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* cert-manager's Secrets name their files ca.crt, tls.crt and tls.key: mount them under
+the names [cluster_tls] reads. */}}
+{{- define "skein.pkiItems" -}}
+{{- if .Values.certManager.enabled -}}
+items:
+  - { key: ca.crt, path: ca.pem }
+  - { key: tls.crt, path: cert.pem }
+  - { key: tls.key, path: key.pem }
+{{- end -}}
+{{- end -}}
+
+{{/* The edge's SMTP certificate Secret: edge.tlsSecret, else cert-manager's when it makes
+one (certManager.smtpDnsNames); empty: none. */}}
+{{- define "skein.smtpSecret" -}}
+{{- if .Values.edge.tlsSecret -}}
+{{- .Values.edge.tlsSecret -}}
+{{- else if and .Values.certManager.enabled .Values.certManager.smtpDnsNames -}}
+{{- printf "%s-smtp-tls" (include "skein.fullname" .) -}}
+{{- end -}}
+{{- end -}}
