@@ -3,7 +3,8 @@
 # Python: libclang (RocksDB's bindings are generated with bindgen) and swaks (the SMTP client the
 # README uses); with --tests also the delivery test peers (aiosmtpd, dnsmasq,
 # python3-dkim), Chromium (the load report's plots are checked in a real browser),
-# Prometheus's promtool (metrics are checked by it), helm, kubectl and kubernetes-validate, a Kubernetes API server
+# Prometheus's promtool (metrics are checked by it), rotel (an OTLP collector), helm, kubectl
+# and kubernetes-validate, a Kubernetes API server
 # built from Debian's sources (scripts/kube-apiserver.sh) and cargo-nextest. Does nothing when everything is present.
 set -euo pipefail
 need=()
@@ -112,6 +113,31 @@ if [ "${1:-}" = "--tests" ] && [ ! -x "$kv_dir/kubernetes-validate" ]; then
   printf '#!/bin/sh\nPYTHONPATH="%s/lib" exec python3 -m kubernetes_validate "$@"\n' "$kv_dir" \
     >"$kv_dir/kubernetes-validate"
   chmod +x "$kv_dir/kubernetes-validate"
+fi
+# rotel (an OTLP collector, from its PyPI wheel, checked by sha256): the trace test exports a
+# message's spans to it and reads them from its log.
+ROTEL_VERSION=0.0.1a15
+ROTEL_WHEEL_SHA256=2f4117e58410c933e0dc042a268ef738dab2e3a5d63b5831209acdac2a6ddcb7
+rotel_dir="$HOME/.cache/skein/tools/rotel-agent-$ROTEL_VERSION"
+if [ "${1:-}" = "--tests" ] && [ ! -x "$rotel_dir/rotel-agent" ]; then
+  echo "setup: installing rotel $ROTEL_VERSION" >&2
+  mkdir -p "$rotel_dir"
+  wheels=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary :all: \
+    --platform manylinux_2_34_x86_64 --python-version 3.11 -d "$wheels" "rotel==$ROTEL_VERSION"
+  python3 - "$rotel_dir" "$ROTEL_WHEEL_SHA256" "$wheels"/rotel-*.whl <<'PY'
+import hashlib, os, sys, zipfile
+out, sha, wheel = sys.argv[1:4]
+if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != sha:
+    sys.exit("rotel wheel: sha256 mismatch")
+with zipfile.ZipFile(wheel) as z:
+    path = os.path.join(out, "rotel-agent")
+    with open(path + ".part", "wb") as f:
+        f.write(z.read("rotel/rotel-agent"))
+    os.chmod(path + ".part", 0o755)
+    os.replace(path + ".part", path)
+PY
+  rm -rf "$wheels"
 fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2

@@ -247,8 +247,9 @@ const VALUE_SETS: &[&[&str]] = &[
         "sender.sourceIps[1].ehlo=mta2.example.com",
         "grafanaDashboard.enabled=true",
     ],
-    // cert-manager makes the certificates.
+    // cert-manager makes the certificates; traces go to a collector.
     &[
+        "tracing.otlpEndpoint=http://otel-collector.observability:4317",
         "certManager.enabled=true",
         "certManager.issuerRef.kind=ClusterIssuer",
         "certManager.smtpDnsNames[0]=mx.example.com",
@@ -372,6 +373,21 @@ fn cert_manager_issues_every_roles_certificate_and_edges_autoscale() -> anyhow::
     assert_eq!(hpa["apiVersion"], "autoscaling/v2");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "skein-edge");
     assert_eq!(hpa["spec"]["maxReplicas"], 10);
+    // Every role exports its spans to the collector.
+    for (kind, name) in [
+        ("StatefulSet", "skein-node"),
+        ("Deployment", "skein-edge"),
+        ("Deployment", "skein-sender"),
+    ] {
+        let env = &find(&objs, kind, name)["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array().unwrap().contains(&serde_json::json!({
+                "name": "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "value": "http://otel-collector.observability:4317"
+            })),
+            "{name}: {env}"
+        );
+    }
     // Offline (and on any current cluster) the disruption budget is policy/v1.
     assert_eq!(
         find(&objs, "PodDisruptionBudget", "skein-node")["apiVersion"],

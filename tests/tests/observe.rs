@@ -309,3 +309,176 @@ async fn a_node_that_has_not_joined_is_live_but_not_ready() -> anyhow::Result<()
     assert_eq!(sample(&text, "skein_raft_has_leader"), Some(0.0), "{text}");
     Ok(())
 }
+
+/// One span as rotel's detailed debug log prints it.
+#[derive(Debug, Default, Clone)]
+struct LoggedSpan {
+    trace: String,
+    parent: String,
+    id: String,
+    name: String,
+    service: String,
+    attrs: Vec<(String, String)>,
+}
+
+impl LoggedSpan {
+    fn attr(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The spans in rotel's log (`--debug-log traces --debug-log-verbosity detailed`).
+fn logged_spans(log: &str) -> Vec<LoggedSpan> {
+    let mut spans = Vec::new();
+    let mut service = String::new();
+    let mut cur: Option<LoggedSpan> = None;
+    for line in log.lines() {
+        let t = line.trim();
+        let field = |name: &str| {
+            t.strip_prefix(name)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        // `-> key: Str(value)` / `Int(value)`.
+        let attr = t.strip_prefix("-> ").and_then(|a| {
+            let (k, v) = a.split_once(": ")?;
+            let v = v.split_once('(')?.1.strip_suffix(')')?;
+            Some((k.to_string(), v.to_string()))
+        });
+        if t.starts_with("ResourceSpans #") {
+            spans.extend(cur.take());
+            service.clear();
+        } else if t.starts_with("Span #") {
+            spans.extend(cur.take());
+            cur = Some(LoggedSpan {
+                service: service.clone(),
+                ..Default::default()
+            });
+        } else if let (Some(s), Some(v)) = (cur.as_mut(), field("Trace ID")) {
+            s.trace = v;
+        } else if let (Some(s), Some(v)) = (cur.as_mut(), field("Parent ID")) {
+            s.parent = v;
+        } else if let (Some(s), Some(v)) = (cur.as_mut(), field("ID")) {
+            s.id = v;
+        } else if let (Some(s), Some(v)) = (cur.as_mut(), field("Name")) {
+            s.name = v;
+        } else if let Some((k, v)) = attr {
+            match cur.as_mut() {
+                Some(s) => s.attrs.push((k, v)),
+                None if k == "service.name" => service = v,
+                None => {}
+            }
+        }
+    }
+    spans.extend(cur);
+    spans
+}
+
+/// A message relayed by Python's smtplib through `skein dev` to aiosmtpd leaves one trace in
+/// a real OTLP collector (rotel, installed by `scripts/setup.sh --tests`): the edge's
+/// `smtp receive` (the root), the leader's `queue commit` under it (context carried in the
+/// Enqueue call's gRPC metadata), `queue schedule` under that, and the sender's
+/// `smtp deliver` under it (context carried in the assignment) with the remote's 250 reply;
+/// all four name the queue id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_leaves_one_trace_from_edge_to_remote_reply() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.192";
+    let (grpc, http) = free_ports("127.0.0.1");
+    let log_path = dir.path().join("rotel.log");
+    let mut rotel = Command::new(cached_tool("rotel-agent", "0.0.1a15"))
+        .args(["start", "--exporter", "blackhole"])
+        .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+        .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+        .args(["--debug-log", "traces", "--debug-log-verbosity", "detailed"])
+        .stdout(Stdio::from(std::fs::File::create(&log_path)?))
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("rotel-agent (scripts/setup.sh --tests): {e}"))?;
+    wait_listening(
+        format!("127.0.0.1:{grpc}").parse()?,
+        Duration::from_secs(20),
+    )
+    .await?;
+    // The standard variables, inherited by `skein dev` (nextest runs each test alone in
+    // its process).
+    std::env::set_var(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{grpc}"),
+    );
+    std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let rig = DevWithSink::start(dir.path(), ip, "127.0.0.193", "", "", &[]).await?;
+    let id = wait_for(
+        "the first message accepted",
+        Duration::from_secs(30),
+        || async { submit_relayed(ip, rig.smtp, "traced@example.test").ok() },
+    )
+    .await?;
+    let m = wait_final(&rig.grpc, &id, Duration::from_secs(30)).await?;
+    assert_eq!(m.recipients[0].state, "delivered");
+
+    let names = [
+        "smtp receive",
+        "queue commit",
+        "queue schedule",
+        "smtp deliver",
+    ];
+    let spans = wait_for(
+        "the message's four spans",
+        Duration::from_secs(30),
+        || async {
+            let spans: Vec<LoggedSpan> = logged_spans(&std::fs::read_to_string(&log_path).ok()?)
+                .into_iter()
+                .filter(|s| s.attr("skein.queue_id") == Some(id.as_str()))
+                .collect();
+            names
+                .iter()
+                .all(|n| spans.iter().any(|s| s.name == *n))
+                .then_some(spans)
+        },
+    )
+    .await;
+    let _ = rotel.kill();
+    let _ = rotel.wait();
+    let spans = spans.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}:\n{}",
+            tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 60)
+        )
+    })?;
+    let span = |name: &str| spans.iter().find(|s| s.name == name).expect(name);
+    let (receive, commit, schedule, deliver) = (
+        span("smtp receive"),
+        span("queue commit"),
+        span("queue schedule"),
+        span("smtp deliver"),
+    );
+    assert_eq!(spans.len(), 4, "one of each: {spans:#?}");
+    assert!(
+        receive.parent.is_empty(),
+        "the edge's span is the root: {receive:?}"
+    );
+    assert_eq!(commit.parent, receive.id, "{spans:#?}");
+    assert_eq!(schedule.parent, commit.id, "{spans:#?}");
+    assert_eq!(deliver.parent, schedule.id, "{spans:#?}");
+    assert!(spans
+        .iter()
+        .all(|s| s.trace == receive.trace && s.trace.len() == 32));
+    assert!(spans.iter().all(|s| s.service == "skein-dev"), "{spans:#?}");
+    assert!(receive
+        .attr("smtp.reply")
+        .unwrap()
+        .starts_with("250 2.0.0 Ok: queued as "));
+    assert_eq!(receive.attr("client.address"), Some("127.0.0.1"));
+    let reply = deliver.attr("smtp.reply").unwrap();
+    assert!(reply.starts_with("250"), "the remote's reply: {reply}");
+    assert!(deliver
+        .attr("server.address")
+        .unwrap()
+        .contains("127.0.0.193"));
+    assert_eq!(deliver.attr("skein.delivered"), Some("1"));
+    Ok(())
+}

@@ -70,3 +70,11 @@ one (certManager.smtpDnsNames); empty: none. */}}
 {{- printf "%s-smtp-tls" (include "skein.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Where traces go (OTLP over gRPC), as container env entries; nothing when unset. */}}
+{{- define "skein.otlpEnv" -}}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}

@@ -15,6 +15,8 @@ use skein_queue::{NewMessage, QueueReader, Request, Response, TypeConfig};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
+use skein_observe::trace;
+
 use crate::error::ClusterError;
 use crate::events::{Event, EventLog};
 use crate::route::{Cluster, Route, FORWARDED};
@@ -422,11 +424,14 @@ impl IngestService {
         &self,
         addr: &str,
         r: EnqueueRequest,
+        trace: &trace::Context,
     ) -> Result<tonic::Response<EnqueueResponse>, Status> {
         let ch = self.ctx.channel(addr)?;
         let mut c =
             IngestClient::new(ch).max_encoding_message_size(MAX_MESSAGE_BYTES + 1024 * 1024);
         let mut fwd = tonic::Request::new(r);
+        // The edge's span stays the parent of the leader's.
+        trace::inject(trace, fwd.metadata_mut());
         fwd.metadata_mut()
             .insert(FORWARDED, "1".parse().expect("ascii"));
         fwd.set_timeout(self.ctx.commit_timeout);
@@ -494,6 +499,7 @@ impl Ingest for IngestService {
         req: tonic::Request<EnqueueRequest>,
     ) -> Result<tonic::Response<EnqueueResponse>, Status> {
         let forwarded = req.metadata().contains_key(FORWARDED);
+        let parent = trace::extract(req.metadata());
         let r = req.into_inner();
         validate(&r)?;
         // Held until this call returns, whether it commits here or waits on the leader.
@@ -518,7 +524,27 @@ impl Ingest for IngestService {
                     id: r.submission_id,
                     message,
                 };
-                match self.batcher.enqueue(msg, self.ctx.commit_timeout).await {
+                let cx = trace::start(
+                    "queue commit",
+                    trace::SpanKind::Server,
+                    &parent,
+                    vec![trace::KeyValue::new("skein.node", self.ctx.id as i64)],
+                );
+                let committed = self.batcher.enqueue(msg, self.ctx.commit_timeout).await;
+                match &committed {
+                    Ok((id, log_index)) => {
+                        trace::set(&cx, trace::KeyValue::new("skein.queue_id", id.clone()));
+                        trace::set(
+                            &cx,
+                            trace::KeyValue::new("raft.log_index", *log_index as i64),
+                        );
+                        self.ctx.traces.remember(id, &cx);
+                    }
+                    Err(NotCommitted::Failed(e)) => trace::fail(&cx, e.to_string()),
+                    Err(NotCommitted::NotLeader(_)) => trace::fail(&cx, "leadership moved"),
+                }
+                trace::end(&cx);
+                match committed {
                     Ok((id, log_index)) => {
                         return Ok(tonic::Response::new(EnqueueResponse { id, log_index }))
                     }
@@ -528,14 +554,14 @@ impl Ingest for IngestService {
                     // to us already is refused instead, and its sender retries).
                     Err(NotCommitted::NotLeader(msg)) => match self.ctx.route(forwarded)? {
                         Route::Forward(addr) => {
-                            return self.forward(&addr, into_request(msg)).await;
+                            return self.forward(&addr, into_request(msg), &parent).await;
                         }
                         Route::Local => return Err(ClusterError::LeaderChanged.into()),
                     },
                 }
             }
         };
-        self.forward(&addr, r).await
+        self.forward(&addr, r, &parent).await
     }
 
     async fn credentials(

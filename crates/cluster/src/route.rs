@@ -24,6 +24,9 @@ pub enum Route {
     Forward(String),
 }
 
+/// Messages whose trace context a leader keeps between commit and scheduling.
+const TRACES_KEPT: usize = 65_536;
+
 /// One node's place in the cluster: its Raft, the state it applied, and the way to the leader.
 /// Admin, Ingest, Work and the scheduler all reach the cluster through it.
 pub struct Cluster {
@@ -39,6 +42,8 @@ pub struct Cluster {
     pub commit_timeout: Duration,
     /// The clock.
     pub clock: SharedClock,
+    /// Trace contexts of the messages this node committed as leader, until scheduled.
+    pub traces: skein_observe::trace::Recent,
     /// Connections to other nodes.
     channels: Channels,
 }
@@ -77,6 +82,7 @@ impl Cluster {
             reader,
             commit_timeout,
             clock,
+            traces: skein_observe::trace::Recent::new(TRACES_KEPT),
             channels,
         }
     }

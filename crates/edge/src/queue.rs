@@ -67,7 +67,12 @@ impl QueueClient {
 
     /// Submits a message; returns once it is committed, or the last error once the deadline
     /// passes. Retries only where the message cannot have been stored (no leader, node down).
-    pub async fn enqueue(&self, req: EnqueueRequest) -> Result<EnqueueResponse, Status> {
+    /// Each attempt carries `trace` (the message's span) to the node.
+    pub async fn enqueue(
+        &self,
+        req: EnqueueRequest,
+        trace: &skein_observe::trace::Context,
+    ) -> Result<EnqueueResponse, Status> {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0usize;
         let mut backoff = Duration::from_millis(20);
@@ -81,6 +86,7 @@ impl QueueClient {
             }
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(remaining);
+            skein_observe::trace::inject(trace, r.metadata_mut());
             let mut client = IngestClient::new(ch.clone()).max_encoding_message_size(80 << 20);
             match skein_proto::call_within(remaining, client.enqueue(r)).await {
                 Ok(resp) => {
@@ -195,9 +201,15 @@ mod tests {
             None,
         )
         .unwrap();
-        let first = q.enqueue(EnqueueRequest::default()).await.unwrap_err();
+        let first = q
+            .enqueue(EnqueueRequest::default(), &Default::default())
+            .await
+            .unwrap_err();
         assert_eq!(first.code(), Code::DeadlineExceeded, "{first:?}");
-        let second = q.enqueue(EnqueueRequest::default()).await.unwrap();
+        let second = q
+            .enqueue(EnqueueRequest::default(), &Default::default())
+            .await
+            .unwrap();
         assert_eq!(second.id, "ok");
     }
 }

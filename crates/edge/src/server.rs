@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use rustls::ServerConfig;
 use skein_config::{EdgeConfig, TlsMode};
 use skein_core::SharedClock;
-use skein_proto::ingest::EnqueueRequest;
+use skein_observe::trace;
+use skein_proto::ingest::{EnqueueRequest, EnqueueResponse};
 use skein_smtp::reply::canned;
 use skein_smtp::{ConnectionInfo, Event, Reply, Session, SessionConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -372,9 +373,36 @@ impl Edge {
             // Pool names are lower-case.
             pool: pool.map(|p| p.to_ascii_lowercase()).unwrap_or_default(),
         };
+        // The message's trace starts here (one per message, not per session).
+        let cx = trace::start(
+            "smtp receive",
+            trace::SpanKind::Server,
+            &trace::Context::new(),
+            vec![
+                trace::KeyValue::new("client.address", req.client_ip.clone()),
+                trace::KeyValue::new("skein.tenant", req.tenant.clone()),
+                trace::KeyValue::new("skein.recipients", req.rcpt_to.len() as i64),
+                trace::KeyValue::new("skein.message_bytes", req.data.len() as i64),
+            ],
+        );
         let started = std::time::Instant::now();
-        let answer = self.queue.enqueue(req).await;
+        let answer = self.queue.enqueue(req, &cx).await;
         crate::metrics::ENQUEUE_SECONDS.observe(started.elapsed().as_secs_f64());
+        match &answer {
+            Ok(r) => trace::set(&cx, trace::KeyValue::new("skein.queue_id", r.id.clone())),
+            Err(s) => trace::fail(&cx, s.message()),
+        }
+        let reply = self.enqueue_reply(answer);
+        trace::set(
+            &cx,
+            trace::KeyValue::new("smtp.reply", reply.to_string().trim_end().to_string()),
+        );
+        trace::end(&cx);
+        reply
+    }
+
+    /// The reply to the final dot, from what the queue answered.
+    fn enqueue_reply(&self, answer: Result<EnqueueResponse, tonic::Status>) -> Reply {
         match answer {
             Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),
             Err(s) if s.code() == tonic::Code::InvalidArgument => {

@@ -5,10 +5,12 @@
 //! - [`http`]: a small HTTP/1.1 server (GET only, one request per connection, bounded and
 //!   timed) answering `/metrics`, `/healthz` (the process works) and `/readyz` (it can serve),
 //!   from a [`Probe`] the process implements. The request parsing is a pure function.
+//! - [`trace`]: each message's trace across the roles, exported by OTLP when configured.
 #![warn(missing_docs)]
 
 pub mod http;
 pub mod metrics;
+pub mod trace;
 
 /// What a process reports about itself.
 pub trait Probe: Send + Sync + 'static {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 use skein_config::sender::{SenderConfig, TlsPolicy};
 use skein_core::SharedClock;
+use skein_observe::trace;
 use skein_proto::work::{Assignment, Outcome, RecipientResult, Report};
 use skein_smtp::address::parse_mailbox;
 use skein_smtp::client::{TlsWish, Transaction, TransactionResult};
@@ -96,7 +97,42 @@ impl Deliverer {
     pub async fn deliver(&self, a: &Assignment) -> Report {
         let _working = crate::metrics::IN_FLIGHT.track();
         let started = std::time::Instant::now();
+        // Continues the message's trace from the leader's scheduling span.
+        let cx = trace::start(
+            "smtp deliver",
+            trace::SpanKind::Client,
+            &trace::from_traceparent(&a.traceparent),
+            vec![
+                trace::KeyValue::new("skein.queue_id", a.message_id.clone()),
+                trace::KeyValue::new("skein.source_ip", a.source_ip.clone()),
+                trace::KeyValue::new("skein.domain", a.domain.clone()),
+                trace::KeyValue::new("skein.recipients", a.rcpts.len() as i64),
+            ],
+        );
         let (mx, verdicts) = self.attempt(a).await;
+        trace::set(&cx, trace::KeyValue::new("server.address", mx.clone()));
+        // The remote's reply (the first recipient's; others differ only when rejected alone).
+        if let Some(v) = verdicts.first() {
+            let reply = format!("{} {} {}", v.code, v.enhanced, v.text);
+            trace::set(
+                &cx,
+                trace::KeyValue::new("smtp.reply", reply.trim().to_string()),
+            );
+            if v.class != Class::Delivered {
+                trace::fail(&cx, reply.trim().to_string());
+            }
+        }
+        trace::set(
+            &cx,
+            trace::KeyValue::new(
+                "skein.delivered",
+                verdicts
+                    .iter()
+                    .filter(|v| v.class == Class::Delivered)
+                    .count() as i64,
+            ),
+        );
+        trace::end(&cx);
         crate::metrics::ASSIGNMENTS.inc();
         crate::metrics::DELIVERY_SECONDS.observe(started.elapsed().as_secs_f64());
         for v in &verdicts {

@@ -134,6 +134,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // Each message's trace, exported when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set;
+        // flushed when this guard drops at exit.
+        let service = match &cli.cmd {
+            Cmd::Node { .. } => Some("skein-node"),
+            Cmd::Edge { .. } => Some("skein-edge"),
+            Cmd::Sender { .. } => Some("skein-sender"),
+            Cmd::Dev { .. } => Some("skein-dev"),
+            _ => None,
+        };
+        let _exporting = match service {
+            Some(name) => skein_observe::trace::init(name).map_err(anyhow::Error::msg)?,
+            None => None,
+        };
         match cli.cmd {
             Cmd::Certs(cmd) => certs(cmd),
             Cmd::CheckConfig { file } => {

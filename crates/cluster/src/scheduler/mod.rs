@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skein_config::DeliveryConfig;
+use skein_observe::trace;
 use skein_proto::work::{Assignment, Recipient};
 use skein_queue::{Request, Response};
 use tokio::sync::{mpsc, watch};
@@ -442,6 +443,19 @@ fn send(cluster: &Cluster, sessions: &Sessions, s: &Send) -> Result<bool, crate:
         tracing::warn!(id = %p.message_id, "leased recipients of a message without a body");
         return Ok(false);
     };
+    let cx = trace::start(
+        "queue schedule",
+        trace::SpanKind::Internal,
+        &cluster.traces.get(&p.message_id),
+        vec![
+            trace::KeyValue::new("skein.queue_id", p.message_id.clone()),
+            trace::KeyValue::new("skein.lease", p.lease.to_string()),
+            trace::KeyValue::new("skein.source_ip", p.slot.source_ip.clone()),
+            trace::KeyValue::new("skein.recipients", keys.len() as i64),
+        ],
+    );
+    let traceparent = trace::traceparent(&cx);
+    trace::end(&cx);
     let a = Assignment {
         lease: p.lease,
         message_id: msg.id,
@@ -473,6 +487,7 @@ fn send(cluster: &Cluster, sessions: &Sessions, s: &Send) -> Result<bool, crate:
         max_connections: p.provider.as_ref().map_or(0, |p| p.max_connections),
         max_per_connection: p.provider.as_ref().map_or(0, |p| p.max_per_connection),
         edge: msg.edge,
+        traceparent,
     };
     Ok(sessions.send(p.slot.conn, a))
 }
