@@ -12,7 +12,10 @@ use skein_tests::*;
 fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.get(9..12).unwrap_or("0").parse()?;
@@ -168,7 +171,77 @@ async fn metrics_and_probes_of_a_working_node() -> anyhow::Result<()> {
     assert_eq!(get(&sender_http, "/readyz")?.0, 200);
     promtool(&text)?;
     let scraped = [node_text, edge_text, text].concat();
-    dashboard_queries_are_promql_over_these_metrics(&scraped)
+    dashboard_queries_are_promql_over_these_metrics(&scraped)?;
+    a_real_prometheus_scrapes(dir.path(), &[&http, &edge_http, &sender_http]).await
+}
+
+/// A real Prometheus server (Debian's) scrapes `targets` every second: each is up, and what
+/// it stored answers queries (the message committed, queued with a 250, delivered).
+async fn a_real_prometheus_scrapes(dir: &std::path::Path, targets: &[&str]) -> anyhow::Result<()> {
+    let web = format!("127.0.0.1:{}", free_port("127.0.0.1"));
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: skein\n    \
+             static_configs:\n      - targets: [{}]\n",
+            targets
+                .iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )?;
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(
+            dir.join("prometheus.log"),
+        )?))
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("prometheus (scripts/setup.sh --tests): {e}"))?;
+    let query = |q: &str| -> Option<f64> {
+        let (status, body) = get(&web, &format!("/api/v1/query?query={q}")).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200).then_some(())?;
+        v["data"]["result"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["value"][1].as_str()?.parse::<f64>().ok())
+            .reduce(f64::max)
+    };
+    let r = wait_for(
+        "Prometheus to scrape all three",
+        Duration::from_secs(60),
+        || async { (query("sum(up)")? == targets.len() as f64).then_some(()) },
+    )
+    .await;
+    let checks = [
+        "skein_ingest_committed_messages_total",
+        "skein_edge_messages_total%7Bcode%3D%22250%22%7D",
+        "skein_sender_recipients_total%7Boutcome%3D%22delivered%22%7D",
+    ]
+    .map(|q| (q, query(q)));
+    let _ = prom.kill();
+    let _ = prom.wait();
+    r.map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {}",
+            tail(
+                &std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default(),
+                20
+            )
+        )
+    })?;
+    for (q, v) in checks {
+        assert!(v.unwrap_or(0.0) >= 1.0, "{q}: {v:?}");
+    }
+    Ok(())
 }
 
 /// Every query of the chart's Grafana dashboard is PromQL that Prometheus parses (`promtool
