@@ -51,7 +51,8 @@ impl KubeApi {
     fn start(dir: &Path) -> anyhow::Result<Option<Self>> {
         let bin = apiserver_dir();
         if !bin.join("kube-apiserver").exists() {
-            let failed = bin.with_extension("2.failed");
+            // scripts/kube-apiserver.sh leaves why its build failed beside the directory.
+            let failed = PathBuf::from(format!("{}.failed", bin.display()));
             if let Ok(why) = std::fs::read_to_string(&failed) {
                 eprintln!("SKIPPED: kube-apiserver could not be built here:\n{why}");
                 return Ok(None);

@@ -392,7 +392,7 @@ impl Edge {
             Ok(r) => trace::set(&cx, trace::KeyValue::new("skein.queue_id", r.id.clone())),
             Err(s) => trace::fail(&cx, s.message()),
         }
-        let reply = self.enqueue_reply(answer);
+        let reply = Self::enqueue_reply(answer);
         trace::set(
             &cx,
             trace::KeyValue::new("smtp.reply", reply.to_string().trim_end().to_string()),
@@ -402,7 +402,7 @@ impl Edge {
     }
 
     /// The reply to the final dot, from what the queue answered.
-    fn enqueue_reply(&self, answer: Result<EnqueueResponse, tonic::Status>) -> Reply {
+    fn enqueue_reply(answer: Result<EnqueueResponse, tonic::Status>) -> Reply {
         match answer {
             Ok(r) => Reply::new(250, "2.0.0", format!("Ok: queued as {}", r.id)),
             Err(s) if s.code() == tonic::Code::InvalidArgument => {

@@ -11,6 +11,7 @@
 //! traces of their own, which the `skein.queue_id` attribute ties to the first.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use opentelemetry::global;
@@ -21,6 +22,9 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// A span's kind, a trace context and an attribute, as the roles use them.
 pub use opentelemetry::{trace::SpanKind, Context, KeyValue};
+
+/// Whether this process exports spans ([`init`] found a collector).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Exports spans while it lives; dropping it flushes what is left.
 pub struct Exporting {
@@ -58,17 +62,23 @@ pub fn init(service: &str) -> Result<Option<Exporting>, String> {
         )
         .build();
     global::set_tracer_provider(provider.clone());
+    EXPORTING.store(true, Ordering::Relaxed);
     Ok(Some(Exporting { provider }))
 }
 
 /// Starts span `name` of `kind` under `parent` (an empty context starts a trace) and returns
-/// the context holding it: set attributes with [`set`], finish it with [`end`].
+/// the context holding it: set attributes with [`set`], finish it with [`end`]. A process
+/// that does not export makes no span and hands `parent` on as it is (nothing spent on the
+/// hot path, and another process's trace still carried through this one).
 pub fn start(
     name: &'static str,
     kind: SpanKind,
     parent: &Context,
     attrs: Vec<KeyValue>,
 ) -> Context {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return parent.clone();
+    }
     let tracer = global::tracer("skein");
     let span = tracer
         .span_builder(name)
@@ -137,6 +147,9 @@ pub fn extract(metadata: &tonic::metadata::MetadataMap) -> Context {
 
 /// `cx`'s span as a W3C `traceparent` value ("" when it has none worth carrying).
 pub fn traceparent(cx: &Context) -> String {
+    if !cx.span().span_context().is_valid() {
+        return String::new();
+    }
     let mut fields = HashMap::new();
     TraceContextPropagator::new().inject_context(cx, &mut fields);
     fields.remove("traceparent").unwrap_or_default()
@@ -229,6 +242,21 @@ mod tests {
             .span_context()
             .is_valid());
         assert!(!from_traceparent("").span().span_context().is_valid());
+    }
+
+    #[test]
+    fn a_process_that_does_not_export_passes_the_trace_through() {
+        // No collector in unit tests: no span is made, the parent goes on as it is.
+        assert!(!EXPORTING.load(Ordering::Relaxed));
+        let cx = remote(0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331);
+        let child = start("queue commit", SpanKind::Server, &cx, vec![]);
+        assert_eq!(traceparent(&child), traceparent(&cx));
+        let root = start("smtp receive", SpanKind::Server, &Context::new(), vec![]);
+        assert_eq!(traceparent(&root), "");
+        // Setting, failing and ending an absent span do nothing (no panic).
+        set(&root, KeyValue::new("k", 1));
+        fail(&root, "x");
+        end(&root);
     }
 
     #[test]
