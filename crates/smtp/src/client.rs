@@ -666,13 +666,18 @@ fn finish(tx: &Tx, last: Option<(Stage, &RemoteReply)>) -> Vec<(Stage, RemoteRep
 /// a missing final CRLF is added.
 pub fn stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
-    let mut line_start = true;
-    for &b in body {
-        if line_start && b == b'.' {
+    // Line by line: each line is copied whole, after a second `.` if it starts with one.
+    let mut rest = body;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
             out.push(b'.');
         }
-        out.push(b);
-        line_start = b == b'\n';
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        out.extend_from_slice(&rest[..end]);
+        rest = &rest[end..];
     }
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -908,5 +913,9 @@ mod tests {
     fn stuffing() {
         assert_eq!(stuff(b".a\r\nb\r\n..c"), b"..a\r\nb\r\n...c\r\n.\r\n");
         assert_eq!(stuff(b""), b".\r\n");
+        // A bare LF starts a line too (the receiver refuses them, but a stored body is
+        // sent as it is); a dot after a CR alone does not.
+        assert_eq!(stuff(b"a\n.b\r.c\r\n"), b"a\n..b\r.c\r\n.\r\n");
+        assert_eq!(stuff(b".\r\n."), b"..\r\n..\r\n.\r\n");
     }
 }

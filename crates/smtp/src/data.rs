@@ -97,10 +97,7 @@ impl DataReceiver {
             if self.pos == Pos::Mid {
                 // Fast path: the run of ordinary bytes up to the next CR or LF is copied whole;
                 // only line endings go through the state machine byte by byte.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                 if run > 0 {
                     self.text_run(&input[i..i + run]);
                     i += run;
