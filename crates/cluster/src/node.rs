@@ -239,6 +239,7 @@ pub async fn start(
         // `max_connections`.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .max_frame_size(skein_proto::MAX_FRAME_BYTES)
         .layer(auth)
         .add_service(reflection().build_v1().expect(DESCRIPTORS))
         .add_service(reflection().build_v1alpha().expect(DESCRIPTORS))

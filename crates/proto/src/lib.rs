@@ -33,6 +33,11 @@ pub async fn call_within<T>(
     }
 }
 
+/// Largest HTTP/2 DATA frame a Skein endpoint accepts (the protocol's default is 16 KiB):
+/// set where messages flow in (a node's server, a sender's channel), so a 100 KB message
+/// arrives in one frame rather than seven.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// Every service and message above as an encoded `FileDescriptorSet` (with comments): what
 /// a node serves through gRPC server reflection, so `grpcurl` needs no `.proto` files.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -24,6 +24,7 @@
 mod apply;
 pub mod dsn;
 mod floors;
+mod recent;
 pub mod records;
 pub mod shaping;
 mod snapfile;

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::apply::Tx;
 use crate::floors::{past, Floors, Index};
+use crate::recent::Recent;
 use crate::records::{
     DkimKeyRecord, MessageRecord, RcptRecord, StrikeRecord, SuppressionEntry, TenantRecord,
     TenantSuppressionPolicy,
@@ -190,6 +191,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
         LogStore {
             db: db.clone(),
             files: files.clone(),
+            recent: Default::default(),
         },
         StateMachine {
             db: db.clone(),
@@ -467,9 +469,16 @@ async fn blocking<T: Send + 'static>(
 pub struct LogStore {
     db: Arc<DB>,
     files: Arc<SnapshotFiles>,
+    /// The newest entries, decoded, shared with every reader of this log.
+    recent: Arc<std::sync::Mutex<Recent>>,
 }
 
 impl LogStore {
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        // The cache holds no invariant a panic elsewhere could break halfway.
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn last_purged(&self) -> Result<Option<LogId<NodeId>>, SErr> {
         match self
             .db
@@ -494,6 +503,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         // Owned bounds: the range type itself cannot move into the blocking task.
         let end = range.end_bound().cloned();
+        let end_excl = match end {
+            Bound::Included(e) => Some(e.saturating_add(1)),
+            Bound::Excluded(e) => Some(e),
+            Bound::Unbounded => None,
+        };
+        if let Some(v) = end_excl.and_then(|e| self.recent().get(start, e)) {
+            return Ok(v);
+        }
         let in_range = move |i: u64| match end {
             Bound::Included(e) => i <= e,
             Bound::Excluded(e) => i < e,
@@ -576,11 +593,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let log = cf(&self.db, CF_LOG);
+        let mut kept = Vec::new();
         for e in entries {
-            batch.put_cf(log, e.log_id.index.to_be_bytes(), enc(&e));
+            let v = enc(&e);
+            batch.put_cf(log, e.log_id.index.to_be_bytes(), &v);
+            kept.push((e, v.len()));
         }
         let db = self.db.clone();
         let res = blocking(move || db.write_opt(batch, &synced()).map_err(io_write)).await;
+        // Kept before openraft hears of them: the reads that follow find them here.
+        if res.is_ok() {
+            self.recent().appended(kept);
+        }
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -600,7 +624,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             b.delete_cf(cf(&db, CF_LOG), u64::MAX.to_be_bytes());
             db.write_opt(b, &synced()).map_err(io_write)
         })
-        .await
+        .await?;
+        self.recent().truncated(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
@@ -619,7 +645,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             purge_into(&db, &mut b, log_id);
             db.write_opt(b, &synced()).map_err(io_write)
         })
-        .await
+        .await?;
+        // (A purge that waits for a snapshot install is forgotten here too: openraft reads
+        // nothing it has purged.)
+        self.recent().purged(log_id.index);
+        Ok(())
     }
 }
 

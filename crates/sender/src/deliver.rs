@@ -201,7 +201,7 @@ impl Deliverer {
             let tx = Transaction {
                 mail_from,
                 rcpts: rcpts.iter().map(|(_, r)| r.clone()).collect(),
-                body: self.stamped(a, &rcpts),
+                body: self.stamped(a, &rcpts).into(),
                 smtputf8: a.smtputf8,
             };
             let (used, sent) = self.send(a, tx).await;

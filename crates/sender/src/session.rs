@@ -244,6 +244,7 @@ impl SessionCtx<'_> {
             Ok(e) => e
                 .connect_timeout(Duration::from_secs(2))
                 .tcp_nodelay(true)
+                .max_frame_size(skein_proto::MAX_FRAME_BYTES)
                 .http2_keep_alive_interval(Duration::from_secs(10))
                 .keep_alive_timeout(Duration::from_secs(5))
                 .connect()

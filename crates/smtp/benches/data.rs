@@ -15,7 +15,7 @@ fn wire(size: usize) -> Vec<u8> {
     let mut n = 0u32;
     while out.len() < size {
         n += 1;
-        if n % 40 == 0 {
+        if n.is_multiple_of(40) {
             out.extend_from_slice(b"..a line the client dot-stuffed\r\n");
         } else {
             let line = format!(

@@ -231,8 +231,9 @@ pub struct Transaction {
     pub mail_from: Option<Address>,
     /// Forward-paths.
     pub rcpts: Vec<Address>,
-    /// The message, with CRLF line ends, not dot-stuffed.
-    pub body: Vec<u8>,
+    /// The message, with CRLF line ends, not dot-stuffed. Shared: a transaction tried on
+    /// several hosts (or again on a new connection) is cloned without copying its message.
+    pub body: bytes::Bytes,
     /// The message needs SMTPUTF8.
     pub smtputf8: bool,
 }
@@ -695,7 +696,7 @@ mod tests {
         Transaction {
             mail_from: Some(a("a@x.test")),
             rcpts: rcpts.iter().map(|r| a(r)).collect(),
-            body: body.to_vec(),
+            body: body.to_vec().into(),
             smtputf8: false,
         }
     }
