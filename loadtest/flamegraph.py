@@ -5,10 +5,10 @@ Reads `perf script -F comm,pid,tid,time,event,ip,sym` text (call stacks recorded
 `perf record --call-graph dwarf`) on standard input and writes one SVG per process named in
 --pid LABEL=PID (or one for the whole machine without --pid), plus a folded-stack text file
 beside each (one line per distinct stack, "frame;frame;... count", the format other flame
-graph tools read). Frames under --min-percent of a graph's samples are dropped.
+graph tools read). Frames under --min-percent of a graph's samples are dropped; generic arguments are left out of names.
 
 Usage: perf script -i perf.data -F comm,pid,tid,time,event,ip,sym |
-       loadtest/flamegraph.py --out DIR [--title T] [--pid leader=123 ...] [--min-percent 0.2]
+       loadtest/flamegraph.py --out DIR [--title T] [--pid leader=123 ...] [--min-percent 0.5]
 """
 
 import argparse
@@ -28,16 +28,22 @@ def clean(sym):
     sym = re.sub(r"\+0x[0-9a-f]+", "", sym)
     sym = re.sub(r" \((?:inlined|[^)]*)\)$", "", sym)
     sym = re.sub(r"::h[0-9a-f]{16}$", "", sym)
-    return sym.replace(";", ":") or "[unknown]"
+    # Generic arguments make names kilobytes long; the path names the frame well enough.
+    while True:
+        shorter = re.sub(r"<[^<>]*>", "", sym)
+        if shorter == sym:
+            break
+        sym = shorter
+    return sym.replace(";", ":")[:120] or "[unknown]"
 
 
 def stacks(lines):
-    """(pid, frames root first) for every sample."""
-    pid, frames = None, []
+    """(pid, frames root first: the thread's name, then its stack) for every sample."""
+    pid, comm, frames = None, "", []
     for line in lines:
         if not line.strip():
-            if pid is not None and frames:
-                yield pid, frames[::-1]
+            if pid is not None:
+                yield pid, [comm] + frames[::-1]
             pid, frames = None, []
         elif line[0] in " \t":
             parts = line.strip().split(" ", 1)
@@ -46,9 +52,9 @@ def stacks(lines):
         else:
             fields = line.split()
             pid = fields[1].split("/")[0] if len(fields) > 1 else "?"
-            frames = [fields[0]]
-    if pid is not None and frames:
-        yield pid, frames[::-1]
+            comm, frames = fields[0], []
+    if pid is not None:
+        yield pid, [comm] + frames[::-1]
 
 
 def tree(folded):
@@ -115,7 +121,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default="skein")
     ap.add_argument("--pid", action="append", default=[], help="LABEL=PID")
-    ap.add_argument("--min-percent", type=float, default=0.2)
+    ap.add_argument("--min-percent", type=float, default=0.5)
     a = ap.parse_args()
     wanted = dict(p.split("=", 1)[::-1] for p in a.pid)  # pid -> label
     folded = collections.defaultdict(collections.Counter)

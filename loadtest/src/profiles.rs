@@ -97,6 +97,40 @@ const MIXED_RCPTS: &[(usize, u32)] = &[(1, 85), (2, 10), (5, 5)];
 
 /// The max profile's message size (Postfix relays the same).
 pub(crate) const MAX_SIZE: usize = 5120;
+/// The max-large profile's message size.
+pub(crate) const MAX_LARGE_SIZE: usize = 102_400;
+
+/// A `max` profile: `messages` of one size (`sizes`) as fast as 20 sessions are answered,
+/// each to one recipient, no limits, no failures, relayed by address as Postfix is by
+/// smtp-source.
+fn max(messages: u64, sizes: &'static [(usize, u32)]) -> Profile {
+    Profile {
+        nodes: 3,
+        source_ips: 4,
+        messages,
+        rate: 0.0,
+        sessions: 20,
+        sizes,
+        rcpts: &[(1, 1)],
+        sims: sims(0, 0, 0, 0)
+            .into_iter()
+            .map(|s| SimSpec {
+                greylist: false,
+                slow_ms: 0,
+                ..s
+            })
+            .collect(),
+        dests: DESTS.to_vec(),
+        faults: "none",
+        failures: 0.0,
+        tenants: &[],
+        leak_check: false,
+        keep_finished_s: 3600.0,
+        measure_max: true,
+        virtual_span_s: None,
+        warmup: None,
+    }
+}
 
 /// Where the generator's mail goes: the providers' own domains, a custom domain hosted at
 /// Google (known by its MX only), and custom domains.
@@ -177,33 +211,9 @@ pub(crate) fn profile(name: &str) -> anyhow::Result<Profile> {
         }),
         // The highest sustained rate: 5 KB messages as fast as 20 sessions are answered, no
         // limits, no failures; then half that rate for the accept latency; then Postfix.
-        "max" => Ok(Profile {
-            nodes: 3,
-            source_ips: 4,
-            messages: 20_000,
-            rate: 0.0,
-            sessions: 20,
-            sizes: &[(MAX_SIZE, 1)],
-            rcpts: &[(1, 1)],
-            sims: sims(0, 0, 0, 0)
-                .into_iter()
-                .map(|s| SimSpec {
-                    greylist: false,
-                    slow_ms: 0,
-                    ..s
-                })
-                .collect(),
-            dests: DESTS.to_vec(),
-            faults: "none",
-            failures: 0.0,
-            // Relayed by address, as Postfix is by smtp-source.
-            tenants: &[],
-            leak_check: false,
-            keep_finished_s: 3600.0,
-            measure_max: true,
-            virtual_span_s: None,
-            warmup: None,
-        }),
+        "max" => Ok(max(20_000, &[(MAX_SIZE, 1)])),
+        // The same with 100 KB messages (5,000 of them): where replication's copies cost.
+        "max-large" => Ok(max(5_000, &[(MAX_LARGE_SIZE, 1)])),
         // Two hours at a steady 400 messages/s (half of what a debug build sustains here),
         // a fault every five minutes (the leader, the sender, the edge, a follower in turn):
         // nothing may be lost, and no process's memory or descriptors may keep growing.
@@ -237,7 +247,9 @@ pub(crate) fn profile(name: &str) -> anyhow::Result<Profile> {
             virtual_span_s: None,
             warmup: Some(&[(1, 1_000_000)]),
         }),
-        other => anyhow::bail!("no profile {other:?} (quick, day, warmup, max, soak)"),
+        other => {
+            anyhow::bail!("no profile {other:?} (quick, day, warmup, max, max-large, soak)")
+        }
     }
 }
 
@@ -294,5 +306,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Both max profiles measure one size at full speed, without faults or failures, so the
+    /// Postfix run beside them relays exactly their load.
+    #[test]
+    fn the_max_profiles_send_one_size_as_fast_as_answered() {
+        for (name, size, messages) in [("max", 5120, 20_000), ("max-large", 102_400, 5_000)] {
+            let p = profile(name).unwrap();
+            assert_eq!(p.sizes, &[(size, 1)], "{name}");
+            assert_eq!(p.messages, messages, "{name}");
+            assert!(p.measure_max && p.rate == 0.0 && p.failures == 0.0, "{name}");
+            assert_eq!(p.faults, "none", "{name}");
+        }
+        assert!(profile("max-huge").is_err());
     }
 }

@@ -16,7 +16,7 @@ use crate::dns;
 use crate::faults::{Plan, Target};
 use crate::gen::Load;
 use crate::max::{postfix_relay, Cpu, MaxPhase, MaxRun};
-use crate::profiles::{profile, Profile, MAX_SIZE};
+use crate::profiles::{profile, Profile};
 use crate::report::{DailyUse, Fault, HourlyUse, Latency, Report, Second};
 use crate::rig::{free_port, Layout, Rig, SENDER_IN_FLIGHT};
 use crate::sim::{self, Provider, RunClock, SharedLedger};
@@ -30,7 +30,7 @@ pub struct Args {
     /// messages over a 24-hour day of scaled time through 16 warm IPs (about 45 minutes
     /// here). warmup: 30 days of two new IPs warming up under too much demand. max: the
     /// highest sustained rate, the accept latency at half of it, then Postfix on the same
-    /// load. soak: two hours at 400/s with a fault every 5 minutes; memory and descriptors
+    /// load (max-large: the same with 100 KB messages). soak: two hours at 400/s with a fault every 5 minutes; memory and descriptors
     /// must level off.
     #[arg(long, default_value = "quick")]
     pub profile: String,
@@ -362,7 +362,9 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
         let postfix = if a.no_postfix {
             None
         } else {
-            postfix_relay(a.postfix_script.as_deref(), messages, p.sessions, MAX_SIZE)
+            // A max profile sends one size: Postfix relays the same.
+            let size = p.sizes.first().map_or(5120, |s| s.0);
+            postfix_relay(a.postfix_script.as_deref(), messages, p.sessions, size)
         };
         let m = MaxRun::new(first, half.rate, &g2, postfix);
         g.absorb(g2);
