@@ -316,7 +316,10 @@ mod tests {
             let p = profile(name).unwrap();
             assert_eq!(p.sizes, &[(size, 1)], "{name}");
             assert_eq!(p.messages, messages, "{name}");
-            assert!(p.measure_max && p.rate == 0.0 && p.failures == 0.0, "{name}");
+            assert!(
+                p.measure_max && p.rate == 0.0 && p.failures == 0.0,
+                "{name}"
+            );
             assert_eq!(p.faults, "none", "{name}");
         }
         assert!(profile("max-huge").is_err());
