@@ -63,6 +63,10 @@ pub struct Args {
     /// Arrivals per second (the profile's by default); 0: as fast as they are answered.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Queue nodes, 1 to 9 (the profile's by default): `--nodes 1` measures a single node
+    /// with its edge and sender.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub nodes: Option<u8>,
     /// Source IPs of the sender (the profile's by default).
     #[arg(long)]
     pub source_ips: Option<usize>,
@@ -106,6 +110,19 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let messages = a.messages.unwrap_or(p.messages);
     let rate = a.rate.unwrap_or(p.rate);
+    // Checked before anything starts.
+    let plan = match (&a.faults, a.no_faults || a.target.is_some()) {
+        (_, true) => Plan::default(),
+        (Some(f), false) => Plan::parse(f).map_err(anyhow::Error::msg)?,
+        (None, false) => Plan::parse(p.faults).map_err(anyhow::Error::msg)?,
+    };
+    let nodes = a.nodes.map_or(p.nodes, usize::from);
+    if nodes < 2 && (plan.uses(Target::Follower) || plan.uses(Target::Link)) {
+        anyhow::bail!("faults on a follower or a link need at least 2 nodes (--nodes {nodes})");
+    }
+    if rate <= 0.0 && plan != Plan::default() {
+        anyhow::bail!("faults are planned by the share of the load sent: they need a fixed --rate");
+    }
     // Scaled time: the load's real duration stands for the profile's virtual span.
     let scale = match (a.time_scale, p.virtual_span_s) {
         (Some(s), _) => s.max(1.0),
@@ -176,14 +193,6 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             .context("the binary's directory")?
             .to_path_buf(),
     };
-    let plan = match (&a.faults, a.no_faults || a.target.is_some()) {
-        (_, true) => Plan::default(),
-        (Some(f), false) => Plan::parse(f).map_err(anyhow::Error::msg)?,
-        (None, false) => Plan::parse(p.faults).map_err(anyhow::Error::msg)?,
-    };
-    if rate <= 0.0 && plan != Plan::default() {
-        anyhow::bail!("faults are planned by the share of the load sent: they need a fixed --rate");
-    }
     let mut rig = None;
     // The virtual day the IPs were added (their warm-up day 1).
     let mut warm_from = clock.day();
@@ -226,7 +235,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
             // last as long in real time as at scale 1.
             let v = |real_s: f64| format!("\"{}ms\"", (real_s * scale * 1000.0) as u64);
             let layout = Layout {
-                nodes: p.nodes,
+                nodes,
                 net: a.net.clone(),
                 source_ips,
                 routes: if dns.is_some() {
@@ -251,7 +260,7 @@ pub async fn run(a: Args) -> anyhow::Result<bool> {
                 },
                 tenants: p.tenants.iter().map(|t| t.to_string()).collect(),
                 // The last node sits behind a link when the faults throttle one.
-                linked_node: plan.uses(Target::Link).then_some(p.nodes as u64),
+                linked_node: plan.uses(Target::Link).then_some(nodes as u64),
             };
             let r = Rig::start(&a.out, &bin_dir, &layout).await?;
             r.ready(4, Duration::from_secs(60)).await?;
@@ -676,5 +685,36 @@ fn build(
         accepted_by_tenant: g.by_tenant.clone(),
         end_to_end_samples: samples,
         ..Report::default()
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: super::Args,
+    }
+
+    fn args(extra: &[&str]) -> Result<super::Args, clap::Error> {
+        let out = std::env::temp_dir().join("skein-load-args-test");
+        let mut v = vec!["skein-load", "--out", out.to_str().unwrap()];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).map(|c| c.run)
+    }
+
+    /// `--nodes` takes 1 to 9 (nodes sit on .1-.9, the edge on .10), and a single node refuses
+    /// faults that need a second one before anything is started.
+    #[tokio::test]
+    async fn nodes_are_one_to_nine_and_one_node_has_no_follower_to_fault() {
+        assert_eq!(args(&["--nodes", "1"]).unwrap().nodes, Some(1));
+        assert_eq!(args(&["--nodes", "9"]).unwrap().nodes, Some(9));
+        assert!(args(&["--nodes", "0"]).is_err());
+        assert!(args(&["--nodes", "10"]).is_err());
+        let a = args(&["--nodes", "1", "--faults", "follower@0.5", "--rate", "10"]).unwrap();
+        let e = super::run(a).await.unwrap_err().to_string();
+        assert!(e.contains("at least 2 nodes"), "{e}");
     }
 }
