@@ -7,54 +7,33 @@
 //! build the tests use). Criterion reports time per batch and messages per second.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 use skein_queue::{
     AttemptRecord, AttemptResult, DeliveryOp, Disposition, NewMessage, Reply, Request, Response,
-    StateMachine, TypeConfig,
 };
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Fixture;
 
 const BATCH: usize = 20;
 const T0: i64 = 1_800_000_000_000;
 
+/// The queue's test store (entries applied one at a time at increasing indexes) and the
+/// submission ids handed out so far.
 struct Store {
-    sm: StateMachine,
-    reader: skein_queue::QueueReader,
-    index: u64,
+    f: Fixture,
     submission: u64,
-    _dir: tempfile::TempDir,
 }
 
 impl Store {
     async fn open() -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let (_log, sm, reader) = skein_queue::open(dir.path()).expect("a new store");
-        let mut s = Store {
-            sm,
-            reader,
-            index: 0,
-            submission: 0,
-            _dir: dir,
-        };
-        s.apply(Request::SetFormat {
+        let mut f = Fixture::new();
+        f.apply(Request::SetFormat {
             version: skein_queue::FORMAT,
         })
         .await;
-        s
-    }
-
-    async fn apply(&mut self, req: Request) -> Response {
-        self.index += 1;
-        let e: Entry<TypeConfig> = Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), self.index),
-            payload: EntryPayload::Normal(req),
-        };
-        self.sm
-            .apply([e])
-            .await
-            .expect("applied")
-            .pop()
-            .expect("a response")
+        Store { f, submission: 0 }
     }
 
     /// One message's life for a batch: enqueued, leased, delivered.
@@ -79,6 +58,7 @@ impl Store {
             })
             .collect();
         let r = self
+            .f
             .apply(Request::EnqueueOnce {
                 received_at_ms: now_ms,
                 dedup_window_ms: 600_000,
@@ -90,9 +70,9 @@ impl Store {
             matches!(r, Response::Enqueued { ref ids, .. } if ids.len() == BATCH),
             "{r:?}"
         );
-        let due = self.reader.due(now_ms, BATCH).expect("due recipients");
+        let due = self.f.reader.due(now_ms, BATCH).expect("due recipients");
         assert_eq!(due.len(), BATCH);
-        let lease = self.index;
+        let lease = self.f.index;
         let ops = due
             .iter()
             .map(|r| DeliveryOp::Lease {
@@ -128,12 +108,13 @@ impl Store {
     }
 
     async fn deliver(&mut self, now_ms: i64, ops: Vec<DeliveryOp>) {
-        self.apply(Request::Deliver {
-            now_ms,
-            mta: "bench.example".into(),
-            ops,
-        })
-        .await;
+        self.f
+            .apply(Request::Deliver {
+                now_ms,
+                mta: "bench.example".into(),
+                ops,
+            })
+            .await;
     }
 }
 
