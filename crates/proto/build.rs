@@ -19,9 +19,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("skein_descriptor.bin");
     std::fs::write(out, prost::Message::encode_to_vec(&fds))?;
     // Message bodies as `Bytes`: the edge may retry an Enqueue on another node, and cloning a
-    // request must not copy the message each time.
+    // request must not copy the message each time. Decoded as `Bytes`, a field is a slice of
+    // the received buffer instead of a copy of it (Raft payloads carry whole log entries,
+    // assignments whole messages).
     tonic_prost_build::configure()
         .bytes(".skein.ingest.v1.EnqueueRequest.data")
+        .bytes(".skein.raft.v1.RaftPayload.data")
+        .bytes(".skein.work.v1.Assignment.data")
         .compile_fds(fds)?;
     Ok(())
 }

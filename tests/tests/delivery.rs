@@ -700,7 +700,7 @@ async fn a_sender_never_sends_what_is_not_an_address() -> anyhow::Result<()> {
         ],
         source_ip: "127.0.0.1".into(),
         ehlo: "out.skein.test".into(),
-        data: b"Subject: typed\r\n\r\nhello\r\n".to_vec(),
+        data: b"Subject: typed\r\n\r\nhello\r\n".to_vec().into(),
         ..Default::default()
     };
     let r = d.deliver(&a).await;
@@ -816,7 +816,7 @@ async fn opportunistic_tls_falls_back_to_plaintext_after_a_failed_handshake() ->
         }],
         source_ip: "127.0.0.1".into(),
         ehlo: "out.skein.test".into(),
-        data: b"Subject: tls\r\n\r\nhello\r\n".to_vec(),
+        data: b"Subject: tls\r\n\r\nhello\r\n".to_vec().into(),
         ..Default::default()
     };
     let r = deliverer(skein_config::sender::TlsPolicy::Opportunistic)?
@@ -872,7 +872,7 @@ async fn a_sender_refuses_destinations_that_loop_back() -> anyhow::Result<()> {
             }],
             source_ip: "127.0.0.1".into(),
             ehlo: "out.skein.test".into(),
-            data: b"Subject: loop\r\n\r\nhello\r\n".to_vec(),
+            data: b"Subject: loop\r\n\r\nhello\r\n".to_vec().into(),
             ..Default::default()
         };
         async move {

@@ -264,7 +264,7 @@ async fn membership_mistakes_are_refused_and_a_removed_node_stops() -> anyhow::R
     ))
     .await?;
     let mut vote = tonic::Request::new(skein_proto::raft::RaftPayload {
-        data: vec![1, 2, 3],
+        data: vec![1, 2, 3].into(),
     });
     vote.metadata_mut()
         .insert("x-skein-cluster", theirs.parse()?);

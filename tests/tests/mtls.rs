@@ -73,9 +73,11 @@ async fn probe(ch: Channel) -> Vec<Code> {
     let mut out = Vec::new();
     let mut raft = RaftClient::new(ch.clone());
     out.push(code(
-        raft.vote(RaftPayload { data: vec![0xFF] })
-            .await
-            .map(|_| ()),
+        raft.vote(RaftPayload {
+            data: vec![0xFF].into(),
+        })
+        .await
+        .map(|_| ()),
     ));
     let mut ingest = IngestClient::new(ch.clone());
     out.push(code(

@@ -160,8 +160,8 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data =
-            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data = skein_queue::types::encode(req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if let Some(hint) = fewer_entries(data.len(), entries, MAX_RAFT_MESSAGE) {
             return Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint(hint),
@@ -186,7 +186,7 @@ impl Connection {
         E: std::error::Error + DeserializeOwned,
     {
         let mut client = self.client().map_err(|e| unreachable(&e))?;
-        let mut request = Request::new(RaftPayload { data });
+        let mut request = Request::new(RaftPayload { data: data.into() });
         request.set_timeout(limit);
         self.channels.stamp(&mut request);
         // Bounded here too, not only by openraft's own timers: the transport never waits on
@@ -284,7 +284,7 @@ impl Connection {
                 parts.push(Part::Inline(e.clone()));
                 continue;
             }
-            let data = match postcard::to_allocvec(e) {
+            let data = match skein_queue::types::encode(e) {
                 Ok(d) => d,
                 Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
             };
@@ -336,7 +336,7 @@ impl Connection {
                 leader_commit: rpc.leader_commit,
                 entries: Vec::new(),
             };
-            let data = match postcard::to_allocvec(&heartbeat) {
+            let data = match skein_queue::types::encode(&heartbeat) {
                 Ok(d) => d,
                 Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
             };
@@ -354,7 +354,7 @@ impl Connection {
             leader_commit: rpc.leader_commit,
             entries: parts,
         };
-        let data = match postcard::to_allocvec(&req) {
+        let data = match skein_queue::types::encode(&req) {
             Ok(d) => d,
             Err(err) => return Some(Err(RPCError::Network(NetworkError::new(&err)))),
         };
@@ -381,7 +381,7 @@ fn start_upload(
 ) -> watch::Receiver<Upload> {
     let (tx, rx) = watch::channel(Upload::Running);
     let limit = upload_deadline(data.len());
-    let mut request = Request::new(RaftPayload { data });
+    let mut request = Request::new(RaftPayload { data: data.into() });
     request.set_timeout(limit);
     channels.stamp(&mut request);
     tokio::spawn(async move {
@@ -467,8 +467,8 @@ fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
-    postcard::to_allocvec(v)
-        .map(|data| Response::new(RaftPayload { data }))
+    skein_queue::types::encode(v)
+        .map(|data| Response::new(RaftPayload { data: data.into() }))
         .map_err(|e| Status::internal(format!("encoding raft reply: {e}")))
 }
 
@@ -519,7 +519,7 @@ impl RaftRpc for RaftService {
         self.staged()
             .insert(entry, size, now)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
-        Ok(Response::new(RaftPayload { data: Vec::new() }))
+        Ok(Response::new(RaftPayload::default()))
     }
 
     async fn append_staged(
@@ -633,7 +633,7 @@ mod staging_tests {
             tokio::time::sleep(self.slow_stage).await;
             let e: Entry<TypeConfig> = decode(req.get_ref())?;
             self.log(format!("stage {}", e.log_id.index));
-            Ok(Response::new(RaftPayload { data: Vec::new() }))
+            Ok(Response::new(RaftPayload::default()))
         }
 
         async fn append_staged(

@@ -163,11 +163,12 @@ pub(crate) struct Tx<'a> {
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(db: &'a DB, floors: &'a Floors) -> Self {
+    /// A transaction whose write batch reserves `bytes` up front.
+    pub(crate) fn new(db: &'a DB, floors: &'a Floors, bytes: usize) -> Self {
         Self {
             db,
             floors,
-            batch: WriteBatch::default(),
+            batch: WriteBatch::with_capacity_bytes(bytes),
             msgs: HashMap::new(),
             rcpts: HashMap::new(),
             submissions: HashMap::new(),

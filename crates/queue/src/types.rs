@@ -390,6 +390,14 @@ pub enum Response {
     ClusterId(String),
 }
 
+/// Encodes `v` with postcard into a vector of exactly its size: one pass sizes it, one
+/// writes it. (Grown as it is written, a vector holding a 100 KB body is reallocated and
+/// copied several times over, each time into fresh, unmapped memory.)
+pub fn encode<T: serde::Serialize + ?Sized>(v: &T) -> postcard::Result<Vec<u8>> {
+    let n = postcard::experimental::serialized_size(v)?;
+    postcard::to_io(v, Vec::with_capacity(n))
+}
+
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex
 /// digits that sort in commit order.
 ///

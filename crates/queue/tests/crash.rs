@@ -20,9 +20,11 @@ use tempfile::TempDir;
 const DIR: &str = "SKEIN_CRASH_DIR";
 const SCENARIO: &str = "SKEIN_CRASH_SCENARIO";
 
-/// Entries the "flushes" scenario applies: 100 KB bodies, enough to fill a memtable
-/// (64 MiB) so RocksDB flushes on its own partway.
-const LARGE_ENTRIES: u64 = 800;
+/// Entries the "flushes" scenario applies: 100 KB bodies, enough to fill more than two
+/// memtables (64 MiB each), so RocksDB has finished at least one flush of its own before the
+/// crash (it stalls writes while two full memtables wait for their flush) and the last
+/// memtable is still unflushed.
+const LARGE_ENTRIES: u64 = 1500;
 
 fn msg(index: u64, body: usize) -> NewMessage {
     let mut data = format!("Subject: {index}\r\n\r\n").into_bytes();

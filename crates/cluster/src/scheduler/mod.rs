@@ -473,7 +473,7 @@ fn send(cluster: &Cluster, sessions: &Sessions, s: &Send) -> Result<bool, crate:
             .collect(),
         source_ip: p.slot.source_ip.clone(),
         ehlo: p.slot.ehlo.clone(),
-        data: body,
+        data: body.into(),
         smtputf8: msg.smtputf8,
         body_8bit: msg.body_8bit,
         expires_ms: p.expires_ms,

@@ -186,7 +186,7 @@ mod tests {
     fn assignment(lease: u64, size: usize) -> Assignment {
         Assignment {
             lease,
-            data: vec![b'x'; size],
+            data: vec![b'x'; size].into(),
             expires_ms: 60_000,
             ..Default::default()
         }
