@@ -1297,6 +1297,22 @@ impl QueueReader {
         Ok(out)
     }
 
+    /// A message's size (its body's bytes), read without decoding its whole envelope.
+    pub fn message_size(&self, id: &str) -> Result<Option<u64>, QueueError> {
+        let Some(v) = self
+            .db
+            .get_pinned_cf(cf(&self.db, CF_MESSAGES), id.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let m: crate::records::MessageSize<'_> =
+            postcard::from_bytes(&v).map_err(|source| QueueError::Corrupt {
+                cf: CF_MESSAGES,
+                source,
+            })?;
+        Ok(Some(m.size))
+    }
+
     /// One message's envelope, and its body if `with_body`.
     pub fn get_message(
         &self,

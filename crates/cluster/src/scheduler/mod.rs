@@ -193,15 +193,23 @@ pub async fn run(
 
         // Wait for an input, a change of leadership, room in the senders' backlog, or the
         // next due time.
-        let wait = match cluster.reader.next_due_ms() {
-            _ if planner.busy() => Duration::ZERO,
-            Ok(Some(at)) if progressed && planner.free() > 0 => {
-                let ms = (at - cluster.clock.now_ms()).clamp(0, IDLE_WAIT.as_millis() as i64);
-                Duration::from_millis(ms as u64)
+        // (The due index is read only when its answer counts: under load there are nearly
+        // always reports waiting, and the read is a seek over every column family level.)
+        let wait = if planner.busy() {
+            Duration::ZERO
+        } else if progressed && planner.free() > 0 {
+            match cluster.reader.next_due_ms() {
+                Ok(Some(at)) => {
+                    let ms = (at - cluster.clock.now_ms()).clamp(0, IDLE_WAIT.as_millis() as i64);
+                    Duration::from_millis(ms as u64)
+                }
+                // Nothing due: wait for an input or the next check of maximum ages.
+                _ => IDLE_WAIT,
             }
-            // Nothing due, nobody to give it to, or nothing could be done last time: wait
-            // for an input, a drained backlog, or the next check of maximum ages.
-            _ => IDLE_WAIT,
+        } else {
+            // Nobody to give work to, or nothing could be done last time: wait for an input,
+            // a drained backlog, or the next check of maximum ages.
+            IDLE_WAIT
         };
         if !wait.is_zero() {
             tokio::select! {

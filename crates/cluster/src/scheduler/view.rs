@@ -57,10 +57,10 @@ impl QueueView for QueueReader {
     }
 
     fn message_size(&self, id: &str) -> u64 {
-        match self.get_message(id, false) {
-            Ok(Some((m, _))) => m.size,
-            _ => 0,
-        }
+        QueueReader::message_size(self, id)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     fn clock_ms(&self) -> Result<i64, QueueError> {
