@@ -196,7 +196,7 @@ impl Edge {
         let write_limit = self.cfg.limits.command_timeout.0;
         let ends = tokio::time::Instant::now() + self.cfg.limits.max_session_duration.0;
         let mut out = session.greeting().to_bytes();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_BUFFER_FIRST];
         loop {
             while let Some(ev) = session.poll() {
                 match ev {
@@ -308,7 +308,11 @@ impl Edge {
                     return Ok(());
                 }
                 Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => session.feed(&buf[..n]),
+                Ok(Ok(n)) => {
+                    session.feed(&buf[..n]);
+                    let len = read_buffer_len(buf.len(), n);
+                    buf.resize(len, 0);
+                }
                 Ok(Err(e)) => return Err(e),
             }
         }
@@ -428,6 +432,23 @@ impl Edge {
 pub const POOL_HEADER: &str = "X-Skein-Pool";
 
 /// Writes `out` to the client and flushes it, within `limit`.
+/// A connection's first read buffer: commands and small messages fit. Most connections
+/// never need more (zeroing 64 KiB for each, when a client sends one message per connection,
+/// cost more than the rest of its reads).
+const READ_BUFFER_FIRST: usize = 4 * 1024;
+/// The read buffer of a connection whose reads fill it (a large message) grows to this.
+const READ_BUFFER_MAX: usize = 64 * 1024;
+
+/// The read buffer's next length after a read of `n` bytes into `len`: doubled while reads
+/// fill it, up to [`READ_BUFFER_MAX`].
+fn read_buffer_len(len: usize, n: usize) -> usize {
+    if n == len {
+        (len * 2).min(READ_BUFFER_MAX).max(len)
+    } else {
+        len
+    }
+}
+
 async fn send(conn: &mut Conn, out: &[u8], limit: Duration) -> std::io::Result<()> {
     match tokio::time::timeout(limit, async {
         conn.write_all(out).await?;
@@ -484,5 +505,22 @@ impl AsyncWrite for Conn {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_buffer_doubles_while_reads_fill_it_up_to_its_maximum() {
+        assert_eq!(read_buffer_len(READ_BUFFER_FIRST, 10), READ_BUFFER_FIRST);
+        assert_eq!(read_buffer_len(4096, 4096), 8192);
+        assert_eq!(read_buffer_len(32 * 1024, 32 * 1024), READ_BUFFER_MAX);
+        assert_eq!(
+            read_buffer_len(READ_BUFFER_MAX, READ_BUFFER_MAX),
+            READ_BUFFER_MAX
+        );
+        assert_eq!(read_buffer_len(8192, 100), 8192, "a short read keeps it");
     }
 }
