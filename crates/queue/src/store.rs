@@ -182,6 +182,11 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
     // The state machine writes without the write-ahead log: its column families must reach
     // the disk together (see the module's docs).
     opts.set_atomic_flush(true);
+    // A writer waiting for its turn spins (up to 100 µs) before it sleeps: with log appends
+    // (synced) and state writes (no write-ahead log) unable to share a write group, the
+    // state machine's writes waited behind each sync and spun through it (a single node
+    // spent ~10% more CPU per 100 KB message than with the write-ahead log on).
+    opts.set_enable_write_thread_adaptive_yield(false);
     let cfs = [CF_LOG, CF_RAFT, CF_SM, CF_QUEUE_DUE, CF_QUEUE_STATS]
         .into_iter()
         .chain(STATE_CFS)
