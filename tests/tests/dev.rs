@@ -227,6 +227,48 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stop that comes while dev is still starting (its first log lines out, nothing listening
+/// yet) waits for the start and shuts it down cleanly, instead of killing it halfway: the
+/// signal handlers are in place before any role starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_startup_stops_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ip = "127.0.0.230";
+    let (grpc, smtp) = (free_port(ip), free_port(ip));
+    let cfg = dir.path().join("dev.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\nlisten = \"{ip}:{grpc}\"\ndata_dir = \"{}\"\n\
+             [edge]\nhostname = \"dev.skein.test\"\n\
+             [[edge.listeners]]\naddress = \"{ip}:{smtp}\"\n",
+            dir.path().join("data").display()
+        ),
+    )?;
+    let mut dev = Proc::spawn(
+        &["dev", "--config", cfg.to_str().unwrap()],
+        &dir.path().join("dev.log"),
+    )?;
+    // Watched closely: the whole start takes a fraction of a second.
+    let t0 = std::time::Instant::now();
+    while dev.log_text().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "dev wrote nothing");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = dev.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?
+        .success());
+    let status = wait_for("exit after SIGTERM", Duration::from_secs(30), || {
+        let s = dev.child.try_wait().ok().flatten();
+        async move { s }
+    })
+    .await?;
+    assert!(status.success(), "{status:?}\n{}", dev.log_text());
+    Ok(())
+}
+
 /// A client guessing passwords gets a few tries a minute: past them (3 here) AUTH answers
 /// 454 4.7.0 without checking, even the right password; password checks themselves run a
 /// few at a time, so a flood waits instead of exhausting memory.

@@ -134,6 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // From the start: a stop asked for while a role starts up stops it cleanly too.
+        listen_for_shutdown();
         // Each message's trace, exported when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set;
         // flushed when this guard drops at exit.
         let service = match &cli.cmd {
@@ -209,26 +211,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process).
-async fn shutdown_signal() {
+/// Set once SIGINT (Ctrl-C) or SIGTERM (what Kubernetes and systemd send to stop a process)
+/// arrived; see [`listen_for_shutdown`].
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Takes SIGINT and SIGTERM over from their default (ending the process at once) for the
+/// whole run: registered before any role starts, so a stop that comes while one is still
+/// starting (a restarted pod stopped again, say) waits for it and shuts it down cleanly
+/// instead of killing it halfway.
+fn listen_for_shutdown() {
+    let (tx, rx) = tokio::sync::watch::channel(false);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        tokio::spawn(async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
+            let _ = tx.send(true);
+        });
     }
     #[cfg(not(unix))]
-    {
+    tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    let _ = SHUTDOWN.set(rx);
+}
+
+/// Resolves once SIGINT or SIGTERM arrived (at any time since [`listen_for_shutdown`]).
+async fn shutdown_signal() {
+    match SHUTDOWN.get() {
+        Some(rx) => {
+            let _ = rx.clone().wait_for(|stop| *stop).await;
+        }
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
