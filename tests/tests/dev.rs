@@ -213,18 +213,23 @@ async fn dev_accepts_persists_and_restarts() -> anyhow::Result<()> {
     assert_eq!(got, want);
 
     // SIGTERM (what Kubernetes sends) stops it cleanly.
+    let status = sigterm(&mut dev).await?;
+    assert!(status.success(), "{status:?}");
+    Ok(())
+}
+
+/// Sends `dev` SIGTERM and waits for it to exit.
+async fn sigterm(dev: &mut Proc) -> anyhow::Result<std::process::ExitStatus> {
     let pid = dev.child.id().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()?
         .success());
-    let status = wait_for("exit after SIGTERM", Duration::from_secs(15), || {
+    wait_for("exit after SIGTERM", Duration::from_secs(30), || {
         let s = dev.child.try_wait().ok().flatten();
         async move { s }
     })
-    .await?;
-    assert!(status.success(), "{status:?}");
-    Ok(())
+    .await
 }
 
 /// A stop that comes while dev is still starting (its first log lines out, nothing listening
@@ -255,16 +260,7 @@ async fn sigterm_during_startup_stops_cleanly() -> anyhow::Result<()> {
         assert!(t0.elapsed() < Duration::from_secs(30), "dev wrote nothing");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let pid = dev.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()?
-        .success());
-    let status = wait_for("exit after SIGTERM", Duration::from_secs(30), || {
-        let s = dev.child.try_wait().ok().flatten();
-        async move { s }
-    })
-    .await?;
+    let status = sigterm(&mut dev).await?;
     assert!(status.success(), "{status:?}\n{}", dev.log_text());
     Ok(())
 }
