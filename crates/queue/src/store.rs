@@ -975,8 +975,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// Bytes a write batch takes per record beyond its key and value, at most: a tag, a column
-/// family id and two lengths (varints).
+/// Bytes a log record takes in a write batch beyond its value, at most: a tag, a column
+/// family id, two lengths (varints) and the 8-byte key.
 const BATCH_RECORD_OVERHEAD: usize = 1 + 5 + 5 + 5 + 8;
 
 /// A size to reserve for the write batch of `entry`: its messages' bodies and envelopes and
