@@ -626,25 +626,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let log = cf(&self.db, CF_LOG);
-        let mut kept = Vec::new();
-        let mut encoded = Vec::new();
-        for e in entries {
-            let v = enc(&e);
-            kept.push((e, v.len()));
-            encoded.push(v);
-        }
+        let encoded: Vec<_> = entries.into_iter().map(|e| (enc(&e), e)).collect();
         // Sized up front: a batch grown entry by entry is copied whole at each growth.
-        let mut batch = WriteBatch::with_capacity_bytes(
-            encoded
-                .iter()
-                .map(|v| v.len() + BATCH_RECORD_OVERHEAD)
-                .sum::<usize>()
-                + 12,
-        );
-        for ((e, _), v) in kept.iter().zip(&encoded) {
+        let bytes = encoded.iter().map(|(v, _)| v.len() + BATCH_RECORD_OVERHEAD);
+        let mut batch = WriteBatch::with_capacity_bytes(bytes.sum::<usize>() + 12);
+        for (v, e) in &encoded {
             batch.put_cf(log, e.log_id.index.to_be_bytes(), v);
         }
-        drop(encoded);
+        let kept: Vec<_> = encoded.into_iter().map(|(v, e)| (e, v.len())).collect();
         let db = self.db.clone();
         let res = blocking(move || db.write_opt(batch, &synced()).map_err(io_write)).await;
         // Kept before openraft hears of them: the reads that follow find them here.
