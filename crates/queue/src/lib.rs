@@ -2,9 +2,9 @@
 //!
 //! - [`types`]: the openraft type configuration and the commands ([`Request`]) replicated
 //!   through the log, with their [`Response`]s.
-//! - [`store`]: one RocksDB database holding both the Raft log ([`LogStore`]) and the state
-//!   machine ([`StateMachine`]) in column families; log appends are synced before they are
-//!   acknowledged, so a committed entry is on disk on a quorum.
+//! - [`store`]: the Raft log ([`LogStore`]: entries in append-only segment files, the vote in
+//!   RocksDB) and the state machine ([`StateMachine`], RocksDB column families); log appends
+//!   are synced before they are acknowledged, so a committed entry is on disk on a quorum.
 //! - [`records`]: the stored records (message envelope, recipient delivery state, tenant,
 //!   suppression) and their keys.
 //! - `apply`: how each command changes the state, one write batch per log entry; the `due`
@@ -25,6 +25,7 @@ mod apply;
 pub mod dsn;
 mod floors;
 mod recent;
+mod segments;
 pub mod records;
 pub mod shaping;
 mod snapfile;
@@ -60,6 +61,9 @@ pub enum QueueError {
         /// Decoder error.
         source: postcard::Error,
     },
+    /// The Raft log's segment files could not be read or written, or are damaged.
+    #[error("raft log: {0}")]
+    Log(#[from] std::io::Error),
     /// The snapshot directory or a snapshot in it could not be read, written or recovered.
     #[error("snapshot: {0}")]
     Snapshot(String),
