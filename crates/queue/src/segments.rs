@@ -139,7 +139,10 @@ impl Segments {
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(first) = name.strip_suffix(".seg").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(first) = name
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 firsts.push(first);
             }
         }
@@ -165,7 +168,10 @@ impl Segments {
                 if seg.first <= prev {
                     return Err(corrupt(
                         &path,
-                        format!("begins at {} but the segment before ends at {prev}", seg.first),
+                        format!(
+                            "begins at {} but the segment before ends at {prev}",
+                            seg.first
+                        ),
                     ));
                 }
             }
@@ -359,7 +365,10 @@ impl Segments {
             }
             self.create(first)?;
         }
-        let seg = self.segments.back_mut().expect("a segment was just ensured");
+        let seg = self
+            .segments
+            .back_mut()
+            .expect("a segment was just ensured");
         let base = seg.end;
         let written = seg
             .file
@@ -618,7 +627,12 @@ mod tests {
         let at = log.segments.front().unwrap().offsets[1] + HEADER as u64;
         let f = OpenOptions::new().write(true).open(&first).unwrap();
         let mut b = [0u8; 1];
-        log.segments.front().unwrap().file.read_exact_at(&mut b, at).unwrap();
+        log.segments
+            .front()
+            .unwrap()
+            .file
+            .read_exact_at(&mut b, at)
+            .unwrap();
         f.write_all_at(&[b[0] ^ 0x40], at).unwrap();
         let err = read(log.spans(1, 4)).unwrap_err();
         assert!(err.to_string().contains("entry 2 is damaged"), "{err}");
@@ -668,7 +682,10 @@ mod tests {
         assert!(left.len() < first_files.len());
         assert!(left.iter().all(|f| f.as_str() > segment_name(1).as_str()));
         // Entries after the purge are all still there.
-        assert_eq!(ids(&log, 7, 13), (7..=12).map(|i| (1, i)).collect::<Vec<_>>());
+        assert_eq!(
+            ids(&log, 7, 13),
+            (7..=12).map(|i| (1, i)).collect::<Vec<_>>()
+        );
         // Purged entries are not read, even from a segment that is kept.
         log.purge(8).unwrap();
         assert_eq!(ids(&log, 0, 10), vec![(1, 9)]);
@@ -698,8 +715,10 @@ mod tests {
         let mut log = Segments::open(dir.path(), None).unwrap();
         append(&mut log, 1, 1..=3);
         let e = entry(1, 3);
-        log.stage(3, |b| postcard::to_io(&e, b).map(|_| ()).map_err(io::Error::other))
-            .unwrap();
+        log.stage(3, |b| {
+            postcard::to_io(&e, b).map(|_| ()).map_err(io::Error::other)
+        })
+        .unwrap();
         let err = log.commit(Some(e.log_id)).unwrap_err();
         assert!(err.to_string().contains("not truncated"), "{err}");
         log.stage(4, |b| {

@@ -38,11 +38,11 @@ use serde::{Deserialize, Serialize};
 use crate::apply::Tx;
 use crate::floors::{past, Floors, Index};
 use crate::recent::Recent;
-use crate::segments::{self, Segments};
 use crate::records::{
     DkimKeyRecord, MessageRecord, RcptRecord, StrikeRecord, SuppressionEntry, TenantRecord,
     TenantSuppressionPolicy,
 };
+use crate::segments::{self, Segments};
 use crate::snapfile::{
     check_content, get_bytes, get_varint, put_bytes, put_varint, Counting, SnapshotFiles,
 };
@@ -249,13 +249,14 @@ fn open_log(db: &DB, dir: &Path) -> Result<Segments, QueueError> {
         let mut moved = 0u64;
         for kv in db.iterator_cf(log_cf, IteratorMode::Start) {
             let (k, v) = kv?;
-            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                std::io::Error::other(format!("log key {k:?} is not 8 bytes"))
-            })?);
-            if log
-                .staged()
-                .is_some_and(|(next, bytes)| next != index || bytes >= segments::SEGMENT_BYTES as usize)
-            {
+            let index = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| std::io::Error::other(format!("log key {k:?} is not 8 bytes")))?,
+            );
+            if log.staged().is_some_and(|(next, bytes)| {
+                next != index || bytes >= segments::SEGMENT_BYTES as usize
+            }) {
                 log.commit(None)?;
             }
             log.stage(index, |b| {
@@ -269,7 +270,10 @@ fn open_log(db: &DB, dir: &Path) -> Result<Segments, QueueError> {
         std::fs::rename(&new, &log_dir)?;
         std::fs::File::open(dir)?.sync_all()?;
         if moved > 0 {
-            tracing::info!(entries = moved, "raft log moved out of RocksDB into segment files");
+            tracing::info!(
+                entries = moved,
+                "raft log moved out of RocksDB into segment files"
+            );
         }
     }
     if in_cf {
@@ -670,7 +674,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             for e in entries {
                 let size = log
                     .stage(e.log_id.index, |b| {
-                        postcard::to_io(&e, b).map(|_| ()).map_err(std::io::Error::other)
+                        postcard::to_io(&e, b)
+                            .map(|_| ())
+                            .map_err(std::io::Error::other)
                     })
                     .map_err(io_write)?;
                 kept.push((e, size));
@@ -2415,7 +2421,11 @@ mod log_move_tests {
         );
         drop((log, _sm, _reader));
         assert_eq!(in_cf(dir.path()), 0, "the column family is emptied");
-        assert!(dir.path().join(LOG_DIR).join("00000000000000000003.seg").exists());
+        assert!(dir
+            .path()
+            .join(LOG_DIR)
+            .join("00000000000000000003.seg")
+            .exists());
         assert!(!dir.path().join(LOG_DIR_NEW).exists());
         // Opened again: the same log, from the files.
         let (mut log, _sm, _reader) = open(dir.path()).unwrap();
@@ -2433,7 +2443,9 @@ mod log_move_tests {
         old_layout(dir.path(), &old, None);
         std::fs::create_dir(dir.path().join(LOG_DIR_NEW)).unwrap();
         std::fs::write(
-            dir.path().join(LOG_DIR_NEW).join("00000000000000000001.seg"),
+            dir.path()
+                .join(LOG_DIR_NEW)
+                .join("00000000000000000001.seg"),
             b"SKNLOG01 half",
         )
         .unwrap();
