@@ -2,14 +2,15 @@
 //! everything else in one RocksDB database.
 //!
 //! Column families:
-//! - `raft`: vote and last purged log id; `log`: the entries, until release 0.2 (moved into
-//!   the segment files at open, see [`open`]).
+//! - `raft`: vote and last purged log id; `log`: the entries, in builds before the segment
+//!   files (moved out at open, see [`open`]; empty since).
 //! - `sm`: last applied log id, membership, message count, which snapshot file is current
 //!   (the snapshots themselves are files, see `snapfile`).
 //! - `messages` (envelopes) and `bodies`, keyed by queue id; `tenants`, keyed by name.
 //!
-//! Durability: log appends and votes are synced before openraft is told they are done, so a committed entry is on disk on a quorum. The state machine's writes skip
-//! the write-ahead log: the log they came from already holds them durably, and writing every
+//! Durability: log appends and votes are synced before openraft is told they are done, so a
+//! committed entry is on disk on a quorum. The state machine's writes skip RocksDB's
+//! write-ahead log: the log they came from already holds them durably, and writing every
 //! message body a second time through the write-ahead log cost a node a copy, a checksum and
 //! the disk bandwidth of each body. Such state is on disk once RocksDB flushes its memtables,
 //! which it does for all column families at once (`atomic_flush`), so what a crash leaves is
@@ -614,8 +615,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(v) = end_excl.and_then(|e| self.recent().get(start, e)) {
             return Ok(v);
         }
-        let spans = self.segments().spans(start, end_excl.unwrap_or(u64::MAX));
-        blocking(move || segments::read(spans).map_err(io_read)).await
+        let log = self.segments.clone();
+        blocking(move || {
+            // Located under the lock (an append may hold it through its sync), read without.
+            let spans = log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .spans(start, end_excl.unwrap_or(u64::MAX));
+            segments::read(spans).map_err(io_read)
+        })
+        .await
     }
 }
 
