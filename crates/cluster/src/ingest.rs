@@ -483,7 +483,7 @@ fn into_request(s: Submission) -> EnqueueRequest {
         pool,
         mail_from: m.mail_from,
         rcpt_to: m.rcpt_to,
-        data: m.data.into(),
+        data: m.data,
         client_ip: m.client_ip,
         helo: m.helo,
         edge: m.edge,
@@ -512,8 +512,8 @@ impl Ingest for IngestService {
                     tenant,
                     mail_from: r.mail_from,
                     rcpt_to: r.rcpt_to,
-                    // Zero-copy when this request holds the only reference to the buffer.
-                    data: Vec::from(r.data),
+                    // A slice of the received request: no copy.
+                    data: r.data,
                     client_ip: r.client_ip,
                     helo: r.helo,
                     edge: r.edge,

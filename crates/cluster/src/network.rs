@@ -462,7 +462,7 @@ impl RaftService {
 }
 
 fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, Status> {
-    postcard::from_bytes(&p.data)
+    skein_queue::types::decode_shared(&p.data)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft payload: {e}")))
 }
 
@@ -684,7 +684,7 @@ mod staging_tests {
                     tenant: String::new(),
                     mail_from: "a@example.com".into(),
                     rcpt_to: vec!["b@example.net".into()],
-                    data: vec![b'x'; size],
+                    data: vec![b'x'; size].into(),
                     client_ip: String::new(),
                     helo: String::new(),
                     edge: String::new(),

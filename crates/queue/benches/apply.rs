@@ -43,7 +43,7 @@ impl Store {
                 tenant: String::new(),
                 mail_from: "a@example.com".into(),
                 rcpt_to: vec![format!("b{i}@example.net")],
-                data: body.to_vec(),
+                data: body.to_vec().into(),
                 client_ip: "127.0.0.1".into(),
                 helo: "bench".into(),
                 edge: "edge-1".into(),

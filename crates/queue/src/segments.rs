@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 use openraft::{Entry, LogId};
 
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{decode_shared, NodeId, TypeConfig};
 
 /// First bytes of every segment file: the format's name and version.
 pub(crate) const MAGIC: &[u8; 8] = b"SKNLOG01";
@@ -494,10 +494,11 @@ impl Segments {
 /// Reads and checks the entries of `spans`.
 pub(crate) fn read(spans: Vec<Span>) -> io::Result<Vec<Entry<TypeConfig>>> {
     let mut out = Vec::with_capacity(spans.iter().map(|s| s.count).sum());
-    let mut buf = Vec::new();
     for s in spans {
-        buf.resize((s.end - s.start) as usize, 0);
+        // One buffer per span, shared by the bodies decoded from it.
+        let mut buf = vec![0; (s.end - s.start) as usize];
         s.file.read_exact_at(&mut buf, s.start)?;
+        let buf = bytes::Bytes::from(buf);
         let mut rest = &buf[..];
         for i in 0..s.count as u64 {
             let expected = s.first + i;
@@ -511,7 +512,7 @@ pub(crate) fn read(spans: Vec<Span>) -> io::Result<Vec<Entry<TypeConfig>>> {
             if index != expected {
                 return Err(bad());
             }
-            let e: Entry<TypeConfig> = postcard::from_bytes(payload).map_err(|e| {
+            let e: Entry<TypeConfig> = decode_shared(&buf.slice_ref(payload)).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("raft log: entry {expected} does not decode: {e}"),

@@ -1,6 +1,8 @@
 //! openraft type configuration and the replicated commands.
 
+use bytes::Bytes;
 use openraft::{BasicNode, Entry, TokioRuntime};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::records::{AttemptRecord, DkimKeyRecord, SuppressionRecord, TenantRecord};
@@ -29,9 +31,11 @@ pub struct NewMessage {
     pub mail_from: String,
     /// Forward-paths.
     pub rcpt_to: Vec<String>,
-    /// The message.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// The message: shared bytes, so that cloning an entry (the recent entries served to
+    /// replication and apply, a staged entry) does not copy its body. Encoded as postcard
+    /// bytes, as the `Vec<u8>` it was in earlier releases.
+    #[serde(with = "shared")]
+    pub data: Bytes,
     /// Client address.
     pub client_ip: String,
     /// EHLO name.
@@ -398,6 +402,83 @@ pub fn encode<T: serde::Serialize + ?Sized>(v: &T) -> postcard::Result<Vec<u8>> 
     postcard::to_io(v, Vec::with_capacity(n))
 }
 
+/// Decodes `buf` with postcard; the message bodies in it become slices of `buf` instead of
+/// copies (see [`shared`]). Use it where a received or read buffer holds 100 KB bodies.
+pub fn decode_shared<T: DeserializeOwned>(buf: &Bytes) -> postcard::Result<T> {
+    shared::SOURCE.with(|s| {
+        let outer = s.replace(Some(buf.clone()));
+        let r = postcard::from_bytes(buf);
+        s.replace(outer);
+        r
+    })
+}
+
+/// Serde for message bodies held as [`Bytes`]: written as bytes; read as a slice of the buffer
+/// being decoded when [`decode_shared`] decodes it (zero-copy), else as a copy.
+pub mod shared {
+    use std::cell::RefCell;
+
+    use bytes::Bytes;
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    thread_local! {
+        /// The buffer [`super::decode_shared`] is decoding on this thread.
+        pub(super) static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    }
+
+    /// Writes `b` as bytes.
+    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    /// Reads bytes: a slice of the buffer [`super::decode_shared`] decodes when they lie in
+    /// it, otherwise a copy.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        d.deserialize_bytes(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_borrowed_bytes<E: Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            Ok(SOURCE.with(|s| match s.borrow().as_ref() {
+                Some(src) if within(src, v) => src.slice_ref(v),
+                _ => Bytes::copy_from_slice(v),
+            }))
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(Bytes::from(v))
+        }
+    }
+
+    /// Whether `v` lies inside `src`'s memory ([`Bytes::slice_ref`] panics otherwise).
+    fn within(src: &[u8], v: &[u8]) -> bool {
+        let (s, e) = (src.as_ptr() as usize, src.as_ptr() as usize + src.len());
+        let (a, b) = (v.as_ptr() as usize, v.as_ptr() as usize + v.len());
+        !v.is_empty() && s <= a && b <= e
+    }
+}
+
 /// The queue id of the `pos`-th message of the batch at log index `index`: 16 upper-case hex
 /// digits that sort in commit order.
 ///
@@ -412,6 +493,55 @@ pub fn message_id(index: u64, pos: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The body's encoding is the one `Vec<u8>` with serde_bytes had (earlier releases).
+    #[derive(Serialize)]
+    struct OldBody {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct NewBody {
+        #[serde(with = "shared")]
+        data: Bytes,
+    }
+
+    #[test]
+    fn bodies_encode_as_before_and_decode_as_slices_of_the_buffer() {
+        let body: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let old = encode(&OldBody { data: body.clone() }).unwrap();
+        let new = encode(&NewBody {
+            data: Bytes::from(body.clone()),
+        })
+        .unwrap();
+        assert_eq!(old, new);
+
+        let buf = Bytes::from(old);
+        let shared: NewBody = decode_shared(&buf).unwrap();
+        assert_eq!(shared.data, body);
+        let range = buf.as_ptr_range();
+        assert!(
+            range.contains(&shared.data.as_ptr()),
+            "a slice of the buffer"
+        );
+
+        let copied: NewBody = postcard::from_bytes(&buf).unwrap();
+        assert_eq!(copied.data, body);
+        assert!(
+            !range.contains(&copied.data.as_ptr()),
+            "outside decode_shared: a copy"
+        );
+
+        // The empty body, and a body decoded after (not inside) a shared decode.
+        let empty: NewBody = decode_shared(&Bytes::from(
+            encode(&NewBody { data: Bytes::new() }).unwrap(),
+        ))
+        .unwrap();
+        assert!(empty.data.is_empty());
+        let again: NewBody = postcard::from_bytes(&buf).unwrap();
+        assert!(!range.contains(&again.data.as_ptr()));
+    }
 
     #[test]
     fn ids_sort_in_commit_order() {

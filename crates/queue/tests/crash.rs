@@ -34,7 +34,7 @@ fn msg(index: u64, body: usize) -> NewMessage {
         tenant: "acme".into(),
         mail_from: format!("a{index}@example.com"),
         rcpt_to: vec![format!("b{index}@example.net")],
-        data,
+        data: data.into(),
         client_ip: "127.0.0.1".into(),
         helo: "c".into(),
         edge: "e".into(),

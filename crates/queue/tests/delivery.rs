@@ -14,7 +14,9 @@ fn message(from: &str, to: &[&str]) -> NewMessage {
         tenant: "acme".into(),
         mail_from: from.into(),
         rcpt_to: to.iter().map(|s| s.to_string()).collect(),
-        data: b"Subject: report\r\nFrom: app@acme.test\r\n\r\nbody\r\n".to_vec(),
+        data: b"Subject: report\r\nFrom: app@acme.test\r\n\r\nbody\r\n"
+            .to_vec()
+            .into(),
         client_ip: "127.0.0.1".into(),
         helo: "c".into(),
         edge: "e".into(),

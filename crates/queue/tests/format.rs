@@ -81,7 +81,9 @@ fn message(tenant: &str, from: &str, to: &[&str], body: &str) -> NewMessage {
         tenant: tenant.into(),
         mail_from: from.into(),
         rcpt_to: to.iter().map(|s| s.to_string()).collect(),
-        data: format!("From: <{from}>\r\nSubject: fixture\r\n\r\n{body}\r\n").into_bytes(),
+        data: format!("From: <{from}>\r\nSubject: fixture\r\n\r\n{body}\r\n")
+            .into_bytes()
+            .into(),
         client_ip: "192.0.2.7".into(),
         helo: "client.example".into(),
         edge: "edge-1".into(),

@@ -18,7 +18,7 @@ fn message(n: usize, domain: &str) -> NewMessage {
         tenant: "acme".into(),
         mail_from: "app@acme.test".into(),
         rcpt_to: (0..n).map(|i| format!("r{i}@{domain}")).collect(),
-        data: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        data: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
         client_ip: "127.0.0.1".into(),
         helo: "c".into(),
         edge: "e".into(),

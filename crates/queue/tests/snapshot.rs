@@ -14,7 +14,9 @@ fn enqueue(index: u64) -> Entry<TypeConfig> {
                 tenant: String::new(),
                 mail_from: "app@example.com".into(),
                 rcpt_to: vec![format!("r{index}@example.net")],
-                data: format!("Subject: {index}\r\n\r\nbody\r\n").into_bytes(),
+                data: format!("Subject: {index}\r\n\r\nbody\r\n")
+                    .into_bytes()
+                    .into(),
                 client_ip: "127.0.0.1".into(),
                 helo: "c".into(),
                 edge: "e".into(),

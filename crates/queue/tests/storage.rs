@@ -27,7 +27,9 @@ fn msg(n: u32) -> NewMessage {
         tenant: "acme".into(),
         mail_from: format!("a{n}@example.com"),
         rcpt_to: vec![format!("b{n}@example.net")],
-        data: format!("Subject: {n}\r\n\r\nbody {n}\r\n").into_bytes(),
+        data: format!("Subject: {n}\r\n\r\nbody {n}\r\n")
+            .into_bytes()
+            .into(),
         client_ip: "127.0.0.1".into(),
         helo: "c".into(),
         edge: "e".into(),

@@ -16,7 +16,7 @@ fn message(n: u32) -> NewMessage {
         tenant: String::new(),
         mail_from: "app@example.com".into(),
         rcpt_to: vec![format!("r{n}@example.net")],
-        data: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes(),
+        data: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes().into(),
         client_ip: "127.0.0.1".into(),
         helo: "c".into(),
         edge: "e".into(),

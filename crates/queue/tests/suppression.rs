@@ -16,7 +16,7 @@ fn message(from: &str, to: &str) -> NewMessage {
         tenant: "acme".into(),
         mail_from: from.into(),
         rcpt_to: vec![to.into()],
-        data: b"Subject: s\r\n\r\nbody\r\n".to_vec(),
+        data: b"Subject: s\r\n\r\nbody\r\n".to_vec().into(),
         client_ip: "127.0.0.1".into(),
         helo: "c".into(),
         edge: "e".into(),

@@ -154,7 +154,7 @@ mod tests {
             tenant: String::new(),
             mail_from: "app@example.com".into(),
             rcpt_to: vec![format!("r{n}@example.net")],
-            data: b"Subject: x\r\n\r\nbody\r\n".to_vec(),
+            data: b"Subject: x\r\n\r\nbody\r\n".to_vec().into(),
             client_ip: "127.0.0.1".into(),
             helo: "c".into(),
             edge: "e".into(),

@@ -136,7 +136,7 @@ mod tests {
                         tenant: tenant.into(),
                         mail_from: "app@example.com".into(),
                         rcpt_to: vec![format!("r{i}@{domain}")],
-                        data: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+                        data: b"Subject: x\r\n\r\nx\r\n".to_vec().into(),
                         client_ip: String::new(),
                         helo: String::new(),
                         edge: String::new(),

@@ -340,7 +340,9 @@ fn new_message(i: usize) -> NewMessage {
         tenant: String::new(),
         mail_from: "app@example.com".into(),
         rcpt_to: vec![format!("r{i}@example.net")],
-        data: format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes(),
+        data: format!("Subject: {i}\r\n\r\nbody {i}\r\n")
+            .into_bytes()
+            .into(),
         client_ip: "127.0.0.1".into(),
         helo: "client.test".into(),
         edge: "edge-test".into(),

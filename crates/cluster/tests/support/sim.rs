@@ -62,7 +62,7 @@ impl Sim {
                     rcpt_to: (start..(start + 50).min(*n))
                         .map(|i| format!("u{at}-{i}@{domain}"))
                         .collect(),
-                    data: b"Subject: news\r\n\r\nhello\r\n".to_vec(),
+                    data: b"Subject: news\r\n\r\nhello\r\n".to_vec().into(),
                     client_ip: "127.0.0.1".into(),
                     helo: "app".into(),
                     edge: "e".into(),
