@@ -375,7 +375,7 @@ impl ClientConn {
                 message: "a transaction needs a recipient".into(),
             });
         }
-        let eight_bit = t.body.iter().any(|&b| b >= 0x80);
+        let eight_bit = !t.body.is_ascii();
         if t.smtputf8 && !self.caps.smtputf8 {
             return Err(Failure::Unsupported {
                 extension: "SMTPUTF8",
@@ -667,19 +667,18 @@ fn finish(tx: &Tx, last: Option<(Stage, &RemoteReply)>) -> Vec<(Stage, RemoteRep
 /// a missing final CRLF is added.
 pub fn stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
-    // Line by line: each line is copied whole, after a second `.` if it starts with one.
-    let mut rest = body;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            out.push(b'.');
-        }
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |i| i + 1);
-        out.extend_from_slice(&rest[..end]);
-        rest = &rest[end..];
+    // A line starts with `.` at the start or after a LF: only those places get a second `.`,
+    // found with a vectorised search, and the runs between them are copied whole.
+    let mut from = 0;
+    if body.first() == Some(&b'.') {
+        out.push(b'.');
     }
+    for lf in memchr::memmem::find_iter(body, b"\n.") {
+        out.extend_from_slice(&body[from..=lf]);
+        out.push(b'.');
+        from = lf + 1;
+    }
+    out.extend_from_slice(&body[from..]);
     if !body.is_empty() && !body.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -918,5 +917,52 @@ mod tests {
         // sent as it is); a dot after a CR alone does not.
         assert_eq!(stuff(b"a\n.b\r.c\r\n"), b"a\n..b\r.c\r\n.\r\n");
         assert_eq!(stuff(b".\r\n."), b"..\r\n..\r\n.\r\n");
+        assert_eq!(stuff(b"\n\n.."), b"\n\n...\r\n.\r\n");
+    }
+
+    /// Stuffing found by search agrees with stuffing line by line, on every body of up to 8
+    /// bytes over `.`, CR, LF and `a`.
+    #[test]
+    fn stuffing_agrees_with_line_by_line() {
+        fn by_lines(body: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            for line in body.split_inclusive(|&b| b == b'\n') {
+                if line[0] == b'.' {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(line);
+            }
+            if !body.is_empty() && !body.ends_with(b"\r\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        let alphabet = [b'.', b'\r', b'\n', b'a'];
+        for len in 0..=8u32 {
+            for n in 0..4usize.pow(len) {
+                let body: Vec<u8> = (0..len).map(|i| alphabet[n / 4usize.pow(i) % 4]).collect();
+                assert_eq!(stuff(&body), by_lines(&body), "{body:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn eight_bit_bodies_need_8bitmime() {
+        let mut c = ready("");
+        let mut t = tx(&["b@y.test"], b"caf\xc3\xa9\r\n");
+        assert!(matches!(
+            c.start(t.clone()),
+            Err(Failure::Unsupported {
+                extension: "8BITMIME"
+            })
+        ));
+        let mut c = ready("250-8BITMIME\r\n");
+        c.start(t.clone()).unwrap();
+        assert_eq!(out(&mut c), "MAIL FROM:<a@x.test> BODY=8BITMIME\r\n");
+        t.body = b"plain\r\n".to_vec().into();
+        let mut c = ready("250-8BITMIME\r\n");
+        c.start(t).unwrap();
+        assert_eq!(out(&mut c), "MAIL FROM:<a@x.test>\r\n");
     }
 }
