@@ -404,6 +404,11 @@ pub fn encode<T: serde::Serialize + ?Sized>(v: &T) -> postcard::Result<Vec<u8>> 
 
 /// Decodes `buf` with postcard; the message bodies in it become slices of `buf` instead of
 /// copies (see [`shared`]). Use it where a received or read buffer holds 100 KB bodies.
+///
+/// A body decoded so keeps the whole of `buf`'s allocation alive while it lives: bounded where
+/// entries are held (the recent entries, staged uploads) by their budgets in entry bytes,
+/// which a received buffer may exceed by its spare capacity (up to about its own size with
+/// tonic's decoder, spare pages that are never written).
 pub fn decode_shared<T: DeserializeOwned>(buf: &Bytes) -> postcard::Result<T> {
     shared::SOURCE.with(|s| {
         let outer = s.replace(Some(buf.clone()));
