@@ -225,6 +225,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine, QueueReader), QueueEr
             db: db.clone(),
             files,
             floors: floors.clone(),
+            tally: Default::default(),
         },
         QueueReader { db, floors },
     ))
@@ -765,6 +766,19 @@ pub struct StateMachine {
     db: Arc<DB>,
     files: Arc<SnapshotFiles>,
     floors: Arc<Floors>,
+    /// The last applied index and the message count as the last `apply` wrote them, so the
+    /// next one need not read them back (two point reads per call, 3% of a follower's CPU
+    /// with 5 KB messages); `None` until read, and again after a snapshot install or a failed
+    /// apply, which change them behind it. Only `apply` and `install_snapshot` write either
+    /// key, and openraft calls them one at a time.
+    tally: Arc<std::sync::Mutex<Option<Tally>>>,
+}
+
+/// See [`StateMachine::tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    applied: Option<u64>,
+    count: u64,
 }
 
 /// The applied log id and membership, read through `get` (the database or one snapshot of it).
@@ -884,12 +898,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let db = self.db.clone();
         let floors = self.floors.clone();
-        let mut count = self.count()?;
-        let applied = self.applied()?.0.map(|l| l.index);
+        let tally = self.tally.clone();
+        // Taken: a failed apply leaves it unknown.
+        let known = tally.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Tally { applied, mut count } = match known {
+            Some(t) => t,
+            None => Tally {
+                applied: self.applied()?.0.map(|l| l.index),
+                count: self.count()?,
+            },
+        };
         let entries: Vec<_> = entries.into_iter().collect();
         // Each entry is written on its own, so the next one reads what it changed.
         blocking(move || {
             let mut out = Vec::with_capacity(entries.len());
+            let mut last = applied;
             for entry in entries {
                 // An entry the state already holds is never applied twice (Enqueue, for one,
                 // would store its messages again).
@@ -913,8 +936,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 floors
                     .commit(keys, || db.write_opt(batch, &unlogged()))
                     .map_err(io_write)?;
+                last = Some(entry.log_id.index);
                 out.push(resp);
             }
+            *tally.lock().unwrap_or_else(|p| p.into_inner()) = Some(Tally {
+                applied: last,
+                count,
+            });
             Ok(out)
         })
         .await
@@ -925,6 +953,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             db: self.db.clone(),
             files: self.files.clone(),
             floors: self.floors.clone(),
+            tally: self.tally.clone(),
         }
     }
 
@@ -945,6 +974,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let floors = self.floors.clone();
         let files = self.files.clone();
         let meta = meta.clone();
+        // The install replaces the applied index and the count.
+        *self.tally.lock().unwrap_or_else(|p| p.into_inner()) = None;
         blocking(move || {
             // However the install ends, a received snapshot is no longer awaited.
             struct Awaited<'a>(Option<&'a SnapshotFiles>);

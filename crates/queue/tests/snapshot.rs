@@ -64,6 +64,40 @@ async fn snapshot_log_id_matches_its_data_under_concurrent_applies() {
     assert!(checked > 0);
 }
 
+/// A store that applied entries of its own installs a snapshot of another state and applies
+/// on from it: the count and the applied index it goes on from are the snapshot's, not those
+/// its last apply left (the state machine keeps them between applies).
+#[tokio::test]
+async fn applies_after_an_install_go_on_from_the_snapshot() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (_la, mut source, _ra) = skein_queue::open(a.path()).unwrap();
+    for i in 1..=30 {
+        source.apply([enqueue(i)]).await.unwrap();
+    }
+    let snap = source
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let (_lb, mut sm, reader) = skein_queue::open(b.path()).unwrap();
+    for i in 1..=5 {
+        sm.apply([enqueue(i)]).await.unwrap();
+    }
+    assert_eq!(reader.message_count().unwrap(), 5);
+    sm.install_snapshot(&snap.meta, snap.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(reader.message_count().unwrap(), 30);
+    // Entry 31 adds one message; entries 6 to 30, which the snapshot holds, add none.
+    sm.apply([enqueue(31)]).await.unwrap();
+    assert_eq!(reader.message_count().unwrap(), 31);
+    sm.apply([enqueue(20)]).await.unwrap();
+    assert_eq!(reader.message_count().unwrap(), 31);
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(31));
+}
+
 /// openraft purges the log up to a snapshot it is installing before the state machine has
 /// recorded that snapshot. A follower killed in between could not start again (seen under the
 /// nemesis: "purge_upto 1159 <= snapshot_last_log_id 1079" violated at open). A purge waits
